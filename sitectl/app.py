@@ -1,0 +1,172 @@
+"""The composition root: build every component from the validated config and run them.
+
+Components run in one `asyncio.TaskGroup`. Stopping (SIGTERM, SIGINT, or `App.stop`) cancels
+them one at a time in reverse start order, so that, for example, the OCPP server stops accepting
+before the control loop ends and the store closes last. A component that crashes is logged with
+its name and the whole process stops with a non-zero exit code: systemd restarts a clean process
+rather than leaving one running half-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sitectl import __version__
+from sitectl.config import Config
+from sitectl.state import SiteState
+from sitectl.store import Store
+
+__all__ = ["App", "Component", "FunctionComponent", "build_components"]
+
+log = logging.getLogger(__name__)
+
+#: Exit codes of `App.run`.
+EXIT_OK = 0
+EXIT_COMPONENT_FAILED = 1
+
+
+class Component(Protocol):
+    """A long-running part of sitectl. ``run`` returns only when cancelled (or on failure)."""
+
+    name: str
+
+    async def run(self) -> None: ...
+
+
+@dataclass
+class FunctionComponent:
+    """Adapts a coroutine function into a `Component`."""
+
+    name: str
+    func: Callable[[], Awaitable[None]]
+
+    async def run(self) -> None:
+        await self.func()
+
+
+def build_components(config: Config, state: SiteState, store: Store) -> list[Component]:
+    """Create the components the configuration asks for, in start order."""
+    components: list[Component] = []
+    return components
+
+
+class App:
+    """Runs sitectl's components until stopped.
+
+    Args:
+        config: the validated configuration.
+        components: override the components (tests); default: `build_components`.
+        shutdown_timeout_s: how long one component may take to stop after cancellation.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        components: Callable[[Config, SiteState, Store], Sequence[Component]] | None = None,
+        shutdown_timeout_s: float = 10.0,
+    ) -> None:
+        self.config = config
+        self._factory = components or build_components
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._stop = asyncio.Event()
+        self._failed: list[str] = []
+        self.state: SiteState | None = None
+        self.store: Store | None = None
+
+    def stop(self) -> None:
+        """Ask the app to stop (safe to call from a signal handler)."""
+        self._stop.set()
+
+    async def run(self, install_signal_handlers: bool = True) -> int:
+        """Run until stopped; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        self.store = Store(self.config.storage.path, self.config.storage.synchronous)
+        try:
+            self.state = SiteState(self.config)
+            self.store.set_meta("site_id", self.config.site.id)
+            self.store.set_meta("last_start", self.state.started_at.isoformat())
+            components = list(self._factory(self.config, self.state, self.store))
+            log.info(
+                "sitectl %s started: site %s, %d chargers, %d devices; components: %s",
+                __version__,
+                self.config.site.id,
+                len(self.config.chargers),
+                len(self.config.devices),
+                ", ".join(c.name for c in components) or "none",
+            )
+            _sd_notify("READY=1")
+            await self._supervise(components)
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self.store.close()
+        if self._failed:
+            log.error("sitectl stopped because a component failed: %s", ", ".join(self._failed))
+            return EXIT_COMPONENT_FAILED
+        log.info("sitectl stopped cleanly")
+        return EXIT_OK
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s, shutting down", sig.name)
+        _sd_notify("STOPPING=1")
+        self.stop()
+
+    async def _supervise(self, components: Sequence[Component]) -> None:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._guard(component), name=component.name)
+                for component in components
+            ]
+            await self._stop.wait()
+            for component, task in reversed(list(zip(components, tasks, strict=True))):
+                if task.done():
+                    continue
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=self._shutdown_timeout_s)
+                if not done:
+                    log.error(
+                        "component %s did not stop within %.0f s",
+                        component.name,
+                        self._shutdown_timeout_s,
+                    )
+                    self._failed.append(component.name)
+
+    async def _guard(self, component: Component) -> None:
+        try:
+            await component.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("component %s crashed", component.name)
+            self._failed.append(component.name)
+            self._stop.set()
+            return
+        if not self._stop.is_set():
+            log.error("component %s returned unexpectedly", component.name)
+            self._failed.append(component.name)
+            self._stop.set()
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract namespace socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(message.encode(), address)
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)

@@ -1,0 +1,169 @@
+"""The ``sitectl`` command.
+
+    sitectl run -c FILE            start the controller (until SIGTERM/SIGINT)
+    sitectl check-config FILE      validate a depot configuration and summarise it
+    sitectl schema                 print the JSON Schema of the configuration
+    sitectl demo                   run a simulated depot on configs/demo.yaml
+
+Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors.
+Errors an installer can cause end in one clear message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sitectl import __version__
+from sitectl.config import Config, ConfigError, load_config, secret_values
+from sitectl.logs import set_secrets, setup_logging
+from sitectl.store import StoreError
+from sitectl.summary import render_summary
+
+__all__ = ["main"]
+
+log = logging.getLogger("sitectl")
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _logging_options() -> argparse.ArgumentParser:
+    # SUPPRESS lets the options appear before or after the subcommand without clobbering.
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="log level (default INFO)",
+    )
+    parent.add_argument(
+        "--log-format",
+        default=argparse.SUPPRESS,
+        choices=["human", "json"],
+        help="human-readable lines or JSON lines (default human)",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and shell completion)."""
+    common = _logging_options()
+    parser = argparse.ArgumentParser(
+        prog="sitectl",
+        description="Edge site controller for EV charging depots.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"sitectl {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="start the controller")
+    run.add_argument("-c", "--config", required=True, help="the depot's YAML file")
+
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate a configuration and summarise it"
+    )
+    check.add_argument("file", help="the depot's YAML file")
+    check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+
+    commands.add_parser("schema", parents=[common], help="print the configuration JSON Schema")
+
+    demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
+    demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
+    demo.add_argument("--speed", type=float, default=1.0, help="simulated time speed-up")
+    demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    return parser
+
+
+def _load(path: str) -> Config | None:
+    try:
+        config, warnings = load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return None
+    for warning in warnings:
+        log.warning("config: %s", warning)
+    set_secrets(secret_values(config))
+    return config
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config, warnings = load_config(args.file)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    if args.quiet:
+        for warning in warnings:
+            print(f"warning: {warning}")
+    else:
+        print(render_summary(config, args.file, warnings))
+    return 0
+
+
+def _cmd_schema(_: argparse.Namespace) -> int:
+    print(json.dumps(Config.model_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def _run_app(config: Config, duration_s: float | None = None) -> int:
+    from sitectl.app import App
+
+    async def main() -> int:
+        app = App(config)
+        if duration_s is not None:
+            asyncio.get_running_loop().call_later(duration_s, app.stop)
+        return await app.run()
+
+    try:
+        return asyncio.run(main())
+    except StoreError as exc:
+        log.error("cannot open the store: %s", exc)
+        return 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return _run_app(config)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    path = REPO_CONFIGS / "demo.yaml"
+    config = _load(str(path))
+    if config is None:
+        return 1
+    with tempfile.TemporaryDirectory(prefix="sitectl-demo-") as tmp:
+        config.storage.path = Path(tmp) / "demo.sqlite"
+        config.firmware.cache_dir = Path(tmp) / "firmware"
+        log.info("demo: depot %s from %s, data in %s", config.site.id, path, tmp)
+        return _run_app(config, args.duration)
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "check-config": _cmd_check,
+    "schema": _cmd_schema,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sitectl`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "human"))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""SiteState: the one in-memory picture of the depot.
+
+Components write their own facts here (the OCPP router: chargers, connectors, sessions; the
+devices: readings; the control loop: limits in force and alarms) and read the rest. Everything
+is plain data. A component that must react to a change subscribes with a callback; callbacks
+run synchronously in the writer's task and must be quick (set an event, put in a queue).
+
+Time inside is UTC (aware datetimes from the injected clock).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sitectl.config import Config
+
+__all__ = [
+    "Alarm",
+    "Change",
+    "ChargerState",
+    "ConnectorState",
+    "SessionState",
+    "Severity",
+    "SiteState",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Severity(enum.StrEnum):
+    """How urgent an alarm is."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """A condition an operator should know about, raised until it is cleared."""
+
+    code: str  # e.g. "meter_stale", "overload", "charger_noncompliant"
+    subject: str  # what it is about: a device, a circuit, a charger id, or "site"
+    severity: Severity
+    text: str
+    raised_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What changed in the state; subscribers read the details from the state itself."""
+
+    kind: str  # e.g. "charger", "connector", "session_started", "reading", "alarm"
+    subject: str
+
+
+@dataclass(slots=True)
+class SessionState:
+    """A charging session on one connector, as sitectl observes it."""
+
+    session_id: str
+    connector_id: int
+    started_at: datetime
+    transaction_id: str | None = None
+    id_tag_hash: str | None = None  # never the tag in clear outside the journal
+    meter_start_wh: float | None = None
+    energy_wh: float = 0.0
+    energy_wanted_kwh: float | None = None
+    departure: datetime | None = None
+    priority: int = 1
+
+
+@dataclass(slots=True)
+class ConnectorState:
+    """One connector (1.6) or EVSE (2.0.1) of a charger."""
+
+    connector_id: int
+    status: str = "Unknown"
+    error_code: str | None = None
+    session: SessionState | None = None
+    current_a: tuple[float | None, float | None, float | None] | None = (
+        None  # measured, charger phases
+    )
+    power_kw: float | None = None
+    energy_register_wh: float | None = None
+    measured_at: datetime | None = None
+    limit_a: float | None = None  # commanded by sitectl and accepted
+
+
+@dataclass(slots=True)
+class ChargerState:
+    """One charge point: its connections, what it said at boot, its connectors."""
+
+    charger_id: str
+    ocpp_version: str
+    connected: bool = False
+    upstream_connected: bool = False
+    vendor: str | None = None
+    model: str | None = None
+    firmware_version: str | None = None
+    boot_accepted: bool = False
+    connectors: dict[int, ConnectorState] = field(default_factory=dict)
+    limit_a: float | None = None
+    compliance: str = "ok"  # ok | noncompliant | uncontrollable
+    last_seen: datetime | None = None
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SiteState:
+    """The in-memory picture of the depot, with change notification.
+
+    Args:
+        config: the validated configuration; every configured charger gets an entry.
+        clock: returns the current UTC time (injected for tests).
+    """
+
+    def __init__(self, config: Config, clock: Callable[[], datetime] = _utc_now) -> None:
+        self.config = config
+        self.clock = clock
+        self.started_at = clock()
+        self.chargers: dict[str, ChargerState] = {
+            c.id: ChargerState(
+                charger_id=c.id,
+                ocpp_version=c.ocpp_version,
+                connectors={n: ConnectorState(n) for n in range(1, c.connectors + 1)},
+            )
+            for c in config.chargers
+        }
+        self.readings: dict[str, Any] = {}  # device name -> devices.meter.Reading
+        self.alarms: dict[tuple[str, str], Alarm] = {}
+        self._subscribers: list[Callable[[Change], None]] = []
+
+    # Subscriptions.
+
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call `callback` on every change; returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def notify(self, kind: str, subject: str) -> None:
+        """Tell subscribers that `subject` changed. A failing subscriber is logged, not fatal."""
+        change = Change(kind, subject)
+        for callback in list(self._subscribers):
+            try:
+                callback(change)
+            except Exception:
+                log.exception("state subscriber %r failed on %s", callback, change)
+
+    # Writers.
+
+    def set_reading(self, device: str, reading: Any) -> None:
+        """Store the latest reading of a device."""
+        self.readings[device] = reading
+        self.notify("reading", device)
+
+    def raise_alarm(self, code: str, subject: str, severity: Severity, text: str) -> bool:
+        """Raise an alarm; returns whether it is new (an already-raised alarm is kept)."""
+        key = (code, subject)
+        if key in self.alarms:
+            return False
+        self.alarms[key] = Alarm(code, subject, severity, text, self.clock())
+        log.warning("alarm raised: %s %s: %s", code, subject, text)
+        self.notify("alarm", f"{code}:{subject}")
+        return True
+
+    def clear_alarm(self, code: str, subject: str) -> bool:
+        """Clear an alarm; returns whether it was raised."""
+        if self.alarms.pop((code, subject), None) is None:
+            return False
+        log.info("alarm cleared: %s %s", code, subject)
+        self.notify("alarm", f"{code}:{subject}")
+        return True

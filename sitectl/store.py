@@ -1,0 +1,184 @@
+"""The store: one SQLite file for everything that must survive a restart.
+
+The upstream journal and transaction-id map, the MQTT outbox, the firmware index and the session
+history all live here (DESIGN.md). Rules:
+
+- WAL mode; ``synchronous=FULL`` by default so that a committed write survives power loss (the
+  journal commits before a charger gets its local answer).
+- The schema is versioned with ``PRAGMA user_version``; `MIGRATIONS` is one ordered list, each
+  step applied in its own transaction. A database from a newer sitectl is refused, not guessed at.
+- One connection, used from the event loop thread; the lock makes the odd call from a worker
+  thread safe. Statements are small and local, so they run inline.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["MIGRATIONS", "Migration", "Store", "StoreError"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: applied once, in order, in its own transaction."""
+
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "meta: key/value facts about this installation",
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    ),
+)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or used (our side: path, permissions, version)."""
+
+
+class Store:
+    """One SQLite database in WAL mode with versioned migrations.
+
+    Args:
+        path: the database file; its directory is created if missing.
+        synchronous: ``FULL`` (every commit durable) or ``NORMAL`` (durable at checkpoints).
+        migrations: the schema steps (default: `MIGRATIONS`).
+
+    Raises:
+        StoreError: when the file cannot be opened, is not a database, or is newer than us.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so nothing commits by
+            # surprise and a transaction is exactly what `transaction()` encloses.
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._conn.row_factory = sqlite3.Row
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+            self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate(migrations)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: {exc.strerror}") from None
+
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
+        versions = [m.version for m in migrations]
+        if versions != sorted(set(versions)):
+            raise StoreError("migrations must have increasing, unique versions")
+        current = self.schema_version
+        latest = versions[-1] if versions else 0
+        if current > latest:
+            raise StoreError(
+                f"{self.path}: schema version {current} is newer than this sitectl knows "
+                f"({latest}); was it written by a newer release?"
+            )
+        for migration in migrations:
+            if migration.version <= current:
+                continue
+            with self.transaction() as conn:
+                for statement in _statements(migration.sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={migration.version}")
+            log.info("store migrated to version %d: %s", migration.version, migration.description)
+
+    @property
+    def schema_version(self) -> int:
+        """The version of the last migration applied."""
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run statements atomically: all committed on exit, all rolled back on an exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        """Run one statement in its own (autocommitted) transaction."""
+        with self._lock:
+            return self._conn.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """Run a read and return every row."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def get_meta(self, key: str) -> str | None:
+        """A value from the meta table, or ``None``."""
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value in the meta table."""
+        self.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def integrity_ok(self) -> bool:
+        """Whether SQLite's own integrity check passes."""
+        return self.query("PRAGMA integrity_check")[0][0] == "ok"
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close."""
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:  # pragma: no cover - best effort on shutdown
+                log.warning("store checkpoint on close failed: %s", exc)
+            self._conn.close()
+
+
+def _statements(sql: str) -> Iterator[str]:
+    """Split a script into statements.
+
+    executescript() would COMMIT our open transaction first; running the statements one by one
+    inside BEGIN keeps a migration and its version bump atomic.
+    """
+    pending = ""
+    for line in sql.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip():
+                yield pending.strip()
+            pending = ""
+    if pending.strip():
+        raise StoreError(f"incomplete SQL statement in migration: {pending.strip()[:60]}")

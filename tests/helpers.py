@@ -1,0 +1,74 @@
+"""Helpers shared by the test suite: free ports and waiting on conditions (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+__all__ = ["MINIMAL_CONFIG", "free_port", "wait_for", "wait_for_sync"]
+
+#: A small valid depot (one feeder, one charger) for tests that need any valid config.
+MINIMAL_CONFIG = """\
+site:
+  id: test-depot
+  limit_kw: 100
+  phase_limit_a: 160
+circuits:
+  - id: feeder
+    limit_a: 100
+chargers:
+  - id: CP1
+    circuit: feeder
+    max_current_a: 32
+    password: cp1-password-0123456789
+ocpp:
+  listen_host: 127.0.0.1
+storage:
+  path: state.sqlite
+mqtt:
+  enabled: false
+http:
+  enabled: false
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    message: str = "condition",
+) -> None:
+    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def wait_for_sync(
+    condition: Callable[[], bool],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    message: str = "condition",
+) -> None:
+    """Blocking variant of `wait_for` for tests that drive subprocesses."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
