@@ -53,7 +53,11 @@ class FunctionComponent:
 
 def build_components(config: Config, state: SiteState, store: Store) -> list[Component]:
     """Create the components the configuration asks for, in start order."""
-    components: list[Component] = []
+    from sitectl.ocpp.observe import StateObserver
+    from sitectl.ocpp.server import OcppServer
+
+    observer = StateObserver(state, config.ocpp.profile_stack_levels, config.ocpp.profile_id_base)
+    components: list[Component] = [OcppServer(config, observer)]
     return components
 
 

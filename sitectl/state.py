@@ -24,6 +24,7 @@ __all__ = [
     "Change",
     "ChargerState",
     "ConnectorState",
+    "CsmsProfile",
     "SessionState",
     "Severity",
     "SiteState",
@@ -73,6 +74,20 @@ class SessionState:
     energy_wanted_kwh: float | None = None
     departure: datetime | None = None
     priority: int = 1
+    ev_min_current_a: float | None = None  # from 2.0.1 charging needs
+    ev_max_current_a: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CsmsProfile:
+    """A charging profile the CSMS installed on a charger (an upper bound for sitectl)."""
+
+    profile_id: int
+    connector_id: int  # 1.6 connectorId / 2.0.1 evseId; 0 = the whole charger
+    stack_level: int
+    purpose: str
+    profile: dict[str, Any]  # as sent, camelCase
+    received_at: datetime
 
 
 @dataclass(slots=True)
@@ -83,11 +98,11 @@ class ConnectorState:
     status: str = "Unknown"
     error_code: str | None = None
     session: SessionState | None = None
-    current_a: tuple[float | None, float | None, float | None] | None = (
-        None  # measured, charger phases
-    )
+    # Measured per charger phase (L1, L2, L3 of the charger; the rotation maps them to the site).
+    current_a: tuple[float | None, float | None, float | None] | None = None
     power_kw: float | None = None
     energy_register_wh: float | None = None
+    soc_percent: float | None = None
     measured_at: datetime | None = None
     limit_a: float | None = None  # commanded by sitectl and accepted
 
@@ -104,10 +119,20 @@ class ChargerState:
     model: str | None = None
     firmware_version: str | None = None
     boot_accepted: bool = False
+    boot_interval_s: int | None = None
+    firmware_status: str | None = None
     connectors: dict[int, ConnectorState] = field(default_factory=dict)
+    csms_profiles: dict[int, CsmsProfile] = field(default_factory=dict)
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None
+
+    def connector(self, connector_id: int) -> ConnectorState:
+        """The connector (or 2.0.1 EVSE) with this id, created if the charger has more."""
+        found = self.connectors.get(connector_id)
+        if found is None:
+            found = self.connectors[connector_id] = ConnectorState(connector_id)
+        return found
 
 
 def _utc_now() -> datetime:

@@ -90,3 +90,47 @@ def test_state_knows_every_configured_charger_and_notifies(write_config) -> None
     state.set_reading("grid-meter", object())
     # A failing subscriber did not stop the others; unsubscribed callbacks see nothing more.
     assert seen == [Change("alarm", "meter_stale:grid-meter")] * 2
+
+
+async def test_run_serves_ocpp_from_the_config(write_config) -> None:
+    import socket
+
+    from sitectl.app import build_components
+    from sitectl.sim.charger import SimCharger
+    from sitectl.sim.csms import StubCsms
+    from tests.helpers import free_port
+
+    csms = StubCsms()
+    await csms.start()
+    port = free_port()
+    text = (
+        write_config()
+        .read_text()
+        .replace(
+            "  listen_host: 127.0.0.1\n",
+            f"  listen_host: 127.0.0.1\n  listen_port: {port}\n  upstream_url: {csms.url}\n",
+        )
+    )
+    config, _ = load_config(write_config(text, "ocpp.yaml"), environ={})
+    app = App(config, components=build_components)
+    task = asyncio.create_task(app.run(install_signal_handlers=False))
+
+    def listening() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        await wait_for(listening, timeout=10, message="the OCPP port to open")
+        async with SimCharger(
+            "CP1", "1.6", f"ws://127.0.0.1:{port}/ocpp", "cp1-password-0123456789"
+        ) as sim:
+            result = await sim.boot()
+            assert result.status == "Accepted"
+            await wait_for(
+                lambda: app.state.chargers["CP1"].connected, message="the charger in SiteState"
+            )
+            assert app.state.chargers["CP1"].boot_accepted
+    finally:
+        app.stop()
+        assert await asyncio.wait_for(task, 15) == 0
+        await csms.stop()

@@ -1,0 +1,395 @@
+"""The charger-facing OCPP server.
+
+Chargers connect to ``ws[s]://HOST:PORT/<path>/<identity>``. Before the WebSocket upgrade sitectl
+decides, in this order (each a plain HTTP answer the charger's log will show):
+
+1. the path is ours and the identity is a configured charger, else 404;
+2. the credentials match the security profile (Basic password for 1 and 2, a client
+   certificate whose CN is the identity for 3), else 401;
+3. the CSMS accepts the same identity: sitectl opens the upstream socket now, offering what the
+   charger offered, and mirrors a 401/404 from the CSMS to the charger (2.0.1 Part 4 §3.2); if
+   the CSMS cannot be reached the charger gets 503 and retries;
+4. the charger is answered with the subprotocol the CSMS chose; if there is none, the handshake
+   completes without the header and the connection is closed (2.0.1 Part 4 §3.1.2).
+
+A second connection for an identity replaces the first, whose sockets are closed cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import http
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from sitectl.config import Config, OcppConfig
+from sitectl.ocpp.link import ChargerLink, ChargerOffline, LinkListener
+from sitectl.ocpp.router import Event, Router
+from sitectl.ocpp.upstream import (
+    UpstreamRejected,
+    UpstreamSettings,
+    UpstreamUnavailable,
+    client_tls_context,
+    connect_upstream,
+)
+
+__all__ = ["SUBPROTOCOL_VERSIONS", "OcppServer", "server_tls_context"]
+
+log = logging.getLogger(__name__)
+
+#: Subprotocols sitectl speaks, and the OCPP version each means.
+SUBPROTOCOL_VERSIONS = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1", "ocpp2.1": "2.1"}
+
+
+def server_tls_context(cfg: OcppConfig) -> ssl.SSLContext | None:
+    """TLS 1.2+ server context for security profiles 2 and 3 (1.6 WP A00.FR.312, 2.0.1 A00)."""
+    if cfg.security_profile < 2:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    context.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+    if cfg.security_profile == 3:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(cfg.tls_ca_file))
+    return context
+
+
+@dataclass
+class _Pending:
+    """What process_request decided for a connection, until the handler takes it over."""
+
+    identity: str
+    version: str | None
+    upstream: ClientConnection | None
+
+
+def _reject(status: http.HTTPStatus, text: str, headers: dict[str, str] | None = None) -> Response:
+    response_headers = Headers({"Content-Type": "text/plain; charset=utf-8", **(headers or {})})
+    body = f"{text}\n".encode()
+    response_headers["Content-Length"] = str(len(body))
+    return Response(status.value, status.phrase, response_headers, body)
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+def _peer_common_name(connection: ServerConnection) -> str | None:
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return None
+
+
+class OcppServer:
+    """Accepts chargers, opens their upstream sockets, and runs one ChargerLink each.
+
+    Args:
+        config: the validated configuration.
+        listener: receives every link's router events (the state observer).
+        port: override the configured port (tests; 0 picks a free one).
+    """
+
+    name = "ocpp-server"
+
+    def __init__(
+        self,
+        config: Config,
+        listener: LinkListener | None = None,
+        port: int | None = None,
+        upstream_tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.ocpp = config.ocpp
+        self._listener = listener or _NullListener()
+        self._port = self.ocpp.listen_port if port is None else port
+        self.links: dict[str, ChargerLink] = {}
+        self._pending: dict[ServerConnection, _Pending] = {}
+        self._server: Server | None = None
+        self.ready = asyncio.Event()
+        self._upstream = None
+        if self.ocpp.upstream_url:
+            context = upstream_tls
+            if context is None and self.ocpp.upstream_url.startswith("wss:"):
+                context = client_tls_context(
+                    _opt(self.ocpp.upstream_ca_file),
+                    _opt(self.ocpp.upstream_cert_file),
+                    _opt(self.ocpp.upstream_key_file),
+                )
+            self._upstream = UpstreamSettings(
+                self.ocpp.upstream_url,
+                context,
+                open_timeout_s=10.0,
+                ping_interval_s=self.ocpp.ping_interval_s,
+                ping_timeout_s=self.ocpp.ping_timeout_s,
+                max_size=self.ocpp.max_frame_bytes,
+            )
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (after `ready`)."""
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def run(self) -> None:
+        """Serve until cancelled; on cancel close every charger and upstream socket."""
+        async with serve(
+            self._handle,
+            self.ocpp.listen_host,
+            self._port,
+            process_request=self._process_request,
+            process_response=self._process_response,
+            select_subprotocol=self._select_subprotocol,
+            ssl=server_tls_context(self.ocpp),
+            compression="deflate",
+            ping_interval=self.ocpp.ping_interval_s,
+            ping_timeout=self.ocpp.ping_timeout_s,
+            max_size=self.ocpp.max_frame_bytes,
+            # A dead charger never completes a closing handshake; don't wait long for it.
+            close_timeout=2,
+            server_header="sitectl",
+        ) as server:
+            self._server = server
+            scheme = "wss" if self.ocpp.security_profile >= 2 else "ws"
+            log.info(
+                "OCPP server listening on %s://%s:%d%s/<identity>",
+                scheme,
+                self.ocpp.listen_host,
+                self.port,
+                self.ocpp.path,
+            )
+            self.ready.set()
+            try:
+                await asyncio.Future()
+            finally:
+                links = list(self.links.values())
+                await asyncio.gather(
+                    *(link.close("sitectl shutting down", 1001) for link in links),
+                    return_exceptions=True,
+                )
+
+    async def call(
+        self, identity: str, action: str, payload: dict[str, Any], timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send one of sitectl's own calls to a connected charger (see `ChargerLink.call`)."""
+        link = self.links.get(identity)
+        if link is None:
+            raise ChargerOffline(f"{identity} is not connected")
+        return await link.call(action, payload, timeout)
+
+    # Handshake.
+
+    def _identity_from_path(self, path: str) -> tuple[str, str] | None:
+        path = path.split("?", 1)[0]
+        prefix = self.ocpp.path.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            return None
+        segment = path[len(prefix) :]
+        if not segment or "/" in segment:
+            return None
+        return unquote(segment), segment
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        found = self._identity_from_path(request.path)
+        if found is None:
+            log.warning(
+                "connection to unknown path %s from %s refused",
+                request.path,
+                connection.remote_address,
+            )
+            return _reject(http.HTTPStatus.NOT_FOUND, "unknown path")
+        identity, segment = found
+        charger = self.config.charger(identity)
+        if charger is None:
+            log.warning(
+                "unknown charger %r from %s refused (404): not in the configuration",
+                identity,
+                connection.remote_address,
+            )
+            return _reject(http.HTTPStatus.NOT_FOUND, "unknown charge point")
+        problem = self._authenticate(connection, request, identity)
+        if problem is not None:
+            log.warning("charger %s refused (401): %s", identity, problem)
+            return _reject(
+                http.HTTPStatus.UNAUTHORIZED,
+                "authentication failed",
+                {"WWW-Authenticate": 'Basic realm="sitectl", charset="UTF-8"'},
+            )
+
+        offered = [
+            p.strip()
+            for value in request.headers.get_all("Sec-WebSocket-Protocol")
+            for p in value.split(",")
+            if p.strip()
+        ]
+        upstream: ClientConnection | None = None
+        version: str | None
+        if self._upstream is not None:
+            password = (
+                charger.upstream_password.get_secret_value()
+                if charger.upstream_password is not None
+                else None
+            )
+            try:
+                upstream = await connect_upstream(
+                    self._upstream, identity, segment, offered, password
+                )
+            except UpstreamRejected as exc:
+                log.warning(
+                    "charger %s refused (%d): the CSMS refused this identity", identity, exc.status
+                )
+                status = (
+                    http.HTTPStatus(exc.status)
+                    if exc.status in (401, 403, 404)
+                    else http.HTTPStatus.BAD_GATEWAY
+                )
+                return _reject(status, "refused by the CSMS")
+            except UpstreamUnavailable as exc:
+                log.warning("charger %s refused (503): %s", identity, exc)
+                return _reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "CSMS unreachable")
+            version = SUBPROTOCOL_VERSIONS.get(upstream.subprotocol or "")
+        else:
+            version = next(
+                (SUBPROTOCOL_VERSIONS[p] for p in offered if p in SUBPROTOCOL_VERSIONS), None
+            )
+        if version is not None and version != charger.ocpp_version:
+            log.warning(
+                "charger %s speaks OCPP %s, configured as %s; using %s",
+                identity,
+                version,
+                charger.ocpp_version,
+                version,
+            )
+        self._pending[connection] = _Pending(identity, version, upstream)
+        return None
+
+    def _authenticate(
+        self, connection: ServerConnection, request: Request, identity: str
+    ) -> str | None:
+        profile = self.ocpp.security_profile
+        if profile == 3:
+            name = _peer_common_name(connection)
+            if name != identity:
+                return f"client certificate CN {name!r} does not match the identity"
+            return None
+        if profile == 0:
+            return None
+        credentials = _basic_credentials(request.headers.get("Authorization"))
+        if credentials is None:
+            return "no Basic credentials"
+        user, password = credentials
+        charger = self.config.charger(identity)
+        expected = charger.password.get_secret_value() if charger and charger.password else None
+        if user != identity:
+            return f"Basic user {user!r} is not the identity"
+        if expected is None or not hmac.compare_digest(password.encode(), expected.encode()):
+            return "wrong password"
+        return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, subprotocols: list[Subprotocol]
+    ) -> Subprotocol | None:
+        pending = self._pending.get(connection)
+        if pending is None or pending.version is None:
+            return None
+        chosen = {v: k for k, v in SUBPROTOCOL_VERSIONS.items()}[pending.version]
+        return Subprotocol(chosen) if chosen in subprotocols else None
+
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> None:
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            self._discard(connection)
+        else:
+            # If the charger vanishes right after the handshake the handler never runs:
+            # don't leave its upstream socket open.
+            asyncio.get_running_loop().call_later(30, self._discard, connection)
+
+    def _discard(self, connection: ServerConnection) -> None:
+        pending = self._pending.pop(connection, None)
+        if pending is not None and pending.upstream is not None:
+            asyncio.get_running_loop().create_task(pending.upstream.close())
+
+    # Connections.
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        pending = self._pending.pop(connection, None)
+        if pending is None:  # pragma: no cover - reaped after 30 s without a handler
+            await connection.close(1011, "handshake state lost")
+            return
+        if pending.version is None:
+            log.warning(
+                "charger %s: no common OCPP subprotocol with the CSMS; closing", pending.identity
+            )
+            await connection.close(1002, "no common OCPP subprotocol")
+            if pending.upstream is not None:
+                await pending.upstream.close()
+            return
+        old = self.links.get(pending.identity)
+        if old is not None:
+            log.info("charger %s reconnected; closing its previous connection", pending.identity)
+            await old.close("replaced by a new connection")
+        router = Router(
+            pending.identity,
+            pending.version,
+            charger_timeout_s=self.ocpp.call_timeout_s,
+            csms_timeout_s=self.ocpp.upstream_call_timeout_s,
+        )
+        link = ChargerLink(pending.identity, router, connection, pending.upstream, self._listener)
+        self.links[pending.identity] = link
+        self._listener.link_charger(link, True)
+        log.info(
+            "charger %s connected (OCPP %s)%s",
+            pending.identity,
+            pending.version,
+            "" if pending.upstream else ", no upstream",
+        )
+        try:
+            await link.run()
+        finally:
+            if self.links.get(pending.identity) is link:
+                del self.links[pending.identity]
+                self._listener.link_charger(link, False)
+            log.info("charger %s disconnected", pending.identity)
+
+
+class _NullListener:
+    def link_events(self, link: ChargerLink, events: list[Event]) -> None:
+        pass
+
+    def link_upstream(self, link: ChargerLink, connected: bool) -> None:
+        pass
+
+    def link_charger(self, link: ChargerLink, connected: bool) -> None:
+        pass
+
+
+def _opt(path: Any) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,1 @@
+"""A simulated depot: stub CSMS and simulated chargers (tests, benchmarks and the demo)."""

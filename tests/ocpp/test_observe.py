@@ -1,0 +1,342 @@
+"""SiteState kept current from observed OCPP traffic: both versions' payload shapes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from sitectl.ocpp.observe import StateObserver, hash_id_tag, parse_sampled_values
+from sitectl.ocpp.router import Origin, RequestSeen, ResponseSeen
+from sitectl.sim.charger import SimCharger
+from sitectl.state import Change, SiteState
+from tests.helpers import wait_for
+from tests.ocpp.conftest import PASSWORD, depot_config
+
+
+@pytest.fixture
+def observed():
+    config = depot_config(
+        [{"id": "CP1", "connectors": 2}, {"id": "CP2", "ocpp_version": "2.0.1"}], None
+    )
+    state = SiteState(config)
+    changes: list[Change] = []
+    state.subscribe(changes.append)
+    observer = StateObserver(state)
+
+    def feed(identity: str, *events) -> None:
+        observer.link_events(SimpleNamespace(identity=identity), list(events))
+
+    return state, feed, changes
+
+
+def req(action, payload, origin=Origin.CHARGER):
+    return RequestSeen(origin, "m", action, payload)
+
+
+def res(action, request, response, origin=Origin.CHARGER):
+    return ResponseSeen(origin, "m", action, request, response)
+
+
+def test_boot_both_versions(observed) -> None:
+    state, feed, _ = observed
+    feed(
+        "CP1",
+        res(
+            "BootNotification",
+            {"chargePointVendor": "ABB", "chargePointModel": "T", "firmwareVersion": "1.2"},
+            {"status": "Accepted", "interval": 300, "currentTime": "x"},
+        ),
+    )
+    feed(
+        "CP2",
+        res(
+            "BootNotification",
+            {
+                "chargingStation": {"vendorName": "Kempower", "model": "S", "firmwareVersion": "9"},
+                "reason": "PowerUp",
+            },
+            {"status": "Pending", "interval": 60, "currentTime": "x"},
+        ),
+    )
+    one, two = state.chargers["CP1"], state.chargers["CP2"]
+    assert (one.vendor, one.model, one.firmware_version, one.boot_accepted) == (
+        "ABB",
+        "T",
+        "1.2",
+        True,
+    )
+    assert (two.vendor, two.model, two.boot_accepted, two.boot_interval_s) == (
+        "Kempower",
+        "S",
+        False,
+        60,
+    )
+
+
+def test_status_both_versions(observed) -> None:
+    state, feed, changes = observed
+    feed(
+        "CP1",
+        req(
+            "StatusNotification",
+            {"connectorId": 2, "status": "Faulted", "errorCode": "GroundFailure"},
+        ),
+    )
+    feed(
+        "CP1",
+        req(
+            "StatusNotification", {"connectorId": 0, "status": "Available", "errorCode": "NoError"}
+        ),
+    )
+    feed(
+        "CP2",
+        req(
+            "StatusNotification",
+            {"timestamp": "x", "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1},
+        ),
+    )
+    assert state.chargers["CP1"].connectors[2].status == "Faulted"
+    assert state.chargers["CP1"].connectors[2].error_code == "GroundFailure"
+    assert state.chargers["CP2"].connectors[1].status == "Occupied"
+    assert Change("connector", "CP1/2") in changes
+
+
+def test_16_session_with_meter_values(observed) -> None:
+    state, feed, changes = observed
+    start = {"connectorId": 1, "idTag": "RFID-1", "meterStart": 10_000, "timestamp": "x"}
+    feed(
+        "CP1",
+        res("StartTransaction", start, {"transactionId": 42, "idTagInfo": {"status": "Accepted"}}),
+    )
+    session = state.chargers["CP1"].connectors[1].session
+    assert session.transaction_id == "42"
+    assert session.id_tag_hash == hash_id_tag("test", "RFID-1") != "RFID-1"
+    feed(
+        "CP1",
+        req(
+            "MeterValues",
+            {
+                "connectorId": 1,
+                "transactionId": 42,
+                "meterValue": [
+                    {
+                        "timestamp": "x",
+                        "sampledValue": [
+                            {
+                                "value": "12.5",
+                                "measurand": "Current.Import",
+                                "phase": "L1",
+                                "unit": "A",
+                            },
+                            {
+                                "value": "12.0",
+                                "measurand": "Current.Import",
+                                "phase": "L2",
+                                "unit": "A",
+                            },
+                            {
+                                "value": "0",
+                                "measurand": "Current.Import",
+                                "phase": "L3",
+                                "unit": "A",
+                            },
+                            {"value": "8.3", "measurand": "Power.Active.Import", "unit": "kW"},
+                            {"value": "12.5", "unit": "kWh"},
+                            {"value": "55", "measurand": "SoC", "unit": "Percent"},
+                        ],
+                    }
+                ],
+            },
+        ),
+    )
+    connector = state.chargers["CP1"].connectors[1]
+    assert connector.current_a == (12.5, 12.0, 0.0)
+    assert connector.power_kw == 8.3 and connector.soc_percent == 55
+    assert session.energy_wh == 2500
+    feed(
+        "CP1", req("StopTransaction", {"transactionId": 42, "meterStop": 14_000, "timestamp": "x"})
+    )
+    assert connector.session is None and session.energy_wh == 4000
+    kinds = [c.kind for c in changes]
+    assert (
+        kinds.index("session_started") < kinds.index("measurement") < kinds.index("session_ended")
+    )
+
+
+def test_16_rejected_start_opens_no_session(observed) -> None:
+    state, feed, _ = observed
+    feed(
+        "CP1",
+        res(
+            "StartTransaction",
+            {"connectorId": 1, "idTag": "X", "meterStart": 0, "timestamp": "x"},
+            {"transactionId": 7, "idTagInfo": {"status": "Invalid"}},
+        ),
+    )
+    assert state.chargers["CP1"].connectors[1].session is None
+
+
+def test_201_transaction_events_and_charging_needs(observed) -> None:
+    state, feed, _ = observed
+    feed(
+        "CP2",
+        req(
+            "TransactionEvent",
+            {
+                "eventType": "Started",
+                "timestamp": "x",
+                "triggerReason": "Authorized",
+                "seqNo": 0,
+                "transactionInfo": {"transactionId": "abc"},
+                "evse": {"id": 1, "connectorId": 1},
+                "idToken": {"idToken": "T", "type": "ISO14443"},
+                "meterValue": [
+                    {
+                        "timestamp": "x",
+                        "sampledValue": [
+                            {
+                                "value": 1.5,
+                                "measurand": "Energy.Active.Import.Register",
+                                "unitOfMeasure": {"unit": "Wh", "multiplier": 3},
+                            }
+                        ],
+                    }
+                ],
+            },
+        ),
+    )
+    connector = state.chargers["CP2"].connectors[1]
+    assert connector.session.meter_start_wh == 1500
+    feed(
+        "CP2",
+        req(
+            "NotifyEVChargingNeeds",
+            {
+                "evseId": 1,
+                "chargingNeeds": {
+                    "requestedEnergyTransfer": "AC_three_phase",
+                    "acChargingParameters": {
+                        "energyAmount": 40000,
+                        "evMinCurrent": 6,
+                        "evMaxCurrent": 16,
+                        "evMaxVoltage": 400,
+                    },
+                },
+            },
+        ),
+    )
+    assert connector.session.energy_wanted_kwh == 40
+    assert connector.session.ev_max_current_a == 16
+    # Updated events carry no evse: the transaction id finds the connector.
+    feed(
+        "CP2",
+        req(
+            "TransactionEvent",
+            {
+                "eventType": "Updated",
+                "timestamp": "x",
+                "triggerReason": "MeterValuePeriodic",
+                "seqNo": 1,
+                "transactionInfo": {"transactionId": "abc"},
+                "meterValue": [
+                    {
+                        "timestamp": "x",
+                        "sampledValue": [
+                            {"value": 16.0, "measurand": "Current.Import", "phase": "L1-N"},
+                            {"value": 11500, "measurand": "Energy.Active.Import.Register"},
+                        ],
+                    }
+                ],
+            },
+        ),
+    )
+    assert connector.current_a == (16.0, None, None)
+    assert connector.session.energy_wh == 10000
+    feed(
+        "CP2",
+        req(
+            "TransactionEvent",
+            {
+                "eventType": "Ended",
+                "timestamp": "x",
+                "triggerReason": "EVDeparted",
+                "seqNo": 2,
+                "transactionInfo": {"transactionId": "abc"},
+            },
+        ),
+    )
+    assert connector.session is None
+
+
+def test_csms_profiles_recorded_cleared_and_conflicts_alarmed(observed) -> None:
+    state, feed, changes = observed
+    profile = {
+        "chargingProfileId": 5,
+        "stackLevel": 2,
+        "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Relative",
+        "chargingSchedule": {
+            "chargingRateUnit": "A",
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 20}],
+        },
+    }
+    request = {"connectorId": 1, "csChargingProfiles": profile}
+    feed("CP1", res("SetChargingProfile", request, {"status": "Accepted"}, Origin.CSMS))
+    assert state.chargers["CP1"].csms_profiles[5].profile["chargingSchedule"]
+    # sitectl's own profiles (origin LOCAL) are never recorded as CSMS bounds.
+    feed(
+        "CP1",
+        res(
+            "SetChargingProfile",
+            {"connectorId": 1, "csChargingProfiles": dict(profile, chargingProfileId=6)},
+            {"status": "Accepted"},
+            Origin.LOCAL,
+        ),
+    )
+    assert set(state.chargers["CP1"].csms_profiles) == {5}
+    conflict = dict(profile, chargingProfileId=9, stackLevel=8)
+    feed(
+        "CP1",
+        res(
+            "SetChargingProfile",
+            {"connectorId": 0, "csChargingProfiles": conflict},
+            {"status": "Accepted"},
+            Origin.CSMS,
+        ),
+    )
+    assert ("csms_profile_conflict", "CP1") in state.alarms
+    feed("CP1", res("ClearChargingProfile", {}, {"status": "Accepted"}, Origin.CSMS))
+    assert state.chargers["CP1"].csms_profiles == {}
+    assert Change("profiles_cleared", "CP1") in changes
+
+
+def test_odd_payload_is_logged_and_skipped(observed, caplog) -> None:
+    state, feed, _ = observed
+    feed(
+        "CP1",
+        req("StatusNotification", {"connectorId": "one", "status": 5}),
+        req("StatusNotification", {"connectorId": 1, "status": "Charging", "errorCode": "NoError"}),
+    )
+    assert "could not read StatusNotification payload" in caplog.text
+    assert state.chargers["CP1"].connectors[1].status == "Charging"
+
+
+def test_sampled_values_ignore_garbage() -> None:
+    assert parse_sampled_values([{"sampledValue": [{"value": "NaN"}, {"value": "abc"}, "x"]}]) == {}
+
+
+async def test_state_follows_a_real_session_through_the_proxy(csms, start_server) -> None:
+    config = depot_config([{"id": "CP1"}], csms.url)
+    state = SiteState(config)
+    _, url = await start_server(config, StateObserver(state))
+    charger = state.chargers["CP1"]
+    async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+        assert charger.connected and charger.upstream_connected and charger.boot_accepted
+        started = await sim.start_transaction(1, "TAG", 500)
+        await sim.meter_values(1, [10.0, 10.5, 11.0], 1500, started.transaction_id)
+        assert charger.connectors[1].current_a == (10.0, 10.5, 11.0)
+        assert charger.connectors[1].session.energy_wh == 1000
+    await wait_for(lambda: not charger.connected, message="the disconnect to be observed")
+    assert not charger.upstream_connected
