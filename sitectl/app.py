@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,11 +54,14 @@ class FunctionComponent:
 
 def build_components(config: Config, state: SiteState, store: Store) -> list[Component]:
     """Create the components the configuration asks for, in start order."""
+    from sitectl.ocpp.keeper import ProfileKeeper
     from sitectl.ocpp.observe import StateObserver
     from sitectl.ocpp.server import OcppServer
 
     observer = StateObserver(state, config.ocpp.profile_stack_levels, config.ocpp.profile_id_base)
-    components: list[Component] = [OcppServer(config, observer)]
+    ocpp_server = OcppServer(config, observer)
+    keeper = ProfileKeeper(state, ocpp_server.call)
+    components: list[Component] = [ocpp_server, keeper]
     return components
 
 
@@ -94,6 +98,7 @@ class App:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+        _raise_fd_limit()
         self.store = Store(self.config.storage.path, self.config.storage.synchronous)
         try:
             self.state = SiteState(self.config)
@@ -160,6 +165,17 @@ class App:
             log.error("component %s returned unexpectedly", component.name)
             self._failed.append(component.name)
             self._stop.set()
+
+
+def _raise_fd_limit() -> None:
+    """Each charger needs two sockets; a 1024-descriptor default caps a depot at ~500."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else 65536
+        if soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:  # pragma: no cover - platform dependent
+        log.warning("cannot raise the open-file limit: %s", exc)
 
 
 def _sd_notify(message: str) -> None:
