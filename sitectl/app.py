@@ -21,7 +21,7 @@ from typing import Protocol
 
 from sitectl import __version__
 from sitectl.config import Config
-from sitectl.state import SiteState
+from sitectl.state import Severity, SiteState
 from sitectl.store import Store
 
 __all__ = ["App", "Component", "FunctionComponent", "build_components"]
@@ -59,7 +59,11 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     from sitectl.ocpp.server import OcppServer
 
     observer = StateObserver(state, config.ocpp.profile_stack_levels, config.ocpp.profile_id_base)
-    ocpp_server = OcppServer(config, observer)
+
+    def alarm(code: str, subject: str, text: str) -> None:
+        state.raise_alarm(code, subject, Severity.WARNING, text)
+
+    ocpp_server = OcppServer(config, observer, store=store, alarm=alarm)
     keeper = ProfileKeeper(state, ocpp_server.call)
     components: list[Component] = [ocpp_server, keeper]
     return components

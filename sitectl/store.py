@@ -47,6 +47,58 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "offline operation (sitectl/ocpp/journal.py): journal, dead letters, transaction ids, "
+        "authorization cache and local lists, boot state",
+        """
+        CREATE TABLE journal (
+            seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+            charger    TEXT NOT NULL,
+            action     TEXT NOT NULL,
+            payload    TEXT NOT NULL,
+            kind       TEXT NOT NULL,
+            tx         TEXT,
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX journal_by_charger ON journal(charger, seq);
+        CREATE TABLE dead_letters (
+            seq        INTEGER PRIMARY KEY,
+            charger    TEXT NOT NULL,
+            action     TEXT NOT NULL,
+            payload    TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            attempts   INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            failed_at  TEXT NOT NULL
+        );
+        CREATE TABLE tx_map (
+            charger  TEXT NOT NULL,
+            local_id INTEGER NOT NULL,
+            csms_id  INTEGER,
+            PRIMARY KEY (charger, local_id)
+        );
+        CREATE TABLE auth_cache (
+            id_tag     TEXT PRIMARY KEY,
+            info       TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE local_list (
+            charger TEXT NOT NULL,
+            id_tag  TEXT NOT NULL,
+            info    TEXT NOT NULL,
+            PRIMARY KEY (charger, id_tag)
+        );
+        CREATE TABLE charger_boot (
+            charger      TEXT PRIMARY KEY,
+            accepted     INTEGER NOT NULL,
+            interval_s   INTEGER NOT NULL,
+            pending_boot TEXT,
+            updated_at   TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -1,12 +1,16 @@
-"""ChargerLink: one charger's two sockets, with its Router in between.
+"""ChargerLink: one charger's two sockets, with its Router (and offline agent) in between.
 
 The link only moves frames: each received message goes into the router, whatever the router
 wants written goes into a per-side queue that one writer task drains in order, and a timer task
-wakes the router at its next deadline. All routing decisions are the router's.
+wakes the router and the agent at their next deadlines. Routing decisions are the router's;
+local answers, journaling and replay are the agent's.
 
 When the charger's socket closes, the upstream socket is closed too (2.0.1 Part 4 §6.3), and
-sitectl's own pending calls fail with `ChargerOffline`. When the upstream socket is lost, the
-charger's socket is closed (the spec's behaviour, ``offline.mode: close``).
+sitectl's own pending calls fail with `ChargerOffline`. When the upstream socket is lost:
+
+- ``offline.mode: hold`` (default): the charger stays connected, the agent answers it, and the
+  link reconnects upstream with exponential backoff and jitter;
+- ``offline.mode: close`` (the spec): the charger's socket is closed.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
+from sitectl.ocpp.offline import OfflineAgent
 from sitectl.ocpp.router import (
     Event,
     ForwardTimeout,
@@ -31,6 +36,7 @@ from sitectl.ocpp.router import (
     Router,
     Side,
 )
+from sitectl.ocpp.upstream import UpstreamRejected, UpstreamUnavailable, backoff_delays
 
 __all__ = [
     "CallErrorResponse",
@@ -76,6 +82,9 @@ class LinkListener(Protocol):
     def link_charger(self, link: ChargerLink, connected: bool) -> None: ...
 
 
+Reconnect = Callable[[], Awaitable[Connection]]
+
+
 class ChargerLink:
     """Moves one charger's frames between its socket, its Router and its upstream socket.
 
@@ -83,8 +92,11 @@ class ChargerLink:
         identity: the charge point identity.
         router: the charger's router (owns every routing decision).
         charger_ws: the charger's accepted WebSocket.
-        upstream_ws: the CSMS WebSocket, or ``None`` when there is no upstream.
+        upstream_ws: the CSMS WebSocket, or ``None`` (not connected yet, or standalone).
         listener: receives router events and upstream state changes.
+        agent: the charger's offline agent (local answers, journal, replay), if any.
+        reconnect: opens a new upstream socket; ``None`` when there is no CSMS.
+        hold: keep the charger connected when the upstream is lost (``offline.mode: hold``).
         clock: monotonic seconds (the event loop's clock by default).
     """
 
@@ -95,6 +107,9 @@ class ChargerLink:
         charger_ws: Connection,
         upstream_ws: Connection | None,
         listener: LinkListener,
+        agent: OfflineAgent | None = None,
+        reconnect: Reconnect | None = None,
+        hold: bool = False,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.identity = identity
@@ -102,7 +117,10 @@ class ChargerLink:
         self.version = router.version
         self.charger_ws = charger_ws
         self.upstream_ws = upstream_ws
+        self.agent = agent
         self._listener = listener
+        self._reconnect = reconnect
+        self._hold = hold
         self._clock = clock or asyncio.get_running_loop().time
         self._queues: dict[Side, asyncio.Queue[str]] = {
             Side.CHARGER: asyncio.Queue(),
@@ -111,6 +129,8 @@ class ChargerLink:
         self._futures: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._wake = asyncio.Event()
         self._closing_reason: str | None = None
+        self._stopping = False
+        self.online = False
         self.closed = asyncio.Event()
 
     # Public API.
@@ -151,35 +171,29 @@ class ChargerLink:
             self._futures.pop(message_id, None)
 
     async def run(self) -> None:
-        """Move frames until either socket closes; then close the other one."""
+        """Move frames until the charger's socket closes (or, in close mode, the upstream's)."""
         charger_reader = asyncio.create_task(
             self._read(Side.CHARGER), name=f"{self.identity} charger rx"
         )
+        upstream = asyncio.create_task(self._upstream(), name=f"{self.identity} upstream")
         tasks = {
             charger_reader,
+            upstream,
             asyncio.create_task(self._write(Side.CHARGER), name=f"{self.identity} charger tx"),
             asyncio.create_task(self._timer(), name=f"{self.identity} timer"),
         }
-        readers = {charger_reader}
-        if self.upstream_ws is not None:
-            upstream_reader = asyncio.create_task(
-                self._read(Side.CSMS), name=f"{self.identity} csms rx"
-            )
-            tasks |= {
-                upstream_reader,
-                asyncio.create_task(self._write(Side.CSMS), name=f"{self.identity} csms tx"),
-            }
-            readers.add(upstream_reader)
-            self._listener.link_upstream(self, True)
         try:
-            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
-            ended = {side for task in done if (side := task.result()) is not None}
-            if Side.CSMS in ended and Side.CHARGER not in ended:
+            done, _ = await asyncio.wait(
+                {charger_reader, upstream}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if upstream in done and charger_reader not in done:
                 log.warning(
-                    "%s: CSMS connection lost; closing the charger's connection", self.identity
+                    "%s: CSMS connection lost; closing the charger's connection (close mode)",
+                    self.identity,
                 )
                 await self._close_ws(self.charger_ws, 1001, "CSMS connection lost")
         finally:
+            self._stopping = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -189,6 +203,65 @@ class ChargerLink:
         """Close both sockets (e.g. the charger reconnected on a new socket)."""
         self._closing_reason = reason
         await self._close_ws(self.charger_ws, code, reason)
+
+    # The upstream connection.
+
+    async def _upstream(self) -> None:
+        """Keep the upstream connected while the charger is (hold mode), or until it drops."""
+        while True:
+            if self.upstream_ws is None:
+                if self._reconnect is None:
+                    await asyncio.Future()  # standalone: there is no CSMS to wait for
+                self.upstream_ws = await self._connect_with_backoff()
+            self._queues[Side.CSMS] = asyncio.Queue()
+            writer = asyncio.create_task(self._write(Side.CSMS), name=f"{self.identity} csms tx")
+            self._set_online(True)
+            try:
+                await self._read(Side.CSMS)
+            finally:
+                writer.cancel()
+                old, self.upstream_ws = self.upstream_ws, None
+                self._set_online(False)
+                if old is not None:
+                    await self._close_ws(old, 1000, "")
+            if not self._hold:
+                return
+
+    async def _connect_with_backoff(self) -> Connection:
+        assert self._reconnect is not None
+        delays = backoff_delays(base_s=1.0, cap_s=60.0)
+        while True:
+            try:
+                ws = await self._reconnect()
+            except UpstreamRejected as exc:
+                log.error(
+                    "%s: the CSMS refused this charger (HTTP %d); still answering it locally "
+                    "and retrying",
+                    self.identity,
+                    exc.status,
+                )
+            except UpstreamUnavailable as exc:
+                log.warning("%s: CSMS still unreachable (%s): %s", self.identity, exc.cause, exc)
+            else:
+                log.info("%s: CSMS connection restored", self.identity)
+                return ws
+            await asyncio.sleep(next(delays))
+
+    def _set_online(self, online: bool) -> None:
+        self.online = online
+        # When the charger is gone, its unanswered calls are its own to retry, not ours to
+        # journal (that would only duplicate them).
+        if not self._stopping:
+            if not online:
+                self.router.upstream_lost()
+            if self.agent is not None:
+                self.agent.set_online(online, self._clock())
+        try:
+            self._listener.link_upstream(self, online)
+        except Exception:
+            log.exception("%s: upstream listener failed", self.identity)
+        if not self._stopping:
+            self._flush()
 
     # Frame movement.
 
@@ -201,12 +274,11 @@ class ChargerLink:
                 self._flush()
         except ConnectionClosed:
             pass
-        code = ws.close_code
         log.info(
             "%s: %s connection closed (code %s%s)",
             self.identity,
             side.value,
-            code,
+            ws.close_code,
             f", {ws.close_reason}" if ws.close_reason else "",
         )
         return side
@@ -224,21 +296,35 @@ class ChargerLink:
 
     async def _timer(self) -> None:
         while True:
-            deadline = self.router.next_deadline()
-            delay = None if deadline is None else max(0.0, deadline - self._clock())
+            deadlines = [self.router.next_deadline()]
+            if self.agent is not None:
+                deadlines.append(self.agent.next_deadline())
+            due = [d for d in deadlines if d is not None]
+            delay = None if not due else max(0.0, min(due) - self._clock())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
                 continue
-            self.router.tick(self._clock())
+            now = self._clock()
+            self.router.tick(now)
+            if self.agent is not None:
+                self.agent.pump(now)
             self._flush()
 
     def _flush(self) -> None:
-        for out in self.router.frames_to_send():
-            self._queues[out.side].put_nowait(out.text)
-        events = self.router.events_received()
-        if events:
-            self._handle(events)
+        # Events can make the agent answer or send more; drain until the router is quiet.
+        while True:
+            frames = self.router.frames_to_send()
+            events = self.router.events_received()
+            if not frames and not events:
+                break
+            for out in frames:
+                if out.side is Side.CSMS and not self.online:
+                    log.debug("%s: CSMS offline, not sending %s", self.identity, out.text[:60])
+                    continue
+                self._queues[out.side].put_nowait(out.text)
+            if events:
+                self._handle(events)
         self._wake.set()
 
     def _handle(self, events: list[Event]) -> None:
@@ -275,13 +361,23 @@ class ChargerLink:
                     event.action,
                     event.message_id,
                 )
+        if self.agent is not None:
+            try:
+                self.agent.handle(events, self._clock())
+            except Exception:
+                # A store failure must not take the charger down; the CALL stays unanswered
+                # and the charger retries it.
+                log.exception("%s: offline agent failed", self.identity)
         try:
             self._listener.link_events(self, events)
         except Exception:
             log.exception("%s: handling OCPP events failed", self.identity)
 
     def _resolve(
-        self, message_id: str, result: dict[str, Any] | None = None, error: Exception | None = None
+        self,
+        message_id: str,
+        result: dict[str, Any] | None = None,
+        error: Exception | None = None,
     ) -> None:
         future = self._futures.get(message_id)
         if future is None or future.done():
@@ -294,10 +390,12 @@ class ChargerLink:
     async def _shutdown(self) -> None:
         self.closed.set()
         self.router.abort_local(self._closing_reason or "charger disconnected")
-        self._handle(self.router.events_received())
+        self._flush()
         await self._close_ws(self.charger_ws, 1000, self._closing_reason or "")
         if self.upstream_ws is not None:
             await self._close_ws(self.upstream_ws, 1000, "charger disconnected")
+            self.upstream_ws = None
+            self.online = False
             self._listener.link_upstream(self, False)
 
     @staticmethod

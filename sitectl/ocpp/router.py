@@ -18,7 +18,9 @@ is a FIFO with one call in flight: calls are queued in arrival order, never drop
 timeout frees the slot. The slot's states and transitions are the table `_TRANSITIONS`.
 
 Forwarded frames keep their original text byte for byte (T1 in the reference: the CSMS cannot
-tell sitectl is there). Answers to sitectl's own calls are consumed here and never forwarded
+tell sitectl is there), unless a `Divert` policy rewrites one (1.6 transaction ids issued while
+offline) or holds it for a local answer (`CallHeld`, answered with `Router.answer_held`).
+Answers to sitectl's own calls are consumed here and never forwarded
 (2.0.1 Part 4 §6.4). A frame that is not valid OCPP-J is answered with a CALLERROR when its
 message id can be read, otherwise dropped; either way a `PeerProtocolError` event reports it.
 """
@@ -30,7 +32,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sitectl.ocpp.frames import (
     Call,
@@ -45,6 +47,11 @@ from sitectl.ocpp.frames import (
 from sitectl.ocpp.schemas import validate_call
 
 __all__ = [
+    "FORWARD",
+    "HOLD",
+    "CallHeld",
+    "Decision",
+    "Divert",
     "Event",
     "ForwardTimeout",
     "LocalCallAborted",
@@ -57,6 +64,7 @@ __all__ = [
     "PeerProtocolError",
     "RequestSeen",
     "ResponseSeen",
+    "Route",
     "Router",
     "Side",
     "SlotState",
@@ -84,6 +92,33 @@ class Origin(enum.Enum):
 
 class LocalProtocolError(Exception):
     """sitectl's own code misused the router (a bug on our side, raised at once)."""
+
+
+class Route(enum.Enum):
+    """What to do with a peer's CALL."""
+
+    FORWARD = "forward"
+    HOLD = "hold"  # answer locally: a `CallHeld` event, then `answer_held`/`error_held`
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A `Divert` policy's verdict; ``text`` replaces the frame when forwarding."""
+
+    route: Route
+    text: str | None = None
+
+
+FORWARD = Decision(Route.FORWARD)
+HOLD = Decision(Route.HOLD)
+
+
+class Divert(Protocol):
+    """Decides, without I/O, whether a peer's CALL is forwarded (maybe rewritten) or held."""
+
+    def charger_call(self, call: PendingCall) -> Decision: ...
+
+    def csms_call(self, call: PendingCall) -> Decision: ...
 
 
 # ------------------------------------------------------------------------------------------------
@@ -136,6 +171,16 @@ class LocalCallAborted:
 
 
 @dataclass(frozen=True, slots=True)
+class CallHeld:
+    """A peer's CALL that sitectl must answer itself (`Router.answer_held`)."""
+
+    origin: Origin
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardTimeout:
     """A forwarded call was not answered in time (the caller times out on its own)."""
 
@@ -164,6 +209,7 @@ class ResponseSeen:
     request: dict[str, Any]
     response: dict[str, Any] | None
     error_code: str | None = None
+    answered_locally: bool = False  # sitectl answered (offline), not the peer
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +222,8 @@ class PeerProtocolError:
 
 
 Event = (
-    LocalCallResult
+    CallHeld
+    | LocalCallResult
     | LocalCallError
     | LocalCallTimeout
     | LocalCallAborted
@@ -216,6 +263,7 @@ class PendingCall:
     payload: dict[str, Any]
     text: str
     deadline: float | None = None
+    orphaned: bool = False  # its caller's connection is gone: drop the answer
 
 
 @dataclass
@@ -308,6 +356,9 @@ class Router:
         }
         self._outgoing: list[Outgoing] = []
         self._events: list[Event] = []
+        self._held: dict[tuple[Side, str], PendingCall] = {}
+        #: The policy consulted for every peer CALL (`None`: forward everything).
+        self.divert: Divert | None = None
 
     # Public methods for receiving data.
 
@@ -319,17 +370,75 @@ class Router:
             self._peer_error(side, exc, text)
             return
         if isinstance(frame, Call):
-            origin = Origin.CHARGER if side is Side.CHARGER else Origin.CSMS
-            self._enqueue(
-                side.other,
-                PendingCall(origin, frame.message_id, frame.action, frame.payload, frame.text),
-                now,
-            )
+            self._peer_call(side, frame, now)
         elif isinstance(frame, CallResult | CallError):
             self._answer(side, frame, now)
         elif isinstance(frame, Send | CallResultError):
             # OCPP 2.1 frames outside the request/answer pairing: pass through unchanged.
             self._outgoing.append(Outgoing(side.other, frame.text))
+
+    def answer_held(self, side: Side, message_id: str, payload: dict[str, Any]) -> None:
+        """Answer a held CALL from `side` with a CALLRESULT."""
+        call = self._take_held(side, message_id)
+        self._outgoing.append(Outgoing(side, CallResult(message_id, payload).serialize()))
+        if call.action in self._observed:
+            self._events.append(
+                ResponseSeen(
+                    call.origin,
+                    message_id,
+                    call.action,
+                    call.payload,
+                    payload,
+                    answered_locally=True,
+                )
+            )
+
+    def error_held(self, side: Side, message_id: str, code: str, description: str) -> None:
+        """Answer a held CALL from `side` with a CALLERROR."""
+        call = self._take_held(side, message_id)
+        error = CallError(message_id, code, description[:255])
+        self._outgoing.append(Outgoing(side, error.serialize()))
+        if call.action in self._observed:
+            self._events.append(
+                ResponseSeen(
+                    call.origin,
+                    message_id,
+                    call.action,
+                    call.payload,
+                    None,
+                    code,
+                    answered_locally=True,
+                )
+            )
+
+    def held(self) -> list[PendingCall]:
+        """Peer CALLs waiting for a local answer."""
+        return list(self._held.values())
+
+    def upstream_lost(self) -> None:
+        """The CSMS connection is gone.
+
+        Charger calls queued or in flight toward the CSMS become `CallHeld` (the offline agent
+        answers them); sitectl's own calls toward the CSMS are aborted; CSMS calls toward the
+        charger are dropped from the queue, and the answer of one in flight is not forwarded.
+        """
+        lane = self.lanes[Side.CSMS]
+        calls = ([lane.inflight] if lane.inflight is not None else []) + list(lane.queue)
+        if lane.inflight is not None:
+            lane.transition("abort")
+            lane.inflight = None
+        lane.queue = deque()
+        for call in calls:
+            if call.origin is Origin.LOCAL:
+                self._events.append(
+                    LocalCallAborted(call.message_id, call.action, "CSMS connection lost")
+                )
+            else:
+                self._hold(Side.CHARGER, call)
+        toward_charger = self.lanes[Side.CHARGER]
+        toward_charger.queue = deque(c for c in toward_charger.queue if c.origin is not Origin.CSMS)
+        if toward_charger.inflight is not None and toward_charger.inflight.origin is Origin.CSMS:
+            toward_charger.inflight.orphaned = True
 
     def send_call(
         self, action: str, payload: dict[str, Any], now: float, toward: Side = Side.CHARGER
@@ -410,11 +519,36 @@ class Router:
 
     # Private methods.
 
-    def _enqueue(self, toward: Side, call: PendingCall, now: float) -> None:
-        if call.origin is not Origin.LOCAL and call.action in self._observed:
-            self._events.append(
-                RequestSeen(call.origin, call.message_id, call.action, call.payload)
+    def _peer_call(self, side: Side, frame: Call, now: float) -> None:
+        origin = Origin.CHARGER if side is Side.CHARGER else Origin.CSMS
+        call = PendingCall(origin, frame.message_id, frame.action, frame.payload, frame.text)
+        if call.action in self._observed:
+            self._events.append(RequestSeen(origin, call.message_id, call.action, call.payload))
+        decision = FORWARD
+        if self.divert is not None:
+            decision = (
+                self.divert.charger_call(call)
+                if side is Side.CHARGER
+                else self.divert.csms_call(call)
             )
+        if decision.route is Route.HOLD:
+            self._hold(side, call)
+            return
+        if decision.text is not None:
+            call.text = decision.text
+        self._enqueue(side.other, call, now)
+
+    def _hold(self, side: Side, call: PendingCall) -> None:
+        self._held[(side, call.message_id)] = call
+        self._events.append(CallHeld(call.origin, call.message_id, call.action, call.payload))
+
+    def _take_held(self, side: Side, message_id: str) -> PendingCall:
+        try:
+            return self._held.pop((side, message_id))
+        except KeyError:
+            raise LocalProtocolError(f"no held call {message_id!r} from the {side.value}") from None
+
+    def _enqueue(self, toward: Side, call: PendingCall, now: float) -> None:
         lane = self.lanes[toward]
         lane.queue.append(call)
         self._pump(lane, now)
@@ -457,7 +591,8 @@ class Router:
                     )
                 )
         else:
-            self._outgoing.append(Outgoing(side.other, frame.text))
+            if not call.orphaned:
+                self._outgoing.append(Outgoing(side.other, frame.text))
             if call.action in self._observed:
                 if isinstance(frame, CallResult):
                     self._events.append(

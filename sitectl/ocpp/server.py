@@ -24,18 +24,23 @@ import hmac
 import http
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from sitectl.config import Config, OcppConfig
+from sitectl.ocpp.auth import AuthCache
+from sitectl.ocpp.journal import Journal
 from sitectl.ocpp.link import ChargerLink, ChargerOffline, LinkListener
+from sitectl.ocpp.offline import OfflineAgent
 from sitectl.ocpp.router import Event, Router
 from sitectl.ocpp.upstream import (
     UpstreamRejected,
@@ -44,6 +49,7 @@ from sitectl.ocpp.upstream import (
     client_tls_context,
     connect_upstream,
 )
+from sitectl.store import Store
 
 __all__ = ["SUBPROTOCOL_VERSIONS", "OcppServer", "server_tls_context"]
 
@@ -74,6 +80,7 @@ class _Pending:
     identity: str
     version: str | None
     upstream: ClientConnection | None
+    segment: str  # the identity as the charger percent-encoded it
 
 
 def _reject(status: http.HTTPStatus, text: str, headers: dict[str, str] | None = None) -> Response:
@@ -112,7 +119,11 @@ class OcppServer:
     Args:
         config: the validated configuration.
         listener: receives every link's router events (the state observer).
+        store: where the journal and the authorization cache live; without one sitectl is a
+            plain proxy (no local answers, upstream loss closes the charger).
+        alarm: raises an alarm: ``alarm(code, charger id, text)``.
         port: override the configured port (tests; 0 picks a free one).
+        upstream_tls: override the TLS context toward the CSMS.
     """
 
     name = "ocpp-server"
@@ -121,12 +132,24 @@ class OcppServer:
         self,
         config: Config,
         listener: LinkListener | None = None,
+        store: Store | None = None,
+        alarm: Callable[[str, str, str], None] | None = None,
         port: int | None = None,
         upstream_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.ocpp = config.ocpp
         self._listener = listener or _NullListener()
+        self._alarm = alarm or (lambda code, subject, text: None)
+        offline = self.ocpp.offline
+        self.journal: Journal | None = None
+        self.auth: AuthCache | None = None
+        if store is not None:
+            self.auth = AuthCache(store, offline.local_id_tags, offline.unknown_id_policy)
+            if self.ocpp.upstream_url:
+                self.journal = Journal(store, offline.journal_max_messages)
+        # Hold mode needs somewhere to journal; without a store sitectl is a plain proxy.
+        self.hold = offline.mode == "hold" and store is not None
         self._port = self.ocpp.listen_port if port is None else port
         self.links: dict[str, ChargerLink] = {}
         self._pending: dict[ServerConnection, _Pending] = {}
@@ -272,8 +295,16 @@ class OcppServer:
                 )
                 return _reject(status, "refused by the CSMS")
             except UpstreamUnavailable as exc:
-                log.warning("charger %s refused (503): %s", identity, exc)
-                return _reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "CSMS unreachable")
+                if not self.hold:
+                    log.warning("charger %s refused (503): %s", identity, exc)
+                    return _reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "CSMS unreachable")
+                # Hold mode: the depot keeps charging; sitectl answers until the CSMS is back.
+                version = _preferred_version(offered, charger.ocpp_version)
+                log.warning(
+                    "charger %s accepted without the CSMS (%s); answering it locally", identity, exc
+                )
+                self._pending[connection] = _Pending(identity, version, None, segment)
+                return None
             version = SUBPROTOCOL_VERSIONS.get(upstream.subprotocol or "")
         else:
             version = next(
@@ -287,7 +318,7 @@ class OcppServer:
                 charger.ocpp_version,
                 version,
             )
-        self._pending[connection] = _Pending(identity, version, upstream)
+        self._pending[connection] = _Pending(identity, version, upstream, segment)
         return None
 
     def _authenticate(
@@ -339,6 +370,32 @@ class OcppServer:
 
     # Connections.
 
+    def _reconnector(self, pending: _Pending) -> Callable[[], Awaitable[Connection]] | None:
+        """How a link re-opens its upstream socket, offering only the subprotocol in use."""
+        if self._upstream is None or pending.version is None:
+            return None
+        settings = self._upstream
+        charger = self.config.charger(pending.identity)
+        password = (
+            charger.upstream_password.get_secret_value()
+            if charger is not None and charger.upstream_password is not None
+            else None
+        )
+        subprotocol = {v: k for k, v in SUBPROTOCOL_VERSIONS.items()}[pending.version]
+
+        async def reconnect() -> Connection:
+            ws = await connect_upstream(
+                settings, pending.identity, pending.segment, [subprotocol], password
+            )
+            if ws.subprotocol != subprotocol:
+                await ws.close()
+                raise UpstreamUnavailable(
+                    "network", f"the CSMS no longer accepts {subprotocol} for {pending.identity}"
+                )
+            return ws
+
+        return reconnect
+
     async def _handle(self, connection: ServerConnection) -> None:
         pending = self._pending.pop(connection, None)
         if pending is None:  # pragma: no cover - reaped after 30 s without a handler
@@ -362,7 +419,28 @@ class OcppServer:
             charger_timeout_s=self.ocpp.call_timeout_s,
             csms_timeout_s=self.ocpp.upstream_call_timeout_s,
         )
-        link = ChargerLink(pending.identity, router, connection, pending.upstream, self._listener)
+        agent = None
+        if self.auth is not None:
+            identity = pending.identity
+            agent = OfflineAgent(
+                identity,
+                pending.version,
+                router,
+                self.journal,
+                self.auth,
+                self.ocpp.offline,
+                alarm=lambda code, text: self._alarm(code, identity, text),
+            )
+        link = ChargerLink(
+            pending.identity,
+            router,
+            connection,
+            pending.upstream,
+            self._listener,
+            agent=agent,
+            reconnect=self._reconnector(pending),
+            hold=self.hold,
+        )
         self.links[pending.identity] = link
         self._listener.link_charger(link, True)
         log.info(
@@ -378,6 +456,14 @@ class OcppServer:
                 del self.links[pending.identity]
                 self._listener.link_charger(link, False)
             log.info("charger %s disconnected", pending.identity)
+
+
+def _preferred_version(offered: list[str], configured: str) -> str | None:
+    """Without a CSMS to choose: the configured version if offered, else the first we speak."""
+    versions = [SUBPROTOCOL_VERSIONS[p] for p in offered if p in SUBPROTOCOL_VERSIONS]
+    if configured in versions:
+        return configured
+    return versions[0] if versions else None
 
 
 class _NullListener:

@@ -42,9 +42,10 @@ def _now() -> str:
 class RecordingConnection:
     """Wraps a WebSocket for the ``ocpp`` library and records every frame, in order."""
 
-    def __init__(self, ws: Any, frames: list[tuple[str, str]]) -> None:
+    def __init__(self, ws: Any, frames: list[tuple[str, str]], delay: Any = None) -> None:
         self.ws = ws
         self.frames = frames
+        self._delay = delay  # callable returning seconds to wait before sending
 
     async def recv(self) -> str:
         message = await self.ws.recv()
@@ -52,6 +53,8 @@ class RecordingConnection:
         return message
 
     async def send(self, message: str) -> None:
+        if self._delay is not None and self._delay():
+            await asyncio.sleep(self._delay())
         self.frames.append(("out", message))
         await self.ws.send(message)
 
@@ -228,6 +231,7 @@ class StubCsms:
         self.path = path.rstrip("/")
         self.ssl_context = ssl_context
         self.boot_status = "Accepted"
+        self.reply_delay_s = 0.0  # a slow CSMS
         self.tags: dict[str, str] = {}
         self.transaction_ids = itertools.count(1000)
         self.sessions: dict[str, _Session] = {}
@@ -322,7 +326,11 @@ class StubCsms:
             await connection.close(1002, "no subprotocol")
             return
         handler = _HANDLERS[connection.subprotocol]
-        session.point = handler(identity, RecordingConnection(connection, session.frames), self)
+        session.point = handler(
+            identity,
+            RecordingConnection(connection, session.frames, lambda: self.reply_delay_s),
+            self,
+        )
         self.sessions[identity] = session
         self.connected.set()
         session.task = asyncio.current_task()

@@ -12,6 +12,7 @@ import pytest
 from sitectl.config import Config
 from sitectl.ocpp.server import OcppServer
 from sitectl.sim.csms import StubCsms
+from sitectl.store import Store
 
 PASSWORD = "charger-password-0001"
 
@@ -58,11 +59,19 @@ class Recorder:
 
 
 @pytest.fixture
-async def start_server() -> AsyncIterator[Callable[..., Any]]:
-    """Start sitectl's OCPP server for a config; returns (server, base URL)."""
+async def start_server(tmp_path) -> AsyncIterator[Callable[..., Any]]:
+    """Start sitectl's OCPP server for a config; returns (server, base URL).
+
+    The server gets a store in the test's temp dir (journal, authorization cache), as in
+    production; pass ``store=None`` for a plain proxy.
+    """
     running: list[asyncio.Task] = []
+    stores: list[Store] = []
 
     async def start(config: Config, listener: Any = None, **kwargs: Any):
+        if "store" not in kwargs:
+            kwargs["store"] = Store(tmp_path / f"sitectl-{len(stores)}.sqlite")
+            stores.append(kwargs["store"])
         server = OcppServer(config, listener=listener, port=0, **kwargs)
         task = asyncio.create_task(server.run())
         running.append(task)
@@ -79,3 +88,5 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    for store in stores:
+        store.close()

@@ -22,11 +22,26 @@ class Harness:
         self.router = Router("CP1", version, new_id=lambda: f"L{next(counter)}", **kwargs)
         self.sent: dict[Side, list[str]] = {Side.CHARGER: [], Side.CSMS: []}
         self.events: list[Event] = []
+        self.agent: Any = None  # an OfflineAgent, driven like the link drives it
 
     def _drain(self) -> None:
-        for out in self.router.frames_to_send():
-            self.sent[out.side].append(out.text)
-        self.events += self.router.events_received()
+        while True:
+            frames = self.router.frames_to_send()
+            events = self.router.events_received()
+            if not frames and not events:
+                return
+            for out in frames:
+                self.sent[out.side].append(out.text)
+            self.events += events
+            if self.agent is not None:
+                self.agent.handle(events, self.now)
+
+    def set_online(self, online: bool) -> None:
+        """The CSMS connection comes up or goes down."""
+        if not online:
+            self.router.upstream_lost()
+        self.agent.set_online(online, self.now)
+        self._drain()
 
     def charger(self, frame: Any) -> None:
         """The charger sends `frame` (a list is serialised, a str sent as is)."""
@@ -50,6 +65,8 @@ class Harness:
         """Move the clock and run what is due."""
         self.now += seconds
         self.router.tick(self.now)
+        if self.agent is not None:
+            self.agent.pump(self.now)
         self._drain()
 
     def to_csms(self) -> list[str]:

@@ -218,12 +218,13 @@ async def test_csms_refusal_is_mirrored_to_the_charger(start_server, status) -> 
         assert info.value.response.status_code == status
 
 
-async def test_unreachable_csms_gives_503_and_a_clear_log(start_server, caplog) -> None:
+async def test_unreachable_csms_gives_503_in_close_mode(start_server, caplog) -> None:
     stub = StubCsms()
     await stub.start()
     url_of_dead_csms = stub.url
     await stub.stop()
-    _, url = await start_server(depot_config([{"id": "CP1"}], url_of_dead_csms))
+    config = depot_config([{"id": "CP1"}], url_of_dead_csms, offline={"mode": "close"})
+    _, url = await start_server(config)
     with pytest.raises(InvalidStatus) as info:
         await SimCharger("CP1", "1.6", url, PASSWORD).connect()
     assert info.value.response.status_code == 503

@@ -97,9 +97,15 @@ async def test_wss_upstream_verifies_the_csms_certificate(
         async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
             await sim.boot()
         assert stub.frames("CP1", "in") == sim.sent()
-        # A CSMS certificate from a CA sitectl does not trust: refused, with a clear log line.
+        # A CSMS certificate from a CA sitectl does not trust: no upstream, with a clear log
+        # line; in close mode the charger is refused (hold mode would answer it locally).
         other = Pki(tmp_path, "untrusted CA")
-        bad = depot_config([{"id": "CP1"}], stub.url, upstream_ca_file=str(other.ca.cert))
+        bad = depot_config(
+            [{"id": "CP1"}],
+            stub.url,
+            upstream_ca_file=str(other.ca.cert),
+            offline={"mode": "close"},
+        )
         _, url = await start_server(bad)
         with pytest.raises(InvalidStatus) as info:
             await SimCharger("CP1", "1.6", url, PASSWORD).connect()
