@@ -1,0 +1,128 @@
+"""A problem as numpy arrays: the one place that turns dataclasses into numbers.
+
+The LP and its 6 A rounding read these arrays. :mod:`optimizer.verify` deliberately does not, so
+a mistake here cannot hide from the check (nor does the fallback, which takes only what it needs
+for speed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.problem import Problem
+
+#: Seconds per hour and W per kW, named so the conversions below read as formulas.
+_S_PER_H = 3600.0
+_W_PER_KW = 1000.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Arrays:
+    """Numeric view of a :class:`Problem`; sessions in problem order.
+
+    Shapes: S sessions, M nodes, T steps, J nodes with a kW limit.
+    """
+
+    steps: int
+    dt_h: np.ndarray  # (T,) step length in hours
+    start_h: np.ndarray  # (T,) start of each step, hours from now
+    voltage: float
+    node_of: np.ndarray  # (S,) node position
+    phase_mask: np.ndarray  # (S, 3) bool, phases drawn
+    nph: np.ndarray  # (S,) number of phases drawn
+    min_a: np.ndarray  # (S,)
+    max_a: np.ndarray  # (S,)
+    energy_kwh: np.ndarray  # (S,)
+    arrival: np.ndarray  # (S,) int
+    departure: np.ndarray  # (S,) int
+    priority: np.ndarray  # (S,) int
+    window: np.ndarray  # (S, T) bool: arrival <= t < departure and something wanted
+    kwh_per_a: np.ndarray  # (S, T) energy of 1 A per phase over step t
+    headroom_a: np.ndarray  # (M, 3, T) EV current allowed per node/phase/step, >= 0
+    kw_nodes: np.ndarray  # (J,) positions of nodes with a kW limit
+    headroom_sum_a: np.ndarray  # (J, T) kW headroom as a sum of phase currents, >= 0
+    load_root_sum_a: np.ndarray  # (T,) non-EV current through the root, summed over phases
+    ancestors: list[list[int]]  # per node: itself and its ancestors
+    parents: list[int]
+    root: int
+
+
+def kwh_per_amp(voltage_ln_v: float, nph: np.ndarray, dt_h: np.ndarray) -> np.ndarray:
+    """Energy of 1 A per phase over each step: ``U_LN · n_phases · Δt / 1000`` (kWh).
+
+    Unity power factor, as in the benchmark's scoring model (``shared/bench/optimizer``).
+    """
+    return voltage_ln_v * np.multiply.outer(nph.astype(float), dt_h) / _W_PER_KW
+
+
+def compile_problem(problem: Problem) -> Arrays:
+    """Turn a validated problem into arrays (O(S + M·T), no solver)."""
+    T = problem.steps
+    dt_h = problem.durations_s / _S_PER_H
+    start_h = np.concatenate(([0.0], np.cumsum(dt_h)[:-1]))
+    sessions = problem.sessions
+    S = len(sessions)
+    node_of = np.fromiter((problem.node_index(s.node) for s in sessions), dtype=np.intp, count=S)
+    phase_mask = np.zeros((S, 3), dtype=bool)
+    for k, s in enumerate(sessions):
+        phase_mask[k, list(s.phases)] = True
+    nph = phase_mask.sum(axis=1)
+    fields = np.array(
+        [
+            (s.min_a, s.max_a, s.energy_kwh, s.arrival_step, s.departure_step, s.priority)
+            for s in sessions
+        ],
+        dtype=float,
+    ).reshape(S, 6)
+    min_a, max_a, energy_kwh = fields[:, 0], fields[:, 1], fields[:, 2]
+    arrival = fields[:, 3].astype(np.int64)
+    departure = fields[:, 4].astype(np.int64)
+    priority = fields[:, 5].astype(np.int64)
+    t = np.arange(T)
+    window = (
+        (t[None, :] >= arrival[:, None])
+        & (t[None, :] < departure[:, None])
+        & (energy_kwh[:, None] > 0)
+        & (max_a[:, None] > 0)
+    )
+    volt = problem.voltage_ln_v
+    load = problem.load_through_a()
+    limits = np.array([n.limit_a for n in problem.nodes], dtype=float).reshape(-1, 3)
+    # A node whose non-EV load alone exceeds its limit leaves 0 for EVs, never a negative
+    # headroom: the LP stays feasible (everyone below it at 0) instead of failing.
+    headroom_a = np.maximum(limits[:, :, None] - load, 0.0)
+    kw_nodes = np.array(
+        [k for k, n in enumerate(problem.nodes) if n.limit_kw is not None], dtype=np.intp
+    )
+    kw_limit_sum_a = np.array(
+        [problem.nodes[k].limit_kw * _W_PER_KW / volt for k in kw_nodes], dtype=float
+    )
+    headroom_sum_a = np.maximum(kw_limit_sum_a[:, None] - load[kw_nodes].sum(axis=1), 0.0)
+    parents = problem.parents()
+    root = parents.index(-1)
+    return Arrays(
+        steps=T,
+        dt_h=dt_h,
+        start_h=start_h,
+        voltage=volt,
+        node_of=node_of,
+        phase_mask=phase_mask,
+        nph=nph,
+        min_a=min_a,
+        max_a=max_a,
+        energy_kwh=energy_kwh,
+        arrival=arrival,
+        departure=departure,
+        priority=priority,
+        window=window,
+        kwh_per_a=kwh_per_amp(volt, nph, dt_h),
+        headroom_a=headroom_a,
+        kw_nodes=kw_nodes,
+        headroom_sum_a=headroom_sum_a.reshape(len(kw_nodes), T),
+        load_root_sum_a=load[root].sum(axis=0),
+        ancestors=problem.ancestors(),
+        parents=parents,
+        root=root,
+    )

@@ -1,0 +1,140 @@
+"""The always-feasible heuristic: least laxity first under every node's per-phase headroom.
+
+Used when the LP runs out of time, fails, or its answer does not verify. It imports no solver,
+so it works even when HiGHS cannot be loaded.
+
+Rule, for one step: sessions are taken by priority (highest first), then by least laxity — the
+slack between the time left before departure and the time the car needs at full current
+(``laxity = time left − energy wanted / (max_a · U · phases)``) — with earliest departure
+breaking ties. Each gets as much as fits: ``min(max_a, the current that finishes it within the
+step, the smallest headroom on every phase it draws at every node above it, the kW headroom of
+every kW-limited node above it)``; if that is below ``min_a`` it gets 0 (IEC 61851-1: no current
+between 0 and the minimum), otherwise the headroom shrinks by what it took. On step 0 a car whose
+remaining need is below one step at ``min_a`` gets ``min_a`` (it stops by itself when full) if
+that fits; in the plan's later steps (never dispatched as such) it may finish below ``min_a``.
+Nothing is ever given beyond the headroom, so the answer never exceeds a limit; a node whose
+non-EV load alone is over its limit has zero headroom and everyone under it gets 0.
+
+Why least laxity and not equal share: on the benchmark's one-cycle instances equal share with a
+6 A floor delivers 79–85 % of the LP optimum's energy, least laxity first 100 %
+(``shared/bench/optimizer/README.md``).
+
+:func:`allocate` decides step 0 only (the dispatch; the plan's later steps are 0) unless
+``horizon=True``, which replays the same rule step by step over the horizon with the energy
+still wanted, as a receding-horizon controller would (O(T · S), for tests and the benchmark).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from optimizer.allocation import Allocation, Status
+from optimizer.problem import Problem
+
+__all__ = ["allocate"]
+
+#: Tolerance (A) when comparing a grant with the minimum.
+_EPS_A = 1e-9
+
+
+def allocate(problem: Problem, *, horizon: bool = False) -> Allocation:
+    """Allocate by least laxity first; always feasible.
+
+    Args:
+        problem: The problem.
+        horizon: Plan every step (replaying the rule), not just step 0.
+
+    Returns:
+        An allocation with ``status == Status.FALLBACK`` and ``method == "fallback"``; its plan
+        passes :func:`optimizer.verify.verify`.
+    """
+    t0 = time.perf_counter()
+    sessions = problem.sessions
+    S, T = len(sessions), problem.steps
+    volt = problem.voltage_ln_v
+    durations = problem.durations_s
+    dt_h = durations / 3600.0
+    ends_h = np.cumsum(dt_h)  # end of each step, hours from now
+    ancestors = problem.ancestors()
+    nodes = problem.nodes
+    kw_nodes = {k for k, n in enumerate(nodes) if n.limit_kw is not None}
+    load = problem.load_through_a()
+    limits = np.array([n.limit_a for n in nodes], dtype=float).reshape(-1, 3)
+
+    # Per session: the flat (node·3 + phase) headroom slots it draws on and its kW nodes.
+    paths: dict[tuple[str, tuple[int, ...]], tuple[list[int], list[int]]] = {}
+    node_pos = problem.node_index
+    sess_path = []
+    for s in sessions:
+        key = (s.node, s.phases)
+        if key not in paths:
+            anc = ancestors[node_pos(s.node)]
+            paths[key] = (
+                [n * 3 + p for n in anc for p in s.phases],
+                [n for n in anc if n in kw_nodes],
+            )
+        sess_path.append(paths[key])
+    nph = np.fromiter((len(s.phases) for s in sessions), dtype=float, count=S)
+    kw_per_a = volt * nph / 1000.0
+    min_a = [s.min_a for s in sessions]
+    max_a = [s.max_a for s in sessions]
+    prio = np.fromiter((s.priority for s in sessions), dtype=float, count=S)
+    arrival = np.fromiter((s.arrival_step for s in sessions), dtype=np.int64, count=S)
+    departure = np.fromiter((s.departure_step for s in sessions), dtype=np.int64, count=S)
+    remaining = np.fromiter((s.energy_kwh for s in sessions), dtype=float, count=S)
+    # Time at which each car leaves, hours from now (beyond the horizon: extrapolate the grid).
+    dep_clip = np.clip(departure, 0, T)
+    leave_h = np.where(dep_clip > 0, ends_h[np.maximum(dep_clip - 1, 0)], 0.0)
+    beyond = departure > T
+    leave_h = leave_h + np.where(beyond, (departure - T) * dt_h[-1], 0.0)
+    rate_kw = np.maximum(np.asarray(max_a) * kw_per_a, 1e-12)
+
+    plan = np.zeros((S, T))
+    for t in range(T if horizon else 1):
+        active = (arrival <= t) & (t < departure) & (remaining > 1e-9) & (np.asarray(max_a) > 0)
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            continue
+        now_h = ends_h[t] - dt_h[t]
+        laxity = (leave_h[idx] - now_h) - remaining[idx] / rate_kw[idx]
+        order = idx[np.lexsort((leave_h[idx], laxity, -prio[idx]))]
+        room = np.maximum(limits - load[:, :, t], 0.0).ravel().tolist()
+        kw_room = {
+            n: max(nodes[n].limit_kw * 1000.0 / volt - float(load[n, :, t].sum()), 0.0)
+            for n in kw_nodes
+        }
+        step_h = float(dt_h[t])
+        finish = (remaining / (kw_per_a * step_h)).tolist()
+        nph_l = nph.tolist()
+        for k in order.tolist():
+            lo = min_a[k]
+            # Finishing in this step takes `finish`. On step 0 a car that needs less than
+            # min_a asks min_a (it stops when full); later steps are only a plan and may
+            # finish a car below min_a.
+            want = min(max_a[k], max(finish[k], lo) if t == 0 else finish[k])
+            flat, kws = sess_path[k]
+            give = min(want, min([room[j] for j in flat]))
+            n_ph = nph_l[k]
+            for n in kws:
+                give = min(give, kw_room[n] / n_ph)
+            if give <= 0.0 or (give < lo - _EPS_A and (t == 0 or give < want - _EPS_A)):
+                continue
+            for j in flat:
+                room[j] -= give
+            for n in kws:
+                kw_room[n] -= give * n_ph
+            plan[k, t] = give
+        if horizon:
+            remaining = np.maximum(remaining - plan[:, t] * kw_per_a * step_h, 0.0)
+    energy = plan @ dt_h * kw_per_a if S else np.zeros(0)
+    ids = [s.id for s in sessions]
+    return Allocation(
+        dispatch_a=dict(zip(ids, plan[:, 0].tolist(), strict=True)),
+        plan_a=plan,
+        energy_kwh=dict(zip(ids, energy.tolist(), strict=True)),
+        status=Status.FALLBACK,
+        method="fallback",
+        solve_s=time.perf_counter() - t0,
+    )

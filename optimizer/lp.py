@@ -1,0 +1,650 @@
+"""The receding-horizon LP, built once per site with highspy and re-solved warm.
+
+Model (the package docstring lists the objective weights and why their order holds):
+
+* columns, in this order: ``i[s, t]`` per slot and step (A per phase), ``f[n, p, t]`` the EV
+  current through node ``n`` on phase ``p`` (A), ``peak`` (sum of phase currents at the root,
+  A), and per slot ``K`` fairness pieces ``a[s, k]`` of its step-0 current;
+* rows: one flow row per node/phase/step (``Σ i on n and p + Σ f of n's children − f[n,p,t] ≤
+  0``, so each ``i`` appears once per phase drawn, not once per ancestor), one row per kW-limited
+  node and step (``Σ_p f ≤ headroom``), one peak row per step, one energy row per slot
+  (``Σ_t Δt_h · i ≤ E · 1000 / (U · n_phases)``, in A·h so the phase count never enters the
+  matrix), one fairness row per slot (``Σ_k a[s,k] ≤ i[s,0]``);
+* the non-EV load, limits, windows, energy wanted, prices and priorities all live in column
+  bounds, row upper bounds and costs. Between cycles only those change (``changeColsBounds``,
+  ``changeRowsBounds``, ``changeColsCost``; only entries that differ), so HiGHS re-solves from
+  the previous basis. The model is rebuilt (``passModel``) only when the tree, the time grid or
+  the slot set changes; another car on a known slot with other phases is a few ``changeCoeff``.
+
+The 6 A rule on step 0 (IEC 61851-1; OCPP rule S26 in ``shared/reference``): when the LP gives
+a session ``0 < i < min_a`` on step 0, each such session is raised to ``[min_a, max_a]`` if the
+headroom left by every other session's current still has ``min_a`` on each of its phases at
+every node above it (by priority, then by how much the LP wanted it), else paused at 0; every
+session the LP left at 0 on step 0 stays at 0. A second HiGHS model holding those step-0 bounds
+is then re-solved so the rest of the plan is re-optimised around them (rounds repeat if that
+creates new fractional values; after the last round any left are paused without a re-solve,
+which only lowers currents). Fix-and-re-solve, not an exact MILP: the MILP on step 0 took 1.3 s
+at 500 × 96 (``shared/bench/optimizer/README.md``), this costs one warm re-solve and loses at
+most one step at ``min_a`` per paused session. A separate model keeps the relaxed one's basis
+clean: measured at 500 × 96, undoing and redoing the bounds in one model cost 250–500 simplex
+iterations per cycle, two models a few dozen.
+
+Why highspy and not cvxpy: the pitfalls measured in the issue (#6) — cvxpy hands HiGHS a primal
+start rather than a basis, and an N × T objective Parameter compiles for seconds — and the
+benchmark's figures (direct HiGHS warm 0.031 s vs cvxpy re-solve 0.58 s at 500 × 96).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+
+from optimizer import fallback
+from optimizer._arrays import Arrays, compile_problem
+from optimizer.allocation import Allocation, Status
+from optimizer.problem import Problem
+from optimizer.verify import verify
+
+__all__ = [
+    "BEYOND_HORIZON_FACTOR",
+    "EARLINESS_PER_KWH",
+    "FAIRNESS_PIECES",
+    "PRIORITY_BASE",
+    "SHORTFALL_MARGIN",
+    "Allocator",
+    "session_weights",
+    "shortfall_weight",
+    "solve",
+]
+
+# Objective weights; the package docstring explains the order they enforce.
+
+#: A kWh of priority p+1 is worth this many kWh of priority p. Above 3 because 1 A freed on a
+#: binding phase from a three-phase car is worth at most 3× that amp given to a one-phase car.
+PRIORITY_BASE = 4.0
+#: Weight of a kWh for a car leaving after the horizon (it can still charge after it).
+BEYOND_HORIZON_FACTOR = 0.5
+#: Shortfall weight = SHORTFALL_MARGIN × (most a kWh can cost: price, peak, earliness) + 1.
+SHORTFALL_MARGIN = 10.0
+#: Earliness premium over the whole horizon (currency/kWh), linear in start time; below the
+#: 0.01 ct/kWh resolution of the benchmark's prices, so any real price difference wins.
+EARLINESS_PER_KWH = 1e-4
+#: Concave reward on the step-0 current: piece 0 is [0, min_a], the others split
+#: [min_a, max_a] evenly; equal cars end within one piece of each other.
+FAIRNESS_PIECES = 5
+#: Fairness weight as a share of the earliness gained by moving a kWh one (shortest) step
+#: earlier: below 1, so fairness never outweighs "charge earlier".
+_FAIRNESS_OF_EARLINESS = 0.5
+#: Costs are handed to HiGHS multiplied by this, so the smallest tier (fairness, ~1e-8 per A)
+#: stays clear of HiGHS's dual feasibility tolerance (1e-7).
+_OBJ_SCALE = 1e4
+#: Rounds of fix-and-re-solve for the 6 A rule before what is left is simply paused.
+_FLOOR_ROUNDS = 3
+#: Currents below this (A) are solver noise and read as 0.
+_ZERO_A = 1e-6
+
+
+def shortfall_weight(problem: Problem) -> float:
+    """Weight of one undelivered kWh at priority 0 (currency/kWh).
+
+    ``SHORTFALL_MARGIN × (max |price| + demand charge / shortest step in h + earliness) + 1``:
+    the most one kWh can add to the lower tiers is its price, the peak it can raise (1 kWh in
+    the shortest step raises power by 1/Δt kW) and the earliness premium, so a kWh delivered
+    outweighs all of them by the margin.
+    """
+    prices = problem.prices
+    max_price = float(np.abs(prices).max()) if prices.size else 0.0
+    min_step_h = float(problem.durations_s.min()) / 3600.0
+    peak_per_kwh = problem.tariff.demand_charge_per_kw / min_step_h
+    return SHORTFALL_MARGIN * (max_price + peak_per_kwh + EARLINESS_PER_KWH) + 1.0
+
+
+def session_weights(problem: Problem) -> np.ndarray:
+    """Relative value of a kWh per session, problem order: ``4^priority``, ×0.5 if it leaves
+    after the horizon."""
+    prio = np.array([s.priority for s in problem.sessions], dtype=float)
+    beyond = np.array([s.departure_step > problem.steps for s in problem.sessions], dtype=bool)
+    return PRIORITY_BASE**prio * np.where(beyond, BEYOND_HORIZON_FACTOR, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Index arithmetic of one built model (order as in the module docstring)."""
+
+    S: int  # slots
+    M: int  # nodes
+    T: int  # steps
+    J: int  # kW-limited nodes
+    K: int  # fairness pieces
+
+    @property
+    def f0(self) -> int:
+        return self.S * self.T
+
+    @property
+    def peak(self) -> int:
+        return self.f0 + self.M * 3 * self.T
+
+    @property
+    def a0(self) -> int:
+        return self.peak + 1
+
+    @property
+    def ncol(self) -> int:
+        return self.a0 + self.S * self.K
+
+    @property
+    def r_kw(self) -> int:
+        return self.M * 3 * self.T
+
+    @property
+    def r_peak(self) -> int:
+        return self.r_kw + self.J * self.T
+
+    @property
+    def r_energy(self) -> int:
+        return self.r_peak + self.T
+
+    @property
+    def r_fair(self) -> int:
+        return self.r_energy + self.S
+
+    @property
+    def nrow(self) -> int:
+        return self.r_fair + self.S
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Vectors:
+    """Everything a cycle changes: column bounds, costs, row upper bounds."""
+
+    col_lo: np.ndarray
+    col_hi: np.ndarray
+    cost: np.ndarray
+    row_hi: np.ndarray
+
+    def copy(self) -> _Vectors:
+        return _Vectors(
+            self.col_lo.copy(), self.col_hi.copy(), self.cost.copy(), self.row_hi.copy()
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Matrix:
+    """The constraint matrix as built (column-wise), kept to create the second model lazily."""
+
+    start: np.ndarray
+    index: np.ndarray
+    value: np.ndarray
+    phases: tuple[tuple[int, ...], ...]  # phase set per slot the matrix was built with
+
+
+class _Model:
+    """One HiGHS instance plus what it currently holds, so updates send only differences."""
+
+    def __init__(self, lay: _Layout, matrix: _Matrix, vectors: _Vectors) -> None:
+        self.lay = lay
+        self.highs = highspy.Highs()
+        self.highs.setOptionValue("output_flag", False)
+        self.highs.passModel(
+            lay.ncol,
+            lay.nrow,
+            len(matrix.value),
+            int(highspy.MatrixFormat.kColwise),
+            int(highspy.ObjSense.kMinimize),
+            0.0,
+            vectors.cost,
+            vectors.col_lo,
+            vectors.col_hi,
+            np.full(lay.nrow, -highspy.kHighsInf),
+            vectors.row_hi,
+            matrix.start,
+            matrix.index,
+            matrix.value,
+            np.zeros(lay.ncol, dtype=np.int32),  # integrality: all continuous
+        )
+        self.held = vectors.copy()
+        self.phases = list(matrix.phases)
+
+    def set(self, v: _Vectors) -> None:
+        """Make the model hold ``v``, sending HiGHS only the entries that differ."""
+        held, highs = self.held, self.highs
+        changed = np.flatnonzero((v.col_lo != held.col_lo) | (v.col_hi != held.col_hi))
+        if changed.size:
+            highs.changeColsBounds(
+                changed.size, changed.astype(np.int32), v.col_lo[changed], v.col_hi[changed]
+            )
+        changed = np.flatnonzero(v.cost != held.cost)
+        if changed.size:
+            highs.changeColsCost(changed.size, changed.astype(np.int32), v.cost[changed])
+        changed = np.flatnonzero(v.row_hi != held.row_hi)
+        if changed.size:
+            highs.changeRowsBounds(
+                changed.size,
+                changed.astype(np.int32),
+                np.full(changed.size, -highspy.kHighsInf),
+                v.row_hi[changed],
+            )
+        self.held = v.copy()
+
+    def set_phases(self, slot: int, node: int, phases: tuple[int, ...]) -> None:
+        """Move a slot's ``i`` columns to the flow rows of the phases its car now draws."""
+        old, T = self.phases[slot], self.lay.T
+        if old == phases:
+            return
+        for p, value in [(p, 0.0) for p in set(old) - set(phases)] + [
+            (p, 1.0) for p in set(phases) - set(old)
+        ]:
+            for t in range(T):
+                self.highs.changeCoeff((node * 3 + p) * T + t, slot * T + t, value)
+        self.phases[slot] = phases
+
+    def run(self, deadline: float) -> tuple[Status, str] | None:
+        """Solve until optimal or ``deadline`` (perf_counter); ``None`` if optimal, else why not."""
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return Status.TIME_LIMIT, "budget spent before the solve"
+        # HiGHS compares time_limit with a run clock that accumulates over every run of this
+        # instance (measured, highspy 1.16), so the limit is "clock now + remaining".
+        self.highs.setOptionValue("time_limit", self.highs.getRunTime() + remaining)
+        self.highs.run()
+        status = self.highs.getModelStatus()
+        if status == highspy.HighsModelStatus.kOptimal:
+            return None
+        if status == highspy.HighsModelStatus.kTimeLimit:
+            return Status.TIME_LIMIT, "HiGHS time limit"
+        return Status.SOLVER_ERROR, self.highs.modelStatusToString(status)
+
+    def currents(self) -> np.ndarray:
+        """The ``i`` columns of the last solution, shape ``(slots, steps)``."""
+        n = self.lay.S * self.lay.T
+        return np.asarray(self.highs.getSolution().col_value[:n], dtype=float).reshape(
+            self.lay.S, self.lay.T
+        )
+
+
+class Allocator:
+    """Stateful LP solver: keeps the site's HiGHS models and re-solves them warm.
+
+    Not thread-safe: one allocator per control loop, called from one worker thread at a time.
+
+    Args:
+        known_slots: Optional ``slot -> node id`` for every connector of the site, so the
+            model is built for all of them at once and never rebuilt when a car arrives on a
+            connector it has not seen yet. Slots met later are added by a rebuild.
+        verify_result: Check every LP answer with :func:`optimizer.verify.verify` and answer
+            with the fallback if it fails (default; the control loop verifies again anyway).
+    """
+
+    def __init__(
+        self, known_slots: dict[str, str] | None = None, *, verify_result: bool = True
+    ) -> None:
+        self._known_slots: dict[str, str] = dict(known_slots or {})
+        self._verify = verify_result
+        self._key: tuple | None = None
+        self._slots: dict[str, int] = {}
+        self._slot_node: list[str] = []
+        self._layout: _Layout | None = None
+        self._matrix: _Matrix | None = None
+        self._relaxed: _Model | None = None  # the LP as stated
+        self._fixed: _Model | None = None  # the LP with step-0 bounds from the 6 A rule
+        #: How many times the model was built from scratch (tests and the benchmark read it).
+        self.builds = 0
+
+    def solve(self, problem: Problem, budget_s: float = 1.0) -> Allocation:
+        """Allocate currents for ``problem`` within ``budget_s`` seconds.
+
+        Never raises for a valid problem: if HiGHS fails, runs out of time or its answer does
+        not verify, the answer comes from :func:`optimizer.fallback.allocate` and ``status``
+        says why. The budget covers model update, solves and rounding; HiGHS gets what is left
+        as its ``time_limit``.
+
+        Args:
+            problem: The cycle's problem.
+            budget_s: Wall-time budget (s).
+
+        Returns:
+            The allocation; ``status is Status.OPTIMAL`` when it comes from the LP. Its
+            ``objective`` is the LP optimum before the 6 A rule (currency units).
+        """
+        t0 = time.perf_counter()
+        deadline = t0 + budget_s
+        if not problem.sessions:
+            empty = np.zeros((0, problem.steps))
+            return _allocation(problem, None, empty, 0.0, [], t0)
+        try:
+            arrays = compile_problem(problem)
+            relaxed = self._prepare(problem, arrays)
+            slot_of = self._session_slots(problem)
+            vectors = self._vectors(problem, arrays, slot_of)
+            relaxed.set(vectors)
+            failure = relaxed.run(deadline)
+            if failure is not None:
+                return self._failed(problem, t0, failure)
+            objective = relaxed.highs.getInfo().objective_function_value / _OBJ_SCALE
+            plan = self._plan(relaxed, arrays, slot_of)
+            paused: list[int] = []
+            frac = _fractional(arrays, plan)
+            if frac.size:
+                fixed = self._fixed_model(problem)
+                for round_ in range(_FLOOR_ROUNDS):
+                    if round_ == _FLOOR_ROUNDS - 1:
+                        plan[frac, 0] = 0.0  # lowering is always safe
+                        paused.extend(frac.tolist())
+                        break
+                    paused.extend(self._fix_step0(arrays, plan, frac, vectors, slot_of))
+                    fixed.set(vectors)
+                    failure = fixed.run(deadline)
+                    if failure is not None:
+                        return self._failed(problem, t0, failure)
+                    plan = self._plan(fixed, arrays, slot_of)
+                    frac = _fractional(arrays, plan)
+                    if frac.size == 0:
+                        break
+            allocation = _allocation(problem, arrays, plan, objective, sorted(set(paused)), t0)
+        except Exception as exc:  # the control loop must get an answer, whatever broke
+            return self._failed(problem, t0, (Status.SOLVER_ERROR, repr(exc)))
+        if self._verify:
+            violations = verify(problem, allocation)
+            if violations:
+                return self._fallback(problem, t0, Status.VERIFY_FAILED, str(violations[0]))
+        return allocation
+
+    # Building and updating the models.
+
+    def _prepare(self, problem: Problem, arrays: Arrays) -> _Model:
+        """Rebuild if the tree, the grid or the slot set changed; bring phase rows up to date."""
+        nodes = tuple((n.id, n.parent, n.limit_kw is not None) for n in problem.nodes)
+        key = (nodes, problem.steps, tuple(problem.durations_s.tolist()))
+        if key == self._key:
+            slots = dict(zip(self._slots, self._slot_node, strict=True))
+        else:  # new tree or grid: start from the declared slots
+            slots = dict(self._known_slots)
+        rebuild = key != self._key
+        for s in problem.sessions:
+            if slots.get(s.slot) != s.node:
+                slots[s.slot] = s.node
+                rebuild = True
+        if rebuild:
+            self._build(problem, arrays, slots)
+            self._key = key
+        assert self._relaxed is not None
+        for model in (self._relaxed, self._fixed):
+            if model is not None:
+                self._sync_phases(model, problem)
+        return self._relaxed
+
+    def _sync_phases(self, model: _Model, problem: Problem) -> None:
+        for s in problem.sessions:
+            model.set_phases(self._slots[s.slot], problem.node_index(s.node), s.phases)
+
+    def _build(self, problem: Problem, arrays: Arrays, slots: dict[str, str]) -> None:
+        names = sorted(slots)
+        self._slots = {name: k for k, name in enumerate(names)}
+        self._slot_node = [slots[name] for name in names]
+        phases_by_slot = {s.slot: s.phases for s in problem.sessions}
+        phases = tuple(phases_by_slot.get(name, (0, 1, 2)) for name in names)
+        lay = _Layout(
+            S=len(names),
+            M=len(problem.nodes),
+            T=problem.steps,
+            J=len(arrays.kw_nodes),
+            K=FAIRNESS_PIECES,
+        )
+        self._layout = lay
+        node_pos = [problem.node_index(n) for n in self._slot_node]
+        self._matrix = _build_matrix(lay, arrays, node_pos, phases)
+        vectors = self._vectors(problem, arrays, self._session_slots(problem))
+        self._relaxed = _Model(lay, self._matrix, vectors)
+        self._fixed = None
+        self.builds += 1
+
+    def _fixed_model(self, problem: Problem) -> _Model:
+        """The second model, created on first need from the relaxed one's matrix and basis."""
+        if self._fixed is None:
+            assert self._layout is not None and self._matrix is not None
+            assert self._relaxed is not None
+            self._fixed = _Model(self._layout, self._matrix, self._relaxed.held)
+            self._sync_phases(self._fixed, problem)
+            self._fixed.highs.setBasis(self._relaxed.highs.getBasis())
+        return self._fixed
+
+    def _session_slots(self, problem: Problem) -> np.ndarray:
+        return np.fromiter(
+            (self._slots[s.slot] for s in problem.sessions),
+            dtype=np.intp,
+            count=len(problem.sessions),
+        )
+
+    def _vectors(self, problem: Problem, arrays: Arrays, slot_of: np.ndarray) -> _Vectors:
+        """Column bounds, costs and row upper bounds for this cycle (``slot_of``: slot per
+        session)."""
+        lay = self._layout
+        assert lay is not None
+        T, S, K = lay.T, lay.S, lay.K
+        col_lo = np.zeros(lay.ncol)
+        col_hi = np.zeros(lay.ncol)
+        cost = np.zeros(lay.ncol)
+        row_hi = np.zeros(lay.nrow)
+        volt = arrays.voltage
+
+        # i columns: max_a inside the window, 0 outside and on empty slots.
+        i_hi = np.zeros((S, T))
+        i_hi[slot_of] = np.where(arrays.window, arrays.max_a[:, None], 0.0)
+        col_hi[: S * T] = i_hi.ravel()
+        horizon_h = float(arrays.dt_h.sum())
+        per_kwh = (
+            -shortfall_weight(problem) * session_weights(problem)[:, None]
+            + problem.prices[None, :]
+            + EARLINESS_PER_KWH * (arrays.start_h / horizon_h)[None, :]
+        )
+        i_cost = np.zeros((S, T))
+        i_cost[slot_of] = arrays.kwh_per_a * per_kwh
+        cost[: S * T] = i_cost.ravel()
+
+        # f columns: EV headroom, already clamped at 0 where the non-EV load alone is over.
+        col_hi[lay.f0 : lay.peak] = arrays.headroom_a.ravel()
+        # Peak column in summed phase amperes: the demand charge costs U/1000 per A.
+        col_lo[lay.peak] = problem.tariff.peak_so_far_kw * 1000.0 / volt
+        col_hi[lay.peak] = highspy.kHighsInf
+        cost[lay.peak] = problem.tariff.demand_charge_per_kw * volt / 1000.0
+
+        # Fairness pieces of the step-0 current: [0, min_a], then (max_a - min_a) / (K - 1).
+        active0 = arrays.window[:, 0]
+        widths = np.zeros((S, K))
+        widths[slot_of, 0] = np.where(active0, arrays.min_a, 0.0)
+        widths[slot_of, 1:] = np.where(active0, (arrays.max_a - arrays.min_a) / (K - 1), 0.0)[
+            :, None
+        ]
+        col_hi[lay.a0 :] = widths.ravel()
+        eps_f = _FAIRNESS_OF_EARLINESS * EARLINESS_PER_KWH * float(arrays.dt_h.min()) / horizon_h
+        a_cost = np.zeros((S, K))
+        a_cost[slot_of] = -eps_f * arrays.kwh_per_a[:, :1] * ((K - np.arange(K)) / K)[None, :]
+        cost[lay.a0 :] = a_cost.ravel()
+
+        # Rows: flow rows 0; kW rows their headroom; peak rows minus the root's non-EV load.
+        row_hi[lay.r_kw : lay.r_peak] = arrays.headroom_sum_a.ravel()
+        row_hi[lay.r_peak : lay.r_energy] = -arrays.load_root_sum_a
+        energy_ah = np.zeros(S)
+        energy_ah[slot_of] = arrays.energy_kwh * 1000.0 / (volt * arrays.nph)
+        row_hi[lay.r_energy : lay.r_fair] = energy_ah
+        return _Vectors(col_lo, col_hi, cost * _OBJ_SCALE, row_hi)
+
+    # Reading the answer and the 6 A rule.
+
+    @staticmethod
+    def _plan(model: _Model, arrays: Arrays, slot_of: np.ndarray) -> np.ndarray:
+        """The model's currents as ``(sessions, steps)``, solver noise cleaned."""
+        plan = model.currents()[slot_of]
+        # Tiny values to 0, nothing above max_a or outside the window: each only lowers.
+        plan = np.where(arrays.window, np.minimum(plan, arrays.max_a[:, None]), 0.0)
+        plan[plan < _ZERO_A] = 0.0
+        return plan
+
+    def _fix_step0(
+        self,
+        arrays: Arrays,
+        plan: np.ndarray,
+        frac: np.ndarray,
+        vectors: _Vectors,
+        slot_of: np.ndarray,
+    ) -> list[int]:
+        """Set step-0 bounds in ``vectors`` for the 6 A rule (see the module docstring).
+
+        The current plan with raised sessions at ``min_a`` (their later steps lowered to keep
+        their energy) and paused ones at 0 satisfies these bounds and every limit, so the
+        re-solve is feasible and at least as good as that point.
+
+        Returns:
+            Positions of the sessions paused.
+        """
+        lay = self._layout
+        assert lay is not None
+        x0 = plan[:, 0]
+        min_a = arrays.min_a
+        others = x0.copy()
+        others[frac] = 0.0
+        room, kw_room = _step0_room(arrays, others)
+        kw_pos = {int(n): j for j, n in enumerate(arrays.kw_nodes)}
+        slot_col = slot_of * lay.T
+        dt0_h = float(arrays.dt_h[0])
+        paused = []
+        for k in sorted(frac.tolist(), key=lambda k: (-arrays.priority[k], -x0[k])):
+            need = min_a[k]
+            path = arrays.ancestors[arrays.node_of[k]]
+            mask = arrays.phase_mask[k]
+            kw_path = [kw_pos[n] for n in path if n in kw_pos]
+            fits = all((room[n][mask] >= need - _ZERO_A).all() for n in path) and all(
+                kw_room[j] >= need * arrays.nph[k] - _ZERO_A for j in kw_path
+            )
+            col = slot_col[k]
+            if not fits:
+                paused.append(k)
+                vectors.col_lo[col] = vectors.col_hi[col] = 0.0
+                continue
+            for n in path:
+                room[n][mask] -= need
+            for j in kw_path:
+                kw_room[j] -= need * arrays.nph[k]
+            vectors.col_lo[col] = need
+            need_ah = arrays.energy_kwh[k] * 1000.0 / (arrays.voltage * arrays.nph[k])
+            if need_ah < need * dt0_h:
+                # Wants less than one step at min_a: it gets min_a and stops when full.
+                vectors.row_hi[lay.r_energy + slot_of[k]] = need * dt0_h
+        # Sessions the LP left at 0 stay there, or the re-solve would hand the capacity just
+        # freed to a new fractional entrant rather than to cars already charging.
+        idle = arrays.window[:, 0] & (min_a > 0) & (x0 == 0)
+        vectors.col_hi[slot_col[idle]] = 0.0
+        return paused
+
+    def _failed(self, problem: Problem, t0: float, why: tuple[Status, str]) -> Allocation:
+        """Answer with the fallback; after an error, start the next call from a new model."""
+        if why[0] is Status.SOLVER_ERROR:
+            self._key = None
+        return self._fallback(problem, t0, *why)
+
+    def _fallback(self, problem: Problem, t0: float, status: Status, detail: str) -> Allocation:
+        answer = fallback.allocate(problem)
+        return Allocation(
+            dispatch_a=answer.dispatch_a,
+            plan_a=answer.plan_a,
+            energy_kwh=answer.energy_kwh,
+            status=status,
+            method="fallback",
+            solve_s=time.perf_counter() - t0,
+            detail=detail,
+        )
+
+
+def _build_matrix(
+    lay: _Layout, arrays: Arrays, node_pos: list[int], phases: tuple[tuple[int, ...], ...]
+) -> _Matrix:
+    """The constraint matrix in column-wise form (entries as in the module docstring)."""
+    T, M = lay.T, lay.M
+    t = np.arange(T)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for s in range(lay.S):  # i columns: flow rows of the phases drawn, energy, fairness
+        cols = s * T + t
+        parts.extend(((node_pos[s] * 3 + p) * T + t, cols, np.ones(T)) for p in phases[s])
+        parts.append((np.full(T, lay.r_energy + s), cols, arrays.dt_h))
+        parts.append((np.array([lay.r_fair + s]), cols[:1], np.array([-1.0])))
+    # f columns: -1 in their own flow row, +1 in the parent's, the kW row and the peak row.
+    n_idx, p_idx, t_idx = (
+        a.ravel() for a in np.meshgrid(np.arange(M), np.arange(3), t, indexing="ij")
+    )
+    fcols = lay.f0 + (n_idx * 3 + p_idx) * T + t_idx
+    parts.append(((n_idx * 3 + p_idx) * T + t_idx, fcols, -np.ones(len(fcols))))
+    par = np.array(arrays.parents, dtype=np.intp)[n_idx]
+    up = par >= 0
+    parts.append((((par * 3 + p_idx) * T + t_idx)[up], fcols[up], np.ones(up.sum())))
+    for j, node in enumerate(arrays.kw_nodes):
+        sel = n_idx == node
+        parts.append((lay.r_kw + j * T + t_idx[sel], fcols[sel], np.ones(sel.sum())))
+    sel = n_idx == arrays.root
+    parts.append((lay.r_peak + t_idx[sel], fcols[sel], np.ones(sel.sum())))
+    parts.append((lay.r_peak + t, np.full(T, lay.peak), -np.ones(T)))  # peak column
+    s_idx = np.repeat(np.arange(lay.S), lay.K)  # fairness pieces: +1 in their slot's row
+    parts.append((lay.r_fair + s_idx, lay.a0 + np.arange(lay.S * lay.K), np.ones(len(s_idx))))
+    rows = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
+    cols = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
+    vals = np.concatenate([np.asarray(p[2], dtype=float) for p in parts])
+    order = np.lexsort((rows, cols))
+    start = np.zeros(lay.ncol, dtype=np.int32)
+    np.cumsum(np.bincount(cols, minlength=lay.ncol)[:-1], out=start[1:])
+    return _Matrix(start, rows[order].astype(np.int32), vals[order], phases)
+
+
+def _fractional(arrays: Arrays, plan: np.ndarray) -> np.ndarray:
+    """Positions of sessions with ``0 < i < min_a`` on step 0."""
+    x0 = plan[:, 0]
+    return np.flatnonzero((x0 > 0) & (x0 < arrays.min_a - _ZERO_A))
+
+
+def _step0_room(arrays: Arrays, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step-0 headroom left after ``x0``: per node and phase (A), per kW node (Σ A)."""
+    used = np.zeros((len(arrays.ancestors), 3))
+    np.add.at(used, arrays.node_of, arrays.phase_mask * x0[:, None])
+    through = np.zeros_like(used)
+    for n, path in enumerate(arrays.ancestors):
+        through[path] += used[n]
+    room = arrays.headroom_a[:, :, 0] - through
+    kw_room = arrays.headroom_sum_a[:, 0] - through[arrays.kw_nodes].sum(axis=1)
+    return room, kw_room
+
+
+def _allocation(
+    problem: Problem,
+    arrays: Arrays | None,
+    plan: np.ndarray,
+    objective: float,
+    paused: list[int],
+    t0: float,
+) -> Allocation:
+    energy = (plan * arrays.kwh_per_a).sum(axis=1) if arrays is not None else np.zeros(0)
+    ids = [s.id for s in problem.sessions]
+    return Allocation(
+        dispatch_a=dict(zip(ids, plan[:, 0].tolist(), strict=True)),
+        plan_a=plan,
+        energy_kwh=dict(zip(ids, energy.tolist(), strict=True)),
+        status=Status.OPTIMAL,
+        method="lp",
+        objective=objective,
+        solve_s=time.perf_counter() - t0,
+        paused=tuple(ids[k] for k in paused),
+    )
+
+
+def solve(problem: Problem, budget_s: float = 1.0) -> Allocation:
+    """Solve ``problem`` with a fresh :class:`Allocator` (tests, one-off use).
+
+    Args:
+        problem: The problem.
+        budget_s: Wall-time budget (s).
+
+    Returns:
+        The allocation (see :meth:`Allocator.solve`).
+    """
+    return Allocator().solve(problem, budget_s)

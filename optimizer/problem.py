@@ -1,0 +1,398 @@
+"""The allocation problem: plain frozen dataclasses, validated on construction.
+
+A :class:`Problem` is everything the optimizer needs for one control cycle: the circuit tree with
+its per-phase limits (:class:`Node`), the non-EV loads hanging off it (:class:`Load`), the
+connected vehicles (:class:`Session`), the time grid and the :class:`Tariff`. Every field is in
+SI-ish units named by suffix (``_a`` amperes per phase, ``_kw``, ``_kwh``, ``_s``, ``_v``); phases
+are the site's phases 0, 1, 2 (L1, L2, L3). Nothing here solves anything; :mod:`optimizer.lp` and
+:mod:`optimizer.fallback` read a problem, :mod:`optimizer.verify` checks an answer against it.
+
+Invalid input raises :class:`ValueError` naming the offending field, so a caller that builds a
+problem from live data learns which reading or session was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "PHASES",
+    "Load",
+    "Node",
+    "Problem",
+    "Session",
+    "Tariff",
+]
+
+#: The site's phases L1, L2, L3.
+PHASES: tuple[int, int, int] = (0, 1, 2)
+
+
+def _finite(name: str, value: float) -> float:
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    return v
+
+
+def _per_phase(name: str, value: float | Sequence[float]) -> tuple[float, float, float]:
+    """Normalise a scalar (same on every phase) or a 3-sequence to a 3-tuple of floats."""
+    if isinstance(value, int | float):
+        v = _finite(name, value)
+        return (v, v, v)
+    vals = tuple(_finite(f"{name}[{k}]", x) for k, x in enumerate(value))
+    if len(vals) != 3:
+        raise ValueError(f"{name}: need one value per phase (3), got {len(vals)}")
+    return vals  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One circuit of the tree: grid connection, transformer, feeder, charger circuit.
+
+    Args:
+        id: Unique name.
+        parent: Id of the parent node, ``None`` for the root (the grid connection). Exactly one
+            root per problem.
+        limit_a: Current limit per phase (A), a scalar for all three phases or one per phase.
+        limit_kw: Optional limit on the total active power through the node (kW, all phases),
+            e.g. the grid contract. The model takes power as ``voltage_ln_v × Σ phase currents``
+            (unity power factor), as the benchmark's scoring model does.
+
+    Raises:
+        ValueError: A limit is negative or not finite.
+    """
+
+    id: str
+    parent: str | None
+    limit_a: tuple[float, float, float]
+    limit_kw: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("id: must be a non-empty string")
+        limits = _per_phase("limit_a", self.limit_a)
+        if min(limits) < 0:
+            raise ValueError(f"limit_a: must be >= 0, got {limits}")
+        object.__setattr__(self, "limit_a", limits)
+        if self.limit_kw is not None:
+            kw = _finite("limit_kw", self.limit_kw)
+            if kw < 0:
+                raise ValueError(f"limit_kw: must be >= 0, got {kw}")
+            object.__setattr__(self, "limit_kw", kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """A non-EV load (building, measured residual) on a node, per phase and step.
+
+    The load counts against its node and every ancestor, exactly as a charger does: attach the
+    building to the transformer and the grid connection sees it too. For step 0 the control loop
+    gives the measured value; later steps are a forecast (or the same value repeated). Values are
+    signed: a negative current (local generation behind the node) adds headroom.
+
+    Args:
+        id: Name, for messages.
+        node: Id of the node it hangs off.
+        current_a: ``current_a[phase][step]`` in A, three rows of ``Problem.steps`` values.
+
+    Raises:
+        ValueError: Not three rows, rows of different length, or a value not finite.
+    """
+
+    id: str
+    node: str
+    current_a: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+
+    def __post_init__(self) -> None:
+        rows = tuple(tuple(float(x) for x in row) for row in self.current_a)
+        if len(rows) != 3:
+            raise ValueError(f"current_a: need 3 phase rows, got {len(rows)} (load {self.id!r})")
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"current_a: phase rows differ in length (load {self.id!r})")
+        if not all(math.isfinite(x) for r in rows for x in r):
+            raise ValueError(f"current_a: values must be finite (load {self.id!r})")
+        object.__setattr__(self, "current_a", rows)
+
+    @classmethod
+    def balanced_kw(
+        cls, id: str, node: str, power_kw: Sequence[float], voltage_ln_v: float = 230.0
+    ) -> Load:
+        """Build a load balanced over the three phases from its power per step.
+
+        ``I = P / (3 · U_LN)`` per phase, the benchmark format's conversion
+        (``shared/bench/optimizer/README.md``).
+
+        Args:
+            id: Name of the load.
+            node: Node it hangs off.
+            power_kw: Active power per step (kW).
+            voltage_ln_v: Line-to-neutral voltage (V).
+
+        Returns:
+            The load with the same current on each phase.
+        """
+        per_phase = tuple(float(p) * 1000.0 / (3.0 * voltage_ln_v) for p in power_kw)
+        return cls(id=id, node=node, current_a=(per_phase, per_phase, per_phase))
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A connected (or expected) vehicle on one connector.
+
+    Args:
+        id: Session id, the key of the dispatch.
+        node: Id of the node the charger is wired to.
+        slot: Stable key of the connector (e.g. ``"c0042/1"``). The LP keeps one block of
+            variables per slot, so the model keeps its shape while cars come and go; two sessions
+            of one problem must not share a slot.
+        phases: Site phases drawn, already mapped through the charger's phase rotation (a
+            three-phase car on a charger wired L2-L3-L1 draws ``(0, 1, 2)``; a single-phase car
+            on it draws ``(1,)``).
+        min_a: Minimum current per phase while charging (IEC 61851-1: 6 A); the dispatch gives
+            either 0 (pause) or at least this.
+        max_a: Maximum current per phase, already the minimum of charger, cable, vehicle and CSMS
+            bounds.
+        energy_kwh: Energy still wanted (kWh).
+        departure_step: First step at which the car is gone; it charges in steps
+            ``arrival_step <= t < departure_step``. May lie beyond the horizon, may be <= 0 (then
+            it gets nothing).
+        arrival_step: First step it can charge; 0 for a connected car, later for a planned one.
+        priority: 0..4; a kWh at priority p+1 weighs as much as 4 at p, enough to win a
+            binding phase even against a three-phase car (see :mod:`optimizer`).
+
+    Raises:
+        ValueError: A field is out of range; the message names it.
+    """
+
+    id: str
+    node: str
+    slot: str
+    phases: tuple[int, ...]
+    min_a: float
+    max_a: float
+    energy_kwh: float
+    departure_step: int
+    arrival_step: int = 0
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ValueError("id: must be a non-empty string")
+        if not self.slot:
+            raise ValueError(f"slot: must be a non-empty string (session {self.id!r})")
+        phases = tuple(int(p) for p in self.phases)
+        if not phases or len(set(phases)) != len(phases) or not set(phases) <= set(PHASES):
+            raise ValueError(f"phases: need distinct phases from 0, 1, 2, got {self.phases!r}")
+        object.__setattr__(self, "phases", phases)
+        for name in ("min_a", "max_a", "energy_kwh"):
+            v = _finite(f"{name} (session {self.id!r})", getattr(self, name))
+            if v < 0:
+                raise ValueError(f"{name}: must be >= 0, got {v} (session {self.id!r})")
+            object.__setattr__(self, name, v)
+        if self.max_a < self.min_a:
+            raise ValueError(
+                f"max_a: {self.max_a} is below min_a {self.min_a} (session {self.id!r}); "
+                "give max_a = 0 to block the session"
+            )
+        for name in ("departure_step", "arrival_step", "priority"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v:
+                raise ValueError(f"{name}: must be an integer, got {v!r} (session {self.id!r})")
+            object.__setattr__(self, name, int(v))
+        if not 0 <= self.priority <= 4:
+            raise ValueError(f"priority: must be 0..4, got {self.priority} (session {self.id!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    """What energy and peak cost.
+
+    Args:
+        price_per_kwh: Energy price per step (currency/kWh), ``Problem.steps`` values; empty
+            means free energy (no price signal).
+        demand_charge_per_kw: Charge on the peak grid power over the horizon (currency/kW).
+        peak_so_far_kw: Peak already reached in the billing period; a new plan pays only for
+            exceeding it.
+
+    Raises:
+        ValueError: A value is negative or not finite.
+    """
+
+    price_per_kwh: tuple[float, ...] = ()
+    demand_charge_per_kw: float = 0.0
+    peak_so_far_kw: float = 0.0
+
+    def __post_init__(self) -> None:
+        prices = tuple(_finite(f"price_per_kwh[{k}]", p) for k, p in enumerate(self.price_per_kwh))
+        object.__setattr__(self, "price_per_kwh", prices)
+        for name in ("demand_charge_per_kw", "peak_so_far_kw"):
+            v = _finite(name, getattr(self, name))
+            if v < 0:
+                raise ValueError(f"{name}: must be >= 0, got {v}")
+            object.__setattr__(self, name, v)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One control cycle's allocation problem.
+
+    Step 0 starts now and is what gets dispatched; the rest of the horizon is the plan.
+
+    Args:
+        nodes: The circuit tree, any order; exactly one root.
+        sessions: Vehicles; ids and slots unique.
+        steps: Number of steps T in the horizon.
+        step_s: Step length (s): one value for a uniform grid, or one per step for a
+            non-uniform grid (fine near now, coarse later).
+        loads: Non-EV loads, each with ``steps`` values per phase.
+        tariff: Prices; ``tariff.price_per_kwh`` is empty or has ``steps`` values.
+        voltage_ln_v: Line-to-neutral voltage (V) used for every kW <-> A conversion.
+
+    Raises:
+        ValueError: Inconsistent input (unknown node, cycle, duplicate id or slot, wrong
+            length); the message names the field.
+    """
+
+    nodes: tuple[Node, ...]
+    sessions: tuple[Session, ...]
+    steps: int
+    step_s: float | tuple[float, ...]
+    loads: tuple[Load, ...] = ()
+    tariff: Tariff = field(default_factory=Tariff)
+    voltage_ln_v: float = 230.0
+    # Derived, filled by __post_init__ (slots and frozen rule out cached_property on fields).
+    _node_index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "sessions", tuple(self.sessions))
+        object.__setattr__(self, "loads", tuple(self.loads))
+        if isinstance(self.steps, bool) or int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps: must be an integer >= 1, got {self.steps!r}")
+        object.__setattr__(self, "steps", int(self.steps))
+        if isinstance(self.step_s, int | float):
+            step = _finite("step_s", self.step_s)
+            if step <= 0:
+                raise ValueError(f"step_s: must be > 0, got {step}")
+            object.__setattr__(self, "step_s", step)
+        else:
+            durations = tuple(_finite(f"step_s[{k}]", d) for k, d in enumerate(self.step_s))
+            if len(durations) != self.steps:
+                raise ValueError(f"step_s: need {self.steps} durations, got {len(durations)}")
+            if min(durations) <= 0:
+                raise ValueError("step_s: every duration must be > 0")
+            object.__setattr__(self, "step_s", durations)
+        volt = _finite("voltage_ln_v", self.voltage_ln_v)
+        if volt <= 0:
+            raise ValueError(f"voltage_ln_v: must be > 0, got {volt}")
+        object.__setattr__(self, "voltage_ln_v", volt)
+
+        index: dict[str, int] = {}
+        for k, node in enumerate(self.nodes):
+            if node.id in index:
+                raise ValueError(f"nodes: duplicate id {node.id!r}")
+            index[node.id] = k
+        object.__setattr__(self, "_node_index", index)
+        roots = [n.id for n in self.nodes if n.parent is None]
+        if len(roots) != 1:
+            raise ValueError(f"nodes: need exactly one root (parent None), got {roots}")
+        for node in self.nodes:
+            if node.parent is not None and node.parent not in index:
+                raise ValueError(f"nodes: {node.id!r} has unknown parent {node.parent!r}")
+        for node in self.nodes:  # every node must reach the root without a cycle
+            seen = {node.id}
+            cur = node.parent
+            while cur is not None:
+                if cur in seen:
+                    raise ValueError(f"nodes: cycle through {node.id!r}")
+                seen.add(cur)
+                cur = self.nodes[index[cur]].parent
+
+        ids: set[str] = set()
+        slots: set[str] = set()
+        for s in self.sessions:
+            if s.id in ids:
+                raise ValueError(f"sessions: duplicate id {s.id!r}")
+            if s.slot in slots:
+                raise ValueError(f"sessions: slot {s.slot!r} used twice (session {s.id!r})")
+            if s.node not in index:
+                raise ValueError(f"sessions: {s.id!r} on unknown node {s.node!r}")
+            ids.add(s.id)
+            slots.add(s.slot)
+        load_ids: set[str] = set()
+        for load in self.loads:
+            if load.node not in index:
+                raise ValueError(f"loads: {load.id!r} on unknown node {load.node!r}")
+            if load.id in load_ids:
+                raise ValueError(f"loads: duplicate id {load.id!r}")
+            load_ids.add(load.id)
+            if len(load.current_a[0]) != self.steps:
+                raise ValueError(
+                    f"loads: {load.id!r} has {len(load.current_a[0])} steps, need {self.steps}"
+                )
+        n_prices = len(self.tariff.price_per_kwh)
+        if n_prices not in (0, self.steps):
+            raise ValueError(f"tariff.price_per_kwh: need {self.steps} prices, got {n_prices}")
+
+    # Derived views. They are cheap, but the LP calls them every cycle, so keep them numpy.
+
+    @property
+    def durations_s(self) -> np.ndarray:
+        """Length of each step (s), shape ``(steps,)``."""
+        if isinstance(self.step_s, float):
+            return np.full(self.steps, self.step_s)
+        return np.asarray(self.step_s, dtype=float)
+
+    @property
+    def prices(self) -> np.ndarray:
+        """Energy price per step, shape ``(steps,)``; zeros when the tariff has none."""
+        if not self.tariff.price_per_kwh:
+            return np.zeros(self.steps)
+        return np.asarray(self.tariff.price_per_kwh, dtype=float)
+
+    def node_index(self, node_id: str) -> int:
+        """Position of a node in ``nodes``.
+
+        Raises:
+            KeyError: Unknown node id.
+        """
+        return self._node_index[node_id]
+
+    def parents(self) -> list[int]:
+        """Parent position of every node, -1 for the root."""
+        return [-1 if n.parent is None else self._node_index[n.parent] for n in self.nodes]
+
+    def ancestors(self) -> list[list[int]]:
+        """For every node, its own position and its ancestors' up to the root."""
+        parents = self.parents()
+        out = []
+        for k in range(len(self.nodes)):
+            path = [k]
+            while parents[path[-1]] >= 0:
+                path.append(parents[path[-1]])
+            out.append(path)
+        return out
+
+    def root(self) -> int:
+        """Position of the root node."""
+        return self.parents().index(-1)
+
+    def load_through_a(self) -> np.ndarray:
+        """Non-EV current through each node, shape ``(nodes, 3, steps)`` (A).
+
+        A load counts against its own node and every ancestor.
+        """
+        out = np.zeros((len(self.nodes), 3, self.steps))
+        if not self.loads:
+            return out
+        ancestors = self.ancestors()
+        for load in self.loads:
+            cur = np.asarray(load.current_a, dtype=float)
+            for k in ancestors[self._node_index[load.node]]:
+                out[k] += cur
+        return out

@@ -1,0 +1,115 @@
+"""An independent yardstick: the most energy a problem allows, by a plain LP.
+
+Tests and ``bench/optimizer.py`` compare the allocator's energy with this. It shares no model
+code with :mod:`optimizer.lp`: each session's column appears directly in the row of every node
+above it (no flow variables), there is no price, peak, earliness, fairness or 6 A rule — only
+``maximise Σ weight · energy`` under the limits, windows and energy wanted.
+"""
+
+from __future__ import annotations
+
+import highspy
+import numpy as np
+
+from optimizer.problem import Problem
+
+__all__ = ["max_energy"]
+
+
+def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """Solve ``max Σ_s weight_s · energy_s`` subject to every limit of ``problem``.
+
+    Args:
+        problem: The problem.
+        weights: Value of a kWh per session (problem order); 1 for all when omitted.
+
+    Returns:
+        The optimal weighted energy (kWh) and the plan, shape ``(sessions, steps)`` (A).
+
+    Raises:
+        RuntimeError: HiGHS did not reach optimality (cannot happen for a valid problem:
+            all-zero is always feasible).
+    """
+    sessions = problem.sessions
+    S, T = len(sessions), problem.steps
+    if S == 0:
+        return 0.0, np.zeros((0, T))
+    w = np.ones(S) if weights is None else np.asarray(weights, dtype=float)
+    volt = problem.voltage_ln_v
+    dt_h = problem.durations_s / 3600.0
+    ancestors = problem.ancestors()
+    load = problem.load_through_a()
+    nph = np.array([len(s.phases) for s in sessions], dtype=float)
+    kwh_per_a = volt * np.outer(nph, dt_h) / 1000.0  # (S, T)
+
+    # Column bounds: max_a inside the window, else 0.
+    t = np.arange(T)
+    upper = np.zeros((S, T))
+    for k, s in enumerate(sessions):
+        inside = (t >= s.arrival_step) & (t < s.departure_step)
+        upper[k] = np.where(inside & (s.energy_kwh > 0), s.max_a, 0.0)
+
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    row_upper: list[np.ndarray] = []
+    n_rows = 0
+    # Node current rows, one per node/phase/step: Σ sessions below on that phase.
+    for n, node in enumerate(problem.nodes):
+        below = [k for k, s in enumerate(sessions) if n in ancestors[problem.node_index(s.node)]]
+        for p in range(3):
+            on_p = [k for k in below if p in sessions[k].phases]
+            for k in on_p:
+                rows.append(n_rows + t)
+                cols.append(k * T + t)
+                vals.append(np.ones(T))
+            row_upper.append(np.maximum(node.limit_a[p] - load[n, p], 0.0))
+            n_rows += T
+        if node.limit_kw is not None:
+            for k in below:
+                rows.append(n_rows + t)
+                cols.append(k * T + t)
+                vals.append(np.full(T, volt * nph[k] / 1000.0))
+            row_upper.append(np.maximum(node.limit_kw - volt * load[n].sum(axis=0) / 1000.0, 0.0))
+            n_rows += T
+    # Energy rows: Σ_t kWh-per-A · i ≤ wanted.
+    for k, s in enumerate(sessions):
+        rows.append(np.full(T, n_rows))
+        cols.append(k * T + t)
+        vals.append(kwh_per_a[k])
+        row_upper.append(np.array([s.energy_kwh]))
+        n_rows += 1
+
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    v = np.concatenate(vals)
+    order = np.lexsort((r, c))
+    r, c, v = r[order], c[order], v[order]
+    n_cols = S * T
+    start = np.zeros(n_cols + 1, dtype=np.int32)
+    np.cumsum(np.bincount(c, minlength=n_cols), out=start[1:])
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.passModel(
+        n_cols,
+        n_rows,
+        len(v),
+        int(highspy.MatrixFormat.kColwise),
+        int(highspy.ObjSense.kMaximize),
+        0.0,
+        (w[:, None] * kwh_per_a).ravel(),
+        np.zeros(n_cols),
+        upper.ravel(),
+        np.full(n_rows, -highspy.kHighsInf),
+        np.concatenate(row_upper),
+        start[:-1],
+        r.astype(np.int32),
+        v,
+        np.zeros(n_cols, dtype=np.int32),
+    )
+    highs.run()
+    status = highs.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        raise RuntimeError(f"reference LP: {highs.modelStatusToString(status)}")
+    plan = np.asarray(highs.getSolution().col_value, dtype=float).reshape(S, T)
+    return float(highs.getInfo().objective_function_value), plan
