@@ -97,6 +97,7 @@ class _Csms16(ChargePoint16):
 
     @on("MeterValues")
     def meter_values(self, **kwargs: Any) -> Any:
+        self.csms.maybe_fail("MeterValues")
         return result16.MeterValues()
 
     @on("DataTransfer")
@@ -232,6 +233,7 @@ class StubCsms:
         self.ssl_context = ssl_context
         self.boot_status = "Accepted"
         self.reply_delay_s = 0.0  # a slow CSMS
+        self.fail_actions: dict[str, int] = {}  # answer this action with a CALLERROR n times
         self.tags: dict[str, str] = {}
         self.transaction_ids = itertools.count(1000)
         self.sessions: dict[str, _Session] = {}
@@ -244,6 +246,13 @@ class StubCsms:
         """The base URL chargers' identities are appended to."""
         scheme = "wss" if self.ssl_context is not None else "ws"
         return f"{scheme}://{self.host}:{self.port}{self.path}"
+
+    def maybe_fail(self, action: str) -> None:
+        """Raise (the ``ocpp`` library answers a CALLERROR) while `fail_actions` says so."""
+        left = self.fail_actions.get(action, 0)
+        if left > 0:
+            self.fail_actions[action] = left - 1
+            raise RuntimeError(f"stub CSMS told to fail {action}")
 
     def tag_status(self, tag: str) -> str:
         """How the stub answers an id tag (default Accepted)."""

@@ -224,3 +224,55 @@ async def test_close_mode_closes_and_the_charger_can_reconnect(csms, start_serve
     await csms.start()
     async with SimCharger("CP1", "1.6", url, PASSWORD) as again:
         assert (await again.boot()).status == "Accepted"
+
+
+async def test_csms_refusing_a_replayed_start_stops_the_transaction(csms, start_server) -> None:
+    alarms: list[tuple[str, str, str]] = []
+    config = depot_config([{"id": "CP1"}], csms.url, offline={"unknown_id_policy": "accept"})
+    server, url = await start_server(config, alarm=lambda *a: alarms.append(a))
+    async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+        await outage(csms, server)
+        csms.tags["STOLEN"] = "Blocked"
+        started = await sim.start_transaction(1, "STOLEN", 0)
+        assert started.id_tag_info["status"] == "Accepted"  # unknown offline: policy accept
+        await back(csms, server)
+        await wait_for(
+            lambda: any(c == "RemoteStopTransaction" for c, _ in sim.handled.calls),
+            message="sitectl to stop the refused transaction",
+        )
+        assert ("RemoteStopTransaction", {"transaction_id": -1}) in sim.handled.calls
+        assert alarms and alarms[0][:2] == ("offline_tag_refused", "CP1")
+
+
+async def test_replayed_message_refused_three_times_goes_to_dead_letters(
+    csms, start_server
+) -> None:
+    alarms: list[tuple[str, str, str]] = []
+    config = depot_config(
+        [{"id": "CP1"}],
+        csms.url,
+        offline={"unknown_id_policy": "accept", "message_attempts": 3, "retry_interval_s": 0.05},
+    )
+    server, url = await start_server(config, alarm=lambda *a: alarms.append(a))
+    async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+        await outage(csms, server)
+        started = await sim.start_transaction(1, "BUS-1", 0)
+        await sim.meter_values(1, [1.0] * 3, 100, started.transaction_id)
+        await sim.stop_transaction(started.transaction_id, 200)
+        csms.fail_actions["MeterValues"] = 3
+        await back(csms, server)
+        await drained(server)
+    # The start and the stop got through; the meter value was tried 3 times, then set aside.
+    up = [a for a, _ in calls(csms.frames("CP1", "in")) if a != "BootNotification"]
+    assert up == [
+        "StartTransaction",
+        "MeterValues",
+        "MeterValues",
+        "MeterValues",
+        "StopTransaction",
+    ]
+    [letter] = server.journal.dead_letters()
+    assert letter["action"] == "MeterValues" and letter["attempts"] == 3
+    assert [a[0] for a in alarms] == ["journal_dead_letter"]
