@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+from ocpp.charge_point import snake_to_camel_case
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
@@ -26,10 +28,11 @@ from ocpp.v201 import call_result as result201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
+from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
 from sitectl.ocpp.upstream import basic_auth
 from sitectl.sim.csms import RecordingConnection
 
-__all__ = ["SimCharger"]
+__all__ = ["Plug", "SimCharger", "SimEv"]
 
 SUBPROTOCOL = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 
@@ -43,7 +46,7 @@ class _Handled:
     """What the simulated charger was asked to do, by action."""
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    profiles: dict[int, dict[str, Any]] = field(default_factory=dict)  # by profile id
+    profiles: dict[int, InstalledProfile] = field(default_factory=dict)  # by profile id
 
 
 class _Point16(ChargePoint16):
@@ -96,18 +99,33 @@ class _Point16(ChargePoint16):
             await asyncio.sleep(self.sim.answer_delay_s)
         if self.sim.reject_profiles:
             return result16.SetChargingProfile(status="Rejected")
-        profile = dict(cs_charging_profiles, connector_id=connector_id)
-        self.sim.handled.profiles[cs_charging_profiles["charging_profile_id"]] = profile
+        self.sim.install(connector_id, cs_charging_profiles)
         return result16.SetChargingProfile(status="Accepted")
 
     @on("ClearChargingProfile")
     def clear_profile(self, **kwargs: Any) -> Any:
         self.sim.handled.calls.append(("ClearChargingProfile", kwargs))
-        if kwargs.get("id") is not None:
-            self.sim.handled.profiles.pop(kwargs["id"], None)
-        else:
-            self.sim.handled.profiles.clear()
+        self.sim.clear(
+            kwargs.get("id"),
+            kwargs.get("connector_id"),
+            kwargs.get("charging_profile_purpose"),
+            kwargs.get("stack_level"),
+        )
         return result16.ClearChargingProfile(status="Accepted")
+
+    @on("GetCompositeSchedule")
+    def composite(self, connector_id: int, duration: int, **kwargs: Any) -> Any:
+        limit = self.sim.limit_a(connector_id)
+        return result16.GetCompositeSchedule(
+            status="Accepted",
+            connector_id=connector_id,
+            schedule_start=_now(),
+            charging_schedule={
+                "duration": duration,
+                "charging_rate_unit": "A",
+                "charging_schedule_period": [{"start_period": 0, "limit": round(limit, 1)}],
+            },
+        )
 
     @on("TriggerMessage")
     def trigger(self, **kwargs: Any) -> Any:
@@ -166,17 +184,34 @@ class _Point201(ChargePoint201):
             await asyncio.sleep(self.sim.answer_delay_s)
         if self.sim.reject_profiles:
             return result201.SetChargingProfile(status="Rejected")
-        self.sim.handled.profiles[charging_profile["id"]] = dict(charging_profile, evse_id=evse_id)
+        self.sim.install(evse_id, charging_profile)
         return result201.SetChargingProfile(status="Accepted")
 
     @on("ClearChargingProfile")
     def clear_profile(self, **kwargs: Any) -> Any:
         self.sim.handled.calls.append(("ClearChargingProfile", kwargs))
-        if kwargs.get("charging_profile_id") is not None:
-            self.sim.handled.profiles.pop(kwargs["charging_profile_id"], None)
-        else:
-            self.sim.handled.profiles.clear()
+        criteria = kwargs.get("charging_profile_criteria") or {}
+        self.sim.clear(
+            kwargs.get("charging_profile_id"),
+            criteria.get("evse_id"),
+            criteria.get("charging_profile_purpose"),
+            criteria.get("stack_level"),
+        )
         return result201.ClearChargingProfile(status="Accepted")
+
+    @on("GetCompositeSchedule")
+    def composite(self, evse_id: int, duration: int, **kwargs: Any) -> Any:
+        limit = self.sim.limit_a(evse_id)
+        return result201.GetCompositeSchedule(
+            status="Accepted",
+            schedule={
+                "evse_id": evse_id,
+                "duration": duration,
+                "schedule_start": _now(),
+                "charging_rate_unit": "A",
+                "charging_schedule_period": [{"start_period": 0, "limit": round(limit, 1)}],
+            },
+        )
 
     @on("UpdateFirmware")
     def update_firmware(self, **kwargs: Any) -> Any:
@@ -189,6 +224,27 @@ class _Point201(ChargePoint201):
         return result201.DataTransfer(status="Accepted")
 
 
+@dataclass
+class SimEv:
+    """A vehicle: what it can draw and what it wants."""
+
+    phases: int = 3  # a single-phase vehicle draws on the charger's L1
+    max_a: float = 32.0
+    energy_wanted_kwh: float = 60.0
+    tag: str = "FLEET"
+
+
+@dataclass
+class Plug:
+    """A vehicle on a connector, in a transaction."""
+
+    ev: SimEv
+    transaction_id: Any
+    started_at: datetime
+    draw_a: float = 0.0
+    register_wh: float = 0.0
+
+
 class SimCharger:
     """A simulated charge point.
 
@@ -199,6 +255,8 @@ class SimCharger:
         password: Basic-auth password, or ``None`` for none.
         ssl: client TLS context (security profiles 2 and 3).
         subprotocols: what to offer (default: the one for `version`).
+        max_current_a: the charger's own maximum per phase.
+        lag_s: time constant with which the vehicles follow a new limit.
     """
 
     def __init__(
@@ -211,6 +269,9 @@ class SimCharger:
         subprotocols: list[str] | None = None,
         vendor: str = "sitectl-sim",
         model: str = "SimCharger",
+        max_current_a: float = 32.0,
+        lag_s: float = 1.0,
+        voltage_v: float = 230.0,
     ) -> None:
         self.identity = identity
         self.version = version
@@ -233,6 +294,11 @@ class SimCharger:
         self.point: Any = None
         self._task: asyncio.Task | None = None
         self._seq = 0
+        self.max_current_a = max_current_a
+        self.lag_s = lag_s
+        self.voltage_v = voltage_v
+        self.plugs: dict[int, Plug] = {}
+        self.compliant = True  # False: draws what the vehicle wants, whatever the limit
 
     async def connect(self, **kwargs: Any) -> SimCharger:
         """Open the WebSocket and start answering calls; raises the handshake error if any."""
@@ -431,6 +497,133 @@ class SimCharger:
                 ],
             )
         )
+
+    # Profiles, as the charger stores them.
+
+    def install(self, connector_id: int, profile: dict[str, Any]) -> None:
+        """Store a profile received in SetChargingProfile (snake_case from the library)."""
+        camel = snake_to_camel_case(profile)
+        installed = InstalledProfile(connector_id, camel, datetime.now(UTC))
+        self.handled.profiles[installed.profile_id] = installed
+
+    def clear(
+        self,
+        profile_id: int | None,
+        connector_id: int | None,
+        purpose: str | None,
+        stack_level: int | None,
+    ) -> None:
+        """ClearChargingProfile: every profile matching all the criteria given."""
+        for installed in list(self.handled.profiles.values()):
+            if (
+                (profile_id is None or installed.profile_id == profile_id)
+                and (connector_id is None or installed.connector_id == connector_id)
+                and (purpose is None or installed.purpose == purpose)
+                and (stack_level is None or installed.stack_level == stack_level)
+            ):
+                del self.handled.profiles[installed.profile_id]
+
+    def limit_a(self, connector_id: int, at: datetime | None = None) -> float:
+        """The composite limit on a connector now (the charger's maximum when none)."""
+        plug = self.plugs.get(connector_id)
+        limit = composite_limit_a(
+            self.handled.profiles.values(),
+            connector_id,
+            at or datetime.now(UTC),
+            transaction_id=plug.transaction_id if plug else None,
+            transaction_start=plug.started_at if plug else None,
+            voltage_v=self.voltage_v,
+        )
+        return self.max_current_a if limit is None else min(limit, self.max_current_a)
+
+    # Vehicles.
+
+    async def plug_in(self, connector_id: int, ev: SimEv) -> Plug:
+        """A vehicle arrives: Preparing, a transaction, Charging."""
+        await self.status(connector_id, "Preparing")
+        result = await self.start_transaction(
+            connector_id,
+            ev.tag,
+            0,
+            transaction_id=f"{self.identity}-{connector_id}-{len(self.handled.calls)}-{self._seq}",
+        )
+        transaction_id = getattr(result, "transaction_id", None)
+        if transaction_id is None:  # 2.0.1: the charger's own id
+            transaction_id = f"{self.identity}-{connector_id}"
+        plug = Plug(ev, transaction_id, datetime.now(UTC))
+        self.plugs[connector_id] = plug
+        await self.status(connector_id, "Charging")
+        return plug
+
+    async def unplug(self, connector_id: int) -> None:
+        """The vehicle leaves: the transaction stops."""
+        plug = self.plugs.pop(connector_id)
+        await self.stop_transaction(plug.transaction_id, round(plug.register_wh))
+        await self.status(connector_id, "Available")
+
+    def step(self, dt_s: float, energy_factor: float = 1.0) -> None:
+        """Advance the vehicles by `dt_s`: follow the limits with a first-order lag."""
+        now = datetime.now(UTC)
+        for connector_id, plug in self.plugs.items():
+            ev = plug.ev
+            full = plug.register_wh / 1000 >= ev.energy_wanted_kwh
+            limit = self.limit_a(connector_id, now)
+            target = min(ev.max_a, self.max_current_a)
+            if self.compliant:
+                # IEC 61851: below 6 A the vehicle cannot charge: it pauses.
+                target = 0.0 if limit < 6.0 else min(target, limit)
+            if full:
+                target = 0.0
+            plug.draw_a += (target - plug.draw_a) * (1 - math.exp(-dt_s / self.lag_s))
+            if plug.draw_a < 0.05:
+                plug.draw_a = 0.0
+            plug.register_wh += (
+                plug.draw_a * self.voltage_v * ev.phases * dt_s / 3600 * energy_factor
+            )
+
+    def currents(self, connector_id: int) -> tuple[float, float, float]:
+        """The current on the charger's L1, L2, L3 for one connector (single-phase: L1)."""
+        plug = self.plugs.get(connector_id)
+        if plug is None:
+            return (0.0, 0.0, 0.0)
+        if plug.ev.phases == 1:
+            return (plug.draw_a, 0.0, 0.0)
+        return (plug.draw_a, plug.draw_a, plug.draw_a)
+
+    def total_currents(self) -> tuple[float, float, float]:
+        """The charger's draw on its own L1, L2, L3."""
+        totals = [0.0, 0.0, 0.0]
+        for connector_id in self.plugs:
+            for phase, amps in enumerate(self.currents(connector_id)):
+                totals[phase] += amps
+        return (totals[0], totals[1], totals[2])
+
+    async def report(self) -> None:
+        """Send MeterValues for every plugged-in vehicle."""
+        for connector_id, plug in list(self.plugs.items()):
+            await self.meter_values(
+                connector_id,
+                list(self.currents(connector_id)),
+                round(plug.register_wh),
+                plug.transaction_id,
+            )
+
+    async def run(
+        self, tick_s: float = 0.2, report_s: float = 2.0, energy_factor: float = 1.0
+    ) -> None:
+        """Simulate until cancelled: step the vehicles, report meter values."""
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        next_report = last + report_s
+        while True:
+            await asyncio.sleep(tick_s)
+            now = loop.time()
+            self.step(now - last, energy_factor)
+            last = now
+            if now >= next_report and self.plugs:
+                next_report = now + report_s
+                with contextlib.suppress(Exception):
+                    await self.report()
 
     def _next_seq(self) -> int:
         seq = self._seq
