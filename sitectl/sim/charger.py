@@ -541,15 +541,10 @@ class SimCharger:
     async def plug_in(self, connector_id: int, ev: SimEv) -> Plug:
         """A vehicle arrives: Preparing, a transaction, Charging."""
         await self.status(connector_id, "Preparing")
-        result = await self.start_transaction(
-            connector_id,
-            ev.tag,
-            0,
-            transaction_id=f"{self.identity}-{connector_id}-{len(self.handled.calls)}-{self._seq}",
-        )
-        transaction_id = getattr(result, "transaction_id", None)
-        if transaction_id is None:  # 2.0.1: the charger's own id
-            transaction_id = f"{self.identity}-{connector_id}"
+        own_id = f"{self.identity}-{connector_id}-{datetime.now(UTC).timestamp():.3f}"[-36:]
+        result = await self.start_transaction(connector_id, ev.tag, 0, transaction_id=own_id)
+        # 1.6: the CSMS (or sitectl, offline) assigns the id; 2.0.1: the charger's own.
+        transaction_id = getattr(result, "transaction_id", None) or own_id
         plug = Plug(ev, transaction_id, datetime.now(UTC))
         self.plugs[connector_id] = plug
         await self.status(connector_id, "Charging")
