@@ -1,4 +1,17 @@
 """Field devices: Modbus transport, register decoding and device profiles kept as data.
 
 This package knows nothing of OCPP or of the controller; ``sitectl`` uses it, never the reverse.
+
+Modules, from the wire up:
+
+- ``devices.api``: capabilities (``Meter.power_kw()`` ...) as small protocols, and the frozen
+  specs ``TcpTransport``, ``SerialTransport``, ``DeviceSpec`` that the site config produces.
+- ``devices.modbus``: ``Link``, one pymodbus client per TCP endpoint or serial bus, with
+  timeouts, retries, reconnect backoff and exact failure causes.
+- ``devices.registers``: decoding and encoding of register words (no I/O).
+- ``devices.profile``: profile YAML (``devices/profiles/*.yaml``) validated into ``Profile``.
+- ``devices.sunspec``: SunSpec marker and model-chain discovery.
+- ``devices.meter``: ``Reading``, ``Quality``, plausibility, ``ProfileMeter`` and ``MeterPool``.
+- ``devices.probe``: the installer's ``sitectl probe``.
+- ``devices.sim``: simulated devices on real pymodbus servers (tests, bench, demo).
 """
