@@ -66,6 +66,14 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     ocpp_server = OcppServer(config, observer, store=store, alarm=alarm)
     keeper = ProfileKeeper(state, ocpp_server.call)
     components: list[Component] = [ocpp_server, keeper]
+    if config.devices:
+        from devices.meter import MeterPool
+
+        pool = MeterPool(
+            [d.to_spec() for d in config.devices],
+            on_reading=lambda reading: state.set_reading(reading.device, reading),
+        )
+        components.append(FunctionComponent("devices", pool.run))
     return components
 
 

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", parents=[common], help="print the configuration JSON Schema")
 
+    probe = commands.add_parser(
+        "probe", parents=[common], help="read every Modbus device once and print what it says"
+    )
+    probe.add_argument("-c", "--config", required=True, help="the depot's YAML file")
+    probe.add_argument("--device", help="only this device")
+    probe.add_argument("--raw", action="store_true", help="also print the raw registers")
+
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
     demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
     demo.add_argument("--speed", type=float, default=1.0, help="simulated time speed-up")
@@ -110,6 +117,28 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_schema(_: argparse.Namespace) -> int:
     print(json.dumps(Config.model_json_schema(), indent=2, sort_keys=True))
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from devices.probe import main_probe
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    devices = config.devices
+    if args.device is not None:
+        devices = [d for d in devices if d.name == args.device]
+        if not devices:
+            known = ", ".join(d.name for d in config.devices) or "none"
+            print(
+                f"error: no device {args.device!r} in {args.config} (devices: {known})",
+                file=sys.stderr,
+            )
+            return 1
+    if not devices:
+        print(f"{args.config}: no devices configured")
+        return 0
+    return main_probe([d.to_spec() for d in devices], raw=args.raw)
 
 
 def _run_app(config: Config, duration_s: float | None = None) -> int:
@@ -151,6 +180,7 @@ COMMANDS = {
     "run": _cmd_run,
     "check-config": _cmd_check,
     "schema": _cmd_schema,
+    "probe": _cmd_probe,
     "demo": _cmd_demo,
 }
 

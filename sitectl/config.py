@@ -46,6 +46,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from devices.api import DeviceSpec, SerialTransport, Sign, TcpTransport
+from devices.profile import ProfileError, resolve_profile
 from sitectl.yamlfile import Positions, YamlError, format_path, load_yaml
 
 __all__ = [
@@ -437,7 +439,10 @@ class DeviceConfig(_Model):
     timeout_s: float = Field(1.0, gt=0, le=60)
     retries: int = Field(2, ge=0, le=10)
     rated_current_a: float | None = Field(None, gt=0, description="For plausibility checks.")
-    registers: list[dict[str, Any]] | None = Field(
+    sign: Literal["import_positive", "export_positive"] | None = Field(
+        None, description="Override the profile's power sign (a meter wired the other way)."
+    )
+    registers: list[dict[str, Any]] | dict[str, Any] | None = Field(
         None, description="Inline register map for the 'generic' profile."
     )
 
@@ -450,6 +455,29 @@ class DeviceConfig(_Model):
         if self.profile != "generic" and self.registers is not None:
             raise ValueError("`registers` is only for profile 'generic'")
         return self
+
+    def to_spec(self) -> DeviceSpec:
+        """The ``devices`` package's view of this device."""
+        transport: TcpTransport | SerialTransport
+        if self.host is not None:
+            transport = TcpTransport(self.host, self.port)
+        else:
+            assert self.serial_port is not None
+            transport = SerialTransport(
+                self.serial_port, self.baudrate, self.parity, self.stopbits, self.bytesize
+            )
+        return DeviceSpec(
+            name=self.name,
+            profile=self.profile,
+            transport=transport,
+            unit_id=self.unit_id,
+            poll_period_s=self.poll_period_s,
+            timeout_s=self.timeout_s,
+            retries=self.retries,
+            rated_current_a=self.rated_current_a,
+            inline_registers=self.registers,
+            sign=Sign(self.sign) if self.sign else None,
+        )
 
 
 class OfflineConfig(_Model):
@@ -574,6 +602,16 @@ class ControlConfig(_Model):
     good_readings_to_recover: int = Field(5, ge=1)
     compliance_tolerance_a: float = Field(2.0, ge=0)
     compliance_grace_s: float = Field(60.0, ge=0)
+    ev_measurement_max_age_s: float = Field(
+        30.0, gt=0, description="A charger's MeterValues older than this are not trusted."
+    )
+    resume_check_s: float = Field(
+        60.0, gt=0, description="A resumed session drawing nothing after this is flagged."
+    )
+    dispatch_timeout_s: float = Field(
+        3.0, gt=0, description="How long decreases may take to be accepted before increases."
+    )
+    fallback_alarm_after: int = Field(3, ge=1, description="Consecutive fallback cycles.")
     default_energy_kwh: float = Field(60.0, ge=0)
     default_departure: str = Field("06:00", description="Local time vehicles leave by default.")
 
@@ -1148,6 +1186,7 @@ def _cross_check(cfg: Config) -> list[Problem]:
             )
 
     problems += _failsafe_check(cfg)
+    problems += _profile_check(cfg)
 
     if cfg.ocpp.local_controller_identity and cfg.charger(cfg.ocpp.local_controller_identity):
         add(
@@ -1208,6 +1247,19 @@ def _cross_check(cfg: Config) -> list[Problem]:
                 warning=True,
             )
         )
+    return problems
+
+
+def _profile_check(cfg: Config) -> list[Problem]:
+    """Every device's register map loads and validates (its profile, or its inline map)."""
+    problems: list[Problem] = []
+    for index, device in enumerate(cfg.devices):
+        try:
+            resolve_profile(device.to_spec())
+        except ProfileError as exc:
+            field = "registers" if device.profile == "generic" else "profile"
+            for line in exc.problems:
+                problems.append(Problem(("devices", index, field), line))
     return problems
 
 

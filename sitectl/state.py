@@ -23,7 +23,9 @@ __all__ = [
     "Alarm",
     "Change",
     "ChargerState",
+    "CircuitStatus",
     "ConnectorState",
+    "ControlStatus",
     "CsmsProfile",
     "SessionState",
     "Severity",
@@ -135,6 +137,41 @@ class ChargerState:
         return found
 
 
+@dataclass(slots=True)
+class CircuitStatus:
+    """One circuit as the control loop last saw it (per phase, A)."""
+
+    limit_a: tuple[float, float, float]
+    measured_a: tuple[float, float, float] | None = None  # None: no trusted meter
+    non_ev_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    planned_a: tuple[float, float, float] = (0.0, 0.0, 0.0)  # non-EV + EV budget, step 0
+    meter_state: str = "none"  # none | measured | failed
+
+    @property
+    def headroom_a(self) -> tuple[float, float, float]:
+        return (
+            self.limit_a[0] - self.planned_a[0],
+            self.limit_a[1] - self.planned_a[1],
+            self.limit_a[2] - self.planned_a[2],
+        )
+
+
+@dataclass(slots=True)
+class ControlStatus:
+    """The control loop's health, for the uplink, the API and the dashboard."""
+
+    cycles: int = 0
+    last_cycle_at: datetime | None = None
+    last_solve_s: float | None = None
+    method: str | None = None  # lp | fallback
+    status: str | None = None  # the optimizer's status
+    fallback_count: int = 0
+    consecutive_fallbacks: int = 0
+    sessions_charging: int = 0
+    sessions_paused: int = 0
+    circuits: dict[str, CircuitStatus] = field(default_factory=dict)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -161,6 +198,7 @@ class SiteState:
         }
         self.readings: dict[str, Any] = {}  # device name -> devices.meter.Reading
         self.alarms: dict[tuple[str, str], Alarm] = {}
+        self.control = ControlStatus()
         self._subscribers: list[Callable[[Change], None]] = []
 
     # Subscriptions.

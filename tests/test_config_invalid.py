@@ -254,6 +254,31 @@ CASES = [
         "names one phase but the charger has 3 phases",
     ),
     (
+        "unknown-device-profile",
+        edit("profile: eastron-sdm630", "profile: eastron-sdm999"),
+        "devices[0].profile",
+        "profile: eastron-sdm999",
+        "profile 'eastron-sdm999': unknown profile",
+    ),
+    (
+        "generic-map-invalid",
+        edit(
+            "    profile: eastron-sdm630\n",
+            "    profile: generic\n    registers:\n"
+            "      - {quantity: power_total, address: 0, decode: u24, unit: W}\n",
+        ),
+        "devices[0].registers",
+        "    registers:",
+        "registers[0].decode",
+    ),
+    (
+        "generic-map-missing",
+        edit("    profile: eastron-sdm630\n", "    profile: generic\n"),
+        "devices[0]",
+        "  - name: grid-meter",
+        "profile 'generic' needs an inline `registers` map",
+    ),
+    (
         "duplicate-yaml-key",
         edit("  limit_kw: 200\n", "  limit_kw: 200\n  limit_kw: 300\n"),
         "line",

@@ -1,0 +1,236 @@
+"""Dispatch: from a verified allocation to charging profiles on the chargers, safely.
+
+Rules (DESIGN.md safety model; reference D3, S20, S26–S28):
+
+- **Decreases first.** Every lower limit goes out and must be accepted (within
+  ``dispatch_timeout_s``) before any higher limit is sent. If a decrease fails (rejected, timeout,
+  charger gone) no increase is sent this cycle: the commanded sum never exceeds a limit, even
+  transiently. A charger that refused a profile is marked uncontrollable and is budgeted at its
+  maximum until it accepts again.
+- **Deadband and rate.** An increase smaller than ``deadband_a`` is skipped (keeping the lower,
+  verified limit is always safe); an unchanged limit is re-sent only when its validity would
+  otherwise lapse within two control periods. At most one profile per charger per cycle.
+- **Limits** are rounded down to 0.1 A, and are 0 or at least the charger's minimum.
+- **Fail-safe** profiles are installed once per connection, before any dynamic limit.
+
+All profiles go through the `ProfileKeeper`, so a CSMS clear cannot wipe them for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sitectl.config import ChargerConfig, Config
+from sitectl.control.snapshot import ChargerMemory
+from sitectl.ocpp.profiles import ProfileIds, ProfileSpec, build_set_profile, round_limit
+
+__all__ = ["Command", "DispatchReport", "Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+SetProfile = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A new dynamic limit for one charger."""
+
+    charger_id: str
+    limit_a: float  # charger-wide, A per phase (rounded)
+    connectors: Mapping[int, float]  # per connector (multi-connector chargers only)
+    previous_a: float | None
+    kind: str  # "decrease", "increase" or "refresh"
+
+
+@dataclass
+class DispatchReport:
+    """What one dispatch did."""
+
+    sent: list[Command]
+    failed: dict[str, str]  # charger -> why
+    skipped_increases: bool = False
+    order: list[str] | None = None  # charger ids in the order their profiles went out
+
+
+class Dispatcher:
+    """Turns per-charger limits into profiles and sends them in a safe order.
+
+    Args:
+        config: the validated configuration.
+        set_profile: sends a SetChargingProfile and returns the answer (the keeper's).
+        versions: the OCPP version each charger speaks (read when a profile is built).
+    """
+
+    def __init__(
+        self, config: Config, set_profile: SetProfile, versions: Callable[[str], str]
+    ) -> None:
+        self.config = config
+        self.control = config.control
+        self._set_profile = set_profile
+        self._versions = versions
+        self.chargers = {c.id: c for c in config.chargers}
+        self.ids = {
+            c.id: ProfileIds.for_charger(config.ocpp.profile_id_base, index)
+            for index, c in enumerate(config.chargers)
+        }
+        self.failsafe_level, self.dynamic_level = config.ocpp.profile_stack_levels
+
+    # Planning (pure).
+
+    def plan(
+        self,
+        limits: Mapping[str, tuple[float, Mapping[int, float]]],
+        memory: Mapping[str, ChargerMemory],
+        now_mono: float,
+    ) -> list[Command]:
+        """Commands for this cycle from the wanted limits (charger-wide, per connector)."""
+        commands = []
+        refresh_after = self.control.profile_validity_s - 2 * self.control.period_s
+        for charger_id, (wanted, connectors) in limits.items():
+            charger = self.chargers[charger_id]
+            limit = round_limit(wanted, charger.min_current_a)
+            per_connector = (
+                {c: round_limit(a, charger.min_current_a) for c, a in connectors.items()}
+                if charger.connectors > 1
+                else {}
+            )
+            mem = memory[charger_id]
+            previous = mem.commanded_a
+            if previous is None or limit < previous - 1e-9:
+                kind = "decrease" if previous is not None else "increase"
+                if previous is None and limit == 0:
+                    kind = "decrease"
+            elif limit > previous + 1e-9 and limit - previous >= self.control.deadband_a:
+                kind = "increase"
+            elif mem.commanded_at is None or now_mono - mem.commanded_at >= refresh_after:
+                limit = previous
+                kind = "refresh"
+            else:
+                continue
+            commands.append(Command(charger_id, limit, per_connector, previous, kind))
+        return commands
+
+    # Sending.
+
+    async def install_failsafe(self, charger_id: str, now: datetime) -> bool:
+        """Install the permanent fail-safe profile(s); returns whether the charger took them."""
+        charger = self.chargers[charger_id]
+        specs = [self._spec(charger, 0, charger.failsafe_current_a, dynamic=False, now=now)]
+        if charger.connectors > 1:
+            specs += [
+                self._spec(charger, c, charger.failsafe_current_a, dynamic=False, now=now)
+                for c in range(1, charger.connectors + 1)
+            ]
+        for spec in specs:
+            try:
+                answer = await self._set_profile(
+                    charger_id, build_set_profile(self._versions(charger_id), spec)
+                )
+            except Exception as exc:  # a charger problem, never a loop problem
+                log.warning("%s: installing the fail-safe profile failed: %s", charger_id, exc)
+                return False
+            if answer.get("status") != "Accepted":
+                log.warning("%s: charger refused the fail-safe profile: %s", charger_id, answer)
+                return False
+        log.info(
+            "%s: fail-safe limit %.1f A installed (stack level %d)",
+            charger_id,
+            charger.failsafe_current_a,
+            self.failsafe_level,
+        )
+        return True
+
+    async def send(
+        self,
+        commands: list[Command],
+        memory: dict[str, ChargerMemory],
+        now: datetime,
+        now_mono: float,
+    ) -> DispatchReport:
+        """Decreases first (all accepted within the timeout), then increases and refreshes."""
+        report = DispatchReport([], {}, order=[])
+        decreases = [c for c in commands if c.kind == "decrease"]
+        others = [c for c in commands if c.kind != "decrease"]
+        if decreases:
+            await self._batch(decreases, memory, now, now_mono, report)
+        if report.failed:
+            report.skipped_increases = bool(others)
+            if others:
+                log.warning(
+                    "not raising any limit this cycle: %d decrease(s) not accepted (%s)",
+                    len(report.failed),
+                    ", ".join(sorted(report.failed)),
+                )
+            return report
+        if others:
+            await self._batch(others, memory, now, now_mono, report)
+        return report
+
+    async def _batch(
+        self,
+        commands: list[Command],
+        memory: dict[str, ChargerMemory],
+        now: datetime,
+        now_mono: float,
+        report: DispatchReport,
+    ) -> None:
+        tasks = {asyncio.create_task(self._one(command, now)): command for command in commands}
+        assert report.order is not None
+        report.order += [c.charger_id for c in commands]
+        done, pending = await asyncio.wait(tasks, timeout=self.control.dispatch_timeout_s)
+        for task in pending:
+            task.cancel()
+            command = tasks[task]
+            report.failed[command.charger_id] = "no answer in time"
+            memory[command.charger_id].uncontrollable = True
+        for task in done:
+            command = tasks[task]
+            problem = task.result()
+            mem = memory[command.charger_id]
+            if problem is None:
+                mem.commanded_a = command.limit_a
+                mem.commanded_at = now_mono
+                mem.uncontrollable = False
+                report.sent.append(command)
+            else:
+                report.failed[command.charger_id] = problem
+                if command.kind == "decrease" or "refused" in problem:
+                    mem.uncontrollable = True
+
+    async def _one(self, command: Command, now: datetime) -> str | None:
+        """Send one charger's profiles; returns a problem description or ``None``."""
+        charger = self.chargers[command.charger_id]
+        specs = [self._spec(charger, 0, command.limit_a, dynamic=True, now=now)]
+        specs += [
+            self._spec(charger, c, amps, dynamic=True, now=now)
+            for c, amps in sorted(command.connectors.items())
+        ]
+        version = self._versions(command.charger_id)
+        for spec in specs:
+            try:
+                answer = await self._set_profile(
+                    command.charger_id, build_set_profile(version, spec)
+                )
+            except Exception as exc:  # CallFailed, schema errors: this charger only
+                return f"{type(exc).__name__}: {exc}"
+            if answer.get("status") != "Accepted":
+                return f"refused ({answer.get('status')})"
+        return None
+
+    def _spec(
+        self, charger: ChargerConfig, connector: int, amps: float, dynamic: bool, now: datetime
+    ) -> ProfileSpec:
+        ids = self.ids[charger.id]
+        profile_id = ids.connector(connector, dynamic) if connector else ids.station(dynamic)
+        level = self.dynamic_level if dynamic else self.failsafe_level
+        duration = int(self.control.profile_validity_s) if dynamic else None
+        if charger.kind == "dc":
+            # DC chargers are limited in power; the current is balanced over three phases.
+            watts = round(amps * 3 * self.config.site.nominal_voltage_v, 1)
+            return ProfileSpec(profile_id, level, connector, watts, "W", 3, duration, now)
+        return ProfileSpec(profile_id, level, connector, amps, "A", charger.phases, duration, now)
