@@ -66,6 +66,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     ocpp_server = OcppServer(config, observer, store=store, alarm=alarm)
     keeper = ProfileKeeper(state, ocpp_server.call)
     components: list[Component] = [ocpp_server, keeper]
+    if config.chargers:
+        from sitectl.control.loop import ControlLoop
+
+        components.append(ControlLoop(config, state, keeper.set_profile))
     if config.devices:
         from devices.meter import MeterPool
 

@@ -605,6 +605,12 @@ class ControlConfig(_Model):
     ev_measurement_max_age_s: float = Field(
         30.0, gt=0, description="A charger's MeterValues older than this are not trusted."
     )
+    non_ev_hold_s: float = Field(
+        15.0,
+        ge=0,
+        description="A non-EV load estimate is held this long before it may fall "
+        "(covers the skew between meter readings and chargers' MeterValues).",
+    )
     resume_check_s: float = Field(
         60.0, gt=0, description="A resumed session drawing nothing after this is flagged."
     )

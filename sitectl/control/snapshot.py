@@ -25,6 +25,7 @@ The builder is pure: it reads the state and memory it is given and returns plain
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -63,12 +64,38 @@ def _on_phases(amps: float, phases: Iterable[int]) -> Phases:
     return (out[0], out[1], out[2])
 
 
+class PeakHold:
+    """Per circuit, the highest non-EV estimate of the last `hold_s` seconds, per phase.
+
+    A meter and the chargers' MeterValues are sampled at different moments; while vehicles ramp
+    down, their last report exceeds what they draw and the measured-minus-EV estimate dips below
+    the true non-EV load. Holding the peak for longer than a report interval plus the vehicles'
+    lag removes those dips: a rise counts at once, a fall only after the window.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self._history: dict[str, deque[tuple[float, Phases]]] = {}
+
+    def __call__(self, node: str, phases: Phases, now: float) -> Phases:
+        history = self._history.setdefault(node, deque())
+        history.append((now, phases))
+        while history and now - history[0][0] > self.hold_s:
+            history.popleft()
+        return (
+            max(p[0] for _, p in history),
+            max(p[1] for _, p in history),
+            max(p[2] for _, p in history),
+        )
+
+
 @dataclass
 class ChargerMemory:
     """What the control loop remembers of one charger between cycles."""
 
     commanded_a: float | None = None  # the dynamic limit the charger last accepted
-    commanded_at: float | None = None  # monotonic time it was accepted
+    commanded_at: float | None = None  # monotonic time it was last accepted (or refreshed)
+    changed_at: float | None = None  # monotonic time its value last changed
     disconnected_at: float | None = None
     uncontrollable: bool = False
     noncompliant: bool = False
@@ -118,6 +145,7 @@ class ProblemBuilder:
             for vehicle in config.fleet.vehicles
             for tag in vehicle.id_tags
         }
+        self.hold = PeakHold(config.control.non_ev_hold_s)
         self.failsafe_under: dict[str, Phases] = {node: ZERO for node in self.parents}
         for charger in config.chargers:
             share = _on_phases(charger.failsafe_current_a, charger.site_phases)
@@ -146,7 +174,10 @@ class ProblemBuilder:
         steps = self.control.horizon_steps
         ev_fresh, fixed, steerable = self._chargers(state, memory, now)
         measured = self._measured(meters)
-        non_ev = self._non_ev(measured, ev_fresh)
+        non_ev = {
+            node: self.hold(node, phases, now_mono)
+            for node, phases in self._non_ev(measured, ev_fresh).items()
+        }
         nodes = [Node(GRID, None, self.limits[GRID], self.kw_limits[GRID])]
         for circuit in self.config.circuits:
             nodes.append(Node(circuit.id, circuit.parent, circuit.limit_a, circuit.limit_kw))
@@ -412,7 +443,7 @@ class ProblemBuilder:
     def _tariff(self, now: datetime, steps: int) -> Tariff:
         tariff = self.config.tariff
         if not tariff.periods:
-            return Tariff(demand_charge_per_kw=tariff.demand_charge_per_kw)
+            return Tariff(demand_charge_per_kw=tariff.demand_charge_eur_per_kw)
         starts = sorted(
             ((int(p.start[:2]) * 60 + int(p.start[3:5])), p.eur_per_kwh) for p in tariff.periods
         )
@@ -425,4 +456,4 @@ class ProblemBuilder:
                 if start <= minute:
                     price = value
             prices.append(price)
-        return Tariff(tuple(prices), tariff.demand_charge_per_kw)
+        return Tariff(tuple(prices), tariff.demand_charge_eur_per_kw)

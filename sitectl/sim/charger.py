@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -299,6 +300,7 @@ class SimCharger:
         self.voltage_v = voltage_v
         self.plugs: dict[int, Plug] = {}
         self.compliant = True  # False: draws what the vehicle wants, whatever the limit
+        self.profile_log: list[tuple[float, InstalledProfile]] = []  # (monotonic, profile)
 
     async def connect(self, **kwargs: Any) -> SimCharger:
         """Open the WebSocket and start answering calls; raises the handshake error if any."""
@@ -505,6 +507,7 @@ class SimCharger:
         camel = snake_to_camel_case(profile)
         installed = InstalledProfile(connector_id, camel, datetime.now(UTC))
         self.handled.profiles[installed.profile_id] = installed
+        self.profile_log.append((time.monotonic(), installed))
 
     def clear(
         self,

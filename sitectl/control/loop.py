@@ -1,0 +1,428 @@
+"""The control loop: measured site state in, a verified limit for every charger out.
+
+Every ``control.period_s`` (and at once when a circuit reads above its limit, a session starts or
+ends, a charger connects or disconnects, or a meter changes trust) the loop:
+
+1. installs the fail-safe profile on chargers that do not have it yet;
+2. judges compliance (a charger drawing above its limit for longer than the grace is budgeted at
+   its measured draw and reported);
+3. builds the problem (`snapshot`), solves it in a worker thread within the solver budget,
+   and verifies the answer with the optimizer's verifier; a failed, late or unverified answer
+   is replaced by the fallback heuristic, and that is logged, counted and alarmed if it persists;
+4. dispatches the limits, decreases first (`dispatch`).
+
+Cycles never overlap: a trigger during a cycle starts the next one as soon as it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from optimizer import fallback
+from optimizer.allocation import Allocation, Status
+from optimizer.lp import Allocator
+from optimizer.verify import verify
+from sitectl.config import Config
+from sitectl.control.dispatch import Dispatcher, DispatchReport
+from sitectl.control.meters import MeterState, MeterSupervisor
+from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
+from sitectl.state import Change, CircuitStatus, Severity, SiteState
+
+__all__ = ["ControlLoop"]
+
+log = logging.getLogger(__name__)
+
+_TRIGGERS = frozenset(
+    {
+        "session_started",
+        "session_ended",
+        "charger_connected",
+        "charger_disconnected",
+        "charger_booted",
+        "session_needs",
+    }
+)
+
+
+class ControlLoop:
+    """Turns SiteState into charger limits, every period and on events.
+
+    Args:
+        config: the validated configuration.
+        state: the site state (the loop subscribes to it).
+        set_profile: sends a SetChargingProfile to a charger (the profile keeper's).
+        wall_clock: UTC now; monotonic: seconds (both injectable for tests).
+    """
+
+    name = "control"
+
+    def __init__(
+        self,
+        config: Config,
+        state: SiteState,
+        set_profile: Callable[[str, dict[str, Any]], Any],
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.control = config.control
+        self.state = state
+        self.wall_clock = wall_clock
+        self.monotonic = monotonic
+        self.builder = ProblemBuilder(config)
+        self.allocator = Allocator(known_slots=self.builder.slots())
+        self.dispatcher = Dispatcher(config, set_profile, lambda c: state.chargers[c].ocpp_version)
+        self.memory: dict[str, ChargerMemory] = {c.id: ChargerMemory() for c in config.chargers}
+        self.meters = MeterSupervisor(
+            self.control.meter_grace_s,
+            self.control.failsafe_hold_s,
+            self.control.good_readings_to_recover,
+        )
+        self.device_circuits: dict[str, list[str]] = {}
+        for circuit, device in self.builder.meters.items():
+            if device is not None:
+                self.meters.watch(circuit)
+                self.device_circuits.setdefault(device, []).append(circuit)
+        self.limits_a = config.circuit_limits_a()
+        self._wake = asyncio.Event()
+        self.last: tuple[Built, Allocation, DispatchReport] | None = None
+        self.cycle_done = asyncio.Event()  # set after every cycle (tests wait on it)
+        state.subscribe(self._on_change)
+
+    # Triggers.
+
+    def trigger(self) -> None:
+        """Run a cycle as soon as possible."""
+        self._wake.set()
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind in _TRIGGERS:
+            if change.kind == "charger_disconnected":
+                self.memory[change.subject].disconnected_at = self.monotonic()
+                self.memory[change.subject].failsafe_installed = False
+            elif change.kind == "charger_connected":
+                self.memory[change.subject].disconnected_at = None
+            self.trigger()
+        elif change.kind == "reading":
+            self._reading(change.subject)
+
+    def _reading(self, device: str) -> None:
+        reading = self.state.readings.get(device)
+        now = self.monotonic()
+        for circuit in self.device_circuits.get(device, []):
+            changed = self.meters.reading(circuit, reading, now)
+            if changed is not None:
+                self._meter_changed(circuit, changed)
+                self.trigger()
+            currents = getattr(reading, "current_a", None)
+            if (
+                getattr(reading, "ok", False)
+                and currents is not None
+                and any(
+                    (a or 0.0) > limit
+                    for a, limit in zip(currents, self.limits_a[circuit], strict=True)
+                )
+            ):
+                self.trigger()  # overload: act now, not at the next period
+
+    def _meter_changed(self, circuit: str, state: MeterState) -> None:
+        if state is MeterState.FAILED:
+            log.warning(
+                "meter of %s not trusted (%s): fail-safe budget",
+                circuit,
+                self.meters.reason(circuit),
+            )
+            self.state.raise_alarm(
+                "meter_failed",
+                circuit,
+                Severity.WARNING,
+                f"meter not trusted ({self.meters.reason(circuit)}); "
+                "circuit on its fail-safe budget",
+            )
+        else:
+            log.info("meter of %s trusted again", circuit)
+            self.state.clear_alarm("meter_failed", circuit)
+
+    # The loop.
+
+    async def run(self) -> None:
+        """Cycle until cancelled."""
+        while True:
+            started = self.monotonic()
+            self._wake.clear()
+            try:
+                await self.cycle()
+            except Exception:
+                # One bad cycle must not end control: the chargers keep their last limits
+                # (until validity lapses to the fail-safe) and the next cycle tries again.
+                log.exception("control cycle failed")
+            self.cycle_done.set()
+            remaining = self.control.period_s - (self.monotonic() - started)
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+
+    async def cycle(self) -> None:
+        """One control cycle."""
+        now, now_mono = self.wall_clock(), self.monotonic()
+        for circuit in self.meters.tracks:
+            changed = self.meters.update(circuit, now_mono)
+            if changed is not None:
+                self._meter_changed(circuit, changed)
+        await self._install_failsafes(now)
+        self._compliance(now, now_mono)
+        built = self.builder.build(self.state, self.meters, self.memory, now, now_mono)
+        allocation = await self._solve(built)
+        limits = self._limits(built, allocation, now_mono)
+        commands = self.dispatcher.plan(limits, self.memory, now_mono)
+        report = await self.dispatcher.send(commands, self.memory, now, now_mono)
+        self._after_dispatch(report)
+        self._publish(built, allocation, now)
+        self.last = (built, allocation, report)
+
+    async def _install_failsafes(self, now: datetime) -> None:
+        pending = [
+            charger_id
+            for charger_id, charger in self.state.chargers.items()
+            if charger.connected and not self.memory[charger_id].failsafe_installed
+        ]
+        if not pending:
+            return
+        results = await asyncio.gather(*(self.dispatcher.install_failsafe(c, now) for c in pending))
+        for charger_id, ok in zip(pending, results, strict=True):
+            self.memory[charger_id].failsafe_installed = ok
+
+    async def _solve(self, built: Built) -> Allocation:
+        problem = built.problem
+        try:
+            allocation = await asyncio.to_thread(
+                self.allocator.solve, problem, self.control.solver_budget_s
+            )
+        except Exception as exc:
+            log.exception("optimizer failed; using the fallback")
+            allocation = fallback.allocate(problem)
+            allocation = Allocation(
+                allocation.dispatch_a,
+                allocation.plan_a,
+                allocation.energy_kwh,
+                Status.SOLVER_ERROR,
+                "fallback",
+                detail=str(exc),
+            )
+        violations = verify(problem, allocation)
+        if violations:
+            log.error("allocation failed verification (%s); using the fallback", violations[0])
+            allocation = fallback.allocate(problem)
+            violations = verify(problem, allocation)
+        if violations:
+            # Never send what does not verify: pause everything this cycle.
+            log.critical(
+                "fallback failed verification too (%s); pausing all sessions", violations[0]
+            )
+            self.state.raise_alarm(
+                "allocation_invalid",
+                "site",
+                Severity.CRITICAL,
+                f"no verified allocation: {violations[0]}",
+            )
+            zero = dict.fromkeys(allocation.dispatch_a, 0.0)
+            allocation = Allocation(
+                zero,
+                allocation.plan_a * 0,
+                dict.fromkeys(zero, 0.0),
+                Status.FALLBACK,
+                "fallback",
+                detail="all paused",
+            )
+        else:
+            self.state.clear_alarm("allocation_invalid", "site")
+        status = self.state.control
+        if allocation.method == "fallback":
+            status.fallback_count += 1
+            status.consecutive_fallbacks += 1
+            log.warning("fallback allocation in use (%s: %s)", allocation.status, allocation.detail)
+            if status.consecutive_fallbacks >= self.control.fallback_alarm_after:
+                self.state.raise_alarm(
+                    "fallback_solver",
+                    "site",
+                    Severity.WARNING,
+                    f"the optimizer has failed {status.consecutive_fallbacks}"
+                    f" cycles in a row ({allocation.status})",
+                )
+        else:
+            status.consecutive_fallbacks = 0
+            self.state.clear_alarm("fallback_solver", "site")
+        return allocation
+
+    def _limits(
+        self, built: Built, allocation: Allocation, now_mono: float
+    ) -> dict[str, tuple[float, dict[int, float]]]:
+        """Charger-wide and per-connector limits from the dispatch (A per phase)."""
+        per_connector: dict[str, dict[int, float]] = {c: {} for c in built.steerable}
+        for session_id, amps in allocation.dispatch_a.items():
+            charger_id, connector = built.sessions[session_id]
+            per_connector[charger_id][connector] = amps
+            mem = self.memory[charger_id]
+            if amps <= 0 and connector not in mem.paused_since:
+                mem.paused_since[connector] = now_mono
+                mem.resumed_at.pop(connector, None)
+            elif amps > 0 and connector in mem.paused_since:
+                del mem.paused_since[connector]
+                mem.resumed_at[connector] = now_mono
+        limits: dict[str, tuple[float, dict[int, float]]] = {}
+        for charger_id, connectors in per_connector.items():
+            # The charger-wide cap is the connectors' sum: per phase exact for one connector,
+            # and for several (each with its own TxDefaultProfile) their total.
+            limits[charger_id] = (sum(connectors.values()), connectors)
+        for charger_id, phases in built.fixed.items():
+            # Chargers budgeted as fixed loads still get a limit equal to their budget: an
+            # uncontrollable one shows by accepting that it can be steered again, and a
+            # non-compliant one keeps a limit it may start to follow.
+            if not self.state.chargers[charger_id].connected:
+                continue
+            mem = self.memory[charger_id]
+            if mem.uncontrollable:
+                amps = self.builder.chargers[charger_id].max_current_a
+            elif mem.commanded_a is not None:
+                amps = mem.commanded_a  # not raised to its draw: it is judged against this
+            else:
+                amps = max(phases)
+            limits[charger_id] = (amps, {})
+        return limits
+
+    def _after_dispatch(self, report: DispatchReport) -> None:
+        for charger_id, problem in report.failed.items():
+            if self.memory[charger_id].uncontrollable:
+                self.state.chargers[charger_id].compliance = "uncontrollable"
+                self.state.raise_alarm(
+                    "charger_uncontrollable",
+                    charger_id,
+                    Severity.WARNING,
+                    f"profile not accepted ({problem}); budgeted at its maximum",
+                )
+        for command in report.sent:
+            charger = self.state.chargers[command.charger_id]
+            charger.limit_a = command.limit_a
+            if charger.compliance == "uncontrollable":
+                charger.compliance = "ok"
+                self.state.clear_alarm("charger_uncontrollable", command.charger_id)
+
+    # Compliance and resumes.
+
+    def _compliance(self, now: datetime, now_mono: float) -> None:
+        max_age = self.control.ev_measurement_max_age_s
+        for charger_id, charger in self.state.chargers.items():
+            mem = self.memory[charger_id]
+            if not charger.connected or mem.commanded_a is None:
+                continue
+            draws = [
+                max((a or 0.0) for a in c.current_a)
+                for c in charger.connectors.values()
+                if c.current_a is not None
+                and c.measured_at is not None
+                and (now - c.measured_at).total_seconds() <= max_age
+            ]
+            if not draws:
+                continue
+            draw = sum(draws)
+            over = draw > mem.commanded_a + self.control.compliance_tolerance_a
+            # Time to follow a changed limit is part of the grace (refreshes do not count).
+            commanded_long_ago = (
+                mem.changed_at is None
+                or now_mono - mem.changed_at > self.control.compliance_grace_s
+            )
+            if over:
+                if mem.over_limit_since is None:
+                    mem.over_limit_since = now_mono
+                if (
+                    not mem.noncompliant
+                    and commanded_long_ago
+                    and now_mono - mem.over_limit_since > self.control.compliance_grace_s
+                ):
+                    mem.noncompliant = True
+                    charger.compliance = "noncompliant"
+                    log.warning(
+                        "%s draws %.1f A above its %.1f A limit: budgeted at its measured draw",
+                        charger_id,
+                        draw,
+                        mem.commanded_a,
+                    )
+                    self.state.raise_alarm(
+                        "charger_noncompliant",
+                        charger_id,
+                        Severity.WARNING,
+                        f"draws {draw:.1f} A with a limit of {mem.commanded_a:.1f} A",
+                    )
+            else:
+                mem.over_limit_since = None
+                if mem.noncompliant:
+                    mem.noncompliant = False
+                    charger.compliance = "ok"
+                    self.state.clear_alarm("charger_noncompliant", charger_id)
+            for connector_id, resumed in list(mem.resumed_at.items()):
+                if now_mono - resumed < self.control.resume_check_s:
+                    continue
+                del mem.resumed_at[connector_id]
+                connector = charger.connectors.get(connector_id)
+                if (
+                    connector is not None
+                    and connector.session is not None
+                    and connector.current_a is not None
+                    and max(a or 0.0 for a in connector.current_a) < 1.0
+                ):
+                    self.state.raise_alarm(
+                        "resume_failed",
+                        f"{charger_id}/{connector_id}",
+                        Severity.INFO,
+                        f"resumed {self.control.resume_check_s:g} s ago but draws nothing "
+                        "(vehicle asleep?)",
+                    )
+
+    # Status for the uplink and the API.
+
+    def _publish(self, built: Built, allocation: Allocation, now: datetime) -> None:
+        status = self.state.control
+        status.cycles += 1
+        status.last_cycle_at = now
+        status.last_solve_s = allocation.solve_s
+        status.method = allocation.method
+        status.status = str(allocation.status)
+        status.sessions_charging = sum(1 for a in allocation.dispatch_a.values() if a > 0)
+        status.sessions_paused = sum(1 for a in allocation.dispatch_a.values() if a <= 0)
+        planned: dict[str, list[float]] = {node: [0.0, 0.0, 0.0] for node in self.limits_a}
+
+        def add_up(node: str | None, phases: tuple[float, float, float]) -> None:
+            while node is not None:
+                if node in planned:
+                    for k in range(3):
+                        planned[node][k] += phases[k]
+                node = self.builder.parents.get(node)
+
+        for node, phases in built.non_ev.items():
+            add_up(node, phases)
+        for charger_id, phases in built.fixed.items():
+            add_up(self.builder.chargers[charger_id].circuit, phases)
+        for session in built.problem.sessions:
+            amps = allocation.dispatch_a.get(session.id, 0.0)
+            phases = [0.0, 0.0, 0.0]
+            for p in session.phases:
+                phases[p] = amps
+            charger_id, _ = built.sessions[session.id]
+            add_up(self.builder.chargers[charger_id].circuit, (phases[0], phases[1], phases[2]))
+        for node, limit in self.limits_a.items():
+            meter = (
+                "none" if self.builder.meters.get(node) is None else self.meters.state(node).value
+            )
+            status.circuits[node] = CircuitStatus(
+                limit_a=limit,
+                measured_a=built.measured.get(node),
+                non_ev_a=built.non_ev.get(node, (0.0, 0.0, 0.0)),
+                planned_a=(planned[node][0], planned[node][1], planned[node][2]),
+                meter_state=meter,
+            )

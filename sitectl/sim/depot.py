@@ -1,0 +1,244 @@
+"""A simulated depot: chargers with vehicles, and meters that measure what they really draw.
+
+Built from a site configuration, it plays the field side of sitectl: one `SimCharger` per
+configured charger (connecting to sitectl's OCPP server, following its limits with a lag), and a
+Modbus simulator for every configured TCP device, whose readings are the building load on that
+circuit and below plus the chargers' actual draw, mapped through each charger's phase rotation.
+Used by the control-loop tests, the benchmarks and ``sitectl demo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from devices.api import TcpTransport
+from devices.sim import SimMeter, SimServer
+from sitectl.config import GRID, Config
+from sitectl.sim.charger import SimCharger, SimEv
+
+__all__ = ["SimDepot"]
+
+log = logging.getLogger(__name__)
+
+Phases = tuple[float, float, float]
+BuildingLoad = Callable[[float], Phases]  # seconds since start -> A per phase
+
+
+@dataclass
+class SimDepot:
+    """The field side of a depot, simulated.
+
+    Args:
+        config: the site configuration (chargers, circuits, devices).
+        ocpp_url: sitectl's OCPP base URL, e.g. ``ws://127.0.0.1:9000/ocpp``.
+        building: non-EV load per circuit (functions of time), counted there and above.
+        tick_s: physics step; report_s: MeterValues period; lag_s: vehicle response time.
+        energy_factor: simulated energy per real second (a demo runs time faster).
+    """
+
+    config: Config
+    ocpp_url: str
+    building: dict[str, BuildingLoad] = field(default_factory=dict)
+    tick_s: float = 0.1
+    report_s: float = 1.0
+    lag_s: float = 0.5
+    energy_factor: float = 1.0
+    monitor_s: float = 0.05
+    chargers: dict[str, SimCharger] = field(default_factory=dict)
+    samples: list[tuple[float, dict[str, Phases]]] = field(default_factory=list)
+    meters: dict[str, SimMeter] = field(default_factory=dict)  # device name -> meter
+    servers: list[SimServer] = field(default_factory=list)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _started: float = 0.0
+
+    async def start_meters(self) -> None:
+        """Serve every configured TCP device (on its configured port); once."""
+        if self.servers:
+            return
+        by_endpoint: dict[tuple[str, int], list[SimMeter]] = {}
+        for device in self.config.devices:
+            if device.host is None:
+                continue
+            meter = SimMeter(device.profile, unit_id=device.unit_id)
+            self.meters[device.name] = meter
+            by_endpoint.setdefault((device.host, device.port), []).append(meter)
+        for (host, port), meters in by_endpoint.items():
+            server = SimServer(meters, host=host, port=port)
+            await server.start()
+            self.servers.append(server)
+        self.update_meters()
+
+    async def connect_chargers(self, boot: bool = True) -> None:
+        """Connect (and boot) every configured charger."""
+        for charger in self.config.chargers:
+            sim = SimCharger(
+                charger.id,
+                charger.ocpp_version,
+                self.ocpp_url,
+                password=charger.password.get_secret_value() if charger.password else None,
+                max_current_a=charger.max_current_a,
+                lag_s=self.lag_s,
+                voltage_v=self.config.site.nominal_voltage_v,
+            )
+            await sim.connect()
+            if boot:
+                await sim.boot()
+            self.chargers[charger.id] = sim
+
+    async def start(self) -> None:
+        """Meters, chargers, and the physics of both."""
+        loop = asyncio.get_running_loop()
+        self._started = loop.time()
+        await self.start_meters()
+        await self.connect_chargers()
+        for sim in self.chargers.values():
+            self._tasks.append(
+                asyncio.create_task(
+                    sim.run(
+                        tick_s=self.tick_s, report_s=self.report_s, energy_factor=self.energy_factor
+                    ),
+                    name=f"sim {sim.identity}",
+                )
+            )
+        self._tasks.append(asyncio.create_task(self._meter_loop(), name="sim meters"))
+        self._tasks.append(asyncio.create_task(self._monitor(), name="sim monitor"))
+
+    async def stop(self) -> None:
+        """Stop everything (chargers disconnect, meters go away)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for sim in self.chargers.values():
+            with contextlib.suppress(Exception):
+                await sim.close()
+        for server in self.servers:
+            await server.stop()
+
+    async def plug_in(self, charger_id: str, ev: SimEv, connector: int = 1) -> None:
+        """A vehicle arrives at a charger."""
+        await self.chargers[charger_id].plug_in(connector, ev)
+
+    async def unplug(self, charger_id: str, connector: int = 1) -> None:
+        """A vehicle leaves."""
+        await self.chargers[charger_id].unplug(connector)
+
+    # Physics of the meters.
+
+    def elapsed(self) -> float:
+        return asyncio.get_running_loop().time() - self._started
+
+    def charger_draw(self, charger_id: str) -> Phases:
+        """What a charger draws on the site's phases now."""
+        charger = self.config.charger(charger_id)
+        sim = self.chargers.get(charger_id)
+        out = [0.0, 0.0, 0.0]
+        if charger is None or sim is None:
+            return (0.0, 0.0, 0.0)
+        own = sim.total_currents()
+        for k, phase in enumerate(charger.site_phases):
+            out[phase] += own[k]
+        return (out[0], out[1], out[2])
+
+    def circuit_current(self, circuit: str) -> Phases:
+        """Actual current through a circuit: building loads and chargers at it and below."""
+        total = [0.0, 0.0, 0.0]
+        t = self.elapsed() if self._started else 0.0
+        for node, load in self.building.items():
+            if circuit in self.config.circuit_path(node):
+                for k, amps in enumerate(load(t)):
+                    total[k] += amps
+        for charger in self.config.chargers:
+            if circuit in self.config.circuit_path(charger.circuit):
+                for k, amps in enumerate(self.charger_draw(charger.id)):
+                    total[k] += amps
+        return (total[0], total[1], total[2])
+
+    def update_meters(self) -> None:
+        """Put the current physics into every simulated meter."""
+        volts = self.config.site.nominal_voltage_v
+        meter_of = {self.config.site.meter: GRID}
+        meter_of.update({c.meter: c.id for c in self.config.circuits if c.meter})
+        for device, meter in self.meters.items():
+            circuit = meter_of.get(device)
+            if circuit is None:
+                continue
+            amps = self.circuit_current(circuit)
+            kw = [a * volts / 1000 for a in amps]
+            meter.update(
+                current_l1=amps[0],
+                current_l2=amps[1],
+                current_l3=amps[2],
+                power_l1=kw[0],
+                power_l2=kw[1],
+                power_l3=kw[2],
+                power_total=sum(kw),
+                voltage_l1=volts,
+                voltage_l2=volts,
+                voltage_l3=volts,
+            )
+
+    # What the chargers are allowed to draw: the safety invariant.
+
+    def commanded(self) -> dict[str, Phases]:
+        """Per circuit and phase: every charger's composite limit now, plus the building load.
+
+        This is what sitectl has *commanded*; the safety model says it never exceeds a limit.
+        """
+        out: dict[str, list[float]] = {}
+        t = self.elapsed() if self._started else 0.0
+        for node, load in self.building.items():
+            for circuit in self.config.circuit_path(node):
+                totals = out.setdefault(circuit, [0.0, 0.0, 0.0])
+                for k, amps in enumerate(load(t)):
+                    totals[k] += amps
+        for charger in self.config.chargers:
+            sim = self.chargers.get(charger.id)
+            if sim is None:
+                continue
+            limit = sum(sim.limit_a(c) for c in range(1, charger.connectors + 1))
+            for circuit in self.config.circuit_path(charger.circuit):
+                totals = out.setdefault(circuit, [0.0, 0.0, 0.0])
+                for phase in charger.site_phases:
+                    totals[phase] += limit
+        return {c: (v[0], v[1], v[2]) for c, v in out.items()}
+
+    def violations(self, since: float = 0.0, tolerance_a: float = 0.05) -> list[str]:
+        """Monitor samples (monotonic time ≥ `since`) where commanded exceeded a limit."""
+        limits = self.config.circuit_limits_a()
+        found = []
+        for stamp, sample in self.samples:
+            if stamp < since:
+                continue
+            for circuit, phases in sample.items():
+                for k in range(3):
+                    if phases[k] > limits[circuit][k] + tolerance_a:
+                        found.append(
+                            f"t={stamp:.2f} {circuit} L{k + 1}: {phases[k]:.1f} A > "
+                            f"{limits[circuit][k]:.1f} A"
+                        )
+        return found
+
+    async def _monitor(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), self.commanded()))
+            await asyncio.sleep(self.monitor_s)
+
+    async def _meter_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            try:
+                self.update_meters()
+            except ValueError as exc:  # a value the register type cannot hold
+                log.warning("simulated meter update failed: %s", exc)
+
+    @property
+    def transports(self) -> list[TcpTransport]:
+        return [s.transport for s in self.servers]  # type: ignore[misc]

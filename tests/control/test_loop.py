@@ -1,0 +1,236 @@
+"""The control loop on real sockets: simulated chargers, a pymodbus meter, load steps, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sitectl.sim.charger import SimEv
+from tests.control.conftest import rig_config
+from tests.helpers import wait_for
+
+FOUR = """\
+- {id: A, ocpp_version: "1.6"}
+- {id: B, ocpp_version: "2.0.1", phase_rotation: L2-L3-L1}
+- {id: C, ocpp_version: "1.6", phase_rotation: L3-L1-L2}
+- {id: D, ocpp_version: "2.0.1"}
+"""
+
+
+def building(level: dict[str, float]):
+    """A building load whose level the test can change: A per phase, balanced."""
+    return {"feeder": lambda t: (level["a"],) * 3}
+
+
+def dynamic_limit(installed) -> float:
+    """The limit in a profile as a charger stored it (1.6 schedule, or 2.0.1 list of them)."""
+    schedule = installed.profile["chargingSchedule"]
+    if isinstance(schedule, list):
+        schedule = schedule[0]
+    return float(schedule["chargingSchedulePeriod"][0]["limit"])
+
+
+def limits(rig, ids) -> dict[str, float]:
+    return {i: rig.depot.chargers[i].limit_a(1) for i in ids}
+
+
+async def test_building_step_lowers_limits_within_a_period(tmp_path, make_rig) -> None:
+    level = {"a": 10.0}
+    rig = await make_rig(rig_config(tmp_path, FOUR), building(level))
+    for charger_id in "ABCD":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    # 100 A per phase minus 10 A of building: 90 A for four cars.
+    await wait_for(
+        lambda: sum(limits(rig, "ABCD").values()) > 80,
+        timeout=10,
+        message="the cars to share the feeder",
+    )
+    assert sum(limits(rig, "ABCD").values()) <= 90.05
+    await wait_for(
+        lambda: rig.state.control.circuits["grid"].measured_a is not None,
+        message="the meter to be trusted",
+    )
+    step = time.monotonic()
+    level["a"] = 60.0
+    await wait_for(
+        lambda: sum(limits(rig, "ABCD").values()) <= 40.05,
+        timeout=5,
+        message="limits to fall to the new headroom",
+    )
+    reaction = time.monotonic() - step
+    # A circuit reading above its limit triggers a cycle at once; the meter is polled every
+    # 0.1 s and the cars follow with a lag, so well within one 0.5 s period plus dispatch.
+    assert reaction < 1.5, reaction
+    await rig.cycles(3)
+    # The commanded limits never exceeded a limit, except in the reaction window after the step.
+    before = [v for v in rig.violations() if float(v.split()[0][2:]) < step]
+    assert before == []
+    assert rig.violations(since=step + reaction + 0.1) == []
+
+
+async def test_new_session_decreases_go_out_before_the_increase(tmp_path, make_rig) -> None:
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 30.0}))
+    for charger_id in "AB":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: all(v >= 31.9 for v in limits(rig, "AB").values()),
+        timeout=10,
+        message="two cars at full current",
+    )
+    await rig.cycles(2)
+    mark = time.monotonic()
+    await rig.depot.plug_in("C", SimEv(max_a=32))  # 70 A for three cars: A and B must give
+    await wait_for(
+        lambda: limits(rig, "C")["C"] > 6, timeout=10, message="the new car to get current"
+    )
+
+    def first(charger_id: str, condition) -> float:
+        return next(
+            stamp
+            for stamp, profile in rig.depot.chargers[charger_id].profile_log
+            if stamp > mark and profile.stack_level == 8 and condition(dynamic_limit(profile))
+        )
+
+    # From what the chargers received: both lower limits arrived before C's first raise.
+    lowered = max(first("A", lambda a: a < 31.9), first("B", lambda a: a < 31.9))
+    raised = first("C", lambda a: a > 0)
+    assert lowered < raised
+    assert rig.violations(since=mark) == []
+    assert sum(limits(rig, "ABC").values()) <= 70.05
+
+
+async def test_single_phase_cars_each_on_their_phase(tmp_path, make_rig) -> None:
+    chargers = """\
+    - {id: P1, phases: 1, phase_rotation: L1}
+    - {id: P2, phases: 1, phase_rotation: L2}
+    - {id: P3, phases: 1, phase_rotation: L3}
+    """
+    config = rig_config(tmp_path, chargers, phase_limit_a="[40, 14, 40]", non_ev_max_a=0)
+    rig = await make_rig(config, {"feeder": lambda t: (0.0, 2.0, 0.0)})
+    for charger_id in ("P1", "P2", "P3"):
+        await rig.depot.plug_in(charger_id, SimEv(phases=1, max_a=32))
+    await wait_for(
+        lambda: limits(rig, ["P1", "P3"]) == {"P1": 32.0, "P3": 32.0},
+        timeout=10,
+        message="L1 and L3 cars at full current",
+    )
+    # L2 has 14 A, 2 A of it building load: its car alone is held back.
+    await wait_for(
+        lambda: 6 <= limits(rig, ["P2"])["P2"] <= 12.0,
+        timeout=5,
+        message="the L2 car limited by its phase",
+    )
+    assert rig.violations() == []
+
+
+async def test_silent_meter_drops_to_the_failsafe_budget_and_recovers(tmp_path, make_rig) -> None:
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 10.0}))
+    for charger_id in "ABCD":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: sum(limits(rig, "ABCD").values()) > 80, timeout=10, message="full sharing"
+    )
+    rig.depot.meters["grid-meter"].silent = True
+    # Worst-case non-EV load (40 A) assumed: 60 A left for the cars.
+    await wait_for(
+        lambda: ("meter_failed", "grid") in rig.state.alarms, timeout=5, message="the meter alarm"
+    )
+    await wait_for(
+        lambda: sum(limits(rig, "ABCD").values()) <= 60.05,
+        timeout=5,
+        message="the fail-safe budget",
+    )
+    rig.depot.meters["grid-meter"].silent = False
+    await wait_for(
+        lambda: ("meter_failed", "grid") not in rig.state.alarms,
+        timeout=10,
+        message="recovery after the hold and a run of good readings",
+    )
+    await wait_for(
+        lambda: sum(limits(rig, "ABCD").values()) > 80, timeout=10, message="the full budget again"
+    )
+    assert rig.violations() == []
+
+
+async def test_charger_ignoring_its_limit_is_budgeted_at_its_draw(tmp_path, make_rig) -> None:
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 10.0}))
+    for charger_id in "ABCD":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: sum(limits(rig, "ABCD").values()) > 80, timeout=10, message="full sharing"
+    )
+    rig.depot.chargers["D"].compliant = False  # draws 32 A whatever it is told
+    await wait_for(
+        lambda: ("charger_noncompliant", "D") in rig.state.alarms,
+        timeout=10,
+        message="non-compliance detected",
+    )
+    assert rig.state.chargers["D"].compliance == "noncompliant"
+    # The others share what is left after the building and D's real draw.
+    await wait_for(
+        lambda: sum(limits(rig, "ABC").values()) <= 100 - 10 - 32 + 0.05,
+        timeout=5,
+        message="the others to make room",
+    )
+    # Once the others have followed their lower limits, the feeder is within its rating again
+    # (the excess before detection is what a non-compliant charger costs; it is bounded by the
+    # compliance grace).
+    await wait_for(
+        lambda: max(rig.depot.circuit_current("feeder")) <= 100.5,
+        timeout=5,
+        message="the physical current back within the limit",
+    )
+
+
+async def test_charger_refusing_profiles_is_budgeted_at_its_maximum(tmp_path, make_rig) -> None:
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 10.0}))
+    for charger_id in "ABC":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: sum(limits(rig, "ABC").values()) > 80, timeout=10, message="three cars sharing"
+    )
+    rig.depot.chargers["C"].reject_profiles = True
+    await rig.depot.plug_in("D", SimEv(max_a=32))  # forces new limits for everyone
+    await wait_for(
+        lambda: ("charger_uncontrollable", "C") in rig.state.alarms,
+        timeout=10,
+        message="the refusal to be noticed",
+    )
+    # C could draw its full 32 A: A, B and D share 100 - 10 - 32.
+    await wait_for(
+        lambda: sum(limits(rig, "ABD").values()) <= 58.05,
+        timeout=5,
+        message="the others budgeted around C's maximum",
+    )
+    rig.depot.chargers["C"].reject_profiles = False
+    await wait_for(
+        lambda: ("charger_uncontrollable", "C") not in rig.state.alarms,
+        timeout=10,
+        message="C controllable again once it accepts",
+    )
+
+
+async def test_chargers_fall_back_to_failsafe_when_sitectl_dies(tmp_path, make_rig) -> None:
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 10.0}))
+    for charger_id in "ABCD":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: sum(limits(rig, "ABCD").values()) > 80, timeout=10, message="full sharing"
+    )
+    for task in rig.tasks[:4]:  # server, keeper, meters, control loop: sitectl is gone
+        task.cancel()
+    await asyncio.gather(*rig.tasks[:4], return_exceptions=True)
+    died = time.monotonic()
+    # Every charger's composite schedule returns to its 6 A fail-safe once the 2 s validity of
+    # the last dynamic limit has passed, by itself.
+    await wait_for(
+        lambda: set(limits(rig, "ABCD").values()) == {6.0},
+        timeout=5,
+        message="the fail-safe limit on every charger",
+    )
+    assert time.monotonic() - died < 2.0 + 1.0
+    await wait_for(
+        lambda: all(p.draw_a <= 6.5 for c in rig.depot.chargers.values() for p in c.plugs.values()),
+        timeout=5,
+        message="the cars to follow",
+    )
