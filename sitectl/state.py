@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ __all__ = [
     "ConnectorState",
     "ControlStatus",
     "CsmsProfile",
+    "LimitOverride",
     "SessionState",
     "Severity",
     "SiteState",
@@ -78,6 +80,18 @@ class SessionState:
     priority: int = 1
     ev_min_current_a: float | None = None  # from 2.0.1 charging needs
     ev_max_current_a: float | None = None
+    charger_id: str = ""
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOverride:
+    """A temporary lower limit on the site or a circuit (from an operator command)."""
+
+    node: str  # "grid" or a circuit id
+    limit_a: tuple[float, float, float]
+    expires_at: datetime
+    source: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +213,10 @@ class SiteState:
         self.readings: dict[str, Any] = {}  # device name -> devices.meter.Reading
         self.alarms: dict[tuple[str, str], Alarm] = {}
         self.control = ControlStatus()
+        #: Sessions that ended, newest last (the uplink publishes them; bounded).
+        self.ended_sessions: deque[SessionState] = deque(maxlen=1000)
+        #: Operator limit overrides by node; the control loop applies the unexpired ones.
+        self.overrides: dict[str, LimitOverride] = {}
         self._subscribers: list[Callable[[Change], None]] = []
 
     # Subscriptions.

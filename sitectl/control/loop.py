@@ -415,7 +415,7 @@ class ControlLoop:
                 phases[p] = amps
             charger_id, _ = built.sessions[session.id]
             add_up(self.builder.chargers[charger_id].circuit, (phases[0], phases[1], phases[2]))
-        for node, limit in self.limits_a.items():
+        for node, limit in self.builder.effective_limits(self.state, now).items():
             meter = (
                 "none" if self.builder.meters.get(node) is None else self.meters.state(node).value
             )

@@ -178,9 +178,10 @@ class ProblemBuilder:
             node: self.hold(node, phases, now_mono)
             for node, phases in self._non_ev(measured, ev_fresh).items()
         }
-        nodes = [Node(GRID, None, self.limits[GRID], self.kw_limits[GRID])]
+        limits = self.effective_limits(state, now)
+        nodes = [Node(GRID, None, limits[GRID], self.kw_limits[GRID])]
         for circuit in self.config.circuits:
-            nodes.append(Node(circuit.id, circuit.parent, circuit.limit_a, circuit.limit_kw))
+            nodes.append(Node(circuit.id, circuit.parent, limits[circuit.id], circuit.limit_kw))
         for charger in self.config.chargers:
             cap = charger.max_current_a
             limit_kw = None
@@ -223,6 +224,22 @@ class ProblemBuilder:
             voltage_ln_v=self.config.site.nominal_voltage_v,
         )
         return Built(problem, index, tuple(steerable), fixed, non_ev, measured)
+
+    def effective_limits(self, state: SiteState, now: datetime) -> dict[str, Phases]:
+        """Configured limits, lowered by unexpired operator overrides (never raised)."""
+        limits = dict(self.limits)
+        for node, override in list(state.overrides.items()):
+            if override.expires_at <= now:
+                del state.overrides[node]
+                continue
+            if node in limits:
+                base = limits[node]
+                limits[node] = (
+                    min(base[0], override.limit_a[0]),
+                    min(base[1], override.limit_a[1]),
+                    min(base[2], override.limit_a[2]),
+                )
+        return limits
 
     # Chargers.
 

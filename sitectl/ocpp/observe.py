@@ -287,6 +287,7 @@ class StateObserver:
         connector.session = SessionState(
             session_id=f"{charger.charger_id}/{transaction_id}",
             connector_id=connector_id,
+            charger_id=charger.charger_id,
             started_at=self.state.clock(),
             transaction_id=transaction_id,
             id_tag_hash=hash_id_tag(self.state.config.site.id, tag) if tag else None,
@@ -308,6 +309,8 @@ class StateObserver:
                 session.energy_wh = max(0.0, meter_stop_wh - session.meter_start_wh)
             connector.session = None
             connector.current_a = None
+            session.ended_at = self.state.clock()
+            self.state.ended_sessions.append(session)
             self.state.notify("session_ended", session.session_id)
             return
 

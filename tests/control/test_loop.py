@@ -234,3 +234,34 @@ async def test_chargers_fall_back_to_failsafe_when_sitectl_dies(tmp_path, make_r
         timeout=5,
         message="the cars to follow",
     )
+
+
+async def test_operator_override_lowers_a_limit_until_it_expires(tmp_path, make_rig) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sitectl.state import LimitOverride
+
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 10.0}))
+    for charger_id in "AB":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: sum(limits(rig, "AB").values()) >= 63.9,
+        timeout=10,
+        message="two cars at full current",
+    )
+    rig.state.overrides["feeder"] = LimitOverride(
+        "feeder", (50.0, 50.0, 50.0), datetime.now(UTC) + timedelta(seconds=3)
+    )
+    rig.loop.trigger()
+    # The meter is at the grid connection and the feeder declares no non-EV load of its own
+    # (non_ev_max_a), so the cars get the whole 50 A of the override.
+    await wait_for(
+        lambda: sum(limits(rig, "AB").values()) <= 50.05, timeout=5, message="the override to bind"
+    )
+    assert rig.state.control.circuits["feeder"].limit_a == (50.0, 50.0, 50.0)
+    await wait_for(
+        lambda: sum(limits(rig, "AB").values()) >= 63.9,
+        timeout=10,
+        message="the full limit after expiry",
+    )
+    assert "feeder" not in rig.state.overrides
