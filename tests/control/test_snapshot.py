@@ -1,0 +1,210 @@
+"""The problem builder and the dispatch planner, without sockets: the conservative rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from sitectl.config import Config
+from sitectl.control.dispatch import Dispatcher
+from sitectl.control.meters import MeterSupervisor
+from sitectl.control.snapshot import ChargerMemory, ProblemBuilder, charger_node
+from sitectl.ocpp.observe import hash_id_tag
+from sitectl.state import CsmsProfile, SessionState, SiteState
+
+NOW = datetime(2026, 11, 27, 20, 0, tzinfo=UTC)
+
+
+def config(**extra) -> Config:
+    data = {
+        "site": {
+            "id": "s",
+            "limit_kw": 500,
+            "phase_limit_a": 200,
+            "meter": "grid-meter",
+            "non_ev_max_a": 50,
+            "timezone": "UTC",
+        },
+        "circuits": [{"id": "feeder", "limit_a": 120}],
+        "charger_defaults": {"circuit": "feeder", "max_current_a": 32, "password": "x" * 16},
+        "chargers": [{"id": "A"}, {"id": "B", "phase_rotation": "L2-L3-L1"}],
+        "devices": [{"name": "grid-meter", "profile": "eastron-sdm630", "host": "h"}],
+        "control": {
+            "step_s": 900,
+            "horizon_steps": 8,
+            "default_departure": "06:00",
+            "default_energy_kwh": 40,
+            "ev_measurement_max_age_s": 30,
+            "non_ev_hold_s": 0,
+        },
+    }
+    data.update(extra)
+    return Config.model_validate(data)
+
+
+def trusted(currents) -> MeterSupervisor:
+    meters = MeterSupervisor(grace_s=5, hold_s=0, good_to_recover=1)
+    meters.watch("grid")
+    meters.reading("grid", SimpleNamespace(ok=True, current_a=currents, error=None), 0.0)
+    return meters
+
+
+def plug(
+    state: SiteState, charger: str, amps=(16.0, 16.0, 16.0), age_s=1.0, tag="T", energy_wh=0.0
+) -> None:
+    connector = state.chargers[charger].connectors[1]
+    state.chargers[charger].connected = True
+    connector.session = SessionState(
+        f"{charger}/1",
+        1,
+        NOW - timedelta(hours=1),
+        transaction_id="1",
+        id_tag_hash=hash_id_tag("s", tag),
+        energy_wh=energy_wh,
+    )
+    connector.current_a = amps
+    connector.measured_at = NOW - timedelta(seconds=age_s)
+
+
+def build(cfg, state, meters, memory=None, mono=100.0):
+    memory = memory if memory is not None else {}
+    return ProblemBuilder(cfg).build(state, meters, memory, NOW, mono)
+
+
+def test_non_ev_is_meter_minus_fresh_ev_draw_and_stale_counts_as_non_ev() -> None:
+    cfg = config()
+    state = SiteState(cfg)
+    plug(state, "A", (30.0, 30.0, 30.0), age_s=5)
+    plug(state, "B", (20.0, 20.0, 20.0), age_s=120)  # stale: not subtracted
+    built = build(cfg, state, trusted((100.0, 100.0, 100.0)))
+    assert built.non_ev["grid"] == (70.0, 70.0, 70.0)
+    assert built.measured["grid"] == (100.0, 100.0, 100.0)
+    # The unmetered feeder declares no non-EV load of its own.
+    assert built.non_ev["feeder"] == (0.0, 0.0, 0.0)
+
+
+def test_failed_meter_assumes_the_worst_case_non_ev_load() -> None:
+    cfg = config()
+    state = SiteState(cfg)
+    untrusted = MeterSupervisor(grace_s=5, hold_s=0, good_to_recover=1)
+    untrusted.watch("grid")
+    assert build(cfg, state, untrusted).non_ev["grid"] == (50.0, 50.0, 50.0)
+    # Without a configured worst case: only the chargers' fail-safe currents are left.
+    cfg = config(
+        site={
+            "id": "s",
+            "limit_kw": 500,
+            "phase_limit_a": 200,
+            "meter": "grid-meter",
+            "timezone": "UTC",
+        }
+    )
+    assert build(cfg, SiteState(cfg), untrusted).non_ev["grid"] == (188.0, 188.0, 188.0)
+
+
+def test_chargers_sitectl_cannot_steer_are_fixed_loads() -> None:
+    cfg = config()
+    state = SiteState(cfg)
+    memory = {
+        "A": ChargerMemory(commanded_a=25.0, commanded_at=90.0, disconnected_at=91.0),
+        "B": ChargerMemory(uncontrollable=True),
+    }
+    state.chargers["B"].connected = True
+    built = build(cfg, state, trusted((0.0, 0.0, 0.0)), memory, mono=95.0)
+    # A dropped out within the validity of its 25 A: still budgeted at 25 A.
+    assert built.fixed["A"] == (25.0, 25.0, 25.0)
+    assert built.fixed["B"] == (32.0, 32.0, 32.0)  # refuses profiles: its maximum
+    assert built.steerable == ()
+    memory["A"].disconnected_at = 90.0 + 31  # after the validity: its fail-safe
+    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory).fixed["A"] == (6.0, 6.0, 6.0)
+
+
+def test_session_phases_bounds_and_needs() -> None:
+    cfg = config(
+        fleet={
+            "vehicles": [
+                {
+                    "id": "bus",
+                    "id_tags": ["BUS"],
+                    "departure": "05:00",
+                    "energy_kwh": 100,
+                    "priority": 2,
+                }
+            ]
+        }
+    )
+    state = SiteState(cfg)
+    # A single-phase car on B, wired L2-L3-L1: it draws on the site's L2 only.
+    plug(state, "B", (12.0, 0.0, 0.0), tag="BUS", energy_wh=30_000)
+    plug(state, "A", (16.0, 16.0, 16.0))
+    state.chargers["A"].csms_profiles[5] = CsmsProfile(
+        5,
+        1,
+        0,
+        "TxDefaultProfile",
+        {
+            "chargingProfileId": 5,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": {
+                "chargingRateUnit": "A",
+                "startSchedule": "2026-01-01T00:00:00Z",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}],
+            },
+        },
+        NOW - timedelta(hours=2),
+    )
+    built = build(cfg, state, trusted((50.0, 50.0, 50.0)))
+    sessions = {s.id: s for s in built.problem.sessions}
+    bus = sessions["B/1"]
+    assert bus.phases == (1,)
+    assert bus.energy_kwh == pytest.approx(70.0)  # fleet need minus what it has had
+    assert bus.departure_step == 36  # 20:00 -> 05:00 next day in 15 min steps
+    assert bus.priority == 2 and bus.node == charger_node("B")
+    car = sessions["A/1"]
+    assert car.phases == (0, 1, 2) and car.max_a == 10  # the CSMS's own limit is a bound
+    assert car.energy_kwh == 40 and car.departure_step == 40  # defaults: 40 kWh by 06:00
+
+
+def test_tariff_periods_become_prices_per_step() -> None:
+    cfg = config(
+        tariff={
+            "periods": [
+                {"start": "00:00", "eur_per_kwh": 0.1},
+                {"start": "21:00", "eur_per_kwh": 0.3},
+            ]
+        }
+    )
+    built = build(cfg, SiteState(cfg), trusted((0.0, 0.0, 0.0)))
+    assert built.problem.tariff.price_per_kwh == (0.1,) * 4 + (0.3,) * 4
+
+
+def dispatcher(cfg: Config) -> Dispatcher:
+    async def never(identity, payload):
+        raise AssertionError("plan() must not send")
+
+    return Dispatcher(cfg, never, lambda c: "1.6")
+
+
+def test_plan_deadband_decreases_refresh_and_rounding() -> None:
+    cfg = config(control={"deadband_a": 1.0, "period_s": 5, "profile_validity_s": 30})
+    plan = dispatcher(cfg).plan
+    memory = {
+        "A": ChargerMemory(commanded_a=20.0, commanded_at=100.0),
+        "B": ChargerMemory(commanded_a=20.0, commanded_at=100.0),
+    }
+    # +0.5 A is inside the deadband: nothing; -0.5 A is a decrease: always sent.
+    commands = plan({"A": (20.5, {}), "B": (19.5, {})}, memory, 101.0)
+    assert [(c.charger_id, c.limit_a, c.kind) for c in commands] == [("B", 19.5, "decrease")]
+    # Unchanged for validity - 2 periods: refreshed so it never lapses while sitectl lives.
+    commands = plan({"A": (20.0, {}), "B": (20.0, {})}, memory, 120.0)
+    assert {(c.charger_id, c.kind) for c in commands} == {("A", "refresh"), ("B", "refresh")}
+    # Rounded down to 0.1 A; a value between 0 and the minimum is never sent.
+    commands = plan({"A": (27.86, {}), "B": (4.0, {})}, memory, 101.0)
+    assert [(c.charger_id, c.limit_a, c.kind) for c in commands] == [
+        ("A", 27.8, "increase"),
+        ("B", 0.0, "decrease"),
+    ]
