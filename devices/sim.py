@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import tty
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Literal
@@ -104,6 +106,8 @@ class SimMeter:
         self.silent = False
         self.drop_next = 0
         self.garble = False
+        #: time.monotonic() of every read served (benchmarks time reactions from it).
+        self.read_times: deque[float] = deque(maxlen=100_000)
         self._release = asyncio.Event()
         self._values: dict[Quantity, float | None] = dict(DEFAULT_VALUES)
         self._raw: dict[tuple[Table, int], int] = {}
@@ -247,6 +251,7 @@ class SimMeter:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
+        self.read_times.append(time.monotonic())
         if self.delay_s:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.delay_s):
