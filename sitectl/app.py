@@ -103,6 +103,7 @@ class App:
         self._failed: list[str] = []
         self.state: SiteState | None = None
         self.store: Store | None = None
+        self.components: list[Component] = []
 
     def stop(self) -> None:
         """Ask the app to stop (safe to call from a signal handler)."""
@@ -121,6 +122,7 @@ class App:
             self.store.set_meta("site_id", self.config.site.id)
             self.store.set_meta("last_start", self.state.started_at.isoformat())
             components = list(self._factory(self.config, self.state, self.store))
+            self.components = components
             log.info(
                 "sitectl %s started: site %s, %d chargers, %d devices; components: %s",
                 __version__,

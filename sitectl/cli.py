@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
     demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
-    demo.add_argument("--speed", type=float, default=1.0, help="simulated time speed-up")
+    demo.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated time per real time (default 60: a minute a second)",
+    )
     demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     return parser
 
@@ -165,15 +169,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from sitectl.sim.demo import run_demo
+
     path = REPO_CONFIGS / "demo.yaml"
-    config = _load(str(path))
-    if config is None:
+    if _load(str(path)) is None:
         return 1
-    with tempfile.TemporaryDirectory(prefix="sitectl-demo-") as tmp:
-        config.storage.path = Path(tmp) / "demo.sqlite"
-        config.firmware.cache_dir = Path(tmp) / "firmware"
-        log.info("demo: depot %s from %s, data in %s", config.site.id, path, tmp)
-        return _run_app(config, args.duration)
+    try:
+        return asyncio.run(run_demo(path, args.chargers, args.speed, args.duration))
+    except KeyboardInterrupt:
+        return 0
 
 
 COMMANDS = {
@@ -188,7 +192,9 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sitectl`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    setup_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", "human"))
+    # The demo's live line is the point; its logs stay quiet unless asked for.
+    default_level = "WARNING" if args.command == "demo" else "INFO"
+    setup_logging(getattr(args, "log_level", default_level), getattr(args, "log_format", "human"))
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ Units are in field names (``_a``, ``_kw``, ``_s``). Phases are the site's L1, L2
 from __future__ import annotations
 
 import contextvars
+import copy
 import difflib
 import ipaddress
 import math
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -517,6 +517,9 @@ class OcppConfig(_Model):
     ping_timeout_s: float = Field(30.0, gt=0)
     call_timeout_s: float = Field(30.0, gt=0, description="Timeout of sitectl's own calls.")
     upstream_call_timeout_s: float = Field(60.0, gt=0)
+    upstream_reconnect_max_s: float = Field(
+        60.0, ge=1, description="Longest wait between attempts to reach the CSMS again."
+    )
     max_frame_bytes: int = Field(1_048_576, ge=4096)
     profile_stack_levels: tuple[int, int] = Field(
         (7, 8), description="Stack levels sitectl uses: (fail-safe, dynamic)."
@@ -832,7 +835,7 @@ def apply_env_overrides(
         The merged data, the path each variable set (for error locations), and problems with
         variables that address nothing (``SITECTL_CHARGERS__NOPE__PASSWORD``).
     """
-    merged = yaml.safe_load(yaml.safe_dump(data)) if data else {}
+    merged = copy.deepcopy(data) if data else {}
     sources: dict[tuple[str | int, ...], str] = {}
     problems: list[Problem] = []
     for name in sorted(environ):

@@ -121,6 +121,7 @@ class ChargerLink:
         self._listener = listener
         self._reconnect = reconnect
         self._hold = hold
+        self.reconnect_max_s = 60.0
         self._clock = clock or asyncio.get_running_loop().time
         self._queues: dict[Side, asyncio.Queue[str]] = {
             Side.CHARGER: asyncio.Queue(),
@@ -229,7 +230,7 @@ class ChargerLink:
 
     async def _connect_with_backoff(self) -> Connection:
         assert self._reconnect is not None
-        delays = backoff_delays(base_s=1.0, cap_s=60.0)
+        delays = backoff_delays(base_s=1.0, cap_s=self.reconnect_max_s)
         while True:
             try:
                 ws = await self._reconnect()

@@ -441,6 +441,7 @@ class OcppServer:
             reconnect=self._reconnector(pending),
             hold=self.hold,
         )
+        link.reconnect_max_s = self.ocpp.upstream_reconnect_max_s
         self.links[pending.identity] = link
         self._listener.link_charger(link, True)
         log.info(

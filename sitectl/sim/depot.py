@@ -191,6 +191,8 @@ class SimDepot:
         """Per circuit and phase: every charger's composite limit now, plus the building load.
 
         This is what sitectl has *commanded*; the safety model says it never exceeds a limit.
+        A limit counts on the phases the vehicle can draw on: every phase of the charger, but
+        only the charger's L1 for a single-phase vehicle (it cannot draw elsewhere).
         """
         out: dict[str, list[float]] = {}
         t = self.elapsed() if self._started else 0.0
@@ -203,11 +205,16 @@ class SimDepot:
             sim = self.chargers.get(charger.id)
             if sim is None:
                 continue
-            limit = sum(sim.limit_a(c) for c in range(1, charger.connectors + 1))
-            for circuit in self.config.circuit_path(charger.circuit):
-                totals = out.setdefault(circuit, [0.0, 0.0, 0.0])
-                for phase in charger.site_phases:
-                    totals[phase] += limit
+            for connector in range(1, charger.connectors + 1):
+                limit = sim.limit_a(connector)
+                plug = sim.plugs.get(connector)
+                phases = charger.site_phases
+                if plug is not None and plug.ev.phases == 1:
+                    phases = phases[:1]
+                for circuit in self.config.circuit_path(charger.circuit):
+                    totals = out.setdefault(circuit, [0.0, 0.0, 0.0])
+                    for phase in phases:
+                        totals[phase] += limit
         return {c: (v[0], v[1], v[2]) for c, v in out.items()}
 
     def violations(self, since: float = 0.0, tolerance_a: float = 0.05) -> list[str]:

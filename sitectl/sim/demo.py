@@ -1,0 +1,240 @@
+"""``sitectl demo``: a whole simulated depot on one machine, and sitectl controlling it.
+
+Started from ``configs/demo.yaml`` (ports replaced by free ones, data in a temporary directory):
+a stub CSMS, simulated chargers (OCPP 1.6 and 2.0.1, three- and single-phase vehicles, rotated
+wiring, one charger that ignores its limit), a Modbus grid meter and transformer monitor that
+measure a building-load curve plus what the chargers really draw, and vehicles that arrive, charge
+and leave on a compressed schedule. sitectl itself runs exactly as ``sitectl run`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from sitectl.app import App
+from sitectl.config import Config, load_config
+from sitectl.logs import set_secrets
+from sitectl.sim.charger import SimEv
+from sitectl.sim.csms import StubCsms
+from sitectl.sim.depot import SimDepot
+from sitectl.state import SiteState
+
+__all__ = ["DemoParts", "prepare_config", "run_demo"]
+
+log = logging.getLogger("sitectl.demo")
+
+NONCOMPLIANT = "DEMO-12"
+
+
+@dataclass(frozen=True)
+class DemoParts:
+    """The running demo's parts (for the end-to-end tests)."""
+
+    app: App
+    depot: SimDepot
+    csms: StubCsms
+    config: Config
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def prepare_config(path: Path, data_dir: Path, chargers: int | None = None) -> Config:
+    """The demo configuration on free ports, with `chargers` chargers (limits scaled)."""
+    config, _ = load_config(path)
+    meter_port, ocpp_port, csms_port, http_port = _free_ports(4)
+    data = config.model_dump(mode="python")
+    # Secrets are dumped masked; put the real ones back.
+    for item, charger in zip(data["chargers"], config.chargers, strict=True):
+        for key in ("password", "upstream_password"):
+            value = getattr(charger, key)
+            item[key] = value.get_secret_value() if value else None
+    base = data["chargers"]
+    wanted = chargers or len(base)
+    if wanted > len(base):
+        rotations = ("L1-L2-L3", "L2-L3-L1", "L3-L1-L2")
+        for i in range(len(base), wanted):
+            extra = dict(
+                base[i % len(base)],
+                id=f"DEMO-{i + 1:02d}",
+                phase_rotation=rotations[i % 3]
+                if base[i % len(base)]["phases"] == 3
+                else rotations[i % 3][:2],
+            )
+            base.append(extra)
+        scale = wanted / len(config.chargers)
+        data["site"]["phase_limit_a"] = tuple(a * scale for a in data["site"]["phase_limit_a"])
+        data["site"]["limit_kw"] *= scale
+        for circuit in data["circuits"]:
+            circuit["limit_a"] = tuple(a * scale for a in circuit["limit_a"])
+    data["chargers"] = base[:wanted]
+    if NONCOMPLIANT not in {c["id"] for c in data["chargers"]}:
+        data["chargers"][-1]["id"] = NONCOMPLIANT
+    for device in data["devices"]:
+        device["port"] = meter_port
+    data["ocpp"]["listen_port"] = ocpp_port
+    upstream = urlsplit(data["ocpp"]["upstream_url"])
+    data["ocpp"]["upstream_url"] = f"ws://{upstream.hostname}:{csms_port}{upstream.path}"
+    data["http"]["listen_port"] = http_port
+    data["storage"]["path"] = data_dir / "demo.sqlite"
+    data["firmware"]["cache_dir"] = data_dir / "firmware"
+    data["firmware"]["base_url"] = f"http://127.0.0.1:{http_port}"
+    return Config.model_validate(data)
+
+
+def _building(t: float) -> tuple[float, float, float]:
+    """A workshop and office: a base load with a slow swing and a little phase imbalance."""
+    swing = 20 * math.sin(2 * math.pi * t / 120)
+    return (45 + swing, 40 + swing, 42 + 0.8 * swing)
+
+
+def _status_line(state: SiteState, config: Config) -> str:
+    status = state.control
+    grid = status.circuits.get("grid")
+    parts = []
+    if grid is not None:
+        measured = grid.measured_a
+        phases = " ".join(
+            f"L{k + 1} {measured[k]:.0f}/{grid.limit_a[k]:.0f} A"
+            if measured
+            else f"L{k + 1} ?/{grid.limit_a[k]:.0f} A"
+            for k in range(3)
+        )
+        parts.append(f"grid {phases}")
+    reading = state.readings.get(config.site.meter or "")
+    if reading is not None and getattr(reading, "power_total_kw", None) is not None:
+        parts.append(f"{reading.power_total_kw:.0f}/{config.site.limit_kw:.0f} kW")
+    connected = sum(1 for c in state.chargers.values() if c.connected)
+    parts.append(
+        f"{connected} chargers, {status.sessions_charging} charging, "
+        f"{status.sessions_paused} paused"
+    )
+    if status.last_solve_s is not None:
+        parts.append(f"solve {status.last_solve_s * 1000:.0f} ms {status.method}")
+    alarms = ", ".join(f"{code} {subject}" for code, subject in sorted(state.alarms))
+    parts.append(f"alarms: {alarms or 'none'}")
+    return " | ".join(parts)
+
+
+async def _fleet(depot: SimDepot, rng: random.Random, speed: float) -> None:
+    """Vehicles come, charge and go; most are buses back for the night."""
+    config = depot.config
+
+    def vehicle(charger_id: str) -> SimEv:
+        charger = config.charger(charger_id)
+        assert charger is not None
+        if charger_id == NONCOMPLIANT:  # a big car, so that ignoring its limit shows
+            return SimEv(phases=3, max_a=32.0, energy_wanted_kwh=200, tag="FLEET")
+        single = charger.phases == 1 or rng.random() < 0.25
+        return SimEv(
+            phases=1 if single else 3,
+            max_a=rng.choice([16.0, 32.0]),
+            energy_wanted_kwh=rng.uniform(15, 60),
+            tag="FLEET",
+        )
+
+    ids = list(depot.chargers)
+    # The non-compliant charger gets a vehicle at once, so the demo shows the detection.
+    others = [i for i in ids if i != NONCOMPLIANT]
+    first = [NONCOMPLIANT, *others[: max(1, 2 * len(ids) // 3)]]
+    for charger_id in first:
+        await depot.plug_in(charger_id, vehicle(charger_id))
+    while True:
+        await asyncio.sleep(max(0.5, 30 / speed))
+        for charger_id in ids:
+            sim = depot.chargers[charger_id]
+            plug = sim.plugs.get(1)
+            if (
+                plug is not None
+                and plug.register_wh / 1000 >= plug.ev.energy_wanted_kwh
+                and rng.random() < 0.5
+            ):
+                await depot.unplug(charger_id)
+            elif plug is None and rng.random() < 0.3:
+                await depot.plug_in(charger_id, vehicle(charger_id))
+
+
+async def run_demo(
+    config_path: Path,
+    chargers: int | None = None,
+    speed: float = 60.0,
+    duration_s: float | None = None,
+    out: TextIO = sys.stdout,
+    on_ready: Callable[[DemoParts], None] | None = None,
+) -> int:
+    """Run the demo until Ctrl-C or `duration_s`; returns the exit code."""
+    with tempfile.TemporaryDirectory(prefix="sitectl-demo-") as tmp:
+        config = prepare_config(config_path, Path(tmp), chargers)
+        set_secrets([c.password.get_secret_value() for c in config.chargers if c.password])
+        csms_url = urlsplit(config.ocpp.upstream_url or "")
+        csms = StubCsms(port=csms_url.port or 0, path=csms_url.path)
+        await csms.start()
+        depot = SimDepot(
+            config,
+            f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}",
+            building={"transformer": lambda t: _building(t * speed / 60)},
+            tick_s=0.2,
+            report_s=2.0,
+            lag_s=1.0,
+            energy_factor=speed,
+        )
+        await depot.start_meters()
+        app = App(config)
+        app_task = asyncio.create_task(app.run())
+        tasks: list[asyncio.Task] = []
+        try:
+            for _ in range(100):  # the OCPP server needs a moment to listen
+                try:
+                    await depot.start()
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            depot.chargers[NONCOMPLIANT].compliant = False
+            print(
+                f"demo depot {config.site.id}: {len(config.chargers)} chargers, OCPP on "
+                f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}, stub CSMS on "
+                f"{csms.url}, speed ×{speed:g}; {NONCOMPLIANT} ignores its limit. "
+                "Ctrl-C stops.",
+                file=out,
+                flush=True,
+            )
+            tasks.append(asyncio.create_task(_fleet(depot, random.Random(1), speed)))
+            if on_ready is not None:
+                on_ready(DemoParts(app, depot, csms, config))
+            if duration_s is not None:
+                asyncio.get_running_loop().call_later(duration_s, app.stop)
+            while not app_task.done():
+                done, _ = await asyncio.wait({app_task}, timeout=3)
+                if not done and app.state is not None:
+                    print(_status_line(app.state, config), file=out, flush=True)
+            return app_task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if not app_task.done():
+                app.stop()
+                await app_task
+            await depot.stop()
+            await csms.stop()

@@ -1,0 +1,99 @@
+"""End to end: the demo depot (sitectl as `sitectl run` runs it, a simulated field and CSMS)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+from sitectl.sim.demo import NONCOMPLIANT, DemoParts, run_demo
+from tests.helpers import wait_for
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+# The building load swings continuously; between two 5 s cycles it can grow by a few amps that
+# no command could have known of. Anything beyond that would be a command above a limit.
+GROWTH_BETWEEN_CYCLES_A = 5.0
+
+
+def transaction_messages(frames: list[str]) -> list[str]:
+    """Start/stop messages as comparable keys (action and the charger's own fields)."""
+    out = []
+    for frame in frames:
+        message = json.loads(frame)
+        if message[0] != 2:
+            continue
+        action, payload = message[2], message[3]
+        if action in ("StartTransaction", "StopTransaction"):
+            out.append(
+                f"{action} {payload.get('timestamp')} "
+                f"{payload.get('meterStart', payload.get('meterStop'))}"
+            )
+        elif action == "TransactionEvent" and payload["eventType"] != "Updated":
+            out.append(
+                f"{action} {payload['eventType']} {payload['transactionInfo']['transactionId']}"
+            )
+    return out
+
+
+async def test_demo_depot_end_to_end_with_an_upstream_outage() -> None:
+    parts: list[DemoParts] = []
+    output = io.StringIO()
+    demo = asyncio.create_task(run_demo(DEMO, speed=120, out=output, on_ready=parts.append))
+    await wait_for(lambda: bool(parts), timeout=30, message="the demo to start")
+    app, depot, csms = parts[0].app, parts[0].depot, parts[0].csms
+    state = app.state
+    await wait_for(
+        lambda: state.control.cycles > 0 and state.control.sessions_charging > 0,
+        timeout=30,
+        message="the first allocation within 30 s",
+    )
+    control = next(c for c in app.components if c.name == "control")
+    await wait_for(
+        lambda: all(m.failsafe_installed for m in control.memory.values()),
+        timeout=30,
+        message="fail-safe profiles everywhere",
+    )
+    # Before this, chargers ran on their own defaults: nothing sitectl had commanded yet.
+    depot.samples.clear()
+    # The non-compliant charger is found (10 s grace in the demo config).
+    await wait_for(
+        lambda: ("charger_noncompliant", NONCOMPLIANT) in state.alarms,
+        timeout=40,
+        message="non-compliance detected",
+    )
+    # The cloud goes away for a while; vehicles keep coming and going.
+    await csms.stop()
+    await wait_for(
+        lambda: not any(c.upstream_connected for c in state.chargers.values()),
+        timeout=10,
+        message="every upstream lost",
+    )
+    sessions_before = len(state.ended_sessions)
+    await wait_for(
+        lambda: len(state.ended_sessions) > sessions_before,
+        timeout=60,
+        message="a session to end during the outage",
+    )
+    await csms.start()
+    await wait_for(
+        lambda: all(c.upstream_connected for c in state.chargers.values()),
+        timeout=90,
+        message="every upstream back",
+    )
+    # Journals drain, then the CSMS has every start and stop every charger sent.
+    journal = app.components[0].journal
+    await wait_for(lambda: journal.pending() == 0, timeout=30, message="the journals to drain")
+    app.stop()
+    assert await asyncio.wait_for(demo, 60) == 0
+    for charger_id, sim in depot.chargers.items():
+        sent = transaction_messages(sim.sent())
+        received = transaction_messages(csms.frames(charger_id, "in"))
+        assert sent, charger_id
+        # At least once, in order: duplicates only of a message in flight at a cut.
+        deduplicated = [m for i, m in enumerate(received) if i == 0 or m != received[i - 1]]
+        assert deduplicated == sent, charger_id
+    # Never above a limit by command (the depot's monitor saw every charger's composite limit).
+    assert depot.violations(tolerance_a=GROWTH_BETWEEN_CYCLES_A) == []
+    assert "charging" in output.getvalue()
