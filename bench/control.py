@@ -31,11 +31,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, free_ports, print_table
+
 from sitectl.config import load_config
 from sitectl.sim.charger import SimEv
 from sitectl.sim.depot import SimDepot
 
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-password-0123456789"
 ROTATIONS = ("L1-L2-L3", "L2-L3-L1", "L3-L1-L2")
 
@@ -72,25 +74,6 @@ http: {{enabled: false}}
 storage: {{path: {directory / "control.sqlite"}}}
 """)
     return path
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def dynamic_limit(installed) -> float:
-    schedule = installed.profile["chargingSchedule"]
-    if isinstance(schedule, list):
-        schedule = schedule[0]
-    return float(schedule["chargingSchedulePeriod"][0]["limit"])
 
 
 async def wait_until(condition, timeout: float, what: str) -> None:
@@ -174,7 +157,7 @@ async def run(args: argparse.Namespace) -> int:
                         for t, p in sim.profile_log
                         if t > stepped
                         and p.stack_level == 8
-                        and dynamic_limit(p) < before[charger_id] - 0.05
+                        and p.first_limit < before[charger_id] - 0.05
                     ]
                     if lowered:
                         acks.append(min(lowered))
@@ -230,11 +213,7 @@ async def run(args: argparse.Namespace) -> int:
             True,
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'metric':<{width}}  {'value':>34}  {'target':>10}  ok")
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>34}  {target:>10}  {'yes' if ok else 'NO'}")
-    return 0 if all(r[3] for r in rows) else 1
+    return print_table(rows)
 
 
 def main() -> int:

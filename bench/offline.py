@@ -31,7 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import REPO, free_port, raise_fd_limit, wait_port
+from _common import REPO, free_ports, print_table, raise_fd_limit, wait_port
 
 PASSWORD = "bench-password-0123456789"
 
@@ -212,7 +212,7 @@ def check_order(log_path: Path, n: int, meter_values: int) -> tuple[int, int, li
 
 async def run(args: argparse.Namespace) -> int:
     raise_fd_limit()
-    csms_port, port = free_port(), free_port()
+    csms_port, port = free_ports(2)
     expected = args.chargers * (args.meter_values + 2)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
@@ -289,11 +289,7 @@ async def run(args: argparse.Namespace) -> int:
             not problems,
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'metric':<{width}}  {'value':>18}  {'target':>14}  ok")
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>18}  {target:>14}  {'yes' if ok else 'NO'}")
-    return 0 if all(r[3] for r in rows) else 1
+    return print_table(rows)
 
 
 def main() -> int:

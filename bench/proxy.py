@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import random
-import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +30,9 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, free_ports, print_table, raise_fd_limit, wait_port
+
 PASSWORD = "bench-password-0123456789"
 FRAMES = [
     '[2,"{id}","Heartbeat",{{}}]',
@@ -48,17 +47,6 @@ ANSWERS = {
     "Heartbeat": '{"currentTime":"2026-11-27T06:00:00Z"}',
     "BootNotification": '{"status":"Accepted","currentTime":"2026-11-27T06:00:00Z","interval":300}',
 }
-
-
-def raise_fd_limit() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,19 +227,9 @@ storage: {{path: {directory / "bench.sqlite"}, synchronous: NORMAL}}
     return path
 
 
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port} after {timeout} s")
-
-
 async def run(args: argparse.Namespace) -> int:
     raise_fd_limit()
-    csms_port, port = free_port(), free_port()
+    csms_port, port = free_ports(2)
     with tempfile.TemporaryDirectory() as tmp:
         config = write_config(Path(tmp), args.chargers, port, csms_port)
         csms = subprocess.Popen(
@@ -316,22 +294,7 @@ async def run(args: argparse.Namespace) -> int:
         ("added latency p99", f"{added_p99:.2f} ms", "≤ 15 ms", added_p99 <= 15),
         ("sitectl RSS idle / loaded", f"{rss_idle:.0f} / {rss:.0f} MB", "≤ 400 MB", rss <= 400),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'metric':<{width}}  {'value':>24}  {'target':>9}  ok")
-    for name, value, target, ok in rows:
-        print(f"{name:<{width}}  {value:>24}  {target:>9}  {'yes' if ok else 'NO'}")
-    print(
-        json.dumps(
-            {
-                "connect_s": connect_s,
-                "round_trips_per_s": throughput,
-                "added_p50_ms": added_p50,
-                "added_p99_ms": added_p99,
-                "rss_mb": rss,
-            }
-        )
-    )
-    return 0 if all(r[3] for r in rows) else 1
+    return print_table(rows)
 
 
 def _cpu_seconds(pid: int) -> float:

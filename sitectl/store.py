@@ -99,6 +99,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "MQTT uplink (sitectl/uplink/outbox.py): the outbox and the per-site counters (seq, drops)",
+        """
+        CREATE TABLE outbox (
+            id     INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind   TEXT NOT NULL,
+            key    TEXT,
+            topic  TEXT NOT NULL,
+            body   TEXT NOT NULL,
+            retain INTEGER NOT NULL,
+            size   INTEGER NOT NULL,
+            seq    INTEGER
+        );
+        CREATE INDEX outbox_by_kind ON outbox(kind, key, id);
+        CREATE TABLE uplink_counters (
+            site  TEXT NOT NULL,
+            name  TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            PRIMARY KEY (site, name)
+        );
+        """,
+    ),
 )
 
 

@@ -126,17 +126,10 @@ class Dispatcher:
                 self._spec(charger, c, charger.failsafe_current_a, dynamic=False, now=now)
                 for c in range(1, charger.connectors + 1)
             ]
-        for spec in specs:
-            try:
-                answer = await self._set_profile(
-                    charger_id, build_set_profile(self._versions(charger_id), spec)
-                )
-            except Exception as exc:  # a charger problem, never a loop problem
-                log.warning("%s: installing the fail-safe profile failed: %s", charger_id, exc)
-                return False
-            if answer.get("status") != "Accepted":
-                log.warning("%s: charger refused the fail-safe profile: %s", charger_id, answer)
-                return False
+        problem = await self._send_specs(charger_id, specs)
+        if problem is not None:
+            log.warning("%s: fail-safe profile not installed: %s", charger_id, problem)
+            return False
         log.info(
             "%s: fail-safe limit %.1f A installed (stack level %d)",
             charger_id,
@@ -212,12 +205,14 @@ class Dispatcher:
             self._spec(charger, c, amps, dynamic=True, now=now)
             for c, amps in sorted(command.connectors.items())
         ]
-        version = self._versions(command.charger_id)
+        return await self._send_specs(command.charger_id, specs)
+
+    async def _send_specs(self, charger_id: str, specs: list[ProfileSpec]) -> str | None:
+        """Send profiles in order; returns the first problem, or ``None`` if all accepted."""
+        version = self._versions(charger_id)
         for spec in specs:
             try:
-                answer = await self._set_profile(
-                    command.charger_id, build_set_profile(version, spec)
-                )
+                answer = await self._set_profile(charger_id, build_set_profile(version, spec))
             except Exception as exc:  # CallFailed, schema errors: this charger only
                 return f"{type(exc).__name__}: {exc}"
             if answer.get("status") != "Accepted":

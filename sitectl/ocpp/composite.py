@@ -61,6 +61,14 @@ class InstalledProfile:
     def purpose(self) -> str:
         return str(self.profile.get("chargingProfilePurpose", ""))
 
+    @property
+    def first_limit(self) -> float:
+        """The limit of the first period of the (first) schedule, in its own unit."""
+        schedule = self.profile["chargingSchedule"]
+        if isinstance(schedule, list):  # 2.0.1: a list of schedules
+            schedule = schedule[0]
+        return float(schedule["chargingSchedulePeriod"][0]["limit"])
+
 
 def _time(value: Any) -> datetime | None:
     if not isinstance(value, str):

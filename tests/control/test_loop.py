@@ -22,14 +22,6 @@ def building(level: dict[str, float]):
     return {"feeder": lambda t: (level["a"],) * 3}
 
 
-def dynamic_limit(installed) -> float:
-    """The limit in a profile as a charger stored it (1.6 schedule, or 2.0.1 list of them)."""
-    schedule = installed.profile["chargingSchedule"]
-    if isinstance(schedule, list):
-        schedule = schedule[0]
-    return float(schedule["chargingSchedulePeriod"][0]["limit"])
-
-
 def limits(rig, ids) -> dict[str, float]:
     return {i: rig.depot.chargers[i].limit_a(1) for i in ids}
 
@@ -88,7 +80,7 @@ async def test_new_session_decreases_go_out_before_the_increase(tmp_path, make_r
         return next(
             stamp
             for stamp, profile in rig.depot.chargers[charger_id].profile_log
-            if stamp > mark and profile.stack_level == 8 and condition(dynamic_limit(profile))
+            if stamp > mark and profile.stack_level == 8 and condition(profile.first_limit)
         )
 
     # From what the chargers received: both lower limits arrived before C's first raise.
