@@ -54,7 +54,10 @@ from sitectl.ocpp.router import (
     Side,
 )
 
-__all__ = ["OfflineAgent", "local_answer_actions"]
+__all__ = ["CsmsRewriter", "OfflineAgent", "local_answer_actions"]
+
+#: (identity, version, action, payload) -> a replacement payload, or None to leave it.
+CsmsRewriter = Callable[[str, str, str, dict[str, Any]], dict[str, Any] | None]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,7 @@ class OfflineAgent:
         config: OfflineConfig,
         alarm: Callable[[str, str], None] = lambda code, text: None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rewriters: list[CsmsRewriter] | None = None,
     ) -> None:
         self.identity = identity
         self.version = version
@@ -151,6 +155,9 @@ class OfflineAgent:
         self._statuses_owed: list[int] = []
         self._tx: dict[int, int | None] = journal.transaction_ids(identity) if journal else {}
         self._own_calls: set[str] = set()
+        #: Called with (identity, version, action, payload) for every CSMS call; a returned
+        #: payload replaces the forwarded one (the firmware cache rewrites UpdateFirmware).
+        self.rewriters: list[CsmsRewriter] = list(rewriters or [])
         router.divert = self
 
     # Divert policy: pure, in memory.
@@ -175,12 +182,18 @@ class OfflineAgent:
         return FORWARD
 
     def csms_call(self, call: PendingCall) -> Decision:
+        payload = call.payload
         if self.version == "1.6" and self._tx:
-            local = self._local_for(call)
-            if local is not None:
-                return Decision(
-                    Route.FORWARD, Call(call.message_id, call.action, local).serialize()
+            payload = self._local_for(call) or payload
+        for rewrite in self.rewriters:
+            try:
+                payload = rewrite(self.identity, self.version, call.action, payload) or payload
+            except Exception:  # a rewriter's bug must not stop the CSMS's call
+                log.exception(
+                    "%s: rewriting %s failed; forwarding it unchanged", self.identity, call.action
                 )
+        if payload is not call.payload:
+            return Decision(Route.FORWARD, Call(call.message_id, call.action, payload).serialize())
         if (
             call.action == "GetTransactionStatus"
             and self.journal is not None

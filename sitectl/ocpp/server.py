@@ -40,7 +40,7 @@ from sitectl.config import Config, OcppConfig
 from sitectl.ocpp.auth import AuthCache
 from sitectl.ocpp.journal import Journal
 from sitectl.ocpp.link import ChargerLink, ChargerOffline, LinkListener
-from sitectl.ocpp.offline import OfflineAgent
+from sitectl.ocpp.offline import CsmsRewriter, OfflineAgent
 from sitectl.ocpp.router import Event, Router
 from sitectl.ocpp.upstream import (
     UpstreamRejected,
@@ -148,6 +148,8 @@ class OcppServer:
             self.auth = AuthCache(store, offline.local_id_tags, offline.unknown_id_policy)
             if self.ocpp.upstream_url:
                 self.journal = Journal(store, offline.journal_max_messages)
+        #: Rewriters of CSMS calls (e.g. the firmware cache's UpdateFirmware location).
+        self.csms_rewriters: list[CsmsRewriter] = []
         # Hold mode needs somewhere to journal; without a store sitectl is a plain proxy.
         self.hold = offline.mode == "hold" and store is not None
         self._port = self.ocpp.listen_port if port is None else port
@@ -430,6 +432,7 @@ class OcppServer:
                 self.auth,
                 self.ocpp.offline,
                 alarm=lambda code, text: self._alarm(code, identity, text),
+                rewriters=self.csms_rewriters,
             )
         link = ChargerLink(
             pending.identity,

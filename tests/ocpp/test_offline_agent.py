@@ -383,3 +383,33 @@ def test_standalone_accepts_boot_and_journals_nothing(depot) -> None:
     start = d.call("StartTransaction", START)[2]
     assert start["idTagInfo"] == {"status": "Accepted"} and start["transactionId"] == -1
     assert d.call("StartTransaction", START)[2]["transactionId"] == -2
+
+
+def test_csms_calls_pass_through_rewriters_and_a_broken_one_is_ignored(depot) -> None:
+    d = depot()
+    seen = []
+
+    def relocate(identity, version, action, payload):
+        seen.append((identity, version, action))
+        if action == "UpdateFirmware":
+            return dict(payload, location="http://sitectl.local/fw/abc")
+        return None
+
+    def broken(identity, version, action, payload):
+        raise RuntimeError("bug")
+
+    d.agent.rewriters += [relocate, broken]
+    d.h.set_online(True)
+    request = {
+        "location": "https://vendor.example/fw.bin",
+        "retrieveDate": "2026-11-27T00:00:00Z",
+        "retries": 3,
+    }
+    d.h.csms([2, "u1", "UpdateFirmware", request])
+    forwarded = json.loads(d.h.to_charger()[-1])
+    # Only the location changed; everything else passes through.
+    assert forwarded[3] == dict(request, location="http://sitectl.local/fw/abc")
+    d.h.charger('[3,"u1",{}]')  # one call in flight toward the charger at a time
+    d.h.csms([2, "r1", "Reset", {"type": "Soft"}])
+    assert d.h.to_charger()[-1] == '[2,"r1","Reset",{"type":"Soft"}]'  # byte for byte
+    assert seen == [("CP1", "1.6", "UpdateFirmware"), ("CP1", "1.6", "Reset")]
