@@ -410,6 +410,6 @@ def test_csms_calls_pass_through_rewriters_and_a_broken_one_is_ignored(depot) ->
     # Only the location changed; everything else passes through.
     assert forwarded[3] == dict(request, location="http://sitectl.local/fw/abc")
     d.h.charger('[3,"u1",{}]')  # one call in flight toward the charger at a time
-    d.h.csms([2, "r1", "Reset", {"type": "Soft"}])
+    d.h.csms('[2,"r1","Reset",{"type":"Soft"}]')
     assert d.h.to_charger()[-1] == '[2,"r1","Reset",{"type":"Soft"}]'  # byte for byte
     assert seen == [("CP1", "1.6", "UpdateFirmware"), ("CP1", "1.6", "Reset")]
