@@ -142,6 +142,11 @@ class ChargerState:
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None
+    #: The latest frames on its two sockets, for commissioning: (time, "charger"/"csms",
+    #: "in"/"out", text); credentials are redacted.
+    recent_frames: deque[tuple[datetime, str, str, str]] = field(
+        default_factory=lambda: deque(maxlen=50)
+    )
 
     def connector(self, connector_id: int) -> ConnectorState:
         """The connector (or 2.0.1 EVSE) with this id, created if the charger has more."""

@@ -81,6 +81,8 @@ class LinkListener(Protocol):
 
     def link_charger(self, link: ChargerLink, connected: bool) -> None: ...
 
+    def link_frame(self, link: ChargerLink, side: Side, inbound: bool, text: str) -> None: ...
+
 
 Reconnect = Callable[[], Awaitable[Connection]]
 
@@ -271,6 +273,7 @@ class ChargerLink:
         assert ws is not None
         try:
             async for message in ws:
+                self._listener.link_frame(self, side, True, message)
                 self.router.receive_frame(side, message, self._clock())
                 self._flush()
         except ConnectionClosed:
@@ -294,6 +297,7 @@ class ChargerLink:
                 await ws.send(text)
             except ConnectionClosed:
                 return
+            self._listener.link_frame(self, side, False, text)
 
     async def _timer(self) -> None:
         while True:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ __all__ = ["StateObserver", "hash_id_tag", "parse_sampled_values"]
 log = logging.getLogger(__name__)
 
 _PHASES = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
+# Frames that set or carry a charger's password (1.6 AuthorizationKey, 2.0.1 BasicAuthPassword).
+_CREDENTIALS = re.compile(r"AuthorizationKey|BasicAuthPassword", re.IGNORECASE)
 
 
 def hash_id_tag(site_id: str, tag: str) -> str:
@@ -122,6 +125,18 @@ class StateObserver:
         charger.last_seen = self.state.clock()
         self.state.notify(
             "charger_connected" if connected else "charger_disconnected", link.identity
+        )
+
+    def link_frame(self, link: ChargerLink, side: Any, inbound: bool, text: Any) -> None:
+        charger = self.state.chargers.get(link.identity)
+        if charger is None:
+            return
+        if not isinstance(text, str):
+            text = repr(text)
+        if _CREDENTIALS.search(text):
+            text = "[redacted: the frame carries credentials]"
+        charger.recent_frames.append(
+            (self.state.clock(), side.value, "in" if inbound else "out", text[:2000])
         )
 
     def link_upstream(self, link: ChargerLink, connected: bool) -> None:

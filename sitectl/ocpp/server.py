@@ -480,6 +480,9 @@ class _NullListener:
     def link_charger(self, link: ChargerLink, connected: bool) -> None:
         pass
 
+    def link_frame(self, link: ChargerLink, side: Any, inbound: bool, text: str) -> None:
+        pass
+
 
 def _opt(path: Any) -> str | None:
     return None if path is None else str(path)

@@ -57,6 +57,9 @@ class Recorder:
     def link_charger(self, link, connected: bool) -> None:
         self.charger.append((link.identity, connected))
 
+    def link_frame(self, link, side, inbound: bool, text: str) -> None:
+        pass
+
 
 @pytest.fixture
 async def start_server(tmp_path) -> AsyncIterator[Callable[..., Any]]:

@@ -340,3 +340,25 @@ async def test_state_follows_a_real_session_through_the_proxy(csms, start_server
         assert charger.connectors[1].session.energy_wh == 1000
     await wait_for(lambda: not charger.connected, message="the disconnect to be observed")
     assert not charger.upstream_connected
+
+
+async def test_recent_frames_are_kept_with_credentials_redacted(csms, start_server) -> None:
+    from ocpp.v16 import call as call16
+
+    config = depot_config([{"id": "CP1"}], csms.url)
+    state = SiteState(config)
+    _, url = await start_server(config, StateObserver(state))
+    async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+        await csms.call(
+            "CP1", call16.ChangeConfiguration(key="AuthorizationKey", value="0123456789abcdef0123")
+        )
+    frames = list(state.chargers["CP1"].recent_frames)
+    texts = [text for _, _, _, text in frames]
+    assert any('"BootNotification"' in t for t in texts)
+    assert [(side, direction) for _, side, direction, t in frames if '"BootNotification"' in t] == [
+        ("charger", "in"),
+        ("csms", "out"),
+    ]
+    assert not any("0123456789abcdef0123" in t for t in texts)
+    assert "[redacted: the frame carries credentials]" in texts
