@@ -1,0 +1,1 @@
+"""Local HTTP: the installer's dashboard, the JSON API (OpenAPI) and Prometheus metrics."""

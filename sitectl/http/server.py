@@ -1,0 +1,315 @@
+"""Local HTTP: the installer's dashboard, the JSON API and Prometheus metrics.
+
+One aiohttp application on ``http.listen_host:listen_port``; the firmware cache adds its file
+routes to the same application. Rules:
+
+- Read endpoints are open to the LAN when ``http.open_reads`` is set, otherwise they need the
+  token like write endpoints do (``Authorization: Bearer <http.token>``). Without a configured
+  token every write is refused.
+- Bad input gets a 4xx with ``{"error": ..., "field": ...}``; nothing a client sends can crash
+  the server (an unexpected exception is a 500 with a log line).
+- Write endpoints validate with the same code as the MQTT commands (`sitectl.commands` via
+  ``handle_command``), so both paths accept and refuse exactly the same things.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from sitectl.config import Config
+from sitectl.http.metrics import StateCollector, render_metrics
+from sitectl.http.openapi import openapi_document
+from sitectl.http.views import (
+    AlarmView,
+    ErrorView,
+    HistoryView,
+    SessionRecord,
+    charger_view,
+    site_view,
+)
+from sitectl.sessions import SessionLog
+from sitectl.state import SiteState
+
+__all__ = ["CommandHandler", "HttpServer", "PowerHistory"]
+
+log = logging.getLogger(__name__)
+
+#: (name, payload) -> the reply dict of sitectl's command handling ({"ok": ...}).
+CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    body = ErrorView(error=message, field=field).model_dump_json(exclude_none=True)
+    return web.Response(status=status, text=body, content_type="application/json")
+
+
+def _json(model: Any) -> web.Response:
+    if isinstance(model, list):
+        text = "[" + ",".join(m.model_dump_json() for m in model) + "]"
+    else:
+        text = model.model_dump_json()
+    return web.Response(text=text, content_type="application/json")
+
+
+class PowerHistory:
+    """The grid connection's power and limit, sampled every few seconds for an hour."""
+
+    def __init__(
+        self, state: SiteState, config: Config, period_s: float = 5.0, span_s: float = 3600.0
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.period_s = period_s
+        self.samples: deque[tuple[datetime, float | None, float]] = deque(
+            maxlen=int(span_s / period_s)
+        )
+
+    def sample(self) -> None:
+        reading = self.state.readings.get(self.config.site.meter or "")
+        power = reading.power_total_kw if getattr(reading, "ok", False) else None
+        self.samples.append((self.state.clock(), power, self.config.site.limit_kw))
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.period_s)
+
+    def view(self) -> HistoryView:
+        return HistoryView(
+            at=[s[0] for s in self.samples],
+            power_kw=[s[1] for s in self.samples],
+            limit_kw=[s[2] for s in self.samples],
+        )
+
+
+class HttpServer:
+    """The local HTTP server component.
+
+    Args:
+        config: the validated configuration.
+        state: the site state.
+        sessions: the session history (for ``/api/sessions``), if kept.
+        commands: command handling shared with MQTT; ``None`` refuses every write.
+        extra_metrics: more gauges for ``/metrics`` (journal and outbox lengths...).
+        routes: functions that add routes to the application (the firmware cache's).
+        port: override the configured port (tests; 0 picks a free one).
+    """
+
+    name = "http"
+
+    def __init__(
+        self,
+        config: Config,
+        state: SiteState,
+        sessions: SessionLog | None = None,
+        commands: CommandHandler | None = None,
+        extra_metrics: dict[str, tuple[str, Callable[[], float]]] | None = None,
+        routes: list[Callable[[web.Application], None]] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.sessions = sessions
+        self.commands = commands
+        self.history = PowerHistory(state, config)
+        self.collector = StateCollector(state, config, extra_metrics)
+        self._port = config.http.listen_port if port is None else port
+        self._token = config.http.token.get_secret_value() if config.http.token else None
+        self.app = self.make_app(routes or [])
+        self.ready = asyncio.Event()
+        self.port: int | None = None
+
+    # The application.
+
+    def make_app(self, routes: list[Callable[[web.Application], None]]) -> web.Application:
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        app.router.add_get("/", self._dashboard)
+        app.router.add_get("/api/openapi.json", self._openapi)
+        app.router.add_get("/api/site", self._site)
+        app.router.add_get("/api/chargers", self._chargers)
+        app.router.add_get("/api/chargers/{charger_id}", self._charger)
+        app.router.add_get("/api/sessions", self._sessions)
+        app.router.add_get("/api/alarms", self._alarms)
+        app.router.add_get("/api/history", self._history)
+        app.router.add_post("/api/overrides", self._override)
+        app.router.add_post("/api/sessions/{session_id:.+}/needs", self._needs)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_static(
+            "/static", str(resources.files("sitectl.http") / "static"), append_version=False
+        )
+        for add in routes:
+            add(app)
+        return app
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and request.path.startswith("/api/"):
+                return _error(exc.status, exc.reason)
+            raise
+        except Exception:
+            log.exception("HTTP %s %s failed", request.method, request.path)
+            return _error(500, "internal error (see sitectl's log)")
+
+    @web.middleware
+    async def _auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        write = request.method not in ("GET", "HEAD")
+        public = request.path == "/" or request.path.startswith(("/static/", "/firmware/"))
+        if public or (not write and self.config.http.open_reads):
+            return await handler(request)
+        if self._token is None:
+            return _error(403, "no http.token is configured: this endpoint is disabled")
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {self._token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            log.warning(
+                "HTTP %s %s refused: missing or wrong token (from %s)",
+                request.method,
+                request.path,
+                request.remote,
+            )
+            return _error(401, "a valid bearer token is required")
+        return await handler(request)
+
+    # Reads.
+
+    async def _dashboard(self, request: web.Request) -> web.StreamResponse:
+        page = resources.files("sitectl.http") / "static" / "index.html"
+        return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    async def _site(self, request: web.Request) -> web.Response:
+        return _json(site_view(self.state, self.config))
+
+    async def _chargers(self, request: web.Request) -> web.Response:
+        return _json([charger_view(c, self.config) for c in self.state.chargers.values()])
+
+    async def _charger(self, request: web.Request) -> web.Response:
+        charger = self.state.chargers.get(request.match_info["charger_id"])
+        if charger is None:
+            return _error(404, f"no charger {request.match_info['charger_id']!r}", "charger_id")
+        return _json(charger_view(charger, self.config, detail=True))
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        since_text = request.query.get("since")
+        since = datetime.now(UTC) - timedelta(days=1)
+        if since_text is not None:
+            try:
+                since = datetime.fromisoformat(since_text.replace("Z", "+00:00"))
+            except ValueError:
+                return _error(
+                    400, "since must be an ISO 8601 time, e.g. 2026-11-27T00:00:00Z", "since"
+                )
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+        rows = self.sessions.since(since) if self.sessions is not None else []
+        return _json([SessionRecord(**row) for row in rows])
+
+    async def _alarms(self, request: web.Request) -> web.Response:
+        return _json(
+            [
+                AlarmView(
+                    code=a.code,
+                    subject=a.subject,
+                    severity=str(a.severity),
+                    text=a.text,
+                    raised_at=a.raised_at,
+                )
+                for a in self.state.alarms.values()
+            ]
+        )
+
+    async def _history(self, request: web.Request) -> web.Response:
+        return _json(self.history.view())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(render_metrics, self.collector)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    # Writes: the same validation as the MQTT commands.
+
+    async def _payload(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            payload = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            return _error(400, "the body must be a JSON object")
+        if not isinstance(payload, dict):
+            return _error(400, "the body must be a JSON object")
+        return payload
+
+    def _command(self, name: str, payload: dict[str, Any]) -> web.Response:
+        if self.commands is None:
+            return _error(503, "commands are not available")
+        reply = self.commands(name, payload)
+        if reply.get("ok"):
+            return web.json_response(reply)
+        return _error(
+            422 if reply.get("field") else 400,
+            str(reply.get("error", "refused")),
+            reply.get("field"),
+        )
+
+    async def _override(self, request: web.Request) -> web.Response:
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        name = "clear_override" if payload.get("clear") else "override"
+        payload = {k: v for k, v in payload.items() if k != "clear"}
+        return self._command(name, payload)
+
+    async def _needs(self, request: web.Request) -> web.Response:
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        session_id = request.match_info["session_id"]
+        for charger in self.state.chargers.values():
+            for connector in charger.connectors.values():
+                if connector.session is not None and connector.session.session_id == session_id:
+                    payload = {
+                        **payload,
+                        "charger": charger.charger_id,
+                        "connector": connector.connector_id,
+                    }
+                    return self._command("session_needs", payload)
+        return _error(404, f"no session {session_id!r} in progress", "session_id")
+
+    # Running.
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.http.listen_host, self._port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        log.info("dashboard and API on http://%s:%d/", self.config.http.listen_host, self.port)
+        self.ready.set()
+        history = asyncio.create_task(self.history.run())
+        try:
+            await asyncio.Future()
+        finally:
+            history.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await history
+            await runner.cleanup()

@@ -1,0 +1,140 @@
+// sitectl dashboard: polls the local JSON API every two seconds and redraws.
+// No build step, no framework; the chart is uPlot (vendored, see vendor/uPlot.LICENSE).
+"use strict";
+
+const PERIOD_MS = 2000;
+let chart = null;
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => (
+    { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+async function get(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
+  return response.json();
+}
+
+function phaseRow(name, measured, planned, limit) {
+  const max = Math.max(limit, measured ?? 0, planned, 1);
+  const used = measured ?? planned;
+  const share = used / limit;
+  const cls = share > 1 ? "over" : share > 0.9 ? "high" : "";
+  const value = measured == null ? `? / ${limit.toFixed(0)} A`
+    : `${measured.toFixed(0)} / ${limit.toFixed(0)} A`;
+  return `<div class="phase"><span>${name}</span><div class="track">` +
+    `<div class="fill ${cls}" style="width:${(100 * used / max).toFixed(1)}%"></div>` +
+    `<div class="plan" style="left:${(100 * planned / max).toFixed(1)}%"></div></div>` +
+    `<span>${value}</span></div>`;
+}
+
+function renderTree(circuits) {
+  const children = {};
+  for (const c of circuits) (children[c.parent ?? ""] ??= []).push(c);
+  const node = (c) => {
+    const meter = c.meter_state === "none" ? "" : ` <span class="meter">meter ${esc(c.meter_state)}</span>`;
+    const phases = ["L1", "L2", "L3"].map((p, k) =>
+      phaseRow(p, c.measured_a ? c.measured_a[k] : null, c.planned_a[k], c.limit_a[k])).join("");
+    const kids = (children[c.id] ?? []).map(node).join("");
+    return `<div class="node" data-node="${esc(c.id)}"><div class="node-title">${esc(c.id)}${meter}</div>` +
+      phases + (kids ? `<div class="children">${kids}</div>` : "") + "</div>";
+  };
+  document.getElementById("circuits").innerHTML = (children[""] ?? []).map(node).join("") ||
+    '<span class="muted">waiting for the first control cycle…</span>';
+}
+
+function renderHeadline(site) {
+  document.getElementById("site-name").textContent = site.name || site.id;
+  const control = site.control;
+  const power = site.power_kw == null ? "?" : site.power_kw.toFixed(1);
+  const solve = control.last_solve_ms == null ? "–" : `${control.last_solve_ms.toFixed(0)} ms ${esc(control.method)}`;
+  document.getElementById("headline").innerHTML =
+    `${power} / ${site.limit_kw.toFixed(0)} kW · ${control.sessions_charging} charging, ` +
+    `${control.sessions_paused} paused · solve ${solve} · fallbacks ${control.fallback_count} · ` +
+    `<span class="badge ${site.alarms ? "warn" : "ok"}">${site.alarms} alarm${site.alarms === 1 ? "" : "s"}</span>`;
+}
+
+function renderChargers(chargers) {
+  const rows = chargers.map((c) => {
+    const status = c.connectors.map((k) => esc(k.status)).join(", ");
+    const draw = c.connectors.map((k) => (k.current_a ?? [null, null, null])
+      .map((a) => (a == null ? "–" : a.toFixed(1))).join("/")).join(" · ");
+    const sessions = c.connectors.filter((k) => k.session);
+    const energy = sessions.map((k) => {
+      const s = k.session;
+      const wanted = s.energy_wanted_kwh == null ? "" : ` / ${s.energy_wanted_kwh.toFixed(0)}`;
+      return `${s.energy_kwh.toFixed(1)}${wanted} kWh`;
+    }).join(" · ") || '<span class="muted">–</span>';
+    const departure = sessions.map((k) => k.session.departure
+      ? new Date(k.session.departure).toLocaleTimeString() : "default").join(" · ") || "";
+    const compliance = c.compliance === "ok" ? '<span class="badge ok">ok</span>'
+      : `<span class="badge bad">${esc(c.compliance)}</span>`;
+    const online = c.connected ? '<span class="badge ok">online</span>'
+      : '<span class="badge bad">offline</span>';
+    const csms = c.upstream_connected ? '<span class="badge ok">up</span>'
+      : '<span class="badge warn">down</span>';
+    return `<tr data-charger="${esc(c.id)}"><td>${esc(c.id)} ${online}</td><td>${esc(c.circuit)}</td>` +
+      `<td>${status}</td><td>${c.limit_a == null ? "–" : c.limit_a.toFixed(1) + " A"}</td>` +
+      `<td>${draw}</td><td>${energy}</td><td>${esc(departure)}</td><td>${compliance}</td><td>${csms}</td></tr>`;
+  });
+  document.querySelector("#chargers tbody").innerHTML = rows.join("");
+}
+
+function renderAlarms(alarms) {
+  document.getElementById("alarms").innerHTML = alarms.length === 0
+    ? '<li class="muted">none</li>'
+    : alarms.map((a) => `<li class="${esc(a.severity)}"><b>${esc(a.code)}</b> ${esc(a.subject)}: ` +
+        `${esc(a.text)} <span class="muted">${new Date(a.raised_at).toLocaleTimeString()}</span></li>`).join("");
+}
+
+function renderChart(history) {
+  const x = history.at.map((t) => Date.parse(t) / 1000);
+  const data = [x, history.power_kw, history.limit_kw];
+  const box = document.getElementById("chart");
+  const width = Math.max(300, box.clientWidth);
+  if (chart === null) {
+    chart = new uPlot({
+      width, height: 240,
+      series: [{}, { label: "power kW", stroke: "#4c6ef5", width: 2, spanGaps: false },
+               { label: "limit kW", stroke: "#c92a2a", dash: [6, 4] }],
+      axes: [{}, { label: "kW" }],
+    }, data, box);
+  } else {
+    chart.setData(data);
+  }
+  document.body.dataset.chartPoints = String(history.power_kw.filter((p) => p != null).length);
+}
+
+async function renderFirmware() {
+  try {
+    const rollouts = await get("/api/firmware");
+    const list = rollouts.rollouts ?? [];
+    document.getElementById("firmware").innerHTML = list.length === 0 ? "none"
+      : list.map((r) => `${esc(r.id)}: ${esc(r.state)} (${esc(JSON.stringify(r.counts ?? {}))})`).join("<br>");
+  } catch (error) {
+    document.getElementById("firmware").textContent = "not available";
+  }
+}
+
+async function refresh() {
+  try {
+    const [site, chargers, alarms, history] = await Promise.all(
+      [get("/api/site"), get("/api/chargers"), get("/api/alarms"), get("/api/history")]);
+    renderHeadline(site);
+    renderTree(site.circuits);
+    renderChargers(chargers);
+    renderAlarms(alarms);
+    renderChart(history);
+    document.body.dataset.updated = new Date().toISOString();
+  } catch (error) {
+    document.getElementById("headline").textContent = `cannot reach sitectl: ${error.message}`;
+  }
+  renderFirmware();
+}
+
+refresh();
+setInterval(refresh, PERIOD_MS);
+window.addEventListener("resize", () => {
+  if (chart) chart.setSize({ width: Math.max(300, document.getElementById("chart").clientWidth), height: 240 });
+});

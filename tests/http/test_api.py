@@ -1,0 +1,195 @@
+"""The local JSON API, metrics and dashboard page, with aiohttp's test client."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from sitectl.config import Config
+from sitectl.http.server import HttpServer
+from sitectl.sessions import SESSIONS_MIGRATION, SessionLog
+from sitectl.state import CircuitStatus, SessionState, Severity, SiteState
+from sitectl.store import MIGRATIONS, Store
+
+TOKEN = "http-token-0123456789"
+
+
+def config(open_reads: bool = True, token: str | None = TOKEN) -> Config:
+    return Config.model_validate(
+        {
+            "site": {
+                "id": "api",
+                "name": "API depot",
+                "limit_kw": 200,
+                "phase_limit_a": 300,
+                "meter": "grid-meter",
+                "non_ev_max_a": 40,
+            },
+            "circuits": [{"id": "feeder", "limit_a": 200}],
+            "chargers": [
+                {"id": "CP1", "circuit": "feeder", "max_current_a": 32, "password": "x" * 16}
+            ],
+            "devices": [{"name": "grid-meter", "profile": "eastron-sdm630", "host": "h"}],
+            "http": {"open_reads": open_reads, "token": token},
+            "mqtt": {"enabled": False},
+        }
+    )
+
+
+def populated(cfg: Config) -> SiteState:
+    state = SiteState(cfg)
+    state.control.cycles = 3
+    state.control.last_solve_s = 0.012
+    state.control.method = "lp"
+    state.control.circuits["grid"] = CircuitStatus(
+        (300.0,) * 3, (120.0, 110.0, 100.0), (40.0,) * 3, (150.0,) * 3, "measured"
+    )
+    state.control.circuits["feeder"] = CircuitStatus(
+        (200.0,) * 3, None, (0.0,) * 3, (110.0,) * 3, "none"
+    )
+    state.readings["grid-meter"] = SimpleNamespace(ok=True, power_total_kw=75.5)
+    charger = state.chargers["CP1"]
+    charger.connected = True
+    charger.limit_a = 16.0
+    connector = charger.connectors[1]
+    connector.status = "Charging"
+    connector.current_a = (15.9, 16.0, 15.8)
+    connector.session = SessionState(
+        "CP1/7", 1, datetime(2026, 11, 27, 2, tzinfo=UTC), transaction_id="7", energy_wh=12_500
+    )
+    charger.recent_frames.append(
+        (datetime(2026, 11, 27, 3, tzinfo=UTC), "charger", "in", '[2,"1","Heartbeat",{}]')
+    )
+    state.raise_alarm("meter_failed", "feeder-meter", Severity.WARNING, "no good reading")
+    return state
+
+
+@pytest.fixture
+async def client(tmp_path):
+    made = []
+
+    async def make(
+        cfg: Config | None = None, state: SiteState | None = None, **kwargs
+    ) -> TestClient:
+        cfg = cfg or config()
+        state = state or populated(cfg)
+        store = Store(
+            tmp_path / f"s{len(made)}.sqlite", migrations=(*MIGRATIONS, SESSIONS_MIGRATION)
+        )
+        server = HttpServer(cfg, state, sessions=SessionLog(store, state), **kwargs)
+        test_client = TestClient(TestServer(server.app))
+        await test_client.start_server()
+        made.append((test_client, store))
+        test_client.sitectl = server  # type: ignore[attr-defined]
+        return test_client
+
+    yield make
+    for test_client, store in made:
+        await test_client.close()
+        store.close()
+
+
+async def test_site_reports_circuits_power_and_control(client) -> None:
+    c = await client()
+    response = await c.get("/api/site")
+    assert response.status == 200
+    site = await response.json()
+    assert site["name"] == "API depot" and site["power_kw"] == 75.5
+    grid = next(x for x in site["circuits"] if x["id"] == "grid")
+    assert grid["measured_a"] == [120.0, 110.0, 100.0]
+    assert grid["headroom_a"] == [150.0, 150.0, 150.0]
+    assert next(x for x in site["circuits"] if x["id"] == "feeder")["parent"] == "grid"
+    assert site["control"]["last_solve_ms"] == pytest.approx(12.0)
+    assert site["alarms"] == 1
+
+
+async def test_chargers_list_and_detail_with_frames(client) -> None:
+    c = await client()
+    chargers = await (await c.get("/api/chargers")).json()
+    assert [x["id"] for x in chargers] == ["CP1"]
+    session = chargers[0]["connectors"][0]["session"]
+    assert session["session_id"] == "CP1/7" and session["energy_kwh"] == 12.5
+    assert "recent_frames" not in chargers[0]
+    detail = await (await c.get("/api/chargers/CP1")).json()
+    assert detail["recent_frames"][0]["text"] == '[2,"1","Heartbeat",{}]'
+    missing = await c.get("/api/chargers/NOPE")
+    assert missing.status == 404
+    assert await missing.json() == {"error": "no charger 'NOPE'", "field": "charger_id"}
+
+
+async def test_sessions_come_from_the_store(client) -> None:
+    c = await client()
+    state = c.sitectl.state
+    session = state.chargers["CP1"].connectors[1].session
+    session.charger_id, session.ended_at = "CP1", datetime.now(UTC)
+    state.ended_sessions.append(session)
+    state.notify("session_ended", "CP1/7")
+    rows = await (await c.get("/api/sessions", params={"since": "2026-01-01T00:00:00Z"})).json()
+    assert [(r["session_id"], r["energy_wh"]) for r in rows] == [("CP1/7", 12500.0)]
+    bad = await c.get("/api/sessions", params={"since": "yesterday"})
+    assert bad.status == 400 and (await bad.json())["field"] == "since"
+
+
+async def test_alarms_history_and_openapi(client) -> None:
+    c = await client()
+    alarms = await (await c.get("/api/alarms")).json()
+    assert [(a["code"], a["severity"]) for a in alarms] == [("meter_failed", "warning")]
+    c.sitectl.history.sample()
+    history = await (await c.get("/api/history")).json()
+    assert history["power_kw"] == [75.5] and history["limit_kw"] == [200.0]
+    spec = await (await c.get("/api/openapi.json")).json()
+    assert spec["openapi"].startswith("3.1") and "/api/site" in spec["paths"]
+
+
+async def test_metrics_in_prometheus_text(client) -> None:
+    c = await client(extra_metrics={"sitectl_journal_messages": ("Journal length", lambda: 7)})
+    c.sitectl.state.control.solve_buckets[2] = 3
+    c.sitectl.state.control.solve_s_total = 0.036
+    text = await (await c.get("/metrics")).text()
+    assert 'sitectl_circuit_current_amperes{circuit="grid",phase="L1"} 120.0' in text
+    assert 'sitectl_circuit_limit_amperes{circuit="feeder",phase="L3"} 200.0' in text
+    assert 'sitectl_charger_limit_amperes{charger="CP1"} 16.0' in text
+    assert 'sitectl_solve_seconds_bucket{le="0.025"} 3.0' in text
+    assert 'sitectl_meter_ok{device="grid-meter"} 1.0' in text
+    assert "sitectl_journal_messages 7.0" in text
+
+
+async def test_dashboard_page_and_static_files(client) -> None:
+    c = await client()
+    page = await (await c.get("/")).text()
+    assert "dashboard.js" in page and "uPlot" in page
+    assert (await c.get("/static/dashboard.js")).status == 200
+    assert (await c.get("/static/vendor/uPlot.LICENSE")).status == 200
+    assert (await c.get("/static/../config.py")).status == 404
+
+
+async def test_reads_can_be_closed_and_writes_need_the_token(client) -> None:
+    closed = await client(config(open_reads=False))
+    assert (await closed.get("/api/site")).status == 401
+    ok = await closed.get("/api/site", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status == 200
+    assert (await closed.get("/")).status == 200  # the page itself; its data needs the token
+    wrong = await closed.post(
+        "/api/overrides",
+        json={"node": "grid", "limit_a": 100},
+        headers={"Authorization": "Bearer nope"},
+    )
+    assert wrong.status == 401 and (await wrong.json())["error"].startswith("a valid bearer")
+    untokened = await client(config(token=None))
+    refused = await untokened.post("/api/overrides", json={"node": "grid"})
+    assert refused.status == 403
+    assert "no http.token is configured" in (await refused.json())["error"]
+
+
+async def test_writes_refuse_bad_bodies(client) -> None:
+    c = await client()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for body in ("not json", "[1, 2]", ""):
+        response = await c.post("/api/overrides", data=body, headers=headers)
+        assert response.status == 400
+        assert (await response.json())["error"] == "the body must be a JSON object"
+    missing = await c.post("/api/sessions/CP9/1/needs", json={"energy_kwh": 5}, headers=headers)
+    assert missing.status == 404 and (await missing.json())["field"] == "session_id"
