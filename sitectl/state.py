@@ -21,6 +21,7 @@ from typing import Any
 from sitectl.config import Config
 
 __all__ = [
+    "SOLVE_BUCKETS_S",
     "Alarm",
     "Change",
     "ChargerState",
@@ -175,6 +176,10 @@ class CircuitStatus:
         )
 
 
+#: Upper bounds (s) of the solve-time histogram that /metrics exposes.
+SOLVE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 @dataclass(slots=True)
 class ControlStatus:
     """The control loop's health, for the uplink, the API and the dashboard."""
@@ -189,6 +194,9 @@ class ControlStatus:
     sessions_charging: int = 0
     sessions_paused: int = 0
     circuits: dict[str, CircuitStatus] = field(default_factory=dict)
+    #: Solve times: their sum and a count per bucket of `SOLVE_BUCKETS_S`.
+    solve_s_total: float = 0.0
+    solve_buckets: list[int] = field(default_factory=lambda: [0] * len(SOLVE_BUCKETS_S))
 
 
 def _utc_now() -> datetime:

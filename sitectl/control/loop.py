@@ -32,7 +32,7 @@ from sitectl.config import Config
 from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
-from sitectl.state import Change, CircuitStatus, Severity, SiteState
+from sitectl.state import SOLVE_BUCKETS_S, Change, CircuitStatus, Severity, SiteState
 
 __all__ = ["ControlLoop"]
 
@@ -391,6 +391,11 @@ class ControlLoop:
         status.cycles += 1
         status.last_cycle_at = now
         status.last_solve_s = allocation.solve_s
+        status.solve_s_total += allocation.solve_s
+        for k, bound in enumerate(SOLVE_BUCKETS_S):
+            if allocation.solve_s <= bound:
+                status.solve_buckets[k] += 1
+                break
         status.method = allocation.method
         status.status = str(allocation.status)
         status.sessions_charging = sum(1 for a in allocation.dispatch_a.values() if a > 0)
