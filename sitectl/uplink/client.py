@@ -363,6 +363,7 @@ class MqttConnection:
                 self._failures,
             )
             return
+        receive_maximum = getattr(properties, "ReceiveMaximum", None)
         with self._gate:
             # Whatever paho still holds was numbered by the outbox; the uplink re-sends it from
             # there, in order, so paho must not re-send its copy first.
@@ -372,7 +373,7 @@ class MqttConnection:
             generation = self._generation
         self._failures = 0
         log.info("MQTT connected to %s", self.address)
-        self._post(Connected(generation, getattr(properties, "ReceiveMaximum", None)))
+        self._post(Connected(generation, receive_maximum))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError:` block, so the exception is at hand.
@@ -402,7 +403,15 @@ class MqttConnection:
             if reason.value == 0:
                 log.info("MQTT disconnected from %s", self.address)
             else:
-                log.warning("MQTT connection to %s lost: %s; reconnecting", self.address, reason)
+                # paho reports a closed socket as "Unspecified error" (0x80).
+                why = (
+                    f"the broker sent DISCONNECT ({reason})"
+                    if flags.is_disconnect_packet_from_server
+                    else "the connection closed (broker stopped, network lost)"
+                    if reason.value == 0x80
+                    else str(reason)
+                )
+                log.warning("MQTT connection to %s lost: %s; reconnecting", self.address, why)
             self._post(Disconnected(generation, str(reason)))
         elif not self._refused:
             # Closed before any CONNACK: typically a TLS client certificate refused after the

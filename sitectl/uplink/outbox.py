@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Collection, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sitectl.store import Store
@@ -35,6 +37,8 @@ __all__ = ["COUNTERS", "Outbox", "Outgoing"]
 
 log = logging.getLogger(__name__)
 
+#: At most one log line about drops per this many seconds.
+DROP_LOG_INTERVAL_S = 60.0
 #: Persisted per-site counters (table ``uplink_counters``). ``seq`` is the last number used.
 COUNTERS = ("seq", "dropped_summaries", "dropped_charger_states", "thinned_summaries", "rejected")
 
@@ -71,9 +75,17 @@ class Outbox:
         site_id: the counters (``seq``, drops) are kept per site.
         max_messages: the bound on the number of messages (``mqtt.outbox_max_messages``).
         max_bytes: the bound on their payload bytes (``mqtt.outbox_max_bytes``).
+        clock: monotonic seconds, for rate-limiting the log line about drops.
     """
 
-    def __init__(self, store: Store, site_id: str, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        site_id: str,
+        max_messages: int,
+        max_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.site_id = site_id
         self.max_messages = max_messages
@@ -88,6 +100,9 @@ class Outbox:
             if found["name"] in self.counters:
                 self.counters[found["name"]] = int(found["value"])
         self._over_bound_warned = False
+        self._clock = clock
+        self._unlogged = {"dropped_summaries": 0, "dropped_charger_states": 0}
+        self._logged_at: float | None = None
 
     # Reading.
 
@@ -140,7 +155,7 @@ class Outbox:
                     len(body.encode()),
                 )
             )
-        with self.store.transaction() as conn:
+        with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO outbox(kind, key, topic, body, retain, size) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -172,7 +187,7 @@ class Outbox:
         """
         if not acked and limit <= 0:
             return []
-        with self.store.transaction() as conn:
+        with self._transaction() as conn:
             if acked:
                 self._delete(conn, acked)
             if limit <= 0:
@@ -212,10 +227,18 @@ class Outbox:
 
     def take_seq(self) -> int:
         """Number a message that does not go through the outbox (the status), durably."""
-        with self.store.transaction() as conn:
+        with self._transaction() as conn:
             self.counters["seq"] += 1
             self._save(conn, "seq")
         return self.counters["seq"]
+
+    def give_back_seq(self, seq: int) -> None:
+        """Return the number `take_seq` gave if nothing was numbered since (it was not used)."""
+        if seq != self.counters["seq"]:
+            return
+        with self._transaction() as conn:
+            self.counters["seq"] -= 1
+            self._save(conn, "seq")
 
     def bump(self, name: str, n: int = 1) -> None:
         """Add to a persisted counter (``thinned_summaries``, ``rejected``).
@@ -225,11 +248,22 @@ class Outbox:
         """
         if name not in self.counters:
             raise KeyError(name)
-        with self.store.transaction() as conn:
+        with self._transaction() as conn:
             self.counters[name] += n
             self._save(conn, name)
 
     # Internals.
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's transaction; on a rollback the in-memory counts roll back too."""
+        saved = (self._count, self._bytes, dict(self.counters), dict(self._unlogged))
+        try:
+            with self.store.transaction() as conn:
+                yield conn
+        except BaseException:
+            self._count, self._bytes, self.counters, self._unlogged = saved
+            raise
 
     def _save(self, conn: sqlite3.Connection, name: str) -> None:
         conn.execute(
@@ -255,50 +289,70 @@ class Outbox:
         return self._count > self.max_messages or self._bytes > self.max_bytes
 
     def _enforce_bound(self, conn: sqlite3.Connection) -> None:
-        for sql, counter in (
-            (_DROP_SUMMARIES, "dropped_summaries"),
-            (_DROP_SUPERSEDED, "dropped_charger_states"),
-        ):
-            victims: list[int] = []
-            cursor = conn.execute(sql)
-            for victim_id, size in _rows(cursor):
+        try:
+            for sql, counter in (
+                (_DROP_SUMMARIES, "dropped_summaries"),
+                (_DROP_SUPERSEDED, "dropped_charger_states"),
+            ):
+                victims: list[int] = []
+                cursor = conn.execute(sql)
+                for victim_id, size in _rows(cursor):
+                    if not self._over():
+                        break
+                    victims.append(victim_id)
+                    self._count -= 1
+                    self._bytes -= size
+                cursor.close()  # finish the read before deleting from the same table
+                if victims:
+                    for start in range(0, len(victims), 500):
+                        chunk = victims[start : start + 500]
+                        conn.execute(
+                            f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                        )
+                    self.counters[counter] += len(victims)
+                    self._save(conn, counter)
+                    self._unlogged[counter] += len(victims)
                 if not self._over():
-                    break
-                victims.append(victim_id)
-                self._count -= 1
-                self._bytes -= size
-            cursor.close()  # finish the read before deleting from the same table
-            if victims:
-                for start in range(0, len(victims), 500):
-                    chunk = victims[start : start + 500]
-                    conn.execute(
-                        f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk
-                    )
-                self.counters[counter] += len(victims)
-                self._save(conn, counter)
+                    self._over_bound_warned = False
+                    return
+            if not self._over_bound_warned:
+                # Sessions, alarms and the latest charger states are never dropped: better a
+                # bigger file than a lost session record.
                 log.warning(
-                    "MQTT outbox full (%d messages, %d bytes): dropped %d %s",
+                    "MQTT outbox over its bound (%d messages, %d bytes; bound %d, %d) with "
+                    "nothing left that may be dropped: keeping session events, alarms and latest "
+                    "charger states",
                     self._count,
                     self._bytes,
-                    len(victims),
-                    "summaries" if counter == "dropped_summaries" else "superseded charger states",
+                    self.max_messages,
+                    self.max_bytes,
                 )
-            if not self._over():
-                self._over_bound_warned = False
-                return
-        if not self._over_bound_warned:
-            # Sessions, alarms and the latest charger states are never dropped: better a bigger
-            # file than a lost session record.
-            log.warning(
-                "MQTT outbox over its bound (%d messages, %d bytes; bound %d, %d) with nothing "
-                "left that may be dropped: keeping session events, alarms and latest charger "
-                "states",
-                self._count,
-                self._bytes,
-                self.max_messages,
-                self.max_bytes,
-            )
-            self._over_bound_warned = True
+                self._over_bound_warned = True
+        finally:
+            self._log_drops()
+
+    def _log_drops(self) -> None:
+        # Full during a long outage means a drop on every summary: one line a minute is enough.
+        now = self._clock()
+        if not any(self._unlogged.values()) or (
+            self._logged_at is not None and now - self._logged_at < DROP_LOG_INTERVAL_S
+        ):
+            return
+        dropped = ", ".join(
+            f"{n} {'summaries' if name == 'dropped_summaries' else 'superseded charger states'}"
+            for name, n in self._unlogged.items()
+            if n
+        )
+        log.warning(
+            "MQTT outbox full (%d messages, %d bytes; bound %d, %d): dropped %s",
+            self._count,
+            self._bytes,
+            self.max_messages,
+            self.max_bytes,
+            dropped,
+        )
+        self._unlogged = dict.fromkeys(self._unlogged, 0)
+        self._logged_at = now
 
 
 def _rows(cursor: sqlite3.Cursor) -> Iterator[tuple[int, int]]:

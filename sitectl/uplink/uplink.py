@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import date
@@ -139,6 +140,7 @@ class Uplink:
         self._cursor = 0
         self._birth_pending = False
         self._waiters: dict[int, asyncio.Future[bool]] = {}  # mid -> status acknowledged
+        self._others: set[int] = set()  # status and replies in flight (paho mids)
         # What was published.
         self._chargers: dict[str, dict[str, Any]] = {}  # comparable() of the last state sent
         self._alarms: dict[tuple[str, str], Alarm] = dict(state.alarms)
@@ -159,6 +161,9 @@ class Uplink:
             )
         try:
             self.connection = self._connect(self._loop)
+            if self._pending:  # queued before the loop ran
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
             if self.outbox.count:
                 log.info("MQTT outbox holds %d messages from before", self.outbox.count)
             self.publish_chargers(force=True)
@@ -194,10 +199,10 @@ class Uplink:
         return connection
 
     async def _shutdown(self) -> None:
+        self._flush()  # what this tick produced is kept for the next start
         connection = self.connection
         if connection is None:
             return
-        self._flush()
         try:
             if self.connected:
                 mid = self._publish_status(online=False, reason="shutdown")
@@ -234,10 +239,9 @@ class Uplink:
     def publish(self, message: Message) -> None:
         """Queue a message: committed to the outbox at the end of this event-loop tick."""
         self._pending.append(message)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and self._loop is not None:
             self._flush_scheduled = True
-            if self._loop is not None:
-                self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def tick(self) -> None:
         """The periodic work: energy, charger states that changed, a summary."""
@@ -375,7 +379,12 @@ class Uplink:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
         if pending:
-            self.outbox.append(pending)
+            try:
+                self.outbox.append(pending)
+            except sqlite3.Error as exc:
+                # A store that cannot write (disk full, I/O error) must not stop charging;
+                # say exactly what is lost.
+                log.error("MQTT outbox write failed (%s): %d messages lost", exc, len(pending))
         self._pump()
 
     def _pump(self) -> None:
@@ -387,7 +396,9 @@ class Uplink:
                 self.outbox.ack(acked)
             return
         while True:
-            room = self._window - len(self._handed)
+            # The status and replies in flight count too: the broker's Receive Maximum is for
+            # all of them (MQTT 5 §3.3.4). paho cannot change its own limit once connected.
+            room = self._window - len(self._handed) - len(self._others)
             acked, self._acked = self._acked, []
             rows = self.outbox.claim(
                 self._cursor, room, acked=acked, numbered_only=self._birth_pending
@@ -429,6 +440,7 @@ class Uplink:
                 # say it, and go on; the cloud sees the gap in seq.
                 self.outbox.bump("rejected")
                 log.error("MQTT broker refused a message (%s); dropped", event.reason)
+        self._others.discard(event.mid)
         waiter = self._waiters.pop(event.mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(event.ok)
@@ -436,8 +448,12 @@ class Uplink:
     def _connected_event(self, event: Connected) -> None:
         self.connected = True
         self._generation = event.generation
-        self._window = min(self.window, event.receive_maximum or self.window)
+        # MQTT 5 §3.2.2.3.3: the broker's Receive Maximum bounds what is in flight (mosquitto
+        # says 20 by default); keep two of them for the status and command replies.
+        limit = event.receive_maximum or self.window
+        self._window = max(1, min(self.window, limit - 2 if limit <= self.window else limit))
         self._handed.clear()
+        self._others.clear()
         self._cursor = 0
         self._birth_pending = True
         self._fail_waiters()
@@ -449,6 +465,7 @@ class Uplink:
     def _disconnected_event(self) -> None:
         self.connected = False
         self._handed.clear()
+        self._others.clear()
         self._cursor = 0
         self._fail_waiters()
 
@@ -472,7 +489,12 @@ class Uplink:
             max(1, self.mqtt.qos),
             retain=True,
         )
-        if mid is not None and self._loop is not None:
+        if mid is None:
+            # The connection went away in between: unused, the number would be a false gap.
+            self.outbox.give_back_seq(seq)
+            return None
+        self._others.add(mid)
+        if self._loop is not None:
             self._waiters[mid] = self._loop.create_future()
         return mid
 
@@ -487,6 +509,9 @@ class Uplink:
     # Commands
 
     def _command(self, message: Received) -> None:
+        if not self.mqtt.commands_enabled:  # not subscribed; a broker should not deliver any
+            log.warning("MQTT commands are disabled: ignoring a message on %s", message.topic)
+            return
         name = self.topics.command_name(message.topic)
         if name is None:
             reply = _refusal("", f"topic '{message.topic}' is outside {self.topics.prefix}/cmd/")
@@ -541,6 +566,8 @@ class Uplink:
             return
         if mid is None:
             log.warning("MQTT: reply on '%s' not sent (connection lost)", message.response_topic)
+        else:
+            self._others.add(mid)
 
     # ---------------------------------------------------------------------------------------
     # Energy delivered today (persisted so that a restart does not reset it)

@@ -1,0 +1,108 @@
+"""Broker outages: what was queued arrives in order without a gap; thinning; the bound.
+
+The broker keeps the capturing subscriber's session across its restart (persistence), so a
+message the uplink sends before the subscriber is back is queued for it, not lost.
+"""
+
+from __future__ import annotations
+
+from sitectl.state import Severity
+from tests.helpers import wait_for
+from tests.uplink.support import assert_gapless, depot_config, run_uplink
+
+
+async def test_everything_queued_arrives_in_order_after_an_outage(
+    tmp_path, broker, capture_factory
+) -> None:
+    capture = capture_factory(broker.host, broker.port, persistent=True, client_id="cap-outage")
+    config = depot_config(
+        tmp_path, broker.host, broker.port, summary_period_s=0.05, outage_summary_period_s=0.5
+    )
+    async with run_uplink(config) as running:
+        await running.connected()
+        await wait_for(lambda: len(capture.on("summary")) >= 2, message="summaries flowing")
+        broker.stop()
+        await wait_for(lambda: not running.uplink.connected, message="outage noticed")
+        for n in range(30):
+            running.state.raise_alarm("tick", str(n), Severity.INFO, f"tick {n}")
+        for n in range(0, 30, 2):
+            running.state.clear_alarm("tick", str(n))
+        running.state.chargers["CP1"].connected = True
+        running.state.notify("charger_connected", "CP1")
+        # Summaries are thinned while disconnected: at most one per 0.5 s is queued.
+        await wait_for(
+            lambda: running.uplink.outbox.stats()["thinned_summaries"] >= 10, message="thinning"
+        )
+        queued = running.uplink.outbox.count
+        assert queued >= 46
+        broker.start()
+        await running.connected()
+        await running.drained()
+        last = running.uplink.outbox.seq
+        await wait_for(
+            lambda: any(m.data.get("seq") == last for m in capture.all()), message="the last seq"
+        )
+    unique = assert_gapless(capture.all())
+    assert unique[0].data["seq"] == 1
+    alarms = [m.data for m in unique if m.topic.endswith("/alarms")]
+    assert [(a["event"], a["subject"]) for a in alarms] == [
+        ("raised", str(n)) for n in range(30)
+    ] + [("cleared", str(n)) for n in range(0, 30, 2)]
+    births = [m for m in unique if m.topic.endswith("/status") and m.data["status"] == "online"]
+    assert len(births) == 2  # one per connection
+    # After the reconnect the birth comes before everything queued during the outage.
+    second_birth = unique.index(births[1])
+    assert unique[second_birth + 1 :][0].topic.endswith(("/summary", "/alarms", "/chargers/CP1"))
+    assert all(m.data["seq"] > births[1].data["seq"] for m in unique[second_birth + 1 :])
+    summaries = [m.data for m in unique if m.topic.endswith("/summary")]
+    assert summaries[-1]["outbox"]["thinned_summaries"] >= 10
+
+
+async def test_full_outbox_drops_summaries_first_and_says_so(
+    tmp_path, broker, capture_factory
+) -> None:
+    capture = capture_factory(broker.host, broker.port, persistent=True, client_id="cap-full")
+    config = depot_config(
+        tmp_path,
+        broker.host,
+        broker.port,
+        summary_period_s=0.01,
+        outage_summary_period_s=0.01,  # no thinning: let the summaries fill the outbox
+        outbox_max_messages=100,
+    )
+    async with run_uplink(config) as running:
+        await running.connected()
+        await wait_for(lambda: capture.on("summary"), message="summaries flowing")
+        broker.stop()
+        await wait_for(lambda: not running.uplink.connected, message="outage noticed")
+        charger = running.state.chargers["CP1"]
+        # 60 alarms and 60 charger states do not fit in 100: after every summary, the
+        # superseded charger states go too.
+        for n in range(60):
+            running.state.raise_alarm("tick", str(n), Severity.INFO, f"tick {n}")
+            charger.connectors[1].status = f"Status{n}"
+            running.state.notify("connector", "CP1/1")
+        await wait_for(
+            lambda: running.uplink.outbox.stats()["dropped_charger_states"] > 0,
+            timeout=15,
+            message="summaries and superseded charger states dropped",
+        )
+        stats = running.uplink.outbox.stats()
+        assert stats["dropped_summaries"] > 0
+        assert running.uplink.outbox.count <= 100
+        broker.start()
+        await running.connected()
+        # Summaries keep coming every 10 ms: wait for the backlog's last message, not for an
+        # empty outbox.
+        await wait_for(lambda: len(capture.on("alarms")) >= 60, timeout=15, message="every alarm")
+        last = running.uplink.outbox.seq
+        await wait_for(
+            lambda: any(m.data.get("seq") == last for m in capture.all()), message="the last seq"
+        )
+    unique = assert_gapless(capture.all())  # dropped messages never had a seq: no gap
+    alarms = [m.data["subject"] for m in unique if m.topic.endswith("/alarms")]
+    assert alarms == [str(n) for n in range(60)]  # every alarm, in order
+    states = [m.data for m in unique if m.topic.endswith("/chargers/CP1")]
+    assert states[-1]["connectors"][0]["status"] == "Status59"  # the latest state survived
+    reported = [m.data["outbox"] for m in unique if m.topic.endswith("/summary")][-1]
+    assert reported["dropped_summaries"] > 0 and reported["dropped_charger_states"] > 0
