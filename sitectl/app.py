@@ -17,7 +17,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sitectl import __version__
 from sitectl.config import Config
@@ -53,23 +53,52 @@ class FunctionComponent:
 
 
 def build_components(config: Config, state: SiteState, store: Store) -> list[Component]:
-    """Create the components the configuration asks for, in start order."""
+    """Create the components the configuration asks for, in start order.
+
+    Start order is chosen for the reverse stop order: the control loop stops dispatching first,
+    then the OCPP side closes the chargers' sockets, and the uplink, last, reports ``offline``.
+    """
+    from sitectl.control.loop import ControlLoop
+    from sitectl.http.server import HttpServer
     from sitectl.ocpp.keeper import ProfileKeeper
     from sitectl.ocpp.observe import StateObserver
     from sitectl.ocpp.server import OcppServer
+    from sitectl.uplink.commands import handle_command
 
     observer = StateObserver(state, config.ocpp.profile_stack_levels, config.ocpp.profile_id_base)
 
     def alarm(code: str, subject: str, text: str) -> None:
         state.raise_alarm(code, subject, Severity.WARNING, text)
 
+    components: list[Component] = []
+    uplink = None
+    if config.mqtt.enabled:
+        from sitectl.uplink.uplink import Uplink
+
+        uplink = Uplink(config, state, store)
+        components.append(uplink)
     ocpp_server = OcppServer(config, observer, store=store, alarm=alarm)
     keeper = ProfileKeeper(state, ocpp_server.call)
-    components: list[Component] = [ocpp_server, keeper]
-    if config.chargers:
-        from sitectl.control.loop import ControlLoop
+    if config.http.enabled:
+        extra: dict[str, tuple[str, Callable[[], float]]] = {}
+        if ocpp_server.journal is not None:
+            journal = ocpp_server.journal
+            extra["sitectl_journal_messages"] = (
+                "Messages waiting for the CSMS",
+                lambda: float(journal.pending()),
+            )
+        if uplink is not None:
+            outbox = uplink.outbox
+            extra["sitectl_outbox_messages"] = (
+                "MQTT messages waiting in the outbox",
+                lambda: float(outbox.count()),
+            )
 
-        components.append(ControlLoop(config, state, keeper.set_profile))
+        def commands(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+            republish = uplink.republish if uplink is not None else None
+            return handle_command(state, config, name, payload, republish=republish)
+
+        components.append(HttpServer(config, state, commands=commands, extra_metrics=extra))
     if config.devices:
         from devices.meter import MeterPool
 
@@ -78,6 +107,9 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
             on_reading=lambda reading: state.set_reading(reading.device, reading),
         )
         components.append(FunctionComponent("devices", pool.run))
+    components += [ocpp_server, keeper]
+    if config.chargers:
+        components.append(ControlLoop(config, state, keeper.set_profile))
     return components
 
 

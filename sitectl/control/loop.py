@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _TRIGGERS = frozenset(
     {
+        "override",
         "session_started",
         "session_ended",
         "charger_connected",

@@ -8,8 +8,8 @@ routes to the same application. Rules:
   token every write is refused.
 - Bad input gets a 4xx with ``{"error": ..., "field": ...}``; nothing a client sends can crash
   the server (an unexpected exception is a 500 with a log line).
-- Write endpoints validate with the same code as the MQTT commands (`sitectl.commands` via
-  ``handle_command``), so both paths accept and refuse exactly the same things.
+- Write endpoints validate with the same code as the MQTT commands
+  (`sitectl.uplink.commands.handle_command`), so both accept and refuse exactly the same things.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ async def test_demo_depot_end_to_end_with_an_upstream_outage() -> None:
         message="every upstream back",
     )
     # Journals drain, then the CSMS has every start and stop every charger sent.
-    journal = app.components[0].journal
+    journal = next(c for c in app.components if c.name == "ocpp-server").journal
     await wait_for(lambda: journal.pending() == 0, timeout=30, message="the journals to drain")
     app.stop()
     assert await asyncio.wait_for(demo, 60) == 0

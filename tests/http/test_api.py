@@ -193,3 +193,59 @@ async def test_writes_refuse_bad_bodies(client) -> None:
         assert (await response.json())["error"] == "the body must be a JSON object"
     missing = await c.post("/api/sessions/CP9/1/needs", json={"energy_kwh": 5}, headers=headers)
     assert missing.status == 404 and (await missing.json())["field"] == "session_id"
+
+
+def commands_for(state: SiteState, cfg: Config):
+    from sitectl.uplink.commands import handle_command
+
+    return lambda name, payload: handle_command(state, cfg, name, payload)
+
+
+async def test_override_write_uses_the_shared_command_validation(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    c = await client(cfg, state, commands=commands_for(state, cfg))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    ok = await c.post(
+        "/api/overrides",
+        headers=headers,
+        json={"node": "feeder", "limit_a": [150, 150, 120], "expires_in_s": 600},
+    )
+    assert ok.status == 200 and (await ok.json())["ok"] is True
+    assert state.overrides["feeder"].limit_a == (150.0, 150.0, 120.0)
+    above = await c.post(
+        "/api/overrides",
+        headers=headers,
+        json={"node": "feeder", "limit_a": 250, "expires_in_s": 600},
+    )
+    assert above.status == 422
+    body = await above.json()
+    assert body["field"] == "limit_a" and "rating" in body["error"]
+    unknown = await c.post(
+        "/api/overrides",
+        headers=headers,
+        json={"node": "feeder-9", "limit_a": 10, "expires_in_s": 60},
+    )
+    assert unknown.status == 422 and (await unknown.json())["field"] == "node"
+    cleared = await c.post(
+        "/api/overrides", headers=headers, json={"node": "feeder", "clear": True}
+    )
+    assert cleared.status == 200 and "feeder" not in state.overrides
+
+
+async def test_session_needs_write(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    c = await client(cfg, state, commands=commands_for(state, cfg))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    response = await c.post(
+        "/api/sessions/CP1/7/needs",
+        headers=headers,
+        json={"energy_kwh": 55, "departure": "2026-11-28T05:30:00+01:00"},
+    )
+    assert response.status == 200, await response.text()
+    session = state.chargers["CP1"].connectors[1].session
+    assert session.energy_wanted_kwh == 55
+    assert session.departure == datetime(2026, 11, 28, 4, 30, tzinfo=UTC)
+    bad = await c.post("/api/sessions/CP1/7/needs", headers=headers, json={"energy_kwh": -1})
+    assert bad.status == 422 and (await bad.json())["field"] == "energy_kwh"
