@@ -59,8 +59,13 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
-def prepare_config(path: Path, data_dir: Path, chargers: int | None = None) -> Config:
-    """The demo configuration on free ports, with `chargers` chargers (limits scaled)."""
+def prepare_config(
+    path: Path, data_dir: Path, chargers: int | None = None, mqtt: tuple[str, int] | None = None
+) -> Config:
+    """The demo configuration on free ports, with `chargers` chargers (limits scaled).
+
+    `mqtt` replaces the configured broker address (the end-to-end tests use their own).
+    """
     config, _ = load_config(path)
     meter_port, ocpp_port, csms_port, http_port = _free_ports(4)
     data = config.model_dump(mode="python")
@@ -99,6 +104,8 @@ def prepare_config(path: Path, data_dir: Path, chargers: int | None = None) -> C
     data["storage"]["path"] = data_dir / "demo.sqlite"
     data["firmware"]["cache_dir"] = data_dir / "firmware"
     data["firmware"]["base_url"] = f"http://127.0.0.1:{http_port}"
+    if mqtt is not None:
+        data["mqtt"]["host"], data["mqtt"]["port"] = mqtt
     return Config.model_validate(data)
 
 
@@ -180,11 +187,12 @@ async def run_demo(
     speed: float = 60.0,
     duration_s: float | None = None,
     out: TextIO = sys.stdout,
+    mqtt: tuple[str, int] | None = None,
     on_ready: Callable[[DemoParts], None] | None = None,
 ) -> int:
     """Run the demo until Ctrl-C or `duration_s`; returns the exit code."""
     with tempfile.TemporaryDirectory(prefix="sitectl-demo-") as tmp:
-        config = prepare_config(config_path, Path(tmp), chargers)
+        config = prepare_config(config_path, Path(tmp), chargers, mqtt)
         set_secrets([c.password.get_secret_value() for c in config.chargers if c.password])
         csms_url = urlsplit(config.ocpp.upstream_url or "")
         csms = StubCsms(port=csms_url.port or 0, path=csms_url.path)
@@ -211,6 +219,12 @@ async def run_demo(
                     await asyncio.sleep(0.1)
             depot.chargers[NONCOMPLIANT].compliant = False
             print(
+                f"dashboard: http://127.0.0.1:{config.http.listen_port}/  MQTT: "
+                f"{config.mqtt.host}:{config.mqtt.port} under {config.topic_prefix}/",
+                file=out,
+                flush=True,
+            )
+            print(
                 f"demo depot {config.site.id}: {len(config.chargers)} chargers, OCPP on "
                 f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}, stub CSMS on "
                 f"{csms.url}, speed ×{speed:g}; {NONCOMPLIANT} ignores its limit. "
@@ -223,10 +237,22 @@ async def run_demo(
                 on_ready(DemoParts(app, depot, csms, config))
             if duration_s is not None:
                 asyncio.get_running_loop().call_later(duration_s, app.stop)
+            said_mqtt = False
+            started = asyncio.get_running_loop().time()
             while not app_task.done():
                 done, _ = await asyncio.wait({app_task}, timeout=3)
                 if not done and app.state is not None:
                     print(_status_line(app.state, config), file=out, flush=True)
+                uplink = next((c for c in app.components if c.name == "uplink"), None)
+                waited = asyncio.get_running_loop().time() - started
+                if uplink is not None and not uplink.connected and waited > 10 and not said_mqtt:
+                    said_mqtt = True
+                    print(
+                        f"no MQTT broker at {config.mqtt.host}:{config.mqtt.port}: summaries "
+                        "wait in the outbox until one is reachable",
+                        file=out,
+                        flush=True,
+                    )
             return app_task.result()
         finally:
             for task in tasks:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
 
 from sitectl.sim.demo import NONCOMPLIANT, DemoParts, run_demo
 from tests.helpers import wait_for
@@ -37,10 +40,44 @@ def transaction_messages(frames: list[str]) -> list[str]:
     return out
 
 
-async def test_demo_depot_end_to_end_with_an_upstream_outage() -> None:
+class Cloud:
+    """The operator's side of MQTT: every message sitectl publishes under its prefix."""
+
+    def __init__(self, broker, prefix: str) -> None:
+        self.messages: list[tuple[str, dict]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: self.subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        self.client.subscribe(f"{prefix}/#", qos=1)
+        assert self.subscribed.wait(5)
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            self.messages.append((message.topic, json.loads(message.payload)))
+        except ValueError:
+            self.messages.append((message.topic, {}))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def test_demo_depot_end_to_end_with_an_upstream_outage(mosquitto) -> None:
     parts: list[DemoParts] = []
     output = io.StringIO()
-    demo = asyncio.create_task(run_demo(DEMO, speed=120, out=output, on_ready=parts.append))
+    cloud = Cloud(mosquitto, "sitectl/demo-depot")
+    demo = asyncio.create_task(
+        run_demo(
+            DEMO,
+            speed=120,
+            out=output,
+            on_ready=parts.append,
+            mqtt=(mosquitto.host, mosquitto.port),
+        )
+    )
     await wait_for(lambda: bool(parts), timeout=30, message="the demo to start")
     app, depot, csms = parts[0].app, parts[0].depot, parts[0].csms
     state = app.state
@@ -96,4 +133,16 @@ async def test_demo_depot_end_to_end_with_an_upstream_outage() -> None:
         assert deduplicated == sent, charger_id
     # Never above a limit by command (the depot's monitor saw every charger's composite limit).
     assert depot.violations(tolerance_a=GROWTH_BETWEEN_CYCLES_A) == []
-    assert "charging" in output.getvalue()
+    assert "charging" in output.getvalue() and "dashboard: http://" in output.getvalue()
+    # The cloud got summaries, and every message it got carries the next seq: no gap.
+    await wait_for(
+        lambda: any(
+            t.endswith("/status") and m.get("status") == "offline" for t, m in cloud.messages
+        ),
+        message="the orderly offline",
+    )
+    cloud.close()
+    assert sum(1 for t, _ in cloud.messages if t.endswith("/summary")) >= 2
+    seqs = sorted({m["seq"] for _, m in cloud.messages if "seq" in m})
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+    assert any(t.endswith("/sessions") and m.get("event") == "stopped" for t, m in cloud.messages)
