@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
 
     commands.add_parser("schema", parents=[common], help="print the configuration JSON Schema")
+    commands.add_parser("openapi", parents=[common], help="print the local API's OpenAPI document")
 
     probe = commands.add_parser(
         "probe", parents=[common], help="read every Modbus device once and print what it says"
@@ -120,6 +121,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_schema(_: argparse.Namespace) -> int:
     print(json.dumps(Config.model_json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_openapi(_: argparse.Namespace) -> int:
+    from sitectl.http.openapi import openapi_document
+
+    print(json.dumps(openapi_document(), indent=2, sort_keys=True))
     return 0
 
 
@@ -184,6 +192,7 @@ COMMANDS = {
     "run": _cmd_run,
     "check-config": _cmd_check,
     "schema": _cmd_schema,
+    "openapi": _cmd_openapi,
     "probe": _cmd_probe,
     "demo": _cmd_demo,
 }

@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document of the JSON API, generated from the response models.
 
-Served at ``/api/openapi.json`` and committed as ``configs/openapi.json`` (a test keeps the copy
-current), so clients and schemathesis see exactly what the handlers produce.
+Served at ``/api/openapi.json`` (with the site's circuits as the override nodes) and committed,
+for no particular site, as ``configs/openapi.json`` (``sitectl openapi``; a test keeps it
+current). Request bodies come from the pydantic models that validate the commands, responses
+from the view models: the document is what the handlers do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from sitectl import __version__
+from sitectl.config import GRID, Config
 from sitectl.http.views import (
     AlarmView,
     ChargerDetail,
@@ -19,6 +22,11 @@ from sitectl.http.views import (
     HistoryView,
     SessionRecord,
     SiteView,
+)
+from sitectl.uplink.commands import (
+    ClearOverrideCommand,
+    OverrideCommand,
+    SessionNeedsCommand,
 )
 
 __all__ = ["openapi_document"]
@@ -52,36 +60,37 @@ _ERRORS = {
     "503": _ok(_ref("ErrorView"), "Commands are not available."),
 }
 
-_OVERRIDE = {
-    "type": "object",
-    "required": ["node"],
-    "properties": {
-        "node": {"type": "string", "description": "`grid` or a circuit id."},
-        "limit_a": {
-            "description": "New limit, A per phase (one number or three); at most "
-            "the configured rating.",
-            "anyOf": [
-                {"type": "number"},
-                {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
-            ],
-        },
-        "expires_in_s": {"type": "number", "description": "Seconds until it expires."},
-        "expires_at": {"type": "string", "format": "date-time"},
-        "clear": {"type": "boolean", "description": "Remove the node's override instead."},
-    },
-}
 
-_NEEDS = {
-    "type": "object",
-    "properties": {
-        "departure": {"type": "string", "format": "date-time"},
-        "energy_kwh": {"type": "number", "minimum": 0},
-    },
-}
+def _command_schema(model: type[BaseModel], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A command's request body, from the pydantic model that validates it (no drift)."""
+    schema = model.model_json_schema(ref_template=_REF)
+    schema.pop("title", None)
+    for name in drop:
+        schema.get("properties", {}).pop(name, None)
+        if name in schema.get("required", []):
+            schema["required"].remove(name)
+    return schema
 
 
-def openapi_document() -> dict[str, Any]:
-    """The whole OpenAPI document."""
+def _override_body(nodes: list[str] | None) -> dict[str, Any]:
+    override = _command_schema(OverrideCommand)
+    clear = _command_schema(ClearOverrideCommand)
+    clear["properties"]["clear"] = {"const": True, "description": "Remove the override."}
+    clear["required"] = [*clear.get("required", []), "clear"]
+    if nodes:
+        for body in (override, clear):
+            body["properties"]["node"] = {"enum": nodes, "description": "'grid' or a circuit."}
+    return {
+        "oneOf": [override, clear],
+        "description": "Set a lower limit (at most the node's rating, 7 days at most), or "
+        "clear one; limits above the rating are refused with 422.",
+    }
+
+
+def openapi_document(config: Config | None = None) -> dict[str, Any]:
+    """The whole OpenAPI document (with the site's circuits as the override nodes, if given)."""
+    nodes = [GRID, *(c.id for c in config.circuits)] if config is not None else None
+    needs = _command_schema(SessionNeedsCommand, drop=("charger", "connector", "session_id"))
     secured = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -192,7 +201,7 @@ def openapi_document() -> dict[str, Any]:
                     "security": secured,
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _OVERRIDE}},
+                        "content": {"application/json": {"schema": _override_body(nodes)}},
                     },
                     "responses": {
                         "200": _ok({"type": "object"}, "Applied."),
@@ -214,7 +223,7 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _NEEDS}},
+                        "content": {"application/json": {"schema": needs}},
                     },
                     "responses": {
                         "200": _ok({"type": "object"}, "Applied."),

@@ -160,7 +160,12 @@ class HttpServer:
             return await handler(request)
         except web.HTTPException as exc:
             if exc.status >= 400 and request.path.startswith("/api/"):
-                return _error(exc.status, exc.reason)
+                response = _error(exc.status, exc.reason)
+                # Keep what the status needs, e.g. `Allow` on a 405 (RFC 9110 §15.5.6).
+                for name in ("Allow", "WWW-Authenticate", "Retry-After"):
+                    if name in exc.headers:
+                        response.headers[name] = exc.headers[name]
+                return response
             raise
         except Exception:
             log.exception("HTTP %s %s failed", request.method, request.path)
@@ -195,7 +200,7 @@ class HttpServer:
         return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
 
     async def _openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi_document())
+        return web.json_response(openapi_document(self.config))
 
     async def _site(self, request: web.Request) -> web.Response:
         return _json(site_view(self.state, self.config))
@@ -272,9 +277,11 @@ class HttpServer:
         payload = await self._payload(request)
         if isinstance(payload, web.Response):
             return payload
-        name = "clear_override" if payload.get("clear") else "override"
+        clear = payload.get("clear", False)
+        if clear is not True and clear is not False:
+            return _error(422, "clear must be true or false", "clear")
         payload = {k: v for k, v in payload.items() if k != "clear"}
-        return self._command(name, payload)
+        return self._command("clear_override" if clear else "override", payload)
 
     async def _needs(self, request: web.Request) -> web.Response:
         payload = await self._payload(request)

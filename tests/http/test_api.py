@@ -249,3 +249,15 @@ async def test_session_needs_write(client) -> None:
     assert session.departure == datetime(2026, 11, 28, 4, 30, tzinfo=UTC)
     bad = await c.post("/api/sessions/CP1/7/needs", headers=headers, json={"energy_kwh": -1})
     assert bad.status == 422 and (await bad.json())["field"] == "energy_kwh"
+
+
+def test_committed_openapi_document_is_current() -> None:
+    import json
+    from pathlib import Path
+
+    from sitectl.http.openapi import openapi_document
+
+    committed = Path(__file__).resolve().parents[2] / "configs" / "openapi.json"
+    assert json.loads(committed.read_text()) == openapi_document(), (
+        "configs/openapi.json is stale: run `sitectl openapi > configs/openapi.json`"
+    )
