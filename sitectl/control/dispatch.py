@@ -186,10 +186,7 @@ class Dispatcher:
             problem = task.result()
             mem = memory[command.charger_id]
             if problem is None:
-                if mem.commanded_a != command.limit_a:
-                    mem.changed_at = now_mono
-                mem.commanded_a = command.limit_a
-                mem.commanded_at = now_mono
+                mem.record_limit(command.limit_a, now_mono)
                 mem.uncontrollable = False
                 report.sent.append(command)
             else:

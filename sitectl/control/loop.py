@@ -332,18 +332,15 @@ class ControlLoop:
             if not draws:
                 continue
             draw = sum(draws)
-            over = draw > mem.commanded_a + self.control.compliance_tolerance_a
-            # Time to follow a changed limit is part of the grace (refreshes do not count).
-            commanded_long_ago = (
-                mem.changed_at is None
-                or now_mono - mem.changed_at > self.control.compliance_grace_s
-            )
+            # Judged against the highest limit in force during the grace window: a charger has
+            # the grace to follow a decrease, however often its limit changes, but not longer.
+            allowed = mem.highest_limit_since(now_mono - self.control.compliance_grace_s)
+            over = draw > allowed + self.control.compliance_tolerance_a
             if over:
                 if mem.over_limit_since is None:
                     mem.over_limit_since = now_mono
                 if (
                     not mem.noncompliant
-                    and commanded_long_ago
                     and now_mono - mem.over_limit_since > self.control.compliance_grace_s
                 ):
                     mem.noncompliant = True

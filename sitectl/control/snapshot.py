@@ -95,7 +95,8 @@ class ChargerMemory:
 
     commanded_a: float | None = None  # the dynamic limit the charger last accepted
     commanded_at: float | None = None  # monotonic time it was last accepted (or refreshed)
-    changed_at: float | None = None  # monotonic time its value last changed
+    #: (monotonic time, limit) of every accepted change, oldest first (compliance window).
+    limit_history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
     disconnected_at: float | None = None
     uncontrollable: bool = False
     noncompliant: bool = False
@@ -103,6 +104,23 @@ class ChargerMemory:
     paused_since: dict[int, float] = field(default_factory=dict)  # connector -> monotonic
     resumed_at: dict[int, float] = field(default_factory=dict)
     failsafe_installed: bool = False
+
+    def record_limit(self, amps: float, now: float) -> None:
+        """A limit the charger accepted (a refresh of the same value adds nothing)."""
+        if self.commanded_a != amps or not self.limit_history:
+            self.limit_history.append((now, amps))
+        self.commanded_a = amps
+        self.commanded_at = now
+
+    def highest_limit_since(self, start: float) -> float:
+        """The highest limit in force at any time since `start` (monotonic)."""
+        in_force = [amps for at, amps in self.limit_history if at >= start]
+        before = [amps for at, amps in self.limit_history if at < start]
+        if before:
+            in_force.append(before[-1])  # the one in force when the window began
+        if not in_force and self.commanded_a is not None:
+            in_force.append(self.commanded_a)
+        return max(in_force, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -332,7 +350,13 @@ class ProblemBuilder:
             vehicle.departure if vehicle and vehicle.departure else self.control.default_departure,
             now,
         )
-        departure_step = max(1, math.ceil((departure - now).total_seconds() / self.control.step_s))
+        seconds_left = (departure - now).total_seconds()
+        departure_step = max(1, math.ceil(seconds_left / self.control.step_s))
+        if 0 < seconds_left < self.control.step_s:
+            # Leaving within the first step: the LP sees the whole step, so ask for as much
+            # more as the step is longer than the time left (the current then delivers the
+            # need by the departure, not by the end of the step).
+            remaining *= self.control.step_s / max(seconds_left, 1.0)
         paused_at = mem.paused_since.get(connector.connector_id)
         if paused_at is not None and now_mono - paused_at < self.control.min_pause_s:
             remaining = 0.0  # minimum pause dwell: it stays paused this cycle

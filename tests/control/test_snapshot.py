@@ -208,3 +208,28 @@ def test_plan_deadband_decreases_refresh_and_rounding() -> None:
         ("A", 27.8, "increase"),
         ("B", 0.0, "decrease"),
     ]
+
+
+def test_compliance_window_allows_the_highest_recent_limit() -> None:
+    memory = ChargerMemory()
+    memory.record_limit(32.0, 100.0)
+    memory.record_limit(32.0, 105.0)  # a refresh: nothing new
+    memory.record_limit(10.0, 110.0)
+    memory.record_limit(20.0, 150.0)
+    assert len(memory.limit_history) == 3
+    # 5 s after the decrease the charger may still be at 32 A; 60 s later not any more.
+    assert memory.highest_limit_since(110.0 - 5) == 32.0
+    assert memory.highest_limit_since(140.0) == 20.0  # 10 A was in force at 140, then 20 A
+    assert memory.highest_limit_since(200.0) == 20.0
+
+
+def test_a_departure_inside_the_first_step_asks_for_more_current() -> None:
+    cfg = config()
+    state = SiteState(cfg)
+    plug(state, "A")
+    session = state.chargers["A"].connectors[1].session
+    session.energy_wanted_kwh = 1.0
+    session.departure = NOW + timedelta(seconds=90)  # steps are 900 s
+    car = build(cfg, state, trusted((0.0, 0.0, 0.0))).problem.sessions[0]
+    assert car.departure_step == 1
+    assert car.energy_kwh == pytest.approx(1.0 * 900 / 90)

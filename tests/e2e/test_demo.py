@@ -6,8 +6,10 @@ import asyncio
 import io
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import paho.mqtt.client as mqtt
 
 from sitectl.sim.demo import NONCOMPLIANT, DemoParts, run_demo
@@ -38,6 +40,52 @@ def transaction_messages(frames: list[str]) -> list[str]:
                 f"{action} {payload['eventType']} {payload['transactionInfo']['transactionId']}"
             )
     return out
+
+
+async def set_needs(
+    parts: DemoParts, energy_more_kwh: float, departure_in_s: float
+) -> dict[str, tuple[datetime, float]]:
+    """POST needs for compliant sessions in progress; returns session -> (departure, kWh)."""
+    state, config = parts.app.state, parts.config
+    token = config.http.token.get_secret_value() if config.http.token else ""
+    departure = datetime.now(UTC) + timedelta(seconds=departure_in_s)
+    deadlines: dict[str, tuple[datetime, float]] = {}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{config.http.listen_port}") as http:
+        for charger in state.chargers.values():
+            if charger.charger_id == NONCOMPLIANT:
+                continue
+            for connector in charger.connectors.values():
+                session = connector.session
+                if session is None:
+                    continue
+                wanted = session.energy_wh / 1000 + energy_more_kwh
+                response = await http.post(
+                    f"/api/sessions/{session.session_id}/needs",
+                    json={"energy_kwh": wanted, "departure": departure.isoformat()},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert response.status == 200, await response.text()
+                deadlines[session.session_id] = (departure, wanted)
+    return deadlines
+
+
+async def energy_at_departure(
+    state, deadlines: dict[str, tuple[datetime, float]]
+) -> dict[str, tuple[float, float]]:
+    """Each session's energy (kWh) when its departure comes (or when it ended earlier)."""
+    departure = min(d for d, _ in deadlines.values())
+    await asyncio.sleep(max(0.0, (departure - datetime.now(UTC)).total_seconds()))
+    found: dict[str, tuple[float, float]] = {}
+    sessions = {
+        c.session.session_id: c.session
+        for ch in state.chargers.values()
+        for c in ch.connectors.values()
+        if c.session is not None
+    }
+    sessions.update({s.session_id: s for s in state.ended_sessions})
+    for session_id, (_, wanted) in deadlines.items():
+        found[session_id] = (sessions[session_id].energy_wh / 1000, wanted)
+    return found
 
 
 class Cloud:
@@ -94,6 +142,24 @@ async def test_demo_depot_end_to_end_with_an_upstream_outage(mosquitto) -> None:
     )
     # Before this, chargers ran on their own defaults: nothing sitectl had commanded yet.
     depot.samples.clear()
+    # An operator tells sitectl, through the local API, what the vehicles need by when.
+    await wait_for(
+        lambda: (
+            sum(
+                c.session is not None
+                for ch in state.chargers.values()
+                for c in ch.connectors.values()
+            )
+            >= 6
+        ),
+        timeout=30,
+        message="vehicles plugged in",
+    )
+    # 20 Wh within 45 s is about 7 A on one phase: feasible for every vehicle in sitectl's own
+    # (real-time) model; the simulated vehicles charge 120 times faster than that.
+    deadlines = await set_needs(parts[0], energy_more_kwh=0.02, departure_in_s=45)
+    assert len(deadlines) >= 3
+    checker = asyncio.create_task(energy_at_departure(state, deadlines))
     # The non-compliant charger is found (10 s grace in the demo config).
     await wait_for(
         lambda: ("charger_noncompliant", NONCOMPLIANT) in state.alarms,
@@ -131,6 +197,11 @@ async def test_demo_depot_end_to_end_with_an_upstream_outage(mosquitto) -> None:
         # At least once, in order: duplicates only of a message in flight at a cut.
         deduplicated = [m for i, m in enumerate(received) if i == 0 or m != received[i - 1]]
         assert deduplicated == sent, charger_id
+    # Every vehicle with a feasible need had its energy by its departure.
+    short = {
+        sid: (got, wanted) for sid, (got, wanted) in (await checker).items() if got < wanted - 0.05
+    }
+    assert short == {}
     # Never above a limit by command (the depot's monitor saw every charger's composite limit).
     assert depot.violations(tolerance_a=GROWTH_BETWEEN_CYCLES_A) == []
     assert "charging" in output.getvalue() and "dashboard: http://" in output.getvalue()
