@@ -245,7 +245,13 @@ async def run_demo(
                     print(_status_line(app.state, config), file=out, flush=True)
                 uplink = next((c for c in app.components if c.name == "uplink"), None)
                 waited = asyncio.get_running_loop().time() - started
-                if uplink is not None and not uplink.connected and waited > 10 and not said_mqtt:
+                if (
+                    uplink is not None
+                    and not uplink.connected
+                    and waited > 10
+                    and not said_mqtt
+                    and not app_task.done()
+                ):
                     said_mqtt = True
                     print(
                         f"no MQTT broker at {config.mqtt.host}:{config.mqtt.port}: summaries "
