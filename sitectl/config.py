@@ -621,6 +621,12 @@ class ControlConfig(_Model):
         3.0, gt=0, description="How long decreases may take to be accepted before increases."
     )
     fallback_alarm_after: int = Field(3, ge=1, description="Consecutive fallback cycles.")
+    ev_learn_s: float = Field(
+        60.0,
+        ge=0,
+        description="Learn a vehicle's own maximum current after it draws well "
+        "below its limit this long (OCPP 1.6 does not report it); 0 turns learning off.",
+    )
     default_energy_kwh: float = Field(60.0, ge=0)
     default_departure: str = Field("06:00", description="Local time vehicles leave by default.")
 

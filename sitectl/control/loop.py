@@ -332,6 +332,17 @@ class ControlLoop:
             if not draws:
                 continue
             draw = sum(draws)
+            sessions = [c.session for c in charger.connectors.values() if c.session]
+            configured = self.builder.chargers[charger_id]
+            if len(charger.connectors) == 1 and sessions and not mem.noncompliant:
+                mem.learn_ev(
+                    sessions[0].session_id,
+                    draw,
+                    now_mono,
+                    self.control.ev_learn_s,
+                    configured.max_current_a,
+                    configured.min_current_a,
+                )
             # Judged against the highest limit in force during the grace window: a charger has
             # the grace to follow a decrease, however often its limit changes, but not longer.
             allowed = mem.highest_limit_since(now_mono - self.control.compliance_grace_s)

@@ -104,6 +104,46 @@ class ChargerMemory:
     paused_since: dict[int, float] = field(default_factory=dict)  # connector -> monotonic
     resumed_at: dict[int, float] = field(default_factory=dict)
     failsafe_installed: bool = False
+    #: What the vehicle on a single-connector charger has shown it can draw (see `learn_ev`).
+    ev_session: str | None = None
+    ev_peak_a: float = 0.0
+    ev_cap_a: float | None = None
+    ev_unused_since: float | None = None
+
+    def learn_ev(
+        self,
+        session_id: str,
+        draw_a: float,
+        now: float,
+        learn_s: float,
+        charger_max_a: float,
+        min_a: float,
+    ) -> None:
+        """Learn a vehicle's own maximum current from what it draws (OCPP 1.6 never says).
+
+        A vehicle that draws at least 4 A less than its limit for `learn_s` is capped at its
+        peak plus 2 A, so the rest of the budget goes to others; when it comes within 1 A of
+        that cap the cap rises by 4 A, so a vehicle that can take more is never held back
+        for long. Lowering one session's maximum is always safe.
+        """
+        if session_id != self.ev_session:
+            self.ev_session, self.ev_peak_a, self.ev_cap_a = session_id, 0.0, None
+            self.ev_unused_since = None
+        self.ev_peak_a = max(self.ev_peak_a, draw_a)
+        if self.ev_cap_a is not None and draw_a >= self.ev_cap_a - 1.0:
+            self.ev_cap_a = self.ev_cap_a + 4.0 if self.ev_cap_a + 4.0 < charger_max_a else None
+            self.ev_unused_since = None
+            return
+        limit = self.commanded_a
+        if learn_s <= 0 or limit is None or limit - draw_a < 4.0:
+            self.ev_unused_since = None
+            return
+        if self.ev_unused_since is None:
+            self.ev_unused_since = now
+        elif now - self.ev_unused_since >= learn_s:
+            cap = max(min_a, math.ceil(self.ev_peak_a + 2.0))
+            if self.ev_cap_a is None or cap < self.ev_cap_a:
+                self.ev_cap_a = float(cap)
 
     def record_limit(self, amps: float, now: float) -> None:
         """A limit the charger accepted (a refresh of the same value adds nothing)."""
@@ -331,6 +371,8 @@ class ProblemBuilder:
             )
         if session.ev_max_current_a:
             max_a = min(max_a, session.ev_max_current_a)
+        if mem.ev_session == session.session_id and mem.ev_cap_a is not None:
+            max_a = min(max_a, mem.ev_cap_a)
         csms = self._csms_bound(charger, charger_state, connector, now)
         if csms is not None:
             max_a = min(max_a, csms)

@@ -74,6 +74,7 @@ def rig_config(
           horizon_steps: 24
           ev_measurement_max_age_s: 2
           non_ev_hold_s: 2
+          ev_learn_s: 1
           solver_budget_s: 0.5
           default_energy_kwh: 100
         mqtt: {{enabled: false}}

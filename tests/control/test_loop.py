@@ -257,3 +257,27 @@ async def test_operator_override_lowers_a_limit_until_it_expires(tmp_path, make_
         message="the full limit after expiry",
     )
     assert "feeder" not in rig.state.overrides
+
+
+async def test_a_vehicle_drawing_less_hands_its_share_to_others(tmp_path, make_rig) -> None:
+    chargers = """\
+    - {id: SMALL}
+    - {id: BIG}
+    """
+    config = rig_config(tmp_path, chargers, phase_limit_a=50, non_ev_max_a=0)
+    rig = await make_rig(config)
+    await rig.depot.plug_in("SMALL", SimEv(max_a=16))  # an 11 kW car on a 22 kW charger
+    await rig.depot.plug_in("BIG", SimEv(max_a=32))
+    # 50 A cannot give both 32 A. Once SMALL is seen to take only 16 A, it is capped near
+    # that and BIG gets what SMALL leaves.
+    await wait_for(
+        lambda: limits(rig, ["SMALL"])["SMALL"] <= 18.0,
+        timeout=15,
+        message="SMALL capped at what it draws",
+    )
+    await wait_for(
+        lambda: limits(rig, ["BIG"])["BIG"] >= 31.9,
+        timeout=15,
+        message="the unused share to move to the bigger car",
+    )
+    assert rig.violations() == []

@@ -233,3 +233,20 @@ def test_a_departure_inside_the_first_step_asks_for_more_current() -> None:
     car = build(cfg, state, trusted((0.0, 0.0, 0.0))).problem.sessions[0]
     assert car.departure_step == 1
     assert car.energy_kwh == pytest.approx(1.0 * 900 / 90)
+
+
+def test_a_vehicle_that_draws_less_is_capped_and_probed_up_again() -> None:
+    memory = ChargerMemory(commanded_a=32.0)
+    for t in range(0, 70, 5):  # draws 16 A under a 32 A limit for a minute
+        memory.learn_ev("CP1/1", 16.0, float(t), 60.0, 32.0, 6.0)
+    assert memory.ev_cap_a == 18.0
+    memory.commanded_a = 18.0
+    memory.learn_ev("CP1/1", 17.5, 80.0, 60.0, 32.0, 6.0)  # it takes more: probe up
+    assert memory.ev_cap_a == 22.0
+    memory.learn_ev("CP1/2", 5.0, 90.0, 60.0, 32.0, 6.0)  # a new session starts from scratch
+    assert memory.ev_cap_a is None and memory.ev_peak_a == 5.0
+    # Limited by sitectl (draw close to its limit): nothing is learned.
+    busy = ChargerMemory(commanded_a=16.0)
+    for t in range(0, 200, 5):
+        busy.learn_ev("CP2/1", 15.5, float(t), 60.0, 32.0, 6.0)
+    assert busy.ev_cap_a is None
