@@ -47,6 +47,7 @@ _TRIGGERS = frozenset(
         "charger_disconnected",
         "charger_booted",
         "session_needs",
+        "firmware_status",  # a charger starting or ending its install (local rollouts)
     }
 )
 
@@ -68,12 +69,14 @@ class ControlLoop:
         config: Config,
         state: SiteState,
         set_profile: Callable[[str, dict[str, Any]], Any],
+        unavailable: Callable[[], set[str]] | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.control = config.control
         self.state = state
+        self.unavailable = unavailable
         self.wall_clock = wall_clock
         self.monotonic = monotonic
         self.builder = ProblemBuilder(config)
@@ -167,11 +170,13 @@ class ControlLoop:
             remaining = self.control.period_s - (self.monotonic() - started)
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), remaining)
+                    async with asyncio.timeout(remaining):  # not wait_for: see ChargerLink._timer
+                        await self._wake.wait()
 
     async def cycle(self) -> None:
         """One control cycle."""
         now, now_mono = self.wall_clock(), self.monotonic()
+        self._mark_unavailable()
         for circuit in self.meters.tracks:
             changed = self.meters.update(circuit, now_mono)
             if changed is not None:
@@ -187,11 +192,23 @@ class ControlLoop:
         self._publish(built, allocation, now)
         self.last = (built, allocation, report)
 
+    def _mark_unavailable(self) -> None:
+        updating = self.unavailable() if self.unavailable is not None else set()
+        for charger_id, mem in self.memory.items():
+            now_unavailable = charger_id in updating
+            if now_unavailable and not mem.unavailable:
+                log.info("%s is installing firmware: no limits sent, draw budgeted", charger_id)
+            elif mem.unavailable and not now_unavailable:
+                log.info("%s is back from its firmware install: steered again", charger_id)
+            mem.unavailable = now_unavailable
+
     async def _install_failsafes(self, now: datetime) -> None:
         pending = [
             charger_id
             for charger_id, charger in self.state.chargers.items()
-            if charger.connected and not self.memory[charger_id].failsafe_installed
+            if charger.connected
+            and not self.memory[charger_id].failsafe_installed
+            and not self.memory[charger_id].unavailable
         ]
         if not pending:
             return
@@ -285,9 +302,9 @@ class ControlLoop:
             # Chargers budgeted as fixed loads still get a limit equal to their budget: an
             # uncontrollable one shows by accepting that it can be steered again, and a
             # non-compliant one keeps a limit it may start to follow.
-            if not self.state.chargers[charger_id].connected:
-                continue
             mem = self.memory[charger_id]
+            if not self.state.chargers[charger_id].connected or mem.unavailable:
+                continue  # an installing charger is sent nothing until it is back
             if mem.uncontrollable:
                 amps = self.builder.chargers[charger_id].max_current_a
             elif mem.commanded_a is not None:
@@ -320,7 +337,7 @@ class ControlLoop:
         max_age = self.control.ev_measurement_max_age_s
         for charger_id, charger in self.state.chargers.items():
             mem = self.memory[charger_id]
-            if not charger.connected or mem.commanded_a is None:
+            if not charger.connected or mem.commanded_a is None or mem.unavailable:
                 continue
             draws = [
                 max((a or 0.0) for a in c.current_a)

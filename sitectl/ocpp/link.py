@@ -307,8 +307,12 @@ class ChargerLink:
             due = [d for d in deadlines if d is not None]
             delay = None if not due else max(0.0, min(due) - self._clock())
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and this task then outlives its link (seen as a
+            # hung shutdown in tests).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
                 continue
             now = self._clock()
             self.router.tick(now)

@@ -281,3 +281,29 @@ async def test_a_vehicle_drawing_less_hands_its_share_to_others(tmp_path, make_r
         message="the unused share to move to the bigger car",
     )
     assert rig.violations() == []
+
+
+async def test_a_charger_installing_firmware_is_sent_nothing_and_budgeted(
+    tmp_path, make_rig
+) -> None:
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 10.0}))
+    for charger_id in "BCD":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: sum(limits(rig, "BCD").values()) > 80, timeout=10, message="three cars sharing"
+    )
+    updating = {"A"}
+    rig.loop.unavailable = lambda: set(updating)
+    await rig.cycles(2)
+    assert rig.loop.memory["A"].unavailable
+    assert "A" not in rig.loop.last[0].steerable
+    sent = len(rig.depot.chargers["A"].profile_log)
+    await rig.depot.unplug("B")  # a change that re-plans everyone
+    await rig.cycles(6)  # over the 2 s validity: an idle charger's limit would be refreshed
+    assert len(rig.depot.chargers["A"].profile_log) == sent, (
+        "a profile went to an installing charger"
+    )
+    updating.clear()
+    await rig.cycles(2)
+    assert not rig.loop.memory["A"].unavailable
+    assert "A" in rig.loop.last[0].steerable

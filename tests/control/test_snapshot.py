@@ -119,6 +119,9 @@ def test_chargers_sitectl_cannot_steer_are_fixed_loads() -> None:
     assert built.steerable == ()
     memory["A"].disconnected_at = 90.0 + 31  # after the validity: its fail-safe
     assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory).fixed["A"] == (6.0, 6.0, 6.0)
+    # Installing firmware: budgeted at what it draws, never steered.
+    memory["B"] = ChargerMemory(unavailable=True)
+    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory).fixed["B"] == (0.0, 0.0, 0.0)
 
 
 def test_session_phases_bounds_and_needs() -> None:
