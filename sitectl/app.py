@@ -17,12 +17,16 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sitectl import __version__
 from sitectl.config import Config
 from sitectl.state import Severity, SiteState
 from sitectl.store import Store
+
+if TYPE_CHECKING:  # imported where used: `sitectl check-config` need not load them
+    from sitectl.firmware import FirmwareCache, FirmwareServer, FirmwareTracker, RolloutManager
+    from sitectl.ocpp.server import OcppServer
 
 __all__ = ["App", "Component", "FunctionComponent", "build_components"]
 
@@ -59,26 +63,31 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     then the OCPP side closes the chargers' sockets, and the uplink, last, reports ``offline``.
     """
     from sitectl.control.loop import ControlLoop
+    from sitectl.firmware import FanoutListener, FirmwareTracker
     from sitectl.http.server import HttpServer
     from sitectl.ocpp.keeper import ProfileKeeper
     from sitectl.ocpp.observe import StateObserver
     from sitectl.ocpp.server import OcppServer
+    from sitectl.sessions import SessionLog
     from sitectl.uplink.commands import handle_command
 
     observer = StateObserver(state, config.ocpp.profile_stack_levels, config.ocpp.profile_id_base)
+    tracker = FirmwareTracker()
 
     def alarm(code: str, subject: str, text: str) -> None:
         state.raise_alarm(code, subject, Severity.WARNING, text)
 
+    ocpp_server = OcppServer(config, FanoutListener(observer, tracker), store=store, alarm=alarm)
+    keeper = ProfileKeeper(state, ocpp_server.call)
+    firmware = _firmware_components(config, state, store, ocpp_server, tracker)
+    rollouts = firmware.rollouts if firmware is not None else None
     components: list[Component] = []
     uplink = None
     if config.mqtt.enabled:
         from sitectl.uplink.uplink import Uplink
 
-        uplink = Uplink(config, state, store)
+        uplink = Uplink(config, state, store, rollouts=rollouts)
         components.append(uplink)
-    ocpp_server = OcppServer(config, observer, store=store, alarm=alarm)
-    keeper = ProfileKeeper(state, ocpp_server.call)
     if config.http.enabled:
         extra: dict[str, tuple[str, Callable[[], float]]] = {}
         if ocpp_server.journal is not None:
@@ -96,9 +105,23 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
 
         def commands(name: str, payload: dict[str, Any]) -> dict[str, Any]:
             republish = uplink.republish if uplink is not None else None
-            return handle_command(state, config, name, payload, republish=republish)
+            return handle_command(
+                state, config, name, payload, republish=republish, rollouts=rollouts
+            )
 
-        components.append(HttpServer(config, state, commands=commands, extra_metrics=extra))
+        components.append(
+            HttpServer(
+                config,
+                state,
+                sessions=SessionLog(store, state),
+                commands=commands,
+                extra_metrics=extra,
+                routes=[firmware.files.add_routes] if firmware is not None else None,
+                tracker=tracker,
+                cache=firmware.cache if firmware is not None else None,
+                rollouts=rollouts,
+            )
+        )
     if config.devices:
         from devices.meter import MeterPool
 
@@ -108,9 +131,67 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         )
         components.append(FunctionComponent("devices", pool.run))
     components += [ocpp_server, keeper]
+    if firmware is not None:
+        components += firmware.components
     if config.chargers:
-        components.append(ControlLoop(config, state, keeper.set_profile))
+        unavailable = rollouts.updating if rollouts is not None else None
+        components.append(ControlLoop(config, state, keeper.set_profile, unavailable))
     return components
+
+
+@dataclass
+class _Firmware:
+    cache: FirmwareCache
+    files: FirmwareServer
+    rollouts: RolloutManager
+    components: list[Component]
+
+
+def _firmware_components(
+    config: Config,
+    state: SiteState,
+    store: Store,
+    ocpp_server: OcppServer,
+    tracker: FirmwareTracker,
+) -> _Firmware | None:
+    """The firmware cache, its file routes, the UpdateFirmware rewriter and the rollouts.
+
+    Only with the local HTTP server, which serves the files; without it UpdateFirmware passes
+    through untouched.
+    """
+    if not (config.firmware.enabled and config.http.enabled):
+        return None
+    from sitectl.firmware import (
+        FirmwareCache,
+        FirmwareInterceptor,
+        FirmwareServer,
+        LocalControllerClient,
+        RolloutManager,
+    )
+
+    cache = FirmwareCache(store, config.firmware)
+    files = FirmwareServer(cache, config)
+    interceptor = FirmwareInterceptor(cache, files, state, config, call=ocpp_server.call)
+    ocpp_server.csms_rewriters.append(interceptor.rewrite)
+    rollouts = RolloutManager(
+        store,
+        state,
+        cache,
+        files,
+        ocpp_server.call,
+        config,
+        protocols=interceptor.protocols,
+        tracker=tracker,
+    )
+    components: list[Component] = [cache, interceptor, rollouts]
+    if config.ocpp.upstream_url and config.ocpp.local_controller_identity:
+        password = config.ocpp.local_controller_password
+        components.append(
+            LocalControllerClient(
+                config, cache, files, password=password.get_secret_value() if password else None
+            )
+        )
+    return _Firmware(cache, files, rollouts, components)
 
 
 class App:

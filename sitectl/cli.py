@@ -4,6 +4,8 @@
     sitectl check-config FILE      validate a depot configuration and summarise it
     sitectl schema                 print the JSON Schema of the configuration
     sitectl demo                   run a simulated depot on configs/demo.yaml
+    sitectl probe -c FILE          read every Modbus device once
+    sitectl firmware ACTION -c FILE  local firmware rollouts (list, start, status, stop)
 
 Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors.
 Errors an installer can cause end in one clear message, never a traceback.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from sitectl import __version__
 from sitectl.config import Config, ConfigError, load_config, secret_values
+from sitectl.firmware_cli import add_parser as add_firmware_parser
 from sitectl.logs import set_secrets, setup_logging
 from sitectl.store import StoreError
 from sitectl.summary import render_summary
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("-c", "--config", required=True, help="the depot's YAML file")
     probe.add_argument("--device", help="only this device")
     probe.add_argument("--raw", action="store_true", help="also print the raw registers")
+
+    add_firmware_parser(commands, common)
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
     demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
@@ -176,6 +181,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_app(config)
 
 
+def _cmd_firmware(args: argparse.Namespace) -> int:
+    from sitectl.firmware_cli import run
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return run(args, config)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sitectl.sim.demo import run_demo
 
@@ -195,6 +209,7 @@ COMMANDS = {
     "openapi": _cmd_openapi,
     "probe": _cmd_probe,
     "demo": _cmd_demo,
+    "firmware": _cmd_firmware,
 }
 
 

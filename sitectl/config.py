@@ -513,6 +513,10 @@ class OcppConfig(_Model):
     local_controller_identity: str | None = Field(
         None, description="Optional own identity toward the CSMS (OCPP 2.0.1 Part 1 §8.3)."
     )
+    local_controller_password: SecretStr | None = Field(
+        None, description="Basic-auth password of that identity, if the CSMS asks for one."
+    )
+    local_controller_password_file: FilePath | None = None
     ping_interval_s: float = Field(30.0, gt=0)
     ping_timeout_s: float = Field(30.0, gt=0)
     call_timeout_s: float = Field(30.0, gt=0, description="Timeout of sitectl's own calls.")
@@ -536,6 +540,7 @@ class OcppConfig(_Model):
         "upstream_ca_file",
         "upstream_cert_file",
         "upstream_key_file",
+        "local_controller_password_file",
     )(classmethod(lambda cls, v: _resolve_path(v)))
 
     @field_validator("path")
@@ -562,6 +567,7 @@ class OcppConfig(_Model):
 
     @model_validator(mode="after")
     def _tls(self) -> OcppConfig:
+        self._secrets_from_files("local_controller_password")
         if self.security_profile >= 2 and (self.tls_cert_file is None or self.tls_key_file is None):
             raise ValueError(
                 f"security_profile {self.security_profile} needs tls_cert_file and tls_key_file"
@@ -649,6 +655,9 @@ class ControlConfig(_Model):
 class FirmwareConfig(_Model):
     """Firmware image cache and local roll-outs."""
 
+    enabled: bool = Field(
+        True, description="Cache images, serve them on the LAN (needs http) and run rollouts."
+    )
     cache_dir: FilePath = Path("firmware-cache")
     cache_max_mb: int = Field(4096, ge=16)
     base_url: str | None = Field(
@@ -731,6 +740,9 @@ class HttpConfig(_Model):
     token: SecretStr | None = Field(None, description="Bearer token for write endpoints.")
     token_file: FilePath | None = None
     open_reads: bool = Field(True, description="Serve read endpoints without the token.")
+    tls: bool = Field(
+        False, description="Serve HTTPS with the site certificate (ocpp.tls_cert_file/key_file)."
+    )
 
     _paths = field_validator("token_file")(classmethod(lambda cls, v: _resolve_path(v)))
 
@@ -1151,6 +1163,58 @@ def _reference_check(data: dict) -> list[Problem]:
     return problems
 
 
+def _firmware_check(cfg: Config) -> list[Problem]:
+    """HTTPS needs the site certificate; firmware needs a URL the chargers can reach."""
+    problems = []
+    if cfg.http.tls and (cfg.ocpp.tls_cert_file is None or cfg.ocpp.tls_key_file is None):
+        problems.append(
+            Problem(
+                ("http", "tls"),
+                "HTTPS uses the site certificate: set ocpp.tls_cert_file and ocpp.tls_key_file",
+            )
+        )
+    fw = cfg.firmware
+    if not fw.enabled:
+        return problems
+    if not cfg.http.enabled:
+        if fw.base_url is None:
+            return problems  # a site without local HTTP and without firmware settings
+        problems.append(
+            Problem(
+                ("firmware", "base_url"),
+                "firmware files are served by the local HTTP server, which is disabled: "
+                "UpdateFirmware passes through untouched and rollouts are unavailable",
+                warning=True,
+            )
+        )
+    elif fw.base_url is None:
+        problems.append(
+            Problem(
+                ("firmware", "base_url"),
+                "not set: chargers cannot be pointed at the cache, so UpdateFirmware passes "
+                "through untouched and rollouts are refused; set it to e.g. "
+                f"http://<sitectl's LAN address>:{cfg.http.listen_port}, or firmware.enabled: "
+                "false",
+                warning=True,
+            )
+        )
+    else:
+        parts = urlsplit(fw.base_url)
+        scheme = "https" if cfg.http.tls else "http"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.scheme != scheme or port != cfg.http.listen_port:
+            problems.append(
+                Problem(
+                    ("firmware", "base_url"),
+                    f"'{fw.base_url}' does not match the local HTTP server "
+                    f"({scheme}, port {cfg.http.listen_port}); fine only behind a proxy or a "
+                    "port forward",
+                    warning=True,
+                )
+            )
+    return problems
+
+
 def _cross_check(cfg: Config) -> list[Problem]:
     """Every check involving more than one field. Warnings are returned with ``warning=True``."""
     problems = _reference_check(cfg.model_dump(include={"site", "circuits", "chargers", "devices"}))
@@ -1214,6 +1278,7 @@ def _cross_check(cfg: Config) -> list[Problem]:
     if cfg.mqtt.enabled and cfg.mqtt.password is not None and cfg.mqtt.username is None:
         add(Problem(("mqtt", "username"), "mqtt.password is set but mqtt.username is not"))
 
+    problems += _firmware_check(cfg)
     if cfg.firmware.canary_count > cfg.firmware.max_parallel and cfg.firmware.canary_count > 1:
         add(
             Problem(

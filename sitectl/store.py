@@ -5,8 +5,10 @@ history all live here (DESIGN.md). Rules:
 
 - WAL mode; ``synchronous=FULL`` by default so that a committed write survives power loss (the
   journal commits before a charger gets its local answer).
-- The schema is versioned with ``PRAGMA user_version``; `MIGRATIONS` is one ordered list, each
-  step applied in its own transaction. A database from a newer sitectl is refused, not guessed at.
+- The schema is versioned with ``PRAGMA user_version``; one ordered list of steps, each applied
+  in its own transaction: `MIGRATIONS` here (versions 1-3), the rest owned by the packages that
+  use them and gathered in `sitectl.migrations.SCHEMA` (every Store's default). A database
+  from a newer sitectl is refused, not guessed at.
 - One connection, used from the event loop thread; the lock makes the odd call from a worker
   thread safe. Statements are small and local, so they run inline.
 """
@@ -135,7 +137,8 @@ class Store:
     Args:
         path: the database file; its directory is created if missing.
         synchronous: ``FULL`` (every commit durable) or ``NORMAL`` (durable at checkpoints).
-        migrations: the schema steps (default: `MIGRATIONS`).
+        migrations: the schema steps (default: all of sitectl's, `sitectl.migrations.SCHEMA`,
+            so that any Store opens a database sitectl wrote).
 
     Raises:
         StoreError: when the file cannot be opened, is not a database, or is newer than us.
@@ -145,8 +148,13 @@ class Store:
         self,
         path: str | Path,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        migrations: Sequence[Migration] = MIGRATIONS,
+        migrations: Sequence[Migration] | None = None,
     ) -> None:
+        if migrations is None:
+            # Imported here: the packages owning the later steps import this module.
+            from sitectl.migrations import SCHEMA
+
+            migrations = SCHEMA
         self.path = Path(path)
         self._lock = threading.RLock()
         try:

@@ -147,6 +147,28 @@ def test_warnings_do_not_block_loading(write_config) -> None:
     assert config.circuits[0].id == "f"
 
 
+def test_firmware_address_warnings(write_config) -> None:
+    def warnings(extra: str) -> list[str]:
+        text = MINIMAL_CONFIG.replace("http:\n  enabled: false\n", extra)
+        found = [str(w) for w in load_config(write_config(text), environ={})[1]]
+        return [w for w in found if w.startswith("firmware.")]
+
+    [missing] = warnings("http:\n  listen_port: 8081\n")
+    assert (
+        missing.startswith("firmware.base_url (line 1): not set")
+        and ":8081, or firmware" in missing
+    )
+    [wrong] = warnings("http:\n  listen_port: 8081\nfirmware:\n  base_url: http://10.0.0.5:8080\n")
+    assert "does not match the local HTTP server (http, port 8081)" in wrong
+    assert (
+        warnings("http:\n  listen_port: 8081\nfirmware:\n  base_url: http://10.0.0.5:8081/\n") == []
+    )
+    assert warnings("http:\n  listen_port: 80\nfirmware:\n  base_url: http://10.0.0.5\n") == []
+    assert warnings("http:\n  listen_port: 8081\nfirmware:\n  enabled: false\n") == []
+    [no_http] = warnings("http:\n  enabled: false\nfirmware:\n  base_url: http://10.0.0.5:8080\n")
+    assert "local HTTP server, which is disabled" in no_http
+
+
 def test_programmatic_construction_runs_the_same_cross_checks() -> None:
     with pytest.raises(ValueError, match="unknown circuit 'nope'"):
         Config.model_validate(

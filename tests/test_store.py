@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sitectl.migrations import SCHEMA
 from sitectl.store import MIGRATIONS, Migration, Store, StoreError
 from tests.helpers import wait_for_sync
 
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_new_store_is_wal_and_migrated(tmp_path: Path) -> None:
     store = Store(tmp_path / "sub" / "db.sqlite")
     try:
-        assert store.schema_version == MIGRATIONS[-1].version
+        assert store.schema_version == SCHEMA[-1].version
         assert store.query("PRAGMA journal_mode")[0][0] == "wal"
         store.set_meta("site_id", "depot")
         store.set_meta("site_id", "depot-2")
@@ -54,10 +55,20 @@ def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path) -> None
     ]
     with pytest.raises(StoreError, match="no such table: nope"):
         Store(path, migrations=broken)
-    store = Store(path)
+    store = Store(path, migrations=MIGRATIONS)
     try:
         assert store.schema_version == MIGRATIONS[-1].version
         assert not store.query("SELECT name FROM sqlite_master WHERE name = 't'")
+    finally:
+        store.close()
+
+
+def test_by_default_a_store_has_every_component_s_tables(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite")
+    try:
+        assert store.schema_version == SCHEMA[-1].version == 5
+        tables = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"journal", "outbox", "fw_rollouts", "session_history"} <= tables
     finally:
         store.close()
 

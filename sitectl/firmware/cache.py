@@ -29,7 +29,6 @@ Rules (reference ``ocpp-local-controller.md`` section 4):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -51,6 +50,7 @@ from sitectl import __version__
 from sitectl.config import FirmwareConfig
 from sitectl.firmware.ftp import FtpError, ftp_open
 from sitectl.store import Store
+from sitectl.tasks import cancel_all
 
 __all__ = [
     "SCHEMES",
@@ -331,12 +331,7 @@ class FirmwareCache:
 
     async def close(self) -> None:
         """Stop background work and close the HTTP session."""
-        tasks = [*self._background, *self._inflight.values(), *self._verifying.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_all([*self._background, *self._inflight.values(), *self._verifying.values()])
         if self._session is not None:
             await self._session.close()
             self._session = None

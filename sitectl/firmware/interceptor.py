@@ -30,7 +30,6 @@ and never awaits. Rules (reference ``ocpp-local-controller.md`` section 4):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,6 +40,7 @@ from sitectl.firmware.cache import FirmwareCache, safe_url
 from sitectl.firmware.server import FirmwareServer
 from sitectl.ocpp.link import CallErrorResponse, CallFailed
 from sitectl.state import Change, SiteState
+from sitectl.tasks import cancel_all
 
 __all__ = ["ASSUMED_PROTOCOLS", "LOCATION_LIMITS", "FirmwareInterceptor"]
 
@@ -130,10 +130,7 @@ class FirmwareInterceptor:
                 self._probing[identity] = task
                 task.add_done_callback(lambda t, i=identity: self._probing.pop(i, None))
         finally:
-            for task in list(self._probing.values()):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_all(self._probing.values())
 
     async def _probe_logged(self, identity: str) -> None:
         try:

@@ -50,6 +50,7 @@ from sitectl.firmware.cache import (
 )
 from sitectl.firmware.server import FirmwareServer
 from sitectl.ocpp.upstream import backoff_delays, basic_auth, client_tls_context
+from sitectl.tasks import cancel_all
 
 __all__ = ["LocalControllerClient"]
 
@@ -169,12 +170,7 @@ class LocalControllerClient:
                 log.info("local controller %s: reconnecting in %.1f s", self.identity, delay)
                 await asyncio.sleep(delay)
         finally:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_all(self._tasks)
 
     def _delays(self) -> Iterator[float]:
         return backoff_delays(1.0, self._reconnect_max_s)

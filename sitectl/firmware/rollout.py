@@ -49,9 +49,11 @@ from urllib.parse import urlsplit
 from sitectl.config import Config
 from sitectl.firmware.cache import FirmwareCache, FirmwareError, check_url, safe_url
 from sitectl.firmware.server import FirmwareServer
+from sitectl.firmware.tracker import FirmwareTracker
 from sitectl.ocpp.link import CallErrorResponse, CallFailed
 from sitectl.state import Change, ChargerState, Severity, SiteState
 from sitectl.store import Store
+from sitectl.tasks import cancel_all
 
 __all__ = [
     "ChargerStep",
@@ -90,7 +92,16 @@ class RolloutState(enum.StrEnum):
 
 
 class RolloutError(Exception):
-    """The operator's request cannot be carried out; the message says why."""
+    """The operator's request cannot be carried out; the message says why.
+
+    Args:
+        message: what is wrong.
+        field: the request field at fault (``url``, ``md5``, ``targets``...), if one is.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 #: Charger firmware statuses (1.6 §7.25, 1.6 security whitepaper, 2.0.1 FirmwareStatusEnumType)
@@ -223,6 +234,7 @@ class RolloutManager:
         config: the configuration (``firmware`` section, ``ocpp.call_timeout_s``).
         protocols: a charger's file transfer protocols if known (`FirmwareInterceptor.protocols`).
         progress_timeout_s: a charger in flight that reports nothing for this long fails.
+        tracker: where the update requests sent are recorded with their answers (the API).
     """
 
     name = "firmware-rollouts"
@@ -238,7 +250,9 @@ class RolloutManager:
         *,
         protocols: Callable[[str], frozenset[str] | None] | None = None,
         progress_timeout_s: float = 2 * 3600,
+        tracker: FirmwareTracker | None = None,
     ) -> None:
+        self.tracker = tracker
         self.store = store
         self.state = state
         self.cache = cache
@@ -290,15 +304,17 @@ class RolloutManager:
         try:
             check_url(url)
         except FirmwareError as exc:
-            raise RolloutError(str(exc)) from None
+            raise RolloutError(str(exc), "url") from None
         if md5 is not None and not (isinstance(md5, str) and _MD5.fullmatch(md5)):
-            raise RolloutError(f"md5 {str(md5)[:40]!r} is not 32 hex digits")
+            raise RolloutError(f"md5 {str(md5)[:40]!r} is not 32 hex digits", "md5")
         if (signature is None) != (signing_certificate is None):
-            raise RolloutError("signature and signing_certificate go together")
+            raise RolloutError("signature and signing_certificate go together", "signature")
         if signature is not None and (
             len(signature) > 800 or len(signing_certificate or "") > 5500
         ):
-            raise RolloutError("signature over 800 or certificate over 5500 characters (F3, F4)")
+            raise RolloutError(
+                "signature over 800 or certificate over 5500 characters (F3, F4)", "signature"
+            )
         ids = self._resolve(targets)
         busy = {
             t.charger
@@ -308,7 +324,7 @@ class RolloutManager:
         } | self.in_progress()
         clash = [i for i in ids if i in busy]
         if clash:
-            raise RolloutError(f"already being updated: {', '.join(clash)}")
+            raise RolloutError(f"already being updated: {', '.join(clash)}", "targets")
         fw = self.config.firmware
         options = {
             "max_parallel": fw.max_parallel,
@@ -400,12 +416,15 @@ class RolloutManager:
 
     def updating(self) -> set[str]:
         """Chargers the control loop must treat as unavailable (install phase, no session)."""
+        return {c for c in self.installing() if not _in_session(self.state.chargers.get(c))}
+
+    def installing(self) -> set[str]:
+        """Chargers in their install phase (whatever their sessions)."""
         return {
             t.charger
             for r in self._rollouts.values()
             for t in r.chargers.values()
             if t.step is ChargerStep.INSTALLING
-            and not _in_session(self.state.chargers.get(t.charger))
         }
 
     def in_progress(self) -> set[str]:
@@ -447,16 +466,17 @@ class RolloutManager:
                 cid for cid, charger in chargers.items() if self._model(cid, charger) == model
             )
             if not ids:
-                raise RolloutError(f"no charger of model {model!r}")
+                raise RolloutError(f"no charger of model {model!r}", "targets")
         else:
             raise RolloutError(
-                "targets must be 'all', a list of charger ids, {'ids': [...]} or {'model': ...}"
+                "targets must be 'all', a list of charger ids, {'ids': [...]} or {'model': ...}",
+                "targets",
             )
         unknown = [i for i in ids if i not in chargers]
         if unknown:
-            raise RolloutError(f"unknown charger(s): {', '.join(unknown)}")
+            raise RolloutError(f"unknown charger(s): {', '.join(unknown)}", "targets")
         if not ids:
-            raise RolloutError("no charger to update")
+            raise RolloutError("no charger to update", "targets")
         return ids
 
     def _model(self, charger_id: str, charger: ChargerState) -> str | None:
@@ -489,12 +509,7 @@ class RolloutManager:
             if self._unsubscribe is not None:  # a stopped manager must not write progress
                 self._unsubscribe()
                 self._unsubscribe = None
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_all(self._tasks)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -713,9 +728,11 @@ class RolloutManager:
         payload: dict[str, Any],
         version: str,
     ) -> None:
+        answered: str | None = None
         try:
             answer = await self._call(target.charger, action, payload, timeout=self._timeout_s)
         except CallErrorResponse as exc:
+            answered = f"CALLERROR {exc.code}"
             self._fail(rollout, target, None, f"{action} answered CALLERROR {exc.code}")
         except CallFailed as exc:
             self._fail(rollout, target, None, f"{action} not delivered: {exc}")
@@ -727,12 +744,15 @@ class RolloutManager:
         else:
             status = answer.get("status")
             plain_16 = version == "1.6" and action == "UpdateFirmware"  # its answer is empty
+            answered = "Accepted" if plain_16 else status
             if not plain_16 and status not in ("Accepted", "AcceptedCanceled"):
                 self._fail(rollout, target, None, f"{action} answered {status}")
             elif target.step is ChargerStep.DOWNLOADING and target.charger_status is None:
                 target.detail = f"{action} accepted"
                 self._save_target(rollout, target, self.state.clock())
         finally:
+            if self.tracker is not None:
+                self.tracker.record_update(target.charger, action, payload, answered)
             self._sending.discard((rollout.id, target.charger))
             self._wake.set()
 

@@ -47,7 +47,7 @@ from aiohttp import web
 from sitectl.config import Config
 from sitectl.firmware.cache import CachedImage, FirmwareCache
 
-__all__ = ["PUBLISHED", "FirmwareServer", "file_name"]
+__all__ = ["PUBLISHED", "FirmwareServer", "file_name", "hide_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ _PREFIX = "/firmware/"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TOKEN = re.compile(r"c\.([A-Za-z0-9_-]{2,400})\.([A-Za-z0-9_-]{22})|p\.([A-Za-z0-9_-]{22})")
 _TOKEN_IN_PATH = re.compile(r"/[cp]\.[A-Za-z0-9_.-]+")
+_TOKEN_IN_URL = re.compile(r"(/firmware/[0-9a-f]{64})/[cp]\.[A-Za-z0-9_.-]+")
 _BAD_SEQUENCES = ("%2f", "%5c", "%2e", "%00", "\\", "\0", "//")
 _SECRET_KEY = "firmware_token_secret"
 _CHUNK = 256 * 1024
@@ -136,6 +137,12 @@ class ChargerFetches:
     bytes_sent: int = 0
     images: set[str] = field(default_factory=set)
     last_at: datetime | None = None
+
+
+def hide_tokens(text: str) -> str:
+    """`text` with the token of every firmware URL in it replaced (API and dashboard output:
+    a token lets whoever holds it download that image)."""
+    return _TOKEN_IN_URL.sub(r"\1/<token>", text)
 
 
 class FirmwareServer:

@@ -81,6 +81,26 @@ class FirmwareTracker:
                 return event
         return None
 
+    def record_update(
+        self, identity: str, action: str, request: dict[str, Any], status: str | None
+    ) -> None:
+        """Record an update request sitectl itself sent (a rollout), and how it was answered.
+
+        The router reports only the calls it relays; sitectl's own calls end here instead.
+        """
+        firmware = request.get("firmware") if isinstance(request.get("firmware"), dict) else {}
+        self._add_firmware(
+            identity,
+            FirmwareEvent(
+                self._clock(),
+                action,
+                status,
+                _int(request.get("requestId")),
+                "sitectl",
+                request.get("location") or firmware.get("location"),
+            ),
+        )
+
     # LinkListener.
 
     def link_events(self, link: ChargerLink, events: list[Event]) -> None:

@@ -19,12 +19,15 @@ from sitectl.http.views import (
     ChargerDetail,
     ChargerView,
     ErrorView,
+    FirmwareView,
     HistoryView,
     SessionRecord,
     SiteView,
 )
 from sitectl.uplink.commands import (
     ClearOverrideCommand,
+    FirmwareCommand,
+    ModelTarget,
     OverrideCommand,
     SessionNeedsCommand,
 )
@@ -65,6 +68,8 @@ def _command_schema(model: type[BaseModel], drop: tuple[str, ...] = ()) -> dict[
     """A command's request body, from the pydantic model that validates it (no drift)."""
     schema = model.model_json_schema(ref_template=_REF)
     schema.pop("title", None)
+    # Nested models are listed in the document's components (`openapi_document`).
+    schema.pop("$defs", None)
     for name in drop:
         schema.get("properties", {}).pop(name, None)
         if name in schema.get("required", []):
@@ -91,6 +96,14 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
     """The whole OpenAPI document (with the site's circuits as the override nodes, if given)."""
     nodes = [GRID, *(c.id for c in config.circuits)] if config is not None else None
     needs = _command_schema(SessionNeedsCommand, drop=("charger", "connector", "session_id"))
+    rollout = _command_schema(FirmwareCommand, drop=("action", "rollout_id"))
+    rollout["required"] = ["url", "targets"]
+    rollout_id = {
+        "name": "rollout_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
     secured = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -107,6 +120,8 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                 AlarmView,
                 SessionRecord,
                 HistoryView,
+                FirmwareView,
+                ModelTarget,
                 ErrorView,
             ),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -192,6 +207,65 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                         "200": _ok(_ref("HistoryView"), "One point per sample."),
                         "401": _ERRORS["401"],
                         "403": _ERRORS["403"],
+                    },
+                }
+            },
+            "/api/firmware": {
+                "get": {
+                    "summary": "The firmware cache and the local rollouts",
+                    "responses": {
+                        "200": _ok(_ref("FirmwareView"), "Cache and rollouts, newest first."),
+                        "401": _ERRORS["401"],
+                        "403": _ERRORS["403"],
+                    },
+                }
+            },
+            "/api/firmware/rollouts": {
+                "post": {
+                    "summary": "Roll an image out to chargers (cached first, canary first, "
+                    "never during a session)",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": rollout}},
+                    },
+                    "responses": {
+                        "201": _ok(
+                            {
+                                "type": "object",
+                                "properties": {"rollout": _ref("RolloutView")},
+                            },
+                            "Started.",
+                        ),
+                        **{k: _ERRORS[k] for k in ("400", "401", "403", "422", "503")},
+                    },
+                }
+            },
+            "/api/firmware/rollouts/{rollout_id}": {
+                "get": {
+                    "summary": "One rollout with each charger's progress",
+                    "parameters": [rollout_id],
+                    "responses": {
+                        "200": _ok(_ref("RolloutView"), "The rollout."),
+                        **{k: _ERRORS[k] for k in ("401", "403", "404")},
+                    },
+                }
+            },
+            "/api/firmware/rollouts/{rollout_id}/stop": {
+                "post": {
+                    "summary": "Stop a rollout: queued chargers are canceled, those in flight "
+                    "are still followed",
+                    "security": secured,
+                    "parameters": [rollout_id],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {"rollout": _ref("RolloutView")},
+                            },
+                            "Stopped.",
+                        ),
+                        **{k: _ERRORS[k] for k in ("401", "403", "404", "422", "503")},
                     },
                 }
             },

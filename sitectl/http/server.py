@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import json
 import logging
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -28,12 +29,19 @@ from typing import Any
 from aiohttp import web
 
 from sitectl.config import Config
+from sitectl.firmware.cache import FirmwareCache, safe_url
+from sitectl.firmware.rollout import RolloutManager
+from sitectl.firmware.tracker import FirmwareTracker
 from sitectl.http.metrics import StateCollector, render_metrics
 from sitectl.http.openapi import openapi_document
 from sitectl.http.views import (
     AlarmView,
+    CachedImageView,
+    CacheView,
     ErrorView,
+    FirmwareView,
     HistoryView,
+    RolloutView,
     SessionRecord,
     charger_view,
     site_view,
@@ -47,6 +55,16 @@ log = logging.getLogger(__name__)
 
 #: (name, payload) -> the reply dict of sitectl's command handling ({"ok": ...}).
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def _site_tls(config: Config) -> ssl.SSLContext | None:
+    """HTTPS with the site certificate (the one chargers see on the OCPP port), if asked for."""
+    ocpp = config.ocpp
+    if not config.http.tls or ocpp.tls_cert_file is None or ocpp.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(ocpp.tls_cert_file, ocpp.tls_key_file)
+    return context
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -103,7 +121,12 @@ class HttpServer:
         commands: command handling shared with MQTT; ``None`` refuses every write.
         extra_metrics: more gauges for ``/metrics`` (journal and outbox lengths...).
         routes: functions that add routes to the application (the firmware cache's).
+        tracker: firmware and security events per charger, for ``/api/chargers/{id}``.
+        cache: the firmware image cache, for ``/api/firmware``.
+        rollouts: the firmware rollouts, for ``/api/firmware`` and its rollout endpoints
+            (their writes go through `commands`, like the MQTT ``firmware`` command).
         port: override the configured port (tests; 0 picks a free one).
+        ssl_context: serve HTTPS (default: from the site certificate when ``http.tls``).
     """
 
     name = "http"
@@ -116,12 +139,20 @@ class HttpServer:
         commands: CommandHandler | None = None,
         extra_metrics: dict[str, tuple[str, Callable[[], float]]] | None = None,
         routes: list[Callable[[web.Application], None]] | None = None,
+        tracker: FirmwareTracker | None = None,
+        cache: FirmwareCache | None = None,
+        rollouts: RolloutManager | None = None,
         port: int | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.sessions = sessions
         self.commands = commands
+        self.tracker = tracker
+        self.cache = cache
+        self.rollouts = rollouts
+        self._ssl = ssl_context if ssl_context is not None else _site_tls(config)
         self.history = PowerHistory(state, config)
         self.collector = StateCollector(state, config, extra_metrics)
         self._port = config.http.listen_port if port is None else port
@@ -142,6 +173,10 @@ class HttpServer:
         app.router.add_get("/api/sessions", self._sessions)
         app.router.add_get("/api/alarms", self._alarms)
         app.router.add_get("/api/history", self._history)
+        app.router.add_get("/api/firmware", self._firmware)
+        app.router.add_post("/api/firmware/rollouts", self._rollout_start)
+        app.router.add_get("/api/firmware/rollouts/{rollout_id:[0-9]+}", self._rollout)
+        app.router.add_post("/api/firmware/rollouts/{rollout_id:[0-9]+}/stop", self._rollout_stop)
         app.router.add_post("/api/overrides", self._override)
         app.router.add_post("/api/sessions/{session_id:.+}/needs", self._needs)
         app.router.add_get("/metrics", self._metrics)
@@ -205,14 +240,40 @@ class HttpServer:
     async def _site(self, request: web.Request) -> web.Response:
         return _json(site_view(self.state, self.config))
 
+    def _updates(self) -> dict[str, str]:
+        """Chargers with a firmware update in flight, and its step."""
+        if self.rollouts is None:
+            return {}
+        installing = self.rollouts.installing()
+        return {
+            c: "installing" if c in installing else "downloading"
+            for c in self.rollouts.in_progress()
+        }
+
     async def _chargers(self, request: web.Request) -> web.Response:
-        return _json([charger_view(c, self.config) for c in self.state.chargers.values()])
+        updates = self._updates()
+        return _json(
+            [
+                charger_view(c, self.config, firmware_update=updates.get(c.charger_id))
+                for c in self.state.chargers.values()
+            ]
+        )
 
     async def _charger(self, request: web.Request) -> web.Response:
         charger = self.state.chargers.get(request.match_info["charger_id"])
         if charger is None:
             return _error(404, f"no charger {request.match_info['charger_id']!r}", "charger_id")
-        return _json(charger_view(charger, self.config, detail=True))
+        identity = charger.charger_id
+        return _json(
+            charger_view(
+                charger,
+                self.config,
+                detail=True,
+                firmware_update=self._updates().get(identity),
+                firmware_events=self.tracker.firmware(identity) if self.tracker else (),
+                security_events=self.tracker.security(identity) if self.tracker else (),
+            )
+        )
 
     async def _sessions(self, request: web.Request) -> web.Response:
         since_text = request.query.get("since")
@@ -245,6 +306,42 @@ class HttpServer:
 
     async def _history(self, request: web.Request) -> web.Response:
         return _json(self.history.view())
+
+    async def _firmware(self, request: web.Request) -> web.Response:
+        cache = None
+        if self.cache is not None:
+            cache = CacheView(
+                used_bytes=self.cache.used_bytes,
+                max_bytes=self.cache.max_bytes,
+                downloading=self.cache.downloading(),
+                images=[
+                    CachedImageView(
+                        sha256=image.sha256,
+                        md5=image.md5,
+                        size_bytes=image.size,
+                        source_url=safe_url(image.source_url),
+                        pinned=self.cache.pinned(image.sha256),
+                    )
+                    for image in self.cache.images()
+                ],
+            )
+        rollouts = self.rollouts.list() if self.rollouts is not None else []
+        return _json(
+            FirmwareView(
+                enabled=self.rollouts is not None,
+                base_url=self.config.firmware.base_url,
+                cache=cache,
+                rollouts=[RolloutView.model_validate(r) for r in rollouts],
+            )
+        )
+
+    async def _rollout(self, request: web.Request) -> web.Response:
+        status = None
+        if self.rollouts is not None:
+            status = self.rollouts.status(int(request.match_info["rollout_id"]))
+        if status is None:
+            return _error(404, f"no rollout {request.match_info['rollout_id']}", "rollout_id")
+        return _json(RolloutView.model_validate(status))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = await asyncio.to_thread(render_metrics, self.collector)
@@ -283,6 +380,24 @@ class HttpServer:
         payload = {k: v for k, v in payload.items() if k != "clear"}
         return self._command("clear_override" if clear else "override", payload)
 
+    async def _rollout_start(self, request: web.Request) -> web.Response:
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        if "action" in payload or "rollout_id" in payload:
+            field = "action" if "action" in payload else "rollout_id"
+            return _error(422, f"unknown field '{field}'", field)
+        response = self._command("firmware", {**payload, "action": "start"})
+        if response.status == 200:
+            response.set_status(201)
+        return response
+
+    async def _rollout_stop(self, request: web.Request) -> web.Response:
+        rollout_id = int(request.match_info["rollout_id"])
+        if self.rollouts is None or self.rollouts.status(rollout_id) is None:
+            return _error(404, f"no rollout {rollout_id}", "rollout_id")
+        return self._command("firmware", {"action": "stop", "rollout_id": rollout_id})
+
     async def _needs(self, request: web.Request) -> web.Response:
         payload = await self._payload(request)
         if isinstance(payload, web.Response):
@@ -305,12 +420,19 @@ class HttpServer:
         """Serve until cancelled."""
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.http.listen_host, self._port)
+        site = web.TCPSite(
+            runner, self.config.http.listen_host, self._port, ssl_context=self._ssl, backlog=1024
+        )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("dashboard and API on http://%s:%d/", self.config.http.listen_host, self.port)
+        log.info(
+            "dashboard and API on %s://%s:%d/",
+            "https" if self._ssl else "http",
+            self.config.http.listen_host,
+            self.port,
+        )
         self.ready.set()
         history = asyncio.create_task(self.history.run())
         try:

@@ -6,24 +6,34 @@ two cannot drift apart. Currents are A per phase as ``[L1, L2, L3]``; times are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from sitectl.config import GRID, Config
+from sitectl.firmware.cache import safe_url
+from sitectl.firmware.server import hide_tokens
 from sitectl.state import ChargerState, SiteState
 
 __all__ = [
     "AlarmView",
+    "CacheView",
+    "CachedImageView",
     "ChargerDetail",
     "ChargerView",
     "CircuitView",
     "ConnectorView",
     "ControlView",
     "ErrorView",
+    "FirmwareEventView",
+    "FirmwareView",
     "FrameView",
     "HistoryView",
+    "RolloutChargerView",
+    "RolloutView",
+    "SecurityEventView",
     "SessionRecord",
     "SessionView",
     "SiteView",
@@ -113,6 +123,9 @@ class ChargerView(BaseModel):
     firmware_status: str | None
     limit_a: float | None = Field(description="Dynamic limit in force (A per phase).")
     compliance: str = Field(description="ok, noncompliant or uncontrollable.")
+    firmware_update: str | None = Field(
+        None, description="Its step in a local rollout in flight: downloading or installing."
+    )
     last_seen: datetime | None
     connectors: list[ConnectorView]
 
@@ -126,10 +139,92 @@ class FrameView(BaseModel):
     text: str
 
 
+class FirmwareEventView(BaseModel):
+    """A firmware status from the charger, or an update request it was sent and its answer."""
+
+    at: datetime
+    action: str
+    status: str | None
+    request_id: int | None
+    origin: str | None = Field(description="For update requests: csms or sitectl.")
+    location: str | None = Field(description="For update requests: as the charger got it.")
+
+
+class SecurityEventView(BaseModel):
+    """A SecurityEventNotification from the charger (forwarded to the CSMS too)."""
+
+    at: datetime
+    type: str | None
+    timestamp: str | None = Field(description="The charger's own time, as sent.")
+    tech_info: str | None
+
+
 class ChargerDetail(ChargerView):
-    """A charger with its latest frames (for commissioning)."""
+    """A charger with its latest frames (for commissioning) and firmware traffic."""
 
     recent_frames: list[FrameView]
+    firmware_events: list[FirmwareEventView] = Field(default_factory=list)
+    security_events: list[SecurityEventView] = Field(default_factory=list)
+
+
+class CachedImageView(BaseModel):
+    """A verified firmware image in the local cache."""
+
+    sha256: str
+    md5: str
+    size_bytes: int
+    source_url: str = Field(description="Where it was first downloaded from (no credentials).")
+    pinned: bool = Field(description="A rollout or publication needs it: never evicted.")
+
+
+class CacheView(BaseModel):
+    """The firmware image cache."""
+
+    used_bytes: int
+    max_bytes: int
+    downloading: bool
+    images: list[CachedImageView]
+
+
+class RolloutChargerView(BaseModel):
+    """One charger of a rollout."""
+
+    charger: str
+    state: str = Field(
+        description="queued, downloading, installing, installed, failed, skipped or canceled."
+    )
+    canary: bool
+    charger_status: str | None = Field(description="The charger's last firmware status.")
+    detail: str | None
+    request_id: int | None
+    started_at: datetime | None
+    updated_at: datetime
+
+
+class RolloutView(BaseModel):
+    """A local firmware rollout (the per-charger list only for one rollout)."""
+
+    id: int
+    url: str
+    md5: str | None
+    sha256: str | None
+    targets: Any
+    state: str = Field(description="caching, running, halted, stopped, done or failed.")
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    signed: bool
+    counts: dict[str, int]
+    chargers: list[RolloutChargerView] | None = None
+
+
+class FirmwareView(BaseModel):
+    """The firmware cache and the local rollouts, newest first."""
+
+    enabled: bool = Field(description="False without firmware or local HTTP configured.")
+    base_url: str | None = Field(description="Where chargers fetch images from.")
+    cache: CacheView | None
+    rollouts: list[RolloutView]
 
 
 class AlarmView(BaseModel):
@@ -212,8 +307,17 @@ def site_view(state: SiteState, config: Config) -> SiteView:
     )
 
 
-def charger_view(charger: ChargerState, config: Config, detail: bool = False) -> ChargerView:
-    """One charger now (with its latest frames when `detail`)."""
+def charger_view(
+    charger: ChargerState,
+    config: Config,
+    detail: bool = False,
+    *,
+    firmware_update: str | None = None,
+    firmware_events: Sequence[Any] = (),
+    security_events: Sequence[Any] = (),
+) -> ChargerView:
+    """One charger now; with `detail`, its latest frames and firmware traffic (the tracker's
+    `FirmwareEvent` and `SecurityEvent` records)."""
     configured = config.charger(charger.charger_id)
     connectors = []
     for connector in charger.connectors.values():
@@ -253,13 +357,33 @@ def charger_view(charger: ChargerState, config: Config, detail: bool = False) ->
         firmware_status=charger.firmware_status,
         limit_a=charger.limit_a,
         compliance=charger.compliance,
+        firmware_update=firmware_update,
         last_seen=charger.last_seen,
         connectors=connectors,
     )
     if not detail:
         return ChargerView(**fields)
+    # Firmware URLs carry a per-charger download token: not for the API's readers.
     frames = [
-        FrameView(at=at, socket=side, direction=direction, text=text)
+        FrameView(at=at, socket=side, direction=direction, text=hide_tokens(text))
         for at, side, direction, text in charger.recent_frames
     ]
-    return ChargerDetail(**fields, recent_frames=frames)
+    events = [
+        FirmwareEventView(
+            at=e.at,
+            action=e.action,
+            status=e.status,
+            request_id=e.request_id,
+            origin=e.origin,
+            location=None if e.location is None else hide_tokens(safe_url(e.location)),
+        )
+        for e in firmware_events
+    ]
+    return ChargerDetail(
+        **fields,
+        recent_frames=frames,
+        firmware_events=events,
+        security_events=[
+            SecurityEventView.model_validate(e, from_attributes=True) for e in security_events
+        ],
+    )

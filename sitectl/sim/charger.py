@@ -318,10 +318,14 @@ class SimCharger:
             proxy=None,
             **kwargs,
         )
-        point_class = _Point16 if self.version == "1.6" else _Point201
+        point_class = self.point_class()
         self.point = point_class(self.identity, RecordingConnection(self.ws, self.frames), self)
         self._task = asyncio.create_task(self._serve(), name=f"sim {self.identity}")
         return self
+
+    def point_class(self) -> type[ChargePoint16] | type[ChargePoint201]:
+        """The `ocpp` charge point class that answers calls (subclasses add handlers)."""
+        return _Point16 if self.version == "1.6" else _Point201
 
     async def _serve(self) -> None:
         with contextlib.suppress(Exception):

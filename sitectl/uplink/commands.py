@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AwareDatetime,
@@ -35,6 +36,7 @@ from pydantic import (
 )
 
 from sitectl.config import Config
+from sitectl.firmware.rollout import RolloutError
 from sitectl.state import LimitOverride, SiteState
 from sitectl.uplink.messages import iso
 
@@ -45,8 +47,11 @@ __all__ = [
     "ClearOverrideCommand",
     "CommandError",
     "FirmwareCommand",
+    "ModelTarget",
     "OverrideCommand",
     "RepublishCommand",
+    "Rollouts",
+    "Services",
     "SessionNeedsCommand",
     "command_schemas",
     "handle_command",
@@ -81,6 +86,7 @@ class _Command(BaseModel):
 
 
 Amps = Annotated[float, Field(ge=0, le=100_000)]
+ChargerId = Annotated[str, Field(min_length=1, max_length=48)]
 
 
 class OverrideCommand(_Command):
@@ -146,11 +152,33 @@ class RepublishCommand(_Command):
     """``republish``: send the status, every charger's state and a summary again."""
 
 
-class FirmwareCommand(_Command):
-    """``firmware``: start, stop or query a rollout (not available yet)."""
+class ModelTarget(_Command):
+    """Every charger of one model (as it reported at boot, else as configured)."""
 
-    model_config = ConfigDict(extra="allow", strict=True)
-    action: Literal["start", "stop", "query"] | None = None
+    model: str = Field(min_length=1, max_length=64)
+
+
+class FirmwareCommand(_Command):
+    """``firmware``: start, stop or look at a local rollout.
+
+    ``start`` needs ``url`` and ``targets``; ``stop`` and ``status`` need ``rollout_id``;
+    ``list`` takes nothing else.
+    """
+
+    action: Literal["start", "stop", "status", "list"]
+    url: str | None = Field(
+        None, min_length=1, max_length=2048, description="Where the image comes from."
+    )
+    targets: Literal["all"] | list[ChargerId] | ModelTarget | None = Field(
+        None, description="'all', a list of charger ids, or {'model': ...}."
+    )
+    md5: str | None = Field(
+        None, pattern="^[0-9a-fA-F]{32}$", description="The image's MD5, checked before use."
+    )
+    # Lengths: OCPP 1.6 security whitepaper SignedUpdateFirmware, 2.0.1 FirmwareType (F3, F4).
+    signature: str | None = Field(None, min_length=1, max_length=800)
+    signing_certificate: str | None = Field(None, min_length=1, max_length=5500)
+    rollout_id: int | None = Field(None, ge=1, description="For stop and status.")
 
 
 _MODELS: dict[str, type[_Command]] = {
@@ -198,6 +226,7 @@ def handle_command(
     payload: bytes | str | Mapping[str, Any] | None,
     *,
     republish: Callable[[], Mapping[str, Any]] | None = None,
+    rollouts: Rollouts | None = None,
 ) -> dict[str, Any]:
     """Validate and carry out one command; never raises.
 
@@ -208,6 +237,8 @@ def handle_command(
         payload: the raw payload (JSON text or bytes; empty means ``{}``), or a parsed object.
         republish: does the republish and returns details for the reply; ``None`` if the
             transport cannot republish (the command is then refused).
+        rollouts: the firmware rollouts; ``None`` if this site has none (``firmware`` is then
+            refused).
 
     Returns:
         ``{"ok": true, "command": name, ...}`` or
@@ -218,7 +249,7 @@ def handle_command(
         if model is None:
             raise CommandError(f"unknown command '{name}' (known: {', '.join(COMMANDS)})")
         command = model.model_validate_json(_text(payload))
-        result = _HANDLERS[name](state, config, command, republish)
+        result = _HANDLERS[name](state, config, command, Services(republish, rollouts))
     except CommandError as exc:
         return {"ok": False, "command": name, "error": exc.message, "field": exc.field}
     except ValidationError as exc:
@@ -270,7 +301,32 @@ def _first_error(exc: ValidationError) -> tuple[str, str | None]:
 # Handlers
 
 
-Republish = Callable[[], Mapping[str, Any]] | None
+class Rollouts(Protocol):
+    """What the ``firmware`` command needs of the rollout manager (`RolloutManager`)."""
+
+    def start(
+        self,
+        url: str,
+        targets: Any,
+        md5: str | None = None,
+        *,
+        signature: str | None = None,
+        signing_certificate: str | None = None,
+    ) -> int: ...
+
+    def stop(self, rollout_id: int) -> bool: ...
+
+    def status(self, rollout_id: int) -> dict[str, Any] | None: ...
+
+    def list(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What some commands act through; ``None`` where this interface or site lacks it."""
+
+    republish: Callable[[], Mapping[str, Any]] | None = None
+    rollouts: Rollouts | None = None
 
 
 def _nodes(config: Config) -> dict[str, tuple[float, float, float]]:
@@ -285,7 +341,7 @@ def _known_node(config: Config, node: str) -> tuple[float, float, float]:
 
 
 def _override(
-    state: SiteState, config: Config, command: OverrideCommand, _: Republish
+    state: SiteState, config: Config, command: OverrideCommand, _: Services
 ) -> dict[str, Any]:
     rating = _known_node(config, command.node)
     value = command.limit_a
@@ -323,7 +379,7 @@ def _override(
 
 
 def _clear_override(
-    state: SiteState, config: Config, command: ClearOverrideCommand, _: Republish
+    state: SiteState, config: Config, command: ClearOverrideCommand, _: Services
 ) -> dict[str, Any]:
     _known_node(config, command.node)
     cleared = state.overrides.pop(command.node, None) is not None
@@ -334,7 +390,7 @@ def _clear_override(
 
 
 def _session_needs(
-    state: SiteState, config: Config, command: SessionNeedsCommand, _: Republish
+    state: SiteState, config: Config, command: SessionNeedsCommand, _: Services
 ) -> dict[str, Any]:
     charger = state.chargers.get(command.charger)
     if charger is None:
@@ -387,23 +443,58 @@ def _session_needs(
 
 
 def _republish(
-    state: SiteState, config: Config, command: RepublishCommand, republish: Republish
+    state: SiteState, config: Config, command: RepublishCommand, services: Services
 ) -> dict[str, Any]:
-    if republish is None:
+    if services.republish is None:
         raise CommandError("republish is not available over this interface")
-    return dict(republish())
+    return dict(services.republish())
 
 
 def _firmware(
-    state: SiteState, config: Config, command: FirmwareCommand, _: Republish
+    state: SiteState, config: Config, command: FirmwareCommand, services: Services
 ) -> dict[str, Any]:
-    raise CommandError(
-        "firmware rollouts are not available yet: this sitectl has no firmware component "
-        "(issue: firmware cache and staged rollout)"
-    )
+    rollouts = services.rollouts
+    if rollouts is None:
+        raise CommandError(
+            "firmware rollouts are not available: firmware or the local HTTP server is "
+            "disabled in this site's configuration"
+        )
+    if command.action == "list":
+        return {"rollouts": rollouts.list()}
+    if command.action == "start":
+        if command.url is None:
+            raise CommandError("start needs the image's url", "url")
+        if command.targets is None:
+            raise CommandError(
+                "start needs targets: 'all', a list of ids or {'model': ...}", "targets"
+            )
+        targets: Any = command.targets
+        if isinstance(targets, ModelTarget):
+            targets = targets.model_dump()
+        try:
+            rollout_id = rollouts.start(
+                command.url,
+                targets,
+                command.md5,
+                signature=command.signature,
+                signing_certificate=command.signing_certificate,
+            )
+        except RolloutError as exc:
+            raise CommandError(str(exc), exc.field) from None
+        return {"rollout": rollouts.status(rollout_id)}
+    if command.rollout_id is None:
+        raise CommandError(f"{command.action} needs rollout_id", "rollout_id")
+    status = rollouts.status(command.rollout_id)
+    if status is None:
+        raise CommandError(f"no rollout {command.rollout_id}", "rollout_id")
+    if command.action == "stop" and not rollouts.stop(command.rollout_id):
+        raise CommandError(
+            f"rollout {command.rollout_id} is {status['state']}: nothing to stop", "rollout_id"
+        )
+    return {"rollout": rollouts.status(command.rollout_id)}
 
 
-_HANDLERS: dict[str, Callable[[SiteState, Config, Any, Republish], dict[str, Any]]] = {
+_HANDLERS: dict[str, Callable[[SiteState, Config, Any, Services], dict[str, Any]]] = {
     "override": _override,
     "clear_override": _clear_override,
     "session_needs": _session_needs,

@@ -44,7 +44,7 @@ from sitectl.config import Config
 from sitectl.state import Alarm, Change, SessionState, SiteState
 from sitectl.store import Store
 from sitectl.uplink.client import Acked, Connected, Disconnected, Event, MqttConnection, Received
-from sitectl.uplink.commands import handle_command
+from sitectl.uplink.commands import Rollouts, handle_command
 from sitectl.uplink.messages import (
     EnergyToday,
     Kind,
@@ -102,6 +102,7 @@ class Uplink:
         store: the SQLite store (the outbox and the counters live there).
         reconnect_delay_s: (first, longest) wait between connection attempts.
         window: messages in flight at most (see `WINDOW`).
+        rollouts: the firmware rollouts, for the ``firmware`` command (``None``: refused).
     """
 
     name = "uplink"
@@ -114,8 +115,10 @@ class Uplink:
         *,
         reconnect_delay_s: tuple[float, float] = RECONNECT_DELAY_S,
         window: int = WINDOW,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.config = config
+        self.rollouts = rollouts
         self.mqtt = config.mqtt
         self.state = state
         self.store = store
@@ -529,7 +532,12 @@ class Uplink:
         if reply is None:
             assert name is not None
             reply = handle_command(
-                self.state, self.config, name, message.payload, republish=self.republish
+                self.state,
+                self.config,
+                name,
+                message.payload,
+                republish=self.republish,
+                rollouts=self.rollouts,
             )
         reply["ts"] = iso(self.state.clock())
         if reply["ok"]:

@@ -147,7 +147,14 @@ async def depot(
         interceptor = FirmwareInterceptor(cache, files, state, config, call=server.call)
         server.csms_rewriters.append(interceptor.rewrite)
         rollouts = RolloutManager(
-            store, state, cache, files, server.call, config, protocols=interceptor.protocols
+            store,
+            state,
+            cache,
+            files,
+            server.call,
+            config,
+            protocols=interceptor.protocols,
+            tracker=tracker,
         )
         made = Depot(
             config,

@@ -19,7 +19,6 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -28,12 +27,8 @@ from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
 from ocpp.v201 import call as call201
 from ocpp.v201 import call_result as result201
-from websockets.asyncio.client import connect
-from websockets.typing import Subprotocol
 
-from sitectl.ocpp.upstream import basic_auth
 from sitectl.sim.charger import SimCharger, _Point16, _Point201
-from sitectl.sim.csms import RecordingConnection
 
 
 def image_bytes(size: int, seed: int = 1) -> bytes:
@@ -343,25 +338,8 @@ class FwSimCharger(SimCharger):
             self.config_keys["SupportedFileTransferProtocols"] = protocols
             self.config_keys["OCPPCommCtrlr.FileTransferProtocols"] = protocols
 
-    async def connect(self, **kwargs: Any) -> FwSimCharger:
-        headers = (
-            {"Authorization": basic_auth(self.identity, self.password)}
-            if self.password is not None
-            else {}
-        )
-        self.ws = await connect(
-            f"{self.url}/{quote(self.identity, safe='')}",
-            subprotocols=[Subprotocol(p) for p in self.subprotocols],
-            additional_headers=headers,
-            ssl=self.ssl,
-            open_timeout=10,
-            proxy=None,
-            **kwargs,
-        )
-        point_class = _FwPoint16 if self.version == "1.6" else _FwPoint201
-        self.point = point_class(self.identity, RecordingConnection(self.ws, self.frames), self)
-        self._task = asyncio.create_task(self._serve(), name=f"sim {self.identity}")
-        return self
+    def point_class(self) -> type[_Point16] | type[_Point201]:
+        return _FwPoint16 if self.version == "1.6" else _FwPoint201
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -48,6 +48,10 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
             lambda: app.state.control.cycles > 0, timeout=30, message="a first control cycle"
         )
         url = f"http://127.0.0.1:{config.http.listen_port}/"
+        # A rollout whose image cannot be fetched: it shows, and it fails without touching
+        # any charger.
+        rollouts = next(c for c in app.components if c.name == "firmware-rollouts")
+        rollouts.start("http://127.0.0.1:9/unreachable.bin", [config.chargers[0].id])
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(
                 executable_path=executable, headless=True, args=CHROMIUM_ARGS
@@ -67,6 +71,11 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
                 await page.wait_for_function(
                     f"document.body.dataset.updated !== {first!r}", timeout=10_000
                 )
+                await page.wait_for_function(
+                    "document.querySelector('#firmware tr[data-rollout]') !== null",
+                    timeout=10_000,
+                )
+                firmware = await page.locator("#firmware").inner_text()
                 rows = await page.locator("#chargers tbody tr").count()
                 tree = await page.locator("#circuits").inner_text()
                 headline = await page.locator("#headline").inner_text()
@@ -87,5 +96,6 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
     assert rows == len(config.chargers)
     assert "grid" in tree and "feeder-a" in tree and "L1" in tree
     assert "kW" in headline and "charging" in headline
+    assert "#1" in firmware and "unreachable.bin" in firmware and "cache 0 of" in firmware
     assert errors == []
     assert shot.stat().st_size > 20_000

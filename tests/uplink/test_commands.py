@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sitectl.firmware import FirmwareCache, FirmwareServer, RolloutManager
+from sitectl.migrations import SCHEMA
 from sitectl.state import Change, SiteState
+from sitectl.store import Store
 from sitectl.uplink.commands import MAX_COMMAND_BYTES, handle_command
 from tests.uplink.support import depot_config, rich_state
 
@@ -224,13 +229,91 @@ def test_republish_needs_a_transport_that_can(config, state) -> None:
     refused(handle_command(state, config, "republish", b'{"all": 1}'), "all", "unknown field")
 
 
-def test_firmware_is_not_available_yet(config, state) -> None:
-    refused(
-        handle_command(state, config, "firmware", {"action": "start"}),
-        None,
-        "not available yet",
-        "no firmware component",
+@pytest.fixture
+def rollouts(config, state, tmp_path) -> Iterator[RolloutManager]:
+    """A real rollout manager on a real store; not running, so no charger is ever called."""
+    firmware = config.firmware.model_copy(
+        update={"base_url": "http://192.0.2.1:8080", "cache_dir": tmp_path / "fw"}
     )
+    fw_config = config.model_copy(update={"firmware": firmware})
+    store = Store(tmp_path / "s.sqlite", migrations=SCHEMA)
+    cache = FirmwareCache(store, firmware)
+
+    async def call(*args: Any, **kwargs: Any) -> dict:
+        raise AssertionError("a charger was called")
+
+    yield RolloutManager(store, state, cache, FirmwareServer(cache, fw_config), call, fw_config)
+    store.close()
+
+
+def test_firmware_without_rollouts_is_refused(config, state) -> None:
+    refused(
+        handle_command(state, config, "firmware", {"action": "list"}),
+        None,
+        "not available",
+        "disabled",
+    )
+
+
+def test_firmware_start_status_stop_list(config, state, rollouts) -> None:
+    def firmware(payload: dict) -> dict:
+        return handle_command(state, config, "firmware", payload, rollouts=rollouts)
+
+    url = "https://vendor.example/fw/t500-2.0.bin"
+    reply = firmware({"action": "start", "url": url, "targets": ["CP1"], "md5": "a" * 32})
+    assert reply["ok"] is True, reply
+    rollout = reply["rollout"]
+    assert rollout["state"] == "caching" and rollout["url"] == url
+    assert [c["charger"] for c in rollout["chargers"]] == ["CP1"]
+    assert rollout["chargers"][0]["state"] == "queued"
+    status = firmware({"action": "status", "rollout_id": rollout["id"]})
+    assert status["rollout"]["id"] == rollout["id"]
+    by_model = firmware({"action": "start", "url": url, "targets": {"model": "T500"}})
+    refused(by_model, "targets", "already being updated", "CP1")
+    stopped = firmware({"action": "stop", "rollout_id": rollout["id"]})
+    assert stopped["rollout"]["state"] == "stopped"
+    assert stopped["rollout"]["chargers"][0]["state"] == "canceled"
+    refused(firmware({"action": "stop", "rollout_id": rollout["id"]}), "rollout_id", "stopped")
+    listed = firmware({"action": "list"})["rollouts"]
+    assert [r["id"] for r in listed] == [rollout["id"]]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "words"),
+    [
+        ({"action": "start", "targets": "all"}, "url", ["needs the image's url"]),
+        ({"action": "start", "url": "https://x.example/f.bin"}, "targets", ["needs targets"]),
+        ({"action": "start", "url": "file:///etc/passwd", "targets": "all"}, "url", []),
+        (
+            {"action": "start", "url": "https://x.example/f.bin", "targets": ["CP9"]},
+            "targets",
+            ["unknown charger", "CP9"],
+        ),
+        (
+            {"action": "start", "url": "https://x.example/f.bin", "targets": "all", "md5": "x"},
+            "md5",
+            ["pattern"],
+        ),
+        (
+            {
+                "action": "start",
+                "url": "https://x.example/f.bin",
+                "targets": "all",
+                "signature": "c2ln",
+            },
+            "signature",
+            ["go together"],
+        ),
+        ({"action": "reflash"}, "action", ["start", "stop"]),
+        ({"action": "stop"}, "rollout_id", ["needs rollout_id"]),
+        ({"action": "status", "rollout_id": 999}, "rollout_id", ["no rollout 999"]),
+        ({"action": "list", "force": True}, "force", ["unknown field"]),
+    ],
+)
+def test_firmware_refusals(config, state, rollouts, payload, field, words) -> None:
+    reply = handle_command(state, config, "firmware", payload, rollouts=rollouts)
+    refused(reply, field, *words)
+    assert rollouts.list() == []
 
 
 @pytest.mark.parametrize(

@@ -290,7 +290,7 @@ async def test_command_republish(commanding, capture) -> None:
         ("override", {"node": "grid", "limit_a": "many"}, {}, "limit_a", "number"),
         ("override", b"{" + b" " * 20_000 + b"}", {}, None, "at most"),
         ("reboot", {}, {}, None, "unknown command 'reboot'"),
-        ("firmware", {"action": "start"}, {}, None, "not available yet"),
+        ("firmware", {"action": "list"}, {}, None, "not available"),
         (
             "override",
             {"node": "grid", "limit_a": 1, "expires_in_s": 9},

@@ -68,8 +68,9 @@ function renderChargers(chargers) {
     }).join(" · ") || '<span class="muted">–</span>';
     const departure = sessions.map((k) => k.session.departure
       ? new Date(k.session.departure).toLocaleTimeString() : "default").join(" · ") || "";
-    const compliance = c.compliance === "ok" ? '<span class="badge ok">ok</span>'
-      : `<span class="badge bad">${esc(c.compliance)}</span>`;
+    const compliance = (c.compliance === "ok" ? '<span class="badge ok">ok</span>'
+      : `<span class="badge bad">${esc(c.compliance)}</span>`) +
+      (c.firmware_update ? ` <span class="badge warn">firmware ${esc(c.firmware_update)}</span>` : "");
     const online = c.connected ? '<span class="badge ok">online</span>'
       : '<span class="badge bad">offline</span>';
     const csms = c.upstream_connected ? '<span class="badge ok">up</span>'
@@ -106,14 +107,35 @@ function renderChart(history) {
   document.body.dataset.chartPoints = String(history.power_kw.filter((p) => p != null).length);
 }
 
+function counts(rollout) {
+  return Object.entries(rollout.counts ?? {}).filter(([, n]) => n > 0)
+    .map(([step, n]) => `${n} ${esc(step)}`).join(", ") || "no chargers";
+}
+
 async function renderFirmware() {
+  const box = document.getElementById("firmware");
   try {
-    const rollouts = await get("/api/firmware");
-    const list = rollouts.rollouts ?? [];
-    document.getElementById("firmware").innerHTML = list.length === 0 ? "none"
-      : list.map((r) => `${esc(r.id)}: ${esc(r.state)} (${esc(JSON.stringify(r.counts ?? {}))})`).join("<br>");
+    const firmware = await get("/api/firmware");
+    if (!firmware.enabled) {
+      box.textContent = "firmware is disabled on this sitectl";
+      return;
+    }
+    const cache = firmware.cache;
+    const mb = (b) => (b / 1048576).toFixed(0);
+    const head = cache ? `<p class="muted">cache ${mb(cache.used_bytes)} of ${mb(cache.max_bytes)} MB, ` +
+      `${cache.images.length} image${cache.images.length === 1 ? "" : "s"}` +
+      `${cache.downloading ? ", downloading" : ""}</p>` : "";
+    const rows = (firmware.rollouts ?? []).map((r) => {
+      const cls = r.state === "done" ? "ok" : ["halted", "failed"].includes(r.state) ? "bad" : "warn";
+      return `<tr data-rollout="${esc(r.id)}"><td>#${esc(r.id)}</td>` +
+        `<td><span class="badge ${cls}">${esc(r.state)}</span></td><td>${counts(r)}</td>` +
+        `<td class="url">${esc(r.url)}</td><td>${esc(r.reason ?? "")}</td></tr>`;
+    });
+    box.innerHTML = head + (rows.length === 0 ? "no rollouts"
+      : `<table><thead><tr><th>rollout</th><th>state</th><th>chargers</th><th>image</th>` +
+        `<th></th></tr></thead><tbody>${rows.join("")}</tbody></table>`);
   } catch (error) {
-    document.getElementById("firmware").textContent = "not available";
+    box.textContent = "not available";
   }
 }
 

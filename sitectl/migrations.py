@@ -1,0 +1,17 @@
+"""The store's schema: every component's migration, in version order.
+
+`sitectl.store` holds the foundation's steps (meta, offline journal, uplink outbox); the
+firmware and session-history packages own theirs. They are gathered here so that the store
+module does not depend on the packages that use it.
+"""
+
+from __future__ import annotations
+
+from sitectl.firmware.schema import FIRMWARE_MIGRATION
+from sitectl.sessions import SESSIONS_MIGRATION
+from sitectl.store import MIGRATIONS, Migration
+
+__all__ = ["SCHEMA"]
+
+#: Every migration sitectl's store needs, in version order.
+SCHEMA: tuple[Migration, ...] = (*MIGRATIONS, FIRMWARE_MIGRATION, SESSIONS_MIGRATION)
