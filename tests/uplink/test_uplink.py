@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sitectl.firmware import FirmwareCache, FirmwareServer, RolloutManager
 from sitectl.state import SessionState, Severity
 from sitectl.uplink.client import Received
 from tests.helpers import wait_for
@@ -279,6 +280,39 @@ async def test_command_republish(commanding, capture) -> None:
     await wait_for(lambda: len(capture.on("status")) == births + 1, message="birth again")
     await wait_for(lambda: len(capture.on("chargers/CP1")) == states + 1, message="CP1 again")
     assert_gapless(capture.all())
+
+
+async def test_command_firmware_reaches_the_rollouts(commanding, tmp_path) -> None:
+    running, requester = commanding
+    config = running.config
+    firmware = config.firmware.model_copy(
+        update={"base_url": "http://192.0.2.1:8080", "cache_dir": tmp_path / "fw"}
+    )
+    fw_config = config.model_copy(update={"firmware": firmware})
+    cache = FirmwareCache(running.store, firmware)
+
+    async def call(*args, **kwargs):
+        raise AssertionError("a charger was called")
+
+    running.uplink.rollouts = RolloutManager(
+        running.store, running.state, cache, FirmwareServer(cache, fw_config), call, fw_config
+    )
+    url = "https://vendor.example/t500-2.1.bin"
+    reply = await requester.reply(
+        requester.send("firmware", {"action": "start", "url": url, "targets": ["CP1"]})
+    )
+    assert reply["ok"] is True, reply
+    assert reply["rollout"]["chargers"][0] == {**reply["rollout"]["chargers"][0], "state": "queued"}
+    listed = await requester.reply(requester.send("firmware", {"action": "list"}))
+    assert [r["url"] for r in listed["rollouts"]] == [url]
+    refused = await requester.reply(
+        requester.send("firmware", {"action": "start", "url": url, "targets": ["CP1"]})
+    )
+    assert refused["ok"] is False and refused["field"] == "targets", refused
+    stopped = await requester.reply(
+        requester.send("firmware", {"action": "stop", "rollout_id": reply["rollout"]["id"]})
+    )
+    assert stopped["rollout"]["state"] == "stopped"
 
 
 @pytest.mark.parametrize(
