@@ -51,6 +51,9 @@ _TRIGGERS = frozenset(
     }
 )
 
+#: Firmware statuses of a charger that is installing (1.6, 1.6 security whitepaper, 2.0.1).
+_INSTALLING = frozenset({"Installing", "InstallRebooting"})
+
 
 class ControlLoop:
     """Turns SiteState into charger limits, every period and on events.
@@ -193,7 +196,14 @@ class ControlLoop:
         self.last = (built, allocation, report)
 
     def _mark_unavailable(self) -> None:
-        updating = self.unavailable() if self.unavailable is not None else set()
+        # A local rollout's chargers in their install phase, and any charger that reports
+        # installing (an update the CSMS sent) while it has no session (reference F10).
+        updating = set(self.unavailable()) if self.unavailable is not None else set()
+        for charger_id, charger in self.state.chargers.items():
+            if charger.firmware_status in _INSTALLING and not any(
+                c.session for c in charger.connectors.values()
+            ):
+                updating.add(charger_id)
         for charger_id, mem in self.memory.items():
             now_unavailable = charger_id in updating
             if now_unavailable and not mem.unavailable:
@@ -206,9 +216,7 @@ class ControlLoop:
         pending = [
             charger_id
             for charger_id, charger in self.state.chargers.items()
-            if charger.connected
-            and not self.memory[charger_id].failsafe_installed
-            and not self.memory[charger_id].unavailable
+            if charger.connected and not self.memory[charger_id].failsafe_installed
         ]
         if not pending:
             return

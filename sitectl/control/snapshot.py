@@ -13,8 +13,8 @@ Rules of this module (DESIGN.md safety model; issue #7):
 - **Unmetered circuit.** Its configured worst-case non-EV load, less what its children account for.
 - **Chargers sitectl cannot steer** are fixed loads: a disconnected charger at its last commanded
   limit until that limit's validity has lapsed, then at its fail-safe; an uncontrollable one
-  (refusing profiles) at its maximum; a non-compliant one, or one installing firmware in a local
-  rollout, at its measured draw.
+  (refusing profiles) at its maximum; a non-compliant one, or one installing firmware without a
+  session (a local rollout's, or the CSMS's), at its measured draw.
 - **Sessions**: phases from per-phase MeterValues where reported (else the charger's), mapped
   through the charger's rotation; the maximum is the least of charger, connector, vehicle
   (2.0.1 charging needs) and the CSMS's own profiles (its composite schedule); energy and
@@ -101,7 +101,7 @@ class ChargerMemory:
     disconnected_at: float | None = None
     uncontrollable: bool = False
     noncompliant: bool = False
-    #: Installing firmware (a local rollout): sitectl sends it nothing and budgets its draw.
+    #: Installing firmware without a session: sitectl sends it no limit and budgets its draw.
     unavailable: bool = False
     over_limit_since: float | None = None
     paused_since: dict[int, float] = field(default_factory=dict)  # connector -> monotonic

@@ -307,3 +307,12 @@ async def test_a_charger_installing_firmware_is_sent_nothing_and_budgeted(
     await rig.cycles(2)
     assert not rig.loop.memory["A"].unavailable
     assert "A" in rig.loop.last[0].steerable
+    # An install the CSMS started counts too, as the charger reports it.
+    rig.state.chargers["A"].firmware_status = "Installing"
+    rig.state.notify("firmware_status", "A")
+    await rig.cycles(1)
+    assert rig.loop.memory["A"].unavailable
+    rig.state.chargers["A"].firmware_status = "Installed"
+    rig.state.notify("firmware_status", "A")
+    await rig.cycles(1)
+    assert not rig.loop.memory["A"].unavailable
