@@ -282,6 +282,7 @@ class SimCharger:
         self.subprotocols = subprotocols or [SUBPROTOCOL[version]]
         self.vendor = vendor
         self.model = model
+        self.firmware_version = "1.0.0"
         self.frames: list[tuple[str, str]] = []
         self.handled = _Handled()
         self.config_keys: dict[str, str] = {
@@ -366,7 +367,7 @@ class SimCharger:
                 call16.BootNotification(
                     charge_point_model=self.model,
                     charge_point_vendor=self.vendor,
-                    firmware_version="1.0.0",
+                    firmware_version=self.firmware_version,
                 )
             )
         return await self.call(
@@ -374,7 +375,7 @@ class SimCharger:
                 charging_station={
                     "model": self.model,
                     "vendor_name": self.vendor,
-                    "firmware_version": "1.0.0",
+                    "firmware_version": self.firmware_version,
                 },
                 reason="PowerUp",
             )

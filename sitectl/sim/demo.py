@@ -3,8 +3,10 @@
 Started from ``configs/demo.yaml`` (ports replaced by free ones, data in a temporary directory):
 a stub CSMS, simulated chargers (OCPP 1.6 and 2.0.1, three- and single-phase vehicles, rotated
 wiring, one charger that ignores its limit), a Modbus grid meter and transformer monitor that
-measure a building-load curve plus what the chargers really draw, and vehicles that arrive, charge
-and leave on a compressed schedule. sitectl itself runs exactly as ``sitectl run`` would.
+measure a building-load curve plus what the chargers really draw, vehicles that arrive, charge
+and leave on a compressed schedule, and a vendor's download server with one firmware image that
+the chargers really fetch and install when rolled out. sitectl itself runs exactly as
+``sitectl run`` would.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from aiohttp import web
+
 from sitectl.app import App
 from sitectl.config import Config, load_config
 from sitectl.logs import set_secrets
 from sitectl.sim.charger import SimEv
 from sitectl.sim.csms import StubCsms
 from sitectl.sim.depot import SimDepot
+from sitectl.sim.firmware import FirmwareSimCharger
 from sitectl.state import SiteState
 
 __all__ = ["DemoParts", "prepare_config", "run_demo"]
@@ -46,6 +51,30 @@ class DemoParts:
     depot: SimDepot
     csms: StubCsms
     config: Config
+    firmware_url: str  # an image on the demo's stand-in for a vendor's download server
+
+
+#: The demo vendor's firmware image: random bytes, the same every run.
+FIRMWARE_NAME = "sim-charger-2.0.bin"
+FIRMWARE_BYTES = 4 * 1024 * 1024
+
+
+async def _vendor_server(directory: Path) -> tuple[web.AppRunner, str]:
+    """Serve one firmware image over HTTP on a free loopback port (Range like any file server)."""
+    image = directory / FIRMWARE_NAME
+    image.write_bytes(random.Random(2).randbytes(FIRMWARE_BYTES))
+
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(image)
+
+    app = web.Application()
+    app.router.add_get(f"/{FIRMWARE_NAME}", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/{FIRMWARE_NAME}"
 
 
 def _free_ports(n: int) -> list[int]:
@@ -205,7 +234,9 @@ async def run_demo(
             report_s=2.0,
             lag_s=1.0,
             energy_factor=speed,
+            charger_class=FirmwareSimCharger,
         )
+        vendor, firmware_url = await _vendor_server(Path(tmp))
         await depot.start_meters()
         app = App(config)
         app_task = asyncio.create_task(app.run())
@@ -232,9 +263,16 @@ async def run_demo(
                 file=out,
                 flush=True,
             )
+            print(
+                "try a firmware rollout (idle chargers first; none during a session): "
+                f"sitectl firmware start -c {config_path} --api-url "
+                f"http://127.0.0.1:{config.http.listen_port} {firmware_url} --all",
+                file=out,
+                flush=True,
+            )
             tasks.append(asyncio.create_task(_fleet(depot, random.Random(1), speed)))
             if on_ready is not None:
-                on_ready(DemoParts(app, depot, csms, config))
+                on_ready(DemoParts(app, depot, csms, config, firmware_url))
             if duration_s is not None:
                 asyncio.get_running_loop().call_later(duration_s, app.stop)
             said_mqtt = False
@@ -268,5 +306,6 @@ async def run_demo(
             if not app_task.done():
                 app.stop()
                 await app_task
+            await vendor.cleanup()
             await depot.stop()
             await csms.stop()

@@ -39,6 +39,7 @@ class SimDepot:
         building: non-EV load per circuit (functions of time), counted there and above.
         tick_s: physics step; report_s: MeterValues period; lag_s: vehicle response time.
         energy_factor: simulated energy per real second (a demo runs time faster).
+        charger_class: the simulated charger (the demo's really update their firmware).
     """
 
     config: Config
@@ -49,6 +50,7 @@ class SimDepot:
     lag_s: float = 0.5
     energy_factor: float = 1.0
     monitor_s: float = 0.05
+    charger_class: type[SimCharger] = SimCharger
     chargers: dict[str, SimCharger] = field(default_factory=dict)
     samples: list[tuple[float, dict[str, Phases]]] = field(default_factory=list)
     meters: dict[str, SimMeter] = field(default_factory=dict)  # device name -> meter
@@ -76,7 +78,7 @@ class SimDepot:
     async def connect_chargers(self, boot: bool = True) -> None:
         """Connect (and boot) every configured charger."""
         for charger in self.config.chargers:
-            sim = SimCharger(
+            sim = self.charger_class(
                 charger.id,
                 charger.ocpp_version,
                 self.ocpp_url,

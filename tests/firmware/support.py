@@ -4,31 +4,30 @@
   faults on demand (a connection cut after N bytes, a lying Content-Length, error statuses,
   gzip). Range and If-Range like a real file server.
 - `FtpOrigin`: a small passive-mode FTP server (USER/PASS/TYPE/SIZE/EPSV/PASV/REST/RETR).
-- `FwSimCharger`: `SimCharger` (subclassed, not edited) that, on UpdateFirmware or
-  SignedUpdateFirmware, really downloads the image over HTTP (resuming with Range when its
-  connection is cut) and reports Downloading → Downloaded → Installing → Installed (or a failure)
-  with the status notification of its version.
+- `FwSimCharger`: the downloading simulated charger, `sitectl.sim.firmware.FirmwareSimCharger`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
-from ocpp.routing import after, on
-from ocpp.v16 import call as call16
-from ocpp.v16 import call_result as result16
-from ocpp.v201 import call as call201
-from ocpp.v201 import call_result as result201
 
-from sitectl.sim.charger import SimCharger, _Point16, _Point201
+from sitectl.sim.firmware import Download, FirmwareSimCharger
+
+__all__ = [
+    "Download",
+    "FtpOrigin",
+    "FwSimCharger",
+    "Origin",
+    "Seen",
+    "image_bytes",
+    "md5",
+    "sha256",
+]
 
 
 def image_bytes(size: int, seed: int = 1) -> bytes:
@@ -258,187 +257,4 @@ class FtpOrigin:
             writer.close()
 
 
-# ------------------------------------------------------------------------------------------------
-# Chargers that download
-
-
-class _FwPoint16(_Point16):
-    @on("UpdateFirmware")
-    def update_firmware(self, **kwargs: Any) -> Any:
-        self.sim.updates.append(("UpdateFirmware", kwargs, time.monotonic()))
-        self.sim.handled.calls.append(("UpdateFirmware", kwargs))
-        return result16.UpdateFirmware()
-
-    @after("UpdateFirmware")
-    def after_update_firmware(self, location: str, **kwargs: Any) -> None:
-        self.sim.begin_update(location, None, signed=False)
-
-    @on("SignedUpdateFirmware")
-    def signed_update_firmware(self, **kwargs: Any) -> Any:
-        self.sim.updates.append(("SignedUpdateFirmware", kwargs, time.monotonic()))
-        self.sim.handled.calls.append(("SignedUpdateFirmware", kwargs))
-        return result16.SignedUpdateFirmware(status="Accepted")
-
-    @after("SignedUpdateFirmware")
-    def after_signed_update(self, request_id: int, firmware: dict, **kwargs: Any) -> None:
-        self.sim.begin_update(firmware["location"], request_id, signed=True)
-
-
-class _FwPoint201(_Point201):
-    @on("UpdateFirmware")
-    def update_firmware(self, **kwargs: Any) -> Any:
-        self.sim.updates.append(("UpdateFirmware", kwargs, time.monotonic()))
-        self.sim.handled.calls.append(("UpdateFirmware", kwargs))
-        return result201.UpdateFirmware(status="Accepted")
-
-    @after("UpdateFirmware")
-    def after_update_firmware(self, request_id: int, firmware: dict, **kwargs: Any) -> None:
-        self.sim.begin_update(firmware["location"], request_id, signed=False)
-
-
-@dataclass
-class Download:
-    """One image a simulated charger fetched."""
-
-    location: str
-    sha256: str
-    size: int
-    requests: list[tuple[int, str | None]] = field(default_factory=list)  # (status, Range)
-
-
-class FwSimCharger(SimCharger):
-    """A simulated charger that downloads firmware and reports its progress.
-
-    Args (beyond `SimCharger`'s):
-        fail_with: ``DownloadFailed`` or ``InstallationFailed`` to fail the update that way.
-        cut_after: drop the first download's connection after this many bytes, then resume
-            with Range.
-        protocols: its ``SupportedFileTransferProtocols`` / ``FileTransferProtocols`` value.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        fail_with: str | None = None,
-        cut_after: int | None = None,
-        protocols: str | None = "HTTP,HTTPS",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.fail_with = fail_with
-        self.cut_after = cut_after
-        self.updates: list[tuple[str, dict[str, Any], float]] = []
-        self.downloads: list[Download] = []
-        self.statuses: list[tuple[str, float]] = []
-        self.install_gate: asyncio.Event | None = None  # set by a test to hold the install
-        self.firmware_version = "1.0.0"
-        self.error: Exception | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        if protocols is not None:
-            self.config_keys["SupportedFileTransferProtocols"] = protocols
-            self.config_keys["OCPPCommCtrlr.FileTransferProtocols"] = protocols
-
-    def point_class(self) -> type[_Point16] | type[_Point201]:
-        return _FwPoint16 if self.version == "1.6" else _FwPoint201
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        await super().close()
-
-    async def boot(self) -> Any:
-        if self.version == "1.6":
-            return await self.call(
-                call16.BootNotification(
-                    charge_point_model=self.model,
-                    charge_point_vendor=self.vendor,
-                    firmware_version=self.firmware_version,
-                )
-            )
-        return await self.call(
-            call201.BootNotification(
-                charging_station={
-                    "model": self.model,
-                    "vendor_name": self.vendor,
-                    "firmware_version": self.firmware_version,
-                },
-                reason="PowerUp",
-            )
-        )
-
-    def begin_update(self, location: str, request_id: int | None, signed: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self._update(location, request_id, signed))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def update_locations(self) -> list[str]:
-        """The location of every update request received, in order."""
-        return [
-            kwargs["firmware"]["location"] if kwargs.get("firmware") else kwargs["location"]
-            for _, kwargs, _ in self.updates
-        ]
-
-    async def _update(self, location: str, request_id: int | None, signed: bool) -> None:
-        if not location.startswith("http"):
-            return  # an FTP URL: this simulator records it and stops there
-        await self.firmware_status("Downloading", request_id, signed)
-        try:
-            download = await self._download(location)
-        except (aiohttp.ClientError, AssertionError, TimeoutError) as exc:
-            self.error = exc
-            await self.firmware_status("DownloadFailed", request_id, signed)
-            return
-        self.downloads.append(download)
-        if self.fail_with == "DownloadFailed":
-            await self.firmware_status("DownloadFailed", request_id, signed)
-            return
-        await self.firmware_status("Downloaded", request_id, signed)
-        await self.firmware_status("Installing", request_id, signed)
-        if self.install_gate is not None:
-            await self.install_gate.wait()
-        if self.fail_with == "InstallationFailed":
-            await self.firmware_status("InstallationFailed", request_id, signed)
-            return
-        await self.firmware_status("Installed", request_id, signed)
-
-    async def _download(self, location: str) -> Download:
-        data = bytearray()
-        requests: list[tuple[int, str | None]] = []
-        etag = None
-        async with aiohttp.ClientSession(headers={"User-Agent": "sim-charger"}) as session:
-            cut = self.cut_after
-            while True:
-                headers = {"Accept-Encoding": "gzip"}  # sitectl must ignore it (no compression)
-                if data:
-                    headers["Range"] = f"bytes={len(data)}-"
-                    if etag:
-                        headers["If-Range"] = etag
-                async with session.get(location, headers=headers) as response:
-                    requests.append((response.status, headers.get("Range")))
-                    assert response.status in (200, 206), response.status
-                    assert "Content-Encoding" not in response.headers
-                    if response.status == 200:
-                        data.clear()
-                    etag = response.headers.get("ETag")
-                    while chunk := await response.content.read(
-                        65536 if cut is None else min(65536, cut - len(data))
-                    ):
-                        data += chunk
-                        if cut is not None and len(data) >= cut:
-                            break
-                    if cut is not None and len(data) >= cut:
-                        cut = None  # drop this connection; resume on a new one
-                        continue
-                    break
-        return Download(location, sha256(bytes(data)), len(data), requests)
-
-    async def firmware_status(self, status: str, request_id: int | None, signed: bool) -> None:
-        self.statuses.append((status, time.monotonic()))
-        if self.version == "1.6" and signed:
-            await self.call(call16.SignedFirmwareStatusNotification(status, request_id))
-        elif self.version == "1.6":
-            await self.call(call16.FirmwareStatusNotification(status))
-        else:
-            await self.call(call201.FirmwareStatusNotification(status, request_id))
+FwSimCharger = FirmwareSimCharger

@@ -48,10 +48,9 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
             lambda: app.state.control.cycles > 0, timeout=30, message="a first control cycle"
         )
         url = f"http://127.0.0.1:{config.http.listen_port}/"
-        # A rollout whose image cannot be fetched: it shows, and it fails without touching
-        # any charger.
+        # A firmware rollout to every charger: the idle ones install while the page is open.
         rollouts = next(c for c in app.components if c.name == "firmware-rollouts")
-        rollouts.start("http://127.0.0.1:9/unreachable.bin", [config.chargers[0].id])
+        rollouts.start(parts[0].firmware_url, "all")
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch(
                 executable_path=executable, headless=True, args=CHROMIUM_ARGS
@@ -72,8 +71,9 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
                     f"document.body.dataset.updated !== {first!r}", timeout=10_000
                 )
                 await page.wait_for_function(
-                    "document.querySelector('#firmware tr[data-rollout]') !== null",
-                    timeout=10_000,
+                    "(document.querySelector('#firmware tr[data-rollout]')?.textContent ?? '')"
+                    ".includes('installed')",
+                    timeout=30_000,
                 )
                 firmware = await page.locator("#firmware").inner_text()
                 rows = await page.locator("#chargers tbody tr").count()
@@ -96,6 +96,6 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
     assert rows == len(config.chargers)
     assert "grid" in tree and "feeder-a" in tree and "L1" in tree
     assert "kW" in headline and "charging" in headline
-    assert "#1" in firmware and "unreachable.bin" in firmware and "cache 0 of" in firmware
+    assert "#1" in firmware and "sim-charger-2.0.bin" in firmware and "1 image" in firmware
     assert errors == []
     assert shot.stat().st_size > 20_000
