@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["MINIMAL_CONFIG", "free_port", "free_ports", "wait_for", "wait_for_sync"]
+__all__ = ["MINIMAL_CONFIG", "free_port", "free_ports", "loop_turn", "wait_for", "wait_for_sync"]
 
 #: A small valid depot (one feeder, one charger) for tests that need any valid config.
 MINIMAL_CONFIG = """\
@@ -68,6 +68,14 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+async def loop_turn() -> None:
+    """Let the event loop run what is ready, once (a yield, no waiting)."""
+    loop = asyncio.get_running_loop()
+    turned = loop.create_future()
+    loop.call_soon(turned.set_result, None)
+    await turned
 
 
 def wait_for_sync(

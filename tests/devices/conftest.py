@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Callable
 
 import pytest
 
 from devices.meter import Quality, Reading
+from tests import helpers
+from tests.helpers import wait_for
 
 
 class Readings:
@@ -67,17 +68,6 @@ class Readings:
         )
 
 
-async def wait_until(
-    condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01
-) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
 @pytest.fixture
 def readings() -> Readings:
     """A fresh reading collector."""
@@ -86,8 +76,8 @@ def readings() -> Readings:
 
 @pytest.fixture
 def until() -> Callable[..., object]:
-    """The ``wait_until`` helper."""
-    return wait_until
+    """The suite's ``wait_for`` (poll a condition, fail after a timeout)."""
+    return wait_for
 
 
 @pytest.fixture
@@ -111,6 +101,4 @@ async def start_pool():
 @pytest.fixture
 def free_port() -> int:
     """A loopback TCP port nobody listens on (bound once, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return helpers.free_port()

@@ -12,6 +12,7 @@ from devices import api
 from devices.api import DeviceSpec, Sign
 from devices.meter import MeterPool, Quality
 from devices.sim import SimMeter, SimServer
+from tests.helpers import loop_turn
 
 FAST = {"poll_period_s": 0.05, "timeout_s": 0.2}
 
@@ -197,13 +198,10 @@ async def test_cancel_always_stops_a_busy_pool(readings, caplog) -> None:
             task = asyncio.create_task(MeterPool(specs, readings).run())
             await readings.wait(lambda _, m=mark: len(readings.items) >= m + 5, since=mark)
             for _ in range(rng.randrange(50)):
-                await asyncio.sleep(_ZERO)  # one loop turn: a random point in the traffic
+                await loop_turn()  # a random point in the traffic
             task.cancel()
             # asyncio.wait does not cancel on timeout, so a pool that ignores its cancellation
             # fails here instead of hanging the test.
             done, _ = await asyncio.wait([task], timeout=3.0)
             assert done, f"pool still running 3 s after cancel (attempt {attempt})"
             assert task.cancelled()
-
-
-_ZERO = 0.0

@@ -74,7 +74,12 @@ async def energy_at_departure(
 ) -> dict[str, tuple[float, float]]:
     """Each session's energy (kWh) when its departure comes (or when it ended earlier)."""
     departure = min(d for d, _ in deadlines.values())
-    await asyncio.sleep(max(0.0, (departure - datetime.now(UTC)).total_seconds()))
+    await wait_for(
+        lambda: datetime.now(UTC) >= departure,
+        timeout=(departure - datetime.now(UTC)).total_seconds() + 30,
+        interval=0.1,
+        message="the first departure",
+    )
     found: dict[str, tuple[float, float]] = {}
     sessions = {
         c.session.session_id: c.session

@@ -21,6 +21,7 @@ from sitectl.config import load_config
 from sitectl.state import Severity, SiteState
 from sitectl.store import Store
 from sitectl.uplink.uplink import Uplink
+from tests.helpers import wait_for
 
 
 async def main(config_path: str) -> None:
@@ -44,9 +45,10 @@ async def main(config_path: str) -> None:
                 start, count = int(words[1]), int(words[2])
                 for n in range(start, start + count):
                     state.raise_alarm("tick", str(n), Severity.INFO, f"tick {n}")
-                await asyncio.sleep(0)  # the outbox commits at the end of the tick
-                while uplink._pending:
-                    await asyncio.sleep(0.001)
+                # The outbox commits once the loop has turned.
+                await wait_for(
+                    lambda: not uplink._pending, timeout=30, interval=0.001, message="commit"
+                )
                 print(f"queued {uplink.outbox.count}", flush=True)
     finally:
         task.cancel()

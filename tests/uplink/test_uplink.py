@@ -156,9 +156,11 @@ async def test_a_broker_down_at_start_delays_nothing(tmp_path, broker) -> None:
     config = depot_config(tmp_path, broker.host, broker.port, outage_summary_period_s=60)
     started = time.monotonic()
     async with run_uplink(config) as running:
-        # The event loop keeps turning while paho retries in its thread.
-        for _ in range(20):
-            await asyncio.sleep(0.01)
+        # The event loop keeps turning while paho retries in its thread: a timer due in 0.2 s
+        # fires on time.
+        fired = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.2, fired.set)
+        await asyncio.wait_for(fired.wait(), 1.0)
         assert time.monotonic() - started < 1.0
         await wait_for(lambda: running.uplink.outbox.stats()["thinned_summaries"] >= 2)
         assert not running.task.done()
