@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 __all__ = ["REPO", "free_ports", "print_table", "raise_fd_limit", "wait_port"]
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sitectl.sim.ports import free_ports  # noqa: E402 - after the path above
 
 Row = tuple[str, str, str, bool]  # metric, value, target, met
 
@@ -19,18 +23,6 @@ def raise_fd_limit() -> None:
     """Thousands of sockets need more than the usual 1024 descriptors."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct loopback ports that were free a moment ago."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def wait_port(port: int, timeout: float) -> None:

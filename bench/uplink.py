@@ -29,7 +29,6 @@ import json
 import logging
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,29 +38,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_ports, wait_port
 
 SEED = 9
 PREFIX = "sitectl/bench"
 SUSTAINED_TARGET = 2_000.0
 REPLAY_TARGET = 5_000.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise SystemExit(f"nothing listens on port {port} after {timeout} s")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,7 +149,7 @@ class Subscriber:
 
 class Broker:
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+        [self.port] = free_ports(1)
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             textwrap.dedent(f"""\

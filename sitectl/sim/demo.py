@@ -16,7 +16,6 @@ import contextlib
 import logging
 import math
 import random
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from sitectl.sim.charger import SimEv
 from sitectl.sim.csms import StubCsms
 from sitectl.sim.depot import SimDepot
 from sitectl.sim.firmware import FirmwareSimCharger
+from sitectl.sim.ports import free_ports
 from sitectl.state import SiteState
 
 __all__ = ["DemoParts", "prepare_config", "run_demo"]
@@ -77,17 +77,6 @@ async def _vendor_server(directory: Path) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/{FIRMWARE_NAME}"
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def prepare_config(
     path: Path, data_dir: Path, chargers: int | None = None, mqtt: tuple[str, int] | None = None
 ) -> Config:
@@ -96,7 +85,7 @@ def prepare_config(
     `mqtt` replaces the configured broker address (the end-to-end tests use their own).
     """
     config, _ = load_config(path)
-    meter_port, ocpp_port, csms_port, http_port = _free_ports(4)
+    meter_port, ocpp_port, csms_port, http_port = free_ports(4)
     data = config.model_dump(mode="python")
     # Secrets are dumped masked; put the real ones back.
     for item, charger in zip(data["chargers"], config.chargers, strict=True):
