@@ -82,11 +82,17 @@ class FirmwareTracker:
         return None
 
     def record_update(
-        self, identity: str, action: str, request: dict[str, Any], status: str | None
+        self,
+        identity: str,
+        action: str,
+        request: dict[str, Any],
+        status: str | None,
+        origin: str = "sitectl",
     ) -> None:
-        """Record an update request sitectl itself sent (a rollout), and how it was answered.
+        """Record an update request and how it was answered.
 
-        The router reports only the calls it relays; sitectl's own calls end here instead.
+        The router reports only the calls it relays; sitectl's own (a rollout's) come here
+        directly.
         """
         firmware = request.get("firmware") if isinstance(request.get("firmware"), dict) else {}
         self._add_firmware(
@@ -96,7 +102,7 @@ class FirmwareTracker:
                 action,
                 status,
                 _int(request.get("requestId")),
-                "sitectl",
+                origin,
                 request.get("location") or firmware.get("location"),
             ),
         )
@@ -143,21 +149,15 @@ class FirmwareTracker:
                 )
             )
         elif isinstance(event, ResponseSeen) and event.action in _UPDATE_ACTIONS:
-            request = event.request
-            firmware = request.get("firmware") if isinstance(request.get("firmware"), dict) else {}
             status = (event.response or {}).get(
                 "status", "Accepted" if event.response == {} else None
             )
-            self._add_firmware(
+            self.record_update(
                 identity,
-                FirmwareEvent(
-                    self._clock(),
-                    event.action,
-                    status if event.error_code is None else f"CALLERROR {event.error_code}",
-                    _int(request.get("requestId")),
-                    event.origin.value,
-                    request.get("location") or firmware.get("location"),
-                ),
+                event.action,
+                event.request,
+                status if event.error_code is None else f"CALLERROR {event.error_code}",
+                event.origin.value,
             )
 
     def _add_firmware(self, identity: str, event: FirmwareEvent) -> None:

@@ -67,6 +67,12 @@ def _site_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def _rollout_id(request: web.Request) -> int | None:
+    """The rollout number in the path (digits by the route), or None if absurdly long."""
+    text = request.match_info["rollout_id"]
+    return int(text) if len(text) <= 18 else None  # int() refuses over 4,300 digits
+
+
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
     body = ErrorView(error=message, field=field).model_dump_json(exclude_none=True)
     return web.Response(status=status, text=body, content_type="application/json")
@@ -336,11 +342,12 @@ class HttpServer:
         )
 
     async def _rollout(self, request: web.Request) -> web.Response:
+        rollout_id = _rollout_id(request)
         status = None
-        if self.rollouts is not None:
-            status = self.rollouts.status(int(request.match_info["rollout_id"]))
+        if self.rollouts is not None and rollout_id is not None:
+            status = self.rollouts.status(rollout_id)
         if status is None:
-            return _error(404, f"no rollout {request.match_info['rollout_id']}", "rollout_id")
+            return _error(404, f"no rollout {request.match_info['rollout_id'][:20]}", "rollout_id")
         return _json(RolloutView.model_validate(status))
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -393,9 +400,9 @@ class HttpServer:
         return response
 
     async def _rollout_stop(self, request: web.Request) -> web.Response:
-        rollout_id = int(request.match_info["rollout_id"])
-        if self.rollouts is None or self.rollouts.status(rollout_id) is None:
-            return _error(404, f"no rollout {rollout_id}", "rollout_id")
+        rollout_id = _rollout_id(request)
+        if rollout_id is None or self.rollouts is None or self.rollouts.status(rollout_id) is None:
+            return _error(404, f"no rollout {request.match_info['rollout_id'][:20]}", "rollout_id")
         return self._command("firmware", {"action": "stop", "rollout_id": rollout_id})
 
     async def _needs(self, request: web.Request) -> web.Response:

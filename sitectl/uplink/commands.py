@@ -178,7 +178,7 @@ class FirmwareCommand(_Command):
     # Lengths: OCPP 1.6 security whitepaper SignedUpdateFirmware, 2.0.1 FirmwareType (F3, F4).
     signature: str | None = Field(None, min_length=1, max_length=800)
     signing_certificate: str | None = Field(None, min_length=1, max_length=5500)
-    rollout_id: int | None = Field(None, ge=1, description="For stop and status.")
+    rollout_id: int | None = Field(None, ge=1, le=2**63 - 1, description="For stop and status.")
 
 
 _MODELS: dict[str, type[_Command]] = {

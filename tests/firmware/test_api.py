@@ -149,4 +149,7 @@ async def test_stop_over_rest_and_refusals(depot, api) -> None:
     assert missing.status == 404 and (await missing.json())["field"] == "rollout_id"
     assert (await client.get("/api/firmware/rollouts/99")).status == 404
     assert (await client.get("/api/firmware/rollouts/abc")).status == 404
+    huge = "9" * 5000  # beyond what int() parses: still a 404, not a 500
+    assert (await client.get(f"/api/firmware/rollouts/{huge}")).status == 404
+    assert (await client.post(f"/api/firmware/rollouts/{huge}/stop", headers=AUTH)).status == 404
     sim.install_gate.set()
