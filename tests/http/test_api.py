@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -39,8 +39,12 @@ def config(open_reads: bool = True, token: str | None = TOKEN) -> Config:
     )
 
 
+#: The injected clock of the state (never compared with the real one).
+NOW = datetime(2026, 11, 27, 3, tzinfo=UTC)
+
+
 def populated(cfg: Config) -> SiteState:
-    state = SiteState(cfg)
+    state = SiteState(cfg, clock=lambda: NOW)
     state.control.cycles = 3
     state.control.last_solve_s = 0.012
     state.control.method = "lp"
@@ -241,12 +245,19 @@ async def test_session_needs_write(client) -> None:
     response = await c.post(
         "/api/sessions/CP1/7/needs",
         headers=headers,
+        # 05:30 in UTC+1 on the day after the state's clock, whatever the real date is.
         json={"energy_kwh": 55, "departure": "2026-11-28T05:30:00+01:00"},
     )
     assert response.status == 200, await response.text()
     session = state.chargers["CP1"].connectors[1].session
     assert session.energy_wanted_kwh == 55
     assert session.departure == datetime(2026, 11, 28, 4, 30, tzinfo=UTC)
+    past = await c.post(
+        "/api/sessions/CP1/7/needs",
+        headers=headers,
+        json={"departure": (NOW - timedelta(minutes=1)).isoformat()},
+    )
+    assert past.status == 422 and (await past.json())["field"] == "departure"
     bad = await c.post("/api/sessions/CP1/7/needs", headers=headers, json={"energy_kwh": -1})
     assert bad.status == 422 and (await bad.json())["field"] == "energy_kwh"
 

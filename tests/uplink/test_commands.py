@@ -18,7 +18,11 @@ from sitectl.store import Store
 from sitectl.uplink.commands import MAX_COMMAND_BYTES, handle_command
 from tests.uplink.support import depot_config, rich_state
 
-NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)  # the injected clock of every test here
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +121,7 @@ def test_override_with_one_value_and_absolute_expiry(config, state) -> None:
             ["in the past"],
         ),
         (
-            {"node": "grid", "limit_a": 10, "expires_at": "2026-12-27T05:00:00Z"},
+            {"node": "grid", "limit_a": 10, "expires_at": _iso(NOW + timedelta(days=30))},
             "expires_at",
             ["7 days"],
         ),
