@@ -100,7 +100,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
             outbox = uplink.outbox
             extra["sitectl_outbox_messages"] = (
                 "MQTT messages waiting in the outbox",
-                lambda: float(outbox.count()),
+                lambda: float(outbox.count),
             )
 
         def commands(name: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,10 @@ so that a flapping meter cannot make the limits oscillate (reference B10/B11, af
 LPC fail-safe: LPC-911, LPC-921/922).
 
 At start-up nothing is known: every metered circuit starts failed, without the hold, and is
-measured once its first run of good readings is in. Pure: the caller passes the time.
+measured once its first run of good readings is in. A meter that has not been trusted within
+``meter_grace_s`` of the first look at it is announced as failed once (a depot commissioned with a
+dead gateway must raise an alarm, not run silently on fail-safe budgets). Pure: the caller passes
+the time.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class _Track:
     last_ok_mono: float | None = None
     last_seen_mono: float | None = None
     reason: str = "no reading yet"
+    first_look_mono: float | None = None  # the first update: the start of the grace at start-up
+    announced: bool = False  # its failure was reported (a change returned)
 
 
 @dataclass
@@ -73,6 +78,8 @@ class MeterSupervisor:
     def update(self, circuit: str, now: float) -> MeterState | None:
         """Re-evaluate with the passage of time; returns the new state if it changed."""
         track = self.tracks[circuit]
+        if track.first_look_mono is None:
+            track.first_look_mono = now
         if track.state is MeterState.MEASURED:
             silent = track.last_ok_mono is None or now - track.last_ok_mono > self.grace_s
             if silent:
@@ -81,13 +88,22 @@ class MeterSupervisor:
                 track.good_run = 0
                 if track.reason == "no reading yet":
                     track.reason = f"no good reading for {self.grace_s:g} s"
+                track.announced = True
                 return track.state
             return None
+        if not track.announced and now - track.first_look_mono > self.grace_s:
+            # Never trusted since start-up: say so once (the state itself does not change).
+            track.announced = True
+            if track.reason == "no reading yet":
+                track.reason = "no reading"
+            track.reason = f"never read since start: {track.reason}"
+            return MeterState.FAILED
         held = track.failed_at is None or now - track.failed_at >= self.hold_s
         fresh = track.last_ok_mono is not None and now - track.last_ok_mono <= self.grace_s
         if held and fresh and track.good_run >= self.good_to_recover:
             track.state = MeterState.MEASURED
             track.reason = ""
+            track.announced = False
             return track.state
         return None
 

@@ -148,6 +148,15 @@ class StateCollector:
         yield GaugeMetricFamily(
             "sitectl_alarms", "Alarms currently raised", value=len(state.alarms)
         )
+        # One series per raised alarm, so an alert rule can name what is wrong.
+        raised = GaugeMetricFamily(
+            "sitectl_alarm",
+            "1 for every alarm currently raised",
+            labels=["code", "subject", "severity"],
+        )
+        for alarm in list(state.alarms.values()):
+            raised.add_metric([alarm.code, alarm.subject, str(alarm.severity)], 1.0)
+        yield raised
         for name, (help_text, read) in self.extra.items():
             yield GaugeMetricFamily(name, help_text, value=read())
 

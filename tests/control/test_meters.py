@@ -50,3 +50,26 @@ def test_bad_readings_reset_the_run_and_keep_the_reason() -> None:
     for t in range(70, 100):
         s.reading("grid", OK if t % 2 else BAD, t)
     assert s.state("grid") is MeterState.FAILED
+
+
+def test_a_meter_never_trusted_after_start_is_announced_once() -> None:
+    s = supervisor()
+    assert s.update("grid", 100.0) is None  # the first look starts the grace
+    assert s.reading("grid", BAD, 102.0) is None
+    assert s.update("grid", 105.0) is None  # still within the 5 s grace
+    assert s.update("grid", 105.1) is MeterState.FAILED
+    assert s.reason("grid") == "never read since start: timeout after 1 s"
+    assert s.update("grid", 200.0) is None  # once, not every cycle
+    # Good readings still recover it (no hold: it never worked), and a later loss is reported.
+    for t in (201.0, 202.0):
+        s.reading("grid", OK, t)
+    assert s.reading("grid", OK, 203.0) is MeterState.MEASURED
+    assert s.update("grid", 208.1) is MeterState.FAILED
+
+
+def test_a_meter_trusted_within_its_grace_is_never_announced() -> None:
+    s = supervisor()
+    for t in range(3):
+        s.reading("grid", OK, t)
+    assert s.state("grid") is MeterState.MEASURED
+    assert s.update("grid", 4.0) is None
