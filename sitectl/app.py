@@ -135,8 +135,24 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         components += firmware.components
     if config.chargers:
         unavailable = rollouts.updating if rollouts is not None else None
-        components.append(ControlLoop(config, state, keeper.set_profile, unavailable))
+        components.append(
+            ControlLoop(config, state, keeper.set_profile, unavailable, on_cycle=watchdog_ping)
+        )
+    else:
+        # Nothing to control: the watchdog only proves that the event loop runs.
+        components.append(FunctionComponent("watchdog", _watchdog_timer))
     return components
+
+
+def watchdog_ping() -> None:
+    """Tell systemd's watchdog (``WatchdogSec=``) that sitectl is alive; a no-op elsewhere."""
+    _sd_notify("WATCHDOG=1")
+
+
+async def _watchdog_timer(period_s: float = 5.0) -> None:
+    while True:
+        watchdog_ping()
+        await asyncio.sleep(period_s)
 
 
 @dataclass

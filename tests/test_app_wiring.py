@@ -118,3 +118,63 @@ async def test_a_meter_never_read_is_an_alarm_on_metrics_and_mqtt(running_app, m
         )
     finally:
         capture.close()
+
+
+async def test_the_watchdog_is_fed_by_control_cycles_and_stops_when_control_hangs(
+    tmp_path: Path, mosquitto, monkeypatch
+) -> None:
+    import socket
+    import time
+
+    from sitectl.control.loop import ControlLoop
+
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    hang = asyncio.Event()
+    real_cycle = ControlLoop.cycle
+
+    async def cycle(self: ControlLoop) -> None:
+        if hang.is_set():
+            await asyncio.Event().wait()  # a control loop stuck on something
+        await real_cycle(self)
+
+    monkeypatch.setattr(ControlLoop, "cycle", cycle)
+    pings: list[float] = []
+    messages: list[str] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                text = listener.recv(256).decode()
+            except BlockingIOError:
+                return
+            messages.append(text)
+            if text == "WATCHDOG=1":
+                pings.append(time.monotonic())
+
+    text, _ = _config_text(tmp_path, mosquitto.port)
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    config, _ = load_config(path, environ={})
+    app = App(config)
+    task = asyncio.create_task(app.run(install_signal_handlers=False))
+    try:
+        await wait_for(lambda: (drain(), len(pings) >= 3)[1], timeout=10, message="3 pings")
+        assert "READY=1" in messages
+        hang.set()
+        await wait_for(lambda: (drain(), app.state.control.cycles)[1] > 0, message="a cycle")
+        stuck_at = time.monotonic()
+        # Once the loop hangs (within one 0.5 s period) no more pings come: watch for 2 s
+        # (an absence can only be seen by waiting; a timer-fed watchdog pings in that time).
+        deadline = stuck_at + 2.0
+        await wait_for(lambda: time.monotonic() > deadline, timeout=5, message="2 s to pass")
+        drain()
+        assert not [p for p in pings if p > stuck_at + 1.0], "pinged while control hung"
+    finally:
+        app.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 15)
+        listener.close()

@@ -62,6 +62,8 @@ class ControlLoop:
         config: the validated configuration.
         state: the site state (the loop subscribes to it).
         set_profile: sends a SetChargingProfile to a charger (the profile keeper's).
+        unavailable: the chargers a firmware rollout has taken out of control.
+        on_cycle: called after every completed cycle (the systemd watchdog).
         wall_clock: UTC now; monotonic: seconds (both injectable for tests).
     """
 
@@ -73,6 +75,7 @@ class ControlLoop:
         state: SiteState,
         set_profile: Callable[[str, dict[str, Any]], Any],
         unavailable: Callable[[], set[str]] | None = None,
+        on_cycle: Callable[[], None] | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -80,6 +83,7 @@ class ControlLoop:
         self.control = config.control
         self.state = state
         self.unavailable = unavailable
+        self.on_cycle = on_cycle
         self.wall_clock = wall_clock
         self.monotonic = monotonic
         self.builder = ProblemBuilder(config)
@@ -169,6 +173,11 @@ class ControlLoop:
                 # One bad cycle must not end control: the chargers keep their last limits
                 # (until validity lapses to the fail-safe) and the next cycle tries again.
                 log.exception("control cycle failed")
+            else:
+                if self.on_cycle is not None:
+                    # The service watchdog is fed from here, after a completed cycle, so a
+                    # stuck or failing control loop gets the process restarted.
+                    self.on_cycle()
             self.cycle_done.set()
             remaining = self.control.period_s - (self.monotonic() - started)
             if remaining > 0:
