@@ -130,7 +130,9 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
             on_reading=lambda reading: state.set_reading(reading.device, reading),
         )
         components.append(FunctionComponent("devices", pool.run))
-    components += [ocpp_server, keeper]
+    from sitectl.clock import ClockMonitor
+
+    components += [ocpp_server, keeper, ClockMonitor(state)]
     if firmware is not None:
         components += firmware.components
     if config.chargers:

@@ -178,3 +178,17 @@ async def test_the_watchdog_is_fed_by_control_cycles_and_stops_when_control_hang
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 15)
         listener.close()
+
+
+async def test_the_app_watches_the_clock(running_app) -> None:
+    from sitectl.clock import kernel_clock_synchronized
+
+    app, _ = running_app
+    await wait_for(lambda: app.components, message="the components")
+    assert "clock" in [c.name for c in app.components]
+    # The alarm follows what the kernel says about this machine's clock.
+    expected = kernel_clock_synchronized() is False
+    await wait_for(
+        lambda: (("clock_unsynchronized", "site") in app.state.alarms) == expected,
+        message="the clock alarm to match the kernel",
+    )
