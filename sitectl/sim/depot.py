@@ -219,12 +219,14 @@ class SimDepot:
                         totals[phase] += limit
         return {c: (v[0], v[1], v[2]) for c, v in out.items()}
 
-    def violations(self, since: float = 0.0, tolerance_a: float = 0.05) -> list[str]:
-        """Monitor samples (monotonic time ≥ `since`) where commanded exceeded a limit."""
+    def violations(
+        self, since: float = 0.0, tolerance_a: float = 0.05, until: float = float("inf")
+    ) -> list[str]:
+        """Monitor samples (monotonic `since` ≤ time < `until`) where commanded exceeded a limit."""
         limits = self.config.circuit_limits_a()
         found = []
         for stamp, sample in self.samples:
-            if stamp < since:
+            if not since <= stamp < until:
                 continue
             for circuit, phases in sample.items():
                 for k in range(3):

@@ -100,9 +100,9 @@ class Rig:
     depot: SimDepot
     tasks: list[asyncio.Task] = field(default_factory=list)
 
-    def violations(self, since: float = 0.0) -> list[str]:
+    def violations(self, since: float = 0.0, until: float = float("inf")) -> list[str]:
         """Moments where the chargers' limits plus the building exceeded a circuit limit."""
-        return self.depot.violations(since)
+        return self.depot.violations(since, until=until)
 
     async def cycles(self, n: int = 1, timeout: float = 10) -> None:
         """Wait for `n` more complete control cycles."""
