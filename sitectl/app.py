@@ -68,10 +68,14 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     from sitectl.ocpp.keeper import ProfileKeeper
     from sitectl.ocpp.observe import StateObserver
     from sitectl.ocpp.server import OcppServer
-    from sitectl.sessions import SessionLog
+    from sitectl.sessions import ActiveSessions, SessionLog
     from sitectl.uplink.commands import handle_command
 
     observer = StateObserver(state, config.ocpp.profile_stack_levels, config.ocpp.profile_id_base)
+    # Both subscribe to session changes: history of every ended session (with or without the
+    # HTTP API), and the sessions under way, reloaded here from the last run.
+    session_log = SessionLog(store, state)
+    ActiveSessions(store, state)
     tracker = FirmwareTracker()
 
     def alarm(code: str, subject: str, text: str) -> None:
@@ -113,7 +117,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
             HttpServer(
                 config,
                 state,
-                sessions=SessionLog(store, state),
+                sessions=session_log,
                 commands=commands,
                 extra_metrics=extra,
                 routes=[firmware.files.add_routes] if firmware is not None else None,

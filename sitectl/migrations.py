@@ -8,10 +8,15 @@ module does not depend on the packages that use it.
 from __future__ import annotations
 
 from sitectl.firmware.schema import FIRMWARE_MIGRATION
-from sitectl.sessions import SESSIONS_MIGRATION
+from sitectl.sessions import ACTIVE_SESSIONS_MIGRATION, SESSIONS_MIGRATION
 from sitectl.store import MIGRATIONS, Migration
 
 __all__ = ["SCHEMA"]
 
 #: Every migration sitectl's store needs, in version order.
-SCHEMA: tuple[Migration, ...] = (*MIGRATIONS, FIRMWARE_MIGRATION, SESSIONS_MIGRATION)
+SCHEMA: tuple[Migration, ...] = (
+    *MIGRATIONS,
+    FIRMWARE_MIGRATION,
+    SESSIONS_MIGRATION,
+    ACTIVE_SESSIONS_MIGRATION,
+)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,13 @@ class SessionState:
     ev_max_current_a: float | None = None
     charger_id: str = ""
     ended_at: datetime | None = None
+    #: Where the energy need came from: "vehicle" (2.0.1 charging needs) or "command" (MQTT or
+    #: REST); ``None`` while unknown (then the vehicle charges until it stops drawing).
+    need_source: str | None = None
+    departure_source: str | None = None  # "vehicle" or "command"; None: fleet or default
+    #: How sitectl learnt of it: "observed" (its start), "restored" (from the store after a
+    #: restart, confirmed by the charger) or "adopted" (a transaction seen mid-way, start unknown).
+    origin: str = "observed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +128,20 @@ class ConnectorState:
     power_kw: float | None = None
     energy_register_wh: float | None = None
     soc_percent: float | None = None
-    measured_at: datetime | None = None
+    measured_at: datetime | None = None  # wall clock of the latest sample (for display)
     limit_a: float | None = None  # commanded by sitectl and accepted
+    # Freshness is judged on the monotonic clock, per quantity (an energy-only sample must not
+    # make a 15-minute-old current look fresh; a wall-clock step must not either).
+    current_mono: float | None = None
+    #: A Current.Import without a phase: the current on every phase in use, as far as known.
+    current_phaseless_a: float | None = None
+    power_mono: float | None = None
+    offered_a: float | None = None  # Current.Offered: what the charger offers the vehicle
+    offered_mono: float | None = None
+    voltage_v: float | None = None  # highest reported phase voltage
+    #: Per charger phase, how many samples in a row reported it low while another phase drew
+    #: (only a phase reported low over several samples is taken as unused).
+    phase_low_samples: list[int] = field(default_factory=lambda: [0, 0, 0])
 
 
 @dataclass(slots=True)
@@ -209,11 +229,18 @@ class SiteState:
     Args:
         config: the validated configuration; every configured charger gets an entry.
         clock: returns the current UTC time (injected for tests).
+        monotonic: seconds that never step (freshness and expiries; injected for tests).
     """
 
-    def __init__(self, config: Config, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], datetime] = _utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.monotonic = monotonic
         self.started_at = clock()
         self.chargers: dict[str, ChargerState] = {
             c.id: ChargerState(
@@ -230,6 +257,9 @@ class SiteState:
         self.ended_sessions: deque[SessionState] = deque(maxlen=1000)
         #: Operator limit overrides by node; the control loop applies the unexpired ones.
         self.overrides: dict[str, LimitOverride] = {}
+        #: Sessions that were active when sitectl last stopped, by (charger, connector), until
+        #: the charger confirms or ends them (`sitectl.sessions.ActiveSessions`).
+        self.restored_sessions: dict[tuple[str, int], SessionState] = {}
         self._subscribers: list[Callable[[Change], None]] = []
 
     # Subscriptions.

@@ -10,23 +10,55 @@ other side unchanged, and one charger's odd frame must not disturb anything else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sitectl.ocpp.link import ChargerLink
 from sitectl.ocpp.router import Event, Origin, RequestSeen, ResponseSeen
-from sitectl.state import ChargerState, CsmsProfile, SessionState, Severity, SiteState
+from sitectl.state import (
+    ChargerState,
+    ConnectorState,
+    CsmsProfile,
+    SessionState,
+    Severity,
+    SiteState,
+)
 
-__all__ = ["StateObserver", "hash_id_tag", "parse_sampled_values"]
+__all__ = ["IN_SESSION_STATUSES", "StateObserver", "hash_id_tag", "parse_sampled_values"]
 
 log = logging.getLogger(__name__)
 
 _PHASES = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
 # Frames that set or carry a charger's password (1.6 AuthorizationKey, 2.0.1 BasicAuthPassword).
 _CREDENTIALS = re.compile(r"AuthorizationKey|BasicAuthPassword", re.IGNORECASE)
+
+
+#: Connector statuses under which a vehicle may be in a transaction (1.6 §4.9; 2.0.1 Occupied).
+IN_SESSION_STATUSES = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE", "Occupied"})
+
+
+def _count_low_phases(connector: ConnectorState) -> None:
+    """Count, per phase, samples in a row that reported it low while another phase drew."""
+    currents = connector.current_a
+    counts = connector.phase_low_samples
+    if currents is None:
+        return  # a phase-less current says nothing about which phases are used
+    reported = [a for a in currents if a is not None]
+    peak = max(reported, default=0.0)
+    if peak <= 3.0:
+        return  # not drawing: no evidence either way
+    for k, amps in enumerate(currents):
+        if amps is None:
+            counts[k] = 0  # not reported is unknown, which counts as in use
+        elif amps < max(1.0, 0.2 * peak):
+            counts[k] += 1
+        else:
+            counts[k] = 0
 
 
 def hash_id_tag(site_id: str, tag: str) -> str:
@@ -46,14 +78,18 @@ def parse_sampled_values(meter_values: list[dict[str, Any]]) -> dict[str, Any]:
     """Reduce OCPP meterValue entries to the latest current per phase, power, energy and SoC.
 
     Handles 1.6 (``value`` as a string, ``unit``) and 2.0.1 (number, ``unitOfMeasure`` with a
-    ``multiplier``). Measurand defaults to ``Energy.Active.Import.Register`` (1.6 §7.31).
+    ``multiplier``). Measurand defaults to ``Energy.Active.Import.Register`` (1.6 §7.31). Only
+    the EV side counts (``location`` Outlet, the default); a charger's own Inlet sample is skipped.
 
     Returns:
-        ``current_a`` (3-tuple, charger phases), ``power_kw``, ``energy_wh``, ``soc_percent``;
-        only the keys that were present.
+        Only the keys that were present: ``current_a`` (3-tuple, charger phases, ``None`` for a
+        phase not reported), ``current_phaseless_a`` (a Current.Import without a phase),
+        ``offered_a`` (Current.Offered), ``power_kw`` (total; per-phase powers summed when only
+        they are given), ``voltage_v`` (highest phase voltage), ``energy_wh``, ``soc_percent``.
     """
     out: dict[str, Any] = {}
     currents: list[float | None] = [None, None, None]
+    phase_powers: list[float] = []
     for entry in meter_values:
         for sample in entry.get("sampledValue") or ():
             if not isinstance(sample, dict):
@@ -61,21 +97,37 @@ def parse_sampled_values(meter_values: list[dict[str, Any]]) -> dict[str, Any]:
             value = _number(sample.get("value"))
             if value is None:
                 continue
+            if sample.get("location", "Outlet") not in ("Outlet", "EV"):
+                continue
             measurand = sample.get("measurand", "Energy.Active.Import.Register")
             unit_info = sample.get("unitOfMeasure") or {}
             unit = sample.get("unit") or unit_info.get("unit")
             value *= 10 ** int(unit_info.get("multiplier", 0) or 0)
             phase = sample.get("phase")
-            if measurand == "Current.Import" and phase in _PHASES:
-                currents[_PHASES[phase]] = value
-            elif measurand == "Power.Active.Import" and phase is None:
-                out["power_kw"] = value if unit == "kW" else value / 1000
+            if measurand == "Current.Import":
+                if phase in _PHASES:
+                    currents[_PHASES[phase]] = value
+                elif phase is None:
+                    out["current_phaseless_a"] = value
+            elif measurand == "Current.Offered" and phase in (None, *_PHASES):
+                out["offered_a"] = max(value, out.get("offered_a", 0.0))
+            elif measurand == "Power.Active.Import":
+                kw = value if unit == "kW" else value / 1000
+                if phase is None:
+                    out["power_kw"] = kw
+                elif phase in _PHASES:
+                    phase_powers.append(kw)
+            elif measurand == "Voltage" and (phase is None or phase in _PHASES):
+                # L-N voltages; a line-to-line sample ("L1-L2") is not a phase voltage.
+                out["voltage_v"] = max(value, out.get("voltage_v", 0.0))
             elif measurand == "Energy.Active.Import.Register" and phase is None:
                 out["energy_wh"] = value * 1000 if unit == "kWh" else value
             elif measurand == "SoC":
                 out["soc_percent"] = value
     if any(c is not None for c in currents):
         out["current_a"] = (currents[0], currents[1], currents[2])
+    if "power_kw" not in out and phase_powers:
+        out["power_kw"] = sum(phase_powers)
     return out
 
 
@@ -199,6 +251,17 @@ class StateObserver:
         connector.status = status
         connector.error_code = None if error == "NoError" else error
         self.state.notify("connector", f"{charger.charger_id}/{connector_id}")
+        if status in IN_SESSION_STATUSES and connector.session is None:
+            # After a restart: the session this connector had, if the store kept one.
+            self._resume(charger, connector_id, None)
+        elif status == "Available":
+            # Nothing is plugged in: a session sitectl only inferred cannot be under way.
+            restored = self.state.restored_sessions.pop((charger.charger_id, connector_id), None)
+            if restored is not None:
+                self._ended(restored)
+            session = connector.session
+            if session is not None and session.origin != "observed":
+                self._close_session(charger, session.transaction_id or "", None)
 
     # Transactions, 1.6.
 
@@ -232,6 +295,12 @@ class StateObserver:
         if "id" in evse:
             self._tx_connector[key] = int(evse["id"])
         connector_id = self._tx_connector.get(key)
+        if connector_id is None:
+            # Only the first event of a transaction must carry the EVSE (2.0.1 E02): after a
+            # restart of sitectl the later ones must be placed another way.
+            connector_id = self._connector_of(charger, transaction_id)
+            if connector_id is not None:
+                self._tx_connector[key] = connector_id
         kind = payload["eventType"]
         readings = parse_sampled_values(payload.get("meterValue") or [])
         if kind == "Started" and connector_id is not None:
@@ -239,11 +308,32 @@ class StateObserver:
             self._open_session(
                 charger, connector_id, transaction_id, tag, readings.get("energy_wh")
             )
+        elif kind == "Updated" and connector_id is not None:
+            session = charger.connector(connector_id).session
+            if session is None or session.transaction_id != transaction_id:
+                self._resume(charger, connector_id, transaction_id)
         if connector_id is not None and readings:
             self._apply_readings(charger, connector_id, readings)
         if kind == "Ended":
             self._close_session(charger, transaction_id, readings.get("energy_wh"))
             self._tx_connector.pop(key, None)
+
+    def _connector_of(self, charger: ChargerState, transaction_id: str) -> int | None:
+        """The connector of a transaction first seen without its EVSE, if it can be told."""
+        for connector in charger.connectors.values():
+            if connector.session is not None and connector.session.transaction_id == transaction_id:
+                return connector.connector_id
+        for (charger_id, connector_id), session in self.state.restored_sessions.items():
+            if charger_id == charger.charger_id and session.transaction_id == transaction_id:
+                return connector_id
+        if len(charger.connectors) == 1:
+            return next(iter(charger.connectors))
+        waiting = [
+            c.connector_id
+            for c in charger.connectors.values()
+            if c.session is None and c.status in IN_SESSION_STATUSES
+        ]
+        return waiting[0] if len(waiting) == 1 else None
 
     def _charging_needs(self, charger: ChargerState, event: RequestSeen) -> None:
         payload = event.payload
@@ -252,9 +342,17 @@ class StateObserver:
             return
         needs = payload["chargingNeeds"]
         ac = needs.get("acChargingParameters") or {}
+        dc = needs.get("dcChargingParameters") or {}
         session = connector.session
-        if "energyAmount" in ac:
-            session.energy_wanted_kwh = float(ac["energyAmount"]) / 1000
+        amount = ac.get("energyAmount", dc.get("energyAmount"))
+        if amount is not None and _number(amount) is not None:
+            session.energy_wanted_kwh = float(amount) / 1000
+            session.need_source = "vehicle"
+        departure = needs.get("departureTime")
+        if isinstance(departure, str):
+            with contextlib.suppress(ValueError):
+                session.departure = datetime.fromisoformat(departure.replace("Z", "+00:00"))
+                session.departure_source = "vehicle"
         session.ev_min_current_a = _number(ac.get("evMinCurrent"))
         session.ev_max_current_a = _number(ac.get("evMaxCurrent"))
         self.state.notify("session_needs", f"{charger.charger_id}/{connector.connector_id}")
@@ -266,6 +364,13 @@ class StateObserver:
         connector_id = int(payload.get("connectorId", payload.get("evseId", 0)))
         if connector_id == 0:
             return
+        transaction_id = payload.get("transactionId")
+        if transaction_id is not None:
+            # 1.6: MeterValues of a transaction carry its id (§6.27); after a restart of
+            # sitectl this is how a session under way is found again.
+            session = charger.connector(connector_id).session
+            if session is None or session.transaction_id != str(transaction_id):
+                self._resume(charger, connector_id, str(transaction_id))
         readings = parse_sampled_values(payload.get("meterValue") or [])
         if readings:
             self._apply_readings(charger, connector_id, readings)
@@ -274,10 +379,20 @@ class StateObserver:
         self, charger: ChargerState, connector_id: int, readings: dict[str, Any]
     ) -> None:
         connector = charger.connector(connector_id)
-        if "current_a" in readings:
-            connector.current_a = readings["current_a"]
+        now = self.state.monotonic()
+        if "current_a" in readings or "current_phaseless_a" in readings:
+            connector.current_a = readings.get("current_a")
+            connector.current_phaseless_a = readings.get("current_phaseless_a")
+            connector.current_mono = now
+            _count_low_phases(connector)
         if "power_kw" in readings:
             connector.power_kw = readings["power_kw"]
+            connector.power_mono = now
+        if "offered_a" in readings:
+            connector.offered_a = readings["offered_a"]
+            connector.offered_mono = now
+        if "voltage_v" in readings:
+            connector.voltage_v = readings["voltage_v"]
         if "soc_percent" in readings:
             connector.soc_percent = readings["soc_percent"]
         if "energy_wh" in readings:
@@ -297,8 +412,10 @@ class StateObserver:
         transaction_id: str,
         tag: str | None,
         meter_start_wh: float | None,
-    ) -> None:
+        origin: str = "observed",
+    ) -> SessionState:
         connector = charger.connector(connector_id)
+        self.state.restored_sessions.pop((charger.charger_id, connector_id), None)
         connector.session = SessionState(
             session_id=f"{charger.charger_id}/{transaction_id}",
             connector_id=connector_id,
@@ -307,10 +424,57 @@ class StateObserver:
             transaction_id=transaction_id,
             id_tag_hash=hash_id_tag(self.state.config.site.id, tag) if tag else None,
             meter_start_wh=meter_start_wh,
+            origin=origin,
         )
+        connector.phase_low_samples = [0, 0, 0]
         if meter_start_wh is not None:
             connector.energy_register_wh = meter_start_wh
         self.state.notify("session_started", connector.session.session_id)
+        return connector.session
+
+    def _resume(
+        self, charger: ChargerState, connector_id: int, transaction_id: str | None
+    ) -> SessionState | None:
+        """A session under way that sitectl did not see start: restore it, or adopt it.
+
+        With ``transaction_id`` ``None`` (only a status says the connector is in use) only a
+        session the store kept for this connector is restored; with an id, an unknown
+        transaction is adopted (start and need unknown: it charges until the vehicle stops).
+        """
+        key = (charger.charger_id, connector_id)
+        connector = charger.connector(connector_id)
+        restored = self.state.restored_sessions.get(key)
+        if restored is not None and transaction_id in (None, restored.transaction_id):
+            del self.state.restored_sessions[key]
+            if connector.session is not None:
+                self._close_session(charger, connector.session.transaction_id or "", None)
+            restored.origin = "restored"
+            connector.session = restored
+            log.info(
+                "%s/%d: session %s restored after a restart",
+                charger.charger_id,
+                connector_id,
+                restored.session_id,
+            )
+            self.state.notify("session_restored", restored.session_id)
+            return restored
+        if transaction_id is None:
+            return None
+        if restored is not None:  # the connector has moved on to another transaction
+            del self.state.restored_sessions[key]
+            self._ended(restored)
+        if connector.session is not None:
+            self._close_session(charger, connector.session.transaction_id or "", None)
+        log.warning(
+            "%s/%d: transaction %s was under way when sitectl learnt of it: adopted (its need "
+            "is unknown, so it charges until the vehicle stops drawing)",
+            charger.charger_id,
+            connector_id,
+            transaction_id,
+        )
+        return self._open_session(
+            charger, connector_id, transaction_id, None, None, origin="adopted"
+        )
 
     def _close_session(
         self, charger: ChargerState, transaction_id: str, meter_stop_wh: float | None
@@ -324,10 +488,22 @@ class StateObserver:
                 session.energy_wh = max(0.0, meter_stop_wh - session.meter_start_wh)
             connector.session = None
             connector.current_a = None
-            session.ended_at = self.state.clock()
-            self.state.ended_sessions.append(session)
-            self.state.notify("session_ended", session.session_id)
+            connector.current_phaseless_a = None
+            self._ended(session)
             return
+        for key, session in list(self.state.restored_sessions.items()):
+            # Ended while sitectl was down: the charger sends the stop when it reconnects.
+            if key[0] == charger.charger_id and session.transaction_id == transaction_id:
+                del self.state.restored_sessions[key]
+                if meter_stop_wh is not None and session.meter_start_wh is not None:
+                    session.energy_wh = max(0.0, meter_stop_wh - session.meter_start_wh)
+                self._ended(session)
+                return
+
+    def _ended(self, session: SessionState) -> None:
+        session.ended_at = self.state.clock()
+        self.state.ended_sessions.append(session)
+        self.state.notify("session_ended", session.session_id)
 
     # Profiles from the CSMS.
 

@@ -425,8 +425,10 @@ def _session_needs(
                 f"departure {iso(departure)} is beyond {MAX_AHEAD.days} days", "departure"
             )
         session.departure = departure
+        session.departure_source = "command"
     if command.energy_kwh is not None:
         session.energy_wanted_kwh = command.energy_kwh
+        session.need_source = "command"
     log.info(
         "session needs for %s: departure %s, energy %s kWh",
         session.session_id,

@@ -9,7 +9,7 @@ import pytest
 from sitectl.ocpp.observe import StateObserver, hash_id_tag, parse_sampled_values
 from sitectl.ocpp.router import Origin, RequestSeen, ResponseSeen
 from sitectl.sim.charger import SimCharger
-from sitectl.state import Change, SiteState
+from sitectl.state import Change, SessionState, SiteState
 from tests.helpers import wait_for
 from tests.ocpp.conftest import PASSWORD, depot_config
 
@@ -362,3 +362,195 @@ async def test_recent_frames_are_kept_with_credentials_redacted(csms, start_serv
     ]
     assert not any("0123456789abcdef0123" in t for t in texts)
     assert "[redacted: the frame carries credentials]" in texts
+
+
+# After a restart of sitectl: sessions under way are found again (issue #16).
+
+
+def restored(state: SiteState, charger: str, connector: int, transaction_id: str) -> SessionState:
+    """A session the store kept from the last run (what ActiveSessions.load puts in)."""
+    session = SessionState(
+        f"{charger}/{transaction_id}",
+        connector,
+        state.clock(),
+        transaction_id=transaction_id,
+        meter_start_wh=1000.0,
+        energy_wh=5000.0,
+        energy_wanted_kwh=80.0,
+        need_source="command",
+        charger_id=charger,
+        origin="restored",
+    )
+    state.restored_sessions[(charger, connector)] = session
+    return session
+
+
+def status(connector: int, value: str):
+    return req(
+        "StatusNotification", {"connectorId": connector, "status": value, "errorCode": "NoError"}
+    )
+
+
+def meter_values(connector: int, transaction_id, amps: float, register_wh: float):
+    payload = {
+        "connectorId": connector,
+        "meterValue": [
+            {
+                "timestamp": "x",
+                "sampledValue": [
+                    {"value": str(amps), "measurand": "Current.Import", "phase": "L1"},
+                    {"value": str(register_wh), "unit": "Wh"},
+                ],
+            }
+        ],
+    }
+    if transaction_id is not None:
+        payload["transactionId"] = transaction_id
+    return req("MeterValues", payload)
+
+
+def test_16_stored_session_is_restored_by_status_and_keeps_its_need(observed) -> None:
+    state, feed, changes = observed
+    kept = restored(state, "CP1", 1, "42")
+    feed("CP1", status(1, "Charging"))
+    session = state.chargers["CP1"].connectors[1].session
+    assert session is kept and session.origin == "restored"
+    assert session.energy_wanted_kwh == 80 and state.restored_sessions == {}
+    assert Change("session_restored", "CP1/42") in changes
+    feed("CP1", meter_values(1, 42, 16.0, 9000.0))
+    assert session.energy_wh == 8000  # register minus the stored meter start
+    # The vehicle leaves: Available ends the restored session.
+    feed("CP1", status(1, "Available"))
+    assert state.chargers["CP1"].connectors[1].session is None
+    assert state.ended_sessions[-1] is kept
+
+
+def test_16_unknown_transaction_in_meter_values_is_adopted(observed) -> None:
+    state, feed, _ = observed
+    restored(state, "CP1", 1, "42")  # the connector has since moved on to transaction 43
+    feed("CP1", meter_values(1, 43, 16.0, 20_000.0))
+    session = state.chargers["CP1"].connectors[1].session
+    assert session.transaction_id == "43" and session.origin == "adopted"
+    assert session.energy_wanted_kwh is None  # unknown need: charges until the car stops
+    assert state.restored_sessions == {}
+    assert [s.transaction_id for s in state.ended_sessions] == ["42"]
+    # Its StopTransaction later closes it as usual.
+    feed(
+        "CP1", req("StopTransaction", {"transactionId": 43, "meterStop": 21_000, "timestamp": "x"})
+    )
+    assert state.chargers["CP1"].connectors[1].session is None
+
+
+def test_16_transaction_ended_while_sitectl_was_down_is_closed(observed) -> None:
+    state, feed, _ = observed
+    restored(state, "CP1", 2, "7")
+    # The charger sends the StopTransaction it queued while sitectl was down.
+    feed("CP1", req("StopTransaction", {"transactionId": 7, "meterStop": 4000, "timestamp": "x"}))
+    assert state.restored_sessions == {}
+    assert state.ended_sessions[-1].transaction_id == "7"
+    assert state.ended_sessions[-1].energy_wh == 3000
+
+
+def test_16_a_status_alone_restores_nothing_it_cannot_match(observed) -> None:
+    state, feed, _ = observed
+    feed("CP1", status(1, "Charging"))  # no stored session, no transaction id yet
+    connector = state.chargers["CP1"].connectors[1]
+    assert connector.session is None and connector.status == "Charging"
+
+
+def test_201_updated_event_without_evse_after_a_restart_is_placed(observed) -> None:
+    state, feed, _ = observed
+    event = {
+        "eventType": "Updated",
+        "timestamp": "x",
+        "triggerReason": "MeterValuePeriodic",
+        "seqNo": 7,
+        "transactionInfo": {"transactionId": "tx-9", "chargingState": "Charging"},
+        "meterValue": [
+            {
+                "timestamp": "x",
+                "sampledValue": [{"value": 20.0, "measurand": "Current.Import", "phase": "L1-N"}],
+            }
+        ],
+    }
+    feed("CP2", req("TransactionEvent", event))  # CP2 has one EVSE: it can only be that one
+    connector = state.chargers["CP2"].connectors[1]
+    assert connector.session.transaction_id == "tx-9" and connector.session.origin == "adopted"
+    assert connector.current_a == (20.0, None, None)
+    feed("CP2", req("TransactionEvent", dict(event, eventType="Ended", seqNo=8)))
+    assert connector.session is None
+
+
+def test_201_charging_needs_of_a_dc_vehicle_and_its_departure(observed) -> None:
+    state, feed, _ = observed
+    feed(
+        "CP2",
+        req(
+            "TransactionEvent",
+            {
+                "eventType": "Started",
+                "timestamp": "x",
+                "triggerReason": "Authorized",
+                "seqNo": 0,
+                "transactionInfo": {"transactionId": "dc"},
+                "evse": {"id": 1, "connectorId": 1},
+            },
+        ),
+        req(
+            "NotifyEVChargingNeeds",
+            {
+                "evseId": 1,
+                "chargingNeeds": {
+                    "requestedEnergyTransfer": "DC",
+                    "departureTime": "2030-01-01T05:00:00Z",
+                    "dcChargingParameters": {
+                        "evMaxCurrent": 300,
+                        "evMaxVoltage": 800,
+                        "energyAmount": 250_000,
+                    },
+                },
+            },
+        ),
+    )
+    session = state.chargers["CP2"].connectors[1].session
+    assert session.energy_wanted_kwh == 250 and session.need_source == "vehicle"
+    assert session.departure.year == 2030 and session.departure_source == "vehicle"
+
+
+def test_sampled_values_read_every_way_chargers_report() -> None:
+    found = parse_sampled_values(
+        [
+            {
+                "sampledValue": [
+                    {"value": "14", "measurand": "Current.Import"},  # no phase
+                    {"value": "16", "measurand": "Current.Offered"},
+                    {
+                        "value": "2.3",
+                        "measurand": "Power.Active.Import",
+                        "phase": "L1",
+                        "unit": "kW",
+                    },
+                    {
+                        "value": "2.2",
+                        "measurand": "Power.Active.Import",
+                        "phase": "L2",
+                        "unit": "kW",
+                    },
+                    {"value": "229", "measurand": "Voltage", "phase": "L1-N"},
+                    {"value": "400", "measurand": "Voltage", "phase": "L1-L2"},  # not a phase one
+                    {
+                        "value": "99",
+                        "measurand": "Current.Import",
+                        "phase": "L1",
+                        "location": "Inlet",
+                    },  # the charger's own supply: not the vehicle's
+                ]
+            }
+        ]
+    )
+    assert found == {
+        "current_phaseless_a": 14.0,
+        "offered_a": 16.0,
+        "power_kw": pytest.approx(4.5),
+        "voltage_v": 229.0,
+    }
