@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sitectl.config import ChargerConfig, Config
-from sitectl.control.snapshot import ChargerMemory
+from sitectl.control.snapshot import ChargerMemory, efficiency
 from sitectl.ocpp.profiles import ProfileIds, ProfileSpec, build_set_profile, round_limit
 
 __all__ = ["Command", "DispatchReport", "Dispatcher"]
@@ -79,6 +80,9 @@ class Dispatcher:
             for index, c in enumerate(config.chargers)
         }
         self.failsafe_level, self.dynamic_level = config.ocpp.profile_stack_levels
+        #: Phase voltage for a DC charger's power limit: the loop sets the lowest measured
+        #: (more current per watt is the safe side); nominal until a meter says otherwise.
+        self.voltage_v = config.site.nominal_voltage_v
 
     # Planning (pure).
 
@@ -224,7 +228,9 @@ class Dispatcher:
         level = self.dynamic_level if dynamic else self.failsafe_level
         duration = int(self.control.profile_validity_s) if dynamic else None
         if charger.kind == "dc":
-            # DC chargers are limited in power; the current is balanced over three phases.
-            watts = round(amps * 3 * self.config.site.nominal_voltage_v, 1)
+            # DC chargers are limited in output power; their AC input is three-phase and
+            # balanced, and larger than the output by the efficiency: P_out = η · 3 · U · I_ac.
+            volts = min(self.voltage_v, self.config.site.nominal_voltage_v)
+            watts = math.floor(amps * 3 * volts * efficiency(charger) * 10) / 10
             return ProfileSpec(profile_id, level, connector, watts, "W", 3, duration, now)
         return ProfileSpec(profile_id, level, connector, amps, "A", charger.phases, duration, now)

@@ -30,8 +30,10 @@ from optimizer.lp import Allocator
 from optimizer.verify import verify
 from sitectl.config import Config
 from sitectl.control.dispatch import Dispatcher, DispatchReport
+from sitectl.control.draw import Draw
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
+from sitectl.ocpp.observe import IN_SESSION_STATUSES
 from sitectl.state import SOLVE_BUCKETS_S, Change, CircuitStatus, Severity, SiteState
 
 __all__ = ["ControlLoop"]
@@ -42,6 +44,7 @@ _TRIGGERS = frozenset(
     {
         "override",
         "session_started",
+        "session_restored",
         "session_ended",
         "charger_connected",
         "charger_disconnected",
@@ -194,8 +197,13 @@ class ControlLoop:
             if changed is not None:
                 self._meter_changed(circuit, changed)
         await self._install_failsafes(now)
-        self._compliance(now, now_mono)
-        built = self.builder.build(self.state, self.meters, self.memory, now, now_mono)
+        draws = self.builder.draws(self.state, now_mono)
+        self._compliance(draws, now_mono)
+        built = self.builder.build(self.state, self.meters, self.memory, now, now_mono, draws)
+        for circuit in built.implausible:
+            self._meter_changed(circuit, MeterState.FAILED)
+        self._unmatched(built, now_mono)
+        self.dispatcher.voltage_v = built.voltage_v
         allocation = await self._solve(built)
         limits = self._limits(built, allocation, now_mono)
         commands = self.dispatcher.plan(limits, self.memory, now_mono)
@@ -232,6 +240,7 @@ class ControlLoop:
         results = await asyncio.gather(*(self.dispatcher.install_failsafe(c, now) for c in pending))
         for charger_id, ok in zip(pending, results, strict=True):
             self.memory[charger_id].failsafe_installed = ok
+            self.memory[charger_id].failsafe_ever |= ok
 
     async def _solve(self, built: Built) -> Allocation:
         problem = built.problem
@@ -295,6 +304,35 @@ class ControlLoop:
             self.state.clear_alarm("fallback_solver", "site")
         return allocation
 
+    def _unmatched(self, built: Built, now_mono: float) -> None:
+        """Alarm on connectors in use whose transaction stays unknown (they get a floor)."""
+        grace = max(3 * self.control.period_s, 30.0)
+        for charger_id, charger in self.state.chargers.items():
+            mem = self.memory[charger_id]
+            for connector in charger.connectors.values():
+                key = connector.connector_id
+                subject = f"{charger_id}/{key}"
+                waiting = (
+                    charger.connected
+                    and connector.session is None
+                    and connector.status in IN_SESSION_STATUSES
+                )
+                if not waiting:
+                    if mem.unmatched_since.pop(key, None) is not None:
+                        self.state.clear_alarm("session_unmatched", subject)
+                    continue
+                since = mem.unmatched_since.setdefault(key, now_mono)
+                if now_mono - since >= grace:
+                    floor = built.floors.get(subject, 0.0)
+                    self.state.raise_alarm(
+                        "session_unmatched",
+                        subject,
+                        Severity.WARNING,
+                        f"reports {connector.status} but no transaction is known (sitectl "
+                        f"restarted mid-session?); budgeted with at least {floor:g} A and "
+                        "charged as a session of unknown need",
+                    )
+
     def _limits(
         self, built: Built, allocation: Allocation, now_mono: float
     ) -> dict[str, tuple[float, dict[int, float]]]:
@@ -302,6 +340,7 @@ class ControlLoop:
         per_connector: dict[str, dict[int, float]] = {c: {} for c in built.steerable}
         for session_id, amps in allocation.dispatch_a.items():
             charger_id, connector = built.sessions[session_id]
+            amps += built.floors.get(session_id, 0.0)  # reserved below the LP's share
             per_connector[charger_id][connector] = amps
             mem = self.memory[charger_id]
             if amps <= 0 and connector not in mem.paused_since:
@@ -350,22 +389,16 @@ class ControlLoop:
 
     # Compliance and resumes.
 
-    def _compliance(self, now: datetime, now_mono: float) -> None:
-        max_age = self.control.ev_measurement_max_age_s
+    def _compliance(self, draws: dict[str, dict[int, Draw]], now_mono: float) -> None:
         for charger_id, charger in self.state.chargers.items():
             mem = self.memory[charger_id]
             if not charger.connected or mem.commanded_a is None or mem.unavailable:
                 continue
-            draws = [
-                max((a or 0.0) for a in c.current_a)
-                for c in charger.connectors.values()
-                if c.current_a is not None
-                and c.measured_at is not None
-                and (now - c.measured_at).total_seconds() <= max_age
-            ]
-            if not draws:
+            found = draws.get(charger_id) or {}
+            if not found:
                 continue
-            draw = sum(draws)
+            # The best estimate on its most loaded phase, summed over its connectors.
+            draw = max(sum(d.est[k] for d in found.values()) for k in range(3))
             sessions = [c.session for c in charger.connectors.values() if c.session]
             configured = self.builder.chargers[charger_id]
             if len(charger.connectors) == 1 and sessions and not mem.noncompliant:
@@ -452,10 +485,12 @@ class ControlLoop:
                         planned[node][k] += phases[k]
                 node = self.builder.parents.get(node)
 
-        for node, phases in built.non_ev.items():
-            add_up(node, phases)
-        for charger_id, phases in built.fixed.items():
-            add_up(self.builder.chargers[charger_id].circuit, phases)
+        for load in built.problem.loads:
+            # Non-EV loads hang off circuits; fixed, over-draw and floor loads off chargers.
+            node = load.node
+            if node.startswith("charger:"):
+                node = self.builder.chargers[node.removeprefix("charger:")].circuit
+            add_up(node, (load.current_a[0][0], load.current_a[1][0], load.current_a[2][0]))
         for session in built.problem.sessions:
             amps = allocation.dispatch_a.get(session.id, 0.0)
             phases = [0.0, 0.0, 0.0]

@@ -39,6 +39,8 @@ class _Track:
     last_ok_mono: float | None = None
     last_seen_mono: float | None = None
     reason: str = "no reading yet"
+    latest_ok: bool = False  # whether the latest reading was ok
+    latest_quality: str = ""
     first_look_mono: float | None = None  # the first update: the start of the grace at start-up
     announced: bool = False  # its failure was reported (a change returned)
 
@@ -66,7 +68,10 @@ class MeterSupervisor:
         """Feed one reading (``reading.ok``); returns the new state if it changed."""
         track = self.tracks[circuit]
         track.last_seen_mono = now
-        if getattr(reading, "ok", False):
+        track.latest_ok = bool(getattr(reading, "ok", False))
+        quality = getattr(reading, "quality", "")
+        track.latest_quality = str(getattr(quality, "value", quality))
+        if track.latest_ok:
             track.last_ok = reading
             track.last_ok_mono = now
             track.good_run += 1
@@ -108,11 +113,34 @@ class MeterSupervisor:
         return None
 
     def measured(self, circuit: str) -> Any:
-        """The latest ok reading if the circuit is measured, else ``None``."""
+        """The latest ok reading if the circuit is measured, else ``None``.
+
+        Once the device layer calls the meter stale or implausible, its last good reading is
+        not used any more, even within the grace (the grace covers a failed poll, not a meter
+        that is known to be wrong or gone).
+        """
         track = self.tracks.get(circuit)
         if track is None or track.state is not MeterState.MEASURED:
             return None
+        if not track.latest_ok and track.latest_quality in ("stale", "implausible"):
+            return None
         return track.last_ok
+
+    def distrust(self, circuit: str, now: float, reason: str) -> MeterState | None:
+        """Fail a circuit's meter for a reason found elsewhere (its readings cannot be right).
+
+        It stays failed for the hold and until a new run of good readings, like any failure.
+        Returns the new state if it changed.
+        """
+        track = self.tracks[circuit]
+        track.good_run = 0
+        track.reason = reason
+        track.failed_at = now
+        if track.state is MeterState.FAILED:
+            return None
+        track.state = MeterState.FAILED
+        track.announced = True
+        return track.state
 
     def state(self, circuit: str) -> MeterState:
         return self.tracks[circuit].state

@@ -3,22 +3,36 @@
 Rules of this module (DESIGN.md safety model; issue #7):
 
 - **Non-EV load.** For a circuit whose meter is trusted: measured current minus the *fresh* EV
-  measurements under it (MeterValues no older than ``ev_measurement_max_age_s``). A stale or
-  missing EV measurement counts as 0, so the unexplained load is taken as non-EV. Subtracting a
-  commanded limit instead would *underestimate* the non-EV load whenever a vehicle draws less
-  than allowed, and the circuit could overload by that gap once the vehicle ramps up; this rule
-  can only waste headroom, never overload.
+  draw under it, taken at its lower bound (`sitectl.control.draw`: MeterValues no older than
+  ``ev_measurement_max_age_s`` on the monotonic clock). A stale or missing EV measurement counts
+  as 0, so the unexplained load is taken as non-EV. Subtracting a commanded limit instead would
+  *underestimate* the non-EV load whenever a vehicle draws less than allowed; this rule can
+  only waste headroom, never overload.
+- **A meter that cannot be right** (it reads less, on some phase, than the fresh EV draw it must
+  contain, for longer than ``ev_measurement_max_age_s``) is distrusted like a failed one: a
+  frozen gateway serving cached registers looks exactly like that.
 - **Failed meter.** Its circuit is budgeted with its worst-case non-EV load (``non_ev_max_a``) or,
   when none is configured, with only the fail-safe currents of its chargers as EV budget.
 - **Unmetered circuit.** Its configured worst-case non-EV load, less what its children account for.
 - **Chargers sitectl cannot steer** are fixed loads: a disconnected charger at its last commanded
   limit until that limit's validity has lapsed, then at its fail-safe; an uncontrollable one
-  (refusing profiles) at its maximum; a non-compliant one, or one installing firmware without a
-  session (a local rollout's, or the CSMS's), at its measured draw.
-- **Sessions**: phases from per-phase MeterValues where reported (else the charger's), mapped
-  through the charger's rotation; the maximum is the least of charger, connector, vehicle
-  (2.0.1 charging needs) and the CSMS's own profiles (its composite schedule); energy and
-  departure from the session (2.0.1 needs, MQTT/REST), else the fleet schedule, else defaults.
+  (refusing profiles) and a non-compliant one at its maximum; one installing firmware without a
+  session at the higher of its measured draw (upper bound) and the limit it still holds.
+- **Over-draw.** A steered charger drawing more than its accepted limit (ramping down, or a little
+  over its limit) has the excess budgeted as a fixed load, so small excesses of many chargers
+  cannot add up unseen on a circuit.
+- **Sessions**: phases in use are the charger's, less only those reported low over several
+  samples (an unreported phase is in use), mapped through the charger's rotation; the maximum
+  is the least of charger, connector, vehicle (2.0.1 charging needs) and the CSMS's own profiles
+  (its composite schedule); departure from the session (2.0.1 needs, MQTT/REST), else the fleet
+  schedule, else the default. A stated need (the vehicle's or an operator's) bounds the energy;
+  an unknown one (the fleet's usual need, or ``default_energy_kwh``) is only a planning
+  assumption: the vehicle always wants at least one more step at its maximum, so it charges
+  until it stops drawing.
+- **A connector in use without a known transaction** (sitectl restarted mid-session, or a 2.0.1
+  charger whose transaction starts only when energy flows) is never held at 0 A: it gets at
+  least its charger's minimum (and fail-safe) current as a reserved floor, plus a share as a
+  session of unknown need.
 
 The builder is pure: it reads the state and memory it is given and returns plain data.
 """
@@ -34,12 +48,40 @@ from zoneinfo import ZoneInfo
 
 from optimizer.problem import Load, Node, Problem, Session, Tariff
 from sitectl.config import GRID, ChargerConfig, Config
+from sitectl.control.draw import Draw, connector_draw, phases_in_use
 from sitectl.control.meters import MeterSupervisor
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
-from sitectl.ocpp.observe import hash_id_tag
+from sitectl.ocpp.observe import IN_SESSION_STATUSES, hash_id_tag
 from sitectl.state import ChargerState, ConnectorState, SiteState
 
-__all__ = ["Built", "ChargerMemory", "ProblemBuilder", "charger_node"]
+__all__ = [
+    "FLOOR_STATUSES",
+    "Built",
+    "ChargerMemory",
+    "ProblemBuilder",
+    "SessionInfo",
+    "charger_node",
+    "efficiency",
+]
+
+#: Connector statuses that get a floor current while no transaction is known on them.
+FLOOR_STATUSES = IN_SESSION_STATUSES | {"Preparing"}
+#: Typical AC-to-DC efficiency of a DC fast charger at rated power when none is configured
+#: (datasheets of 50–400 kW units state 94–96 %; 0.93 leaves margin for part load).
+DEFAULT_DC_EFFICIENCY = 0.93
+#: How much a meter may read below the EV draw it contains before it is implausible (A, and a
+#: share of that draw): measurement tolerance of chargers' and meters' current transformers.
+IMPLAUSIBLE_MARGIN_A = 5.0
+IMPLAUSIBLE_MARGIN_SHARE = 0.05
+#: An over-draw below this is measurement noise, not budgeted.
+OVERDRAW_NOISE_A = 0.5
+
+
+def efficiency(charger: ChargerConfig) -> float:
+    """A DC charger's AC-to-DC efficiency (1 for AC chargers)."""
+    if charger.kind != "dc":
+        return 1.0
+    return float(getattr(charger, "efficiency", None) or DEFAULT_DC_EFFICIENCY)
 
 Phases = tuple[float, float, float]
 ZERO: Phases = (0.0, 0.0, 0.0)
@@ -105,8 +147,12 @@ class ChargerMemory:
     unavailable: bool = False
     over_limit_since: float | None = None
     paused_since: dict[int, float] = field(default_factory=dict)  # connector -> monotonic
+    #: Connector -> since when it is in use without a known transaction (monotonic).
+    unmatched_since: dict[int, float] = field(default_factory=dict)
     resumed_at: dict[int, float] = field(default_factory=dict)
     failsafe_installed: bool = False
+    #: The charger took sitectl's fail-safe at some point (it keeps it across reconnects).
+    failsafe_ever: bool = False
     #: What the vehicle on a single-connector charger has shown it can draw (see `learn_ev`).
     ev_session: str | None = None
     ev_peak_a: float = 0.0
@@ -166,6 +212,17 @@ class ChargerMemory:
         return max(in_force, default=0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the builder assumed for one session (for the API, the dashboard and tests)."""
+
+    departure: datetime
+    departure_source: str  # vehicle | command | fleet | default
+    need_kwh: float | None  # the stated or assumed total need; None: a floor-only connector
+    need_source: str  # vehicle | command | fleet | default | unknown
+    capped: bool  # whether the need bounds the energy (stated) or only guides the plan
+
+
 @dataclass(frozen=True)
 class Built:
     """The problem for one cycle and what is needed to turn its answer into limits."""
@@ -176,6 +233,14 @@ class Built:
     fixed: dict[str, Phases]  # chargers budgeted as fixed loads, site phases
     non_ev: dict[str, Phases]  # circuit -> non-EV load placed there (step 0)
     measured: dict[str, Phases]  # circuit -> measured current, where trusted
+    #: Session id -> a current reserved below the LP's share (a connector in use without a
+    #: known transaction); the dispatched limit is the floor plus the LP's current.
+    floors: dict[str, float] = field(default_factory=dict)
+    info: dict[str, SessionInfo] = field(default_factory=dict)
+    overdraw: dict[str, Phases] = field(default_factory=dict)  # charger -> excess, site phases
+    #: Circuit -> why its meter was found implausible this cycle (the loop alarms on it).
+    implausible: dict[str, str] = field(default_factory=dict)
+    voltage_v: float = 230.0  # the lowest measured phase voltage (or nominal): DC conversion
 
 
 class ProblemBuilder:
@@ -207,6 +272,7 @@ class ProblemBuilder:
             for tag in vehicle.id_tags
         }
         self.hold = PeakHold(config.control.non_ev_hold_s)
+        self._implausible_since: dict[str, float] = {}
         self.failsafe_under: dict[str, Phases] = {node: ZERO for node in self.parents}
         for charger in config.chargers:
             share = _on_phases(charger.failsafe_current_a, charger.site_phases)
@@ -223,6 +289,29 @@ class ProblemBuilder:
             for n in range(1, c.connectors + 1)
         }
 
+    def draws(self, state: SiteState, now_mono: float) -> dict[str, dict[int, Draw]]:
+        """Every charger's fresh connector draws (charger phases); stale ones are absent."""
+        out: dict[str, dict[int, Draw]] = {}
+        max_age = self.control.ev_measurement_max_age_s
+        volts = self.config.site.nominal_voltage_v
+        for charger in self.config.chargers:
+            found: dict[int, Draw] = {}
+            for connector in state.chargers[charger.id].connectors.values():
+                draw = connector_draw(
+                    connector,
+                    charger_phases=charger.phases,
+                    dc=charger.kind == "dc",
+                    efficiency=efficiency(charger),
+                    now_mono=now_mono,
+                    max_age_s=max_age,
+                    nominal_voltage_v=volts,
+                    max_current_a=charger.max_current_a,
+                )
+                if draw is not None:
+                    found[connector.connector_id] = draw
+            out[charger.id] = found
+        return out
+
     def build(
         self,
         state: SiteState,
@@ -230,14 +319,17 @@ class ProblemBuilder:
         memory: dict[str, ChargerMemory],
         now: datetime,
         now_mono: float,
+        draws: dict[str, dict[int, Draw]] | None = None,
     ) -> Built:
-        """The problem for this cycle."""
+        """The problem for this cycle (`draws` from `draws()`, computed here when omitted)."""
         steps = self.control.horizon_steps
-        ev_fresh, fixed, steerable = self._chargers(state, memory, now)
-        measured = self._measured(meters)
+        draws = draws if draws is not None else self.draws(state, now_mono)
+        ev_lo, fixed, steerable, overdraw = self._chargers(state, memory, draws, now_mono)
+        measured, voltages = self._measured(meters)
+        implausible = self._plausibility(measured, ev_lo, meters, now_mono)
         non_ev = {
             node: self.hold(node, phases, now_mono)
-            for node, phases in self._non_ev(measured, ev_fresh).items()
+            for node, phases in self._non_ev(measured, ev_lo).items()
         }
         limits = self.effective_limits(state, now)
         nodes = [Node(GRID, None, limits[GRID], self.kw_limits[GRID])]
@@ -247,34 +339,57 @@ class ProblemBuilder:
             cap = charger.max_current_a
             limit_kw = None
             if charger.kind == "dc" and charger.max_power_kw is not None:
-                limit_kw = charger.max_power_kw
+                # Its AC input at full output power (what the kW rows of the tree see).
+                limit_kw = charger.max_power_kw / efficiency(charger)
             nodes.append(Node(charger_node(charger.id), charger.circuit, (cap, cap, cap), limit_kw))
         loads = [
             Load(f"non-ev:{node}", node, tuple((amps,) * steps for amps in phases))
             for node, phases in non_ev.items()
             if any(phases)
         ]
-        loads += [
-            Load(
-                f"fixed:{charger_id}",
-                charger_node(charger_id),
-                tuple((amps,) * steps for amps in phases),
-            )
-            for charger_id, phases in fixed.items()
-            if any(phases)
-        ]
+        for prefix, table in (("fixed", fixed), ("overdraw", overdraw)):
+            loads += [
+                Load(
+                    f"{prefix}:{charger_id}",
+                    charger_node(charger_id),
+                    tuple((amps,) * steps for amps in phases),
+                )
+                for charger_id, phases in table.items()
+                if any(phases)
+            ]
         sessions: list[Session] = []
         index: dict[str, tuple[str, int]] = {}
+        floors: dict[str, float] = {}
+        info: dict[str, SessionInfo] = {}
         for charger_id in steerable:
             charger = self.chargers[charger_id]
             charger_state = state.chargers[charger_id]
             for connector in charger_state.connectors.values():
-                session = self._session(
+                made = self._session(
                     charger, charger_state, connector, memory[charger_id], now, now_mono
                 )
-                if session is not None:
-                    sessions.append(session)
-                    index[session.id] = (charger_id, connector.connector_id)
+                if made is None:
+                    continue
+                session, floor, session_info = made
+                sessions.append(session)
+                index[session.id] = (charger_id, connector.connector_id)
+                info[session.id] = session_info
+                if floor > 0:
+                    floors[session.id] = floor
+                    loads.append(
+                        Load(
+                            f"floor:{session.id}",
+                            charger_node(charger_id),
+                            tuple(
+                                (floor if p in charger.site_phases else 0.0,) * steps
+                                for p in range(3)
+                            ),
+                        )
+                    )
+        # The kW rows take power as U · Σ I: with the highest measured voltage (and the measured
+        # power is never below that estimate for PF ≤ 1), a high grid voltage cannot overrun a
+        # kW limit; DC power limits use the lowest, which gives the most current per watt.
+        nominal = self.config.site.nominal_voltage_v
         problem = Problem(
             nodes=tuple(nodes),
             sessions=tuple(sessions),
@@ -282,9 +397,21 @@ class ProblemBuilder:
             step_s=float(self.control.step_s),
             loads=tuple(loads),
             tariff=self._tariff(now, steps),
-            voltage_ln_v=self.config.site.nominal_voltage_v,
+            voltage_ln_v=max([nominal, *voltages]),
         )
-        return Built(problem, index, tuple(steerable), fixed, non_ev, measured)
+        return Built(
+            problem,
+            index,
+            tuple(steerable),
+            fixed,
+            non_ev,
+            measured,
+            floors=floors,
+            info=info,
+            overdraw=overdraw,
+            implausible=implausible,
+            voltage_v=min([nominal, *voltages]),
+        )
 
     def effective_limits(self, state: SiteState, now: datetime) -> dict[str, Phases]:
         """Configured limits, lowered by unexpired operator overrides (never raised)."""
@@ -304,52 +431,67 @@ class ProblemBuilder:
 
     # Chargers.
 
+    def _site(self, charger: ChargerConfig, phases: Phases) -> Phases:
+        """Charger phases to site phases through the rotation."""
+        site = [0.0, 0.0, 0.0]
+        for k, phase in enumerate(charger.site_phases):
+            site[phase] += phases[k]
+        return (site[0], site[1], site[2])
+
     def _chargers(
-        self, state: SiteState, memory: dict[str, ChargerMemory], now: datetime
-    ) -> tuple[dict[str, Phases], dict[str, Phases], list[str]]:
-        """Fresh EV draw per charger, fixed-load chargers, and the chargers to steer."""
-        ev_fresh: dict[str, Phases] = {}
+        self,
+        state: SiteState,
+        memory: dict[str, ChargerMemory],
+        draws: dict[str, dict[int, Draw]],
+        now_mono: float,
+    ) -> tuple[dict[str, Phases], dict[str, Phases], list[str], dict[str, Phases]]:
+        """EV draw per charger (lower bound), fixed loads, chargers to steer, over-draws."""
+        ev_lo: dict[str, Phases] = {}
         fixed: dict[str, Phases] = {}
         steerable: list[str] = []
-        max_age = timedelta(seconds=self.control.ev_measurement_max_age_s)
+        overdraw: dict[str, Phases] = {}
         for charger in self.config.chargers:
             charger_state = state.chargers[charger.id]
             mem = memory.setdefault(charger.id, ChargerMemory())
-            draw = ZERO
-            for connector in charger_state.connectors.values():
-                fresh = (
-                    connector.current_a is not None
-                    and connector.measured_at is not None
-                    and now - connector.measured_at <= max_age
-                )
-                if fresh:
-                    per_phase = [a or 0.0 for a in connector.current_a]
-                    site = [0.0, 0.0, 0.0]
-                    for k, phase in enumerate(charger.site_phases):
-                        site[phase] += per_phase[k] if k < len(per_phase) else 0.0
-                    draw = _add(draw, (site[0], site[1], site[2]))
-            ev_fresh[charger.id] = draw
+            lo, est, hi = ZERO, ZERO, ZERO
+            for draw in draws.get(charger.id, {}).values():
+                lo, est, hi = _add(lo, draw.lo), _add(est, draw.est), _add(hi, draw.hi)
+            ev_lo[charger.id] = self._site(charger, lo)
+            maximum = _on_phases(charger.max_current_a, charger.site_phases)
             if not charger_state.connected:
-                fixed[charger.id] = self._disconnected_budget(charger, mem)
+                fixed[charger.id] = self._held_budget(charger, mem, now_mono)
             elif mem.unavailable:
-                fixed[charger.id] = draw
-            elif mem.uncontrollable:
-                fixed[charger.id] = _on_phases(charger.max_current_a, charger.site_phases)
-            elif mem.noncompliant:
-                fixed[charger.id] = draw
+                held = self._held_budget(charger, mem, now_mono)
+                upper = self._site(charger, hi)
+                fixed[charger.id] = tuple(max(a, b) for a, b in zip(held, upper, strict=True))
+            elif mem.uncontrollable or mem.noncompliant:
+                fixed[charger.id] = maximum
             else:
                 steerable.append(charger.id)
-        return ev_fresh, fixed, steerable
+                if mem.commanded_a is not None:
+                    excess = tuple(
+                        e - mem.commanded_a if e - mem.commanded_a > OVERDRAW_NOISE_A else 0.0
+                        for e in est
+                    )
+                    if any(excess):
+                        overdraw[charger.id] = self._site(charger, excess)  # type: ignore[arg-type]
+        return ev_lo, fixed, steerable, overdraw
 
-    def _disconnected_budget(self, charger: ChargerConfig, mem: ChargerMemory) -> Phases:
-        # Its last dynamic limit may still be in force until its validity ends; after that the
-        # charger holds its fail-safe (installed by this or an earlier run of sitectl).
-        amps = charger.failsafe_current_a
+    def _held_budget(self, charger: ChargerConfig, mem: ChargerMemory, now_mono: float) -> Phases:
+        """What a charger sitectl does not steer now may draw: the limit it still holds.
+
+        Its last dynamic limit stays in force until its validity ends (plus a period of margin
+        for the charger's clock); after that the charger holds its fail-safe (installed by this
+        or an earlier run of sitectl), or its maximum when it never took the fail-safe.
+        """
+        amps = charger.failsafe_current_a if mem.failsafe_installed or mem.failsafe_ever else (
+            charger.max_current_a
+        )
         if (
             mem.commanded_a is not None
-            and mem.disconnected_at is not None
             and mem.commanded_at is not None
-            and mem.disconnected_at - mem.commanded_at < self.control.profile_validity_s
+            and now_mono - mem.commanded_at
+            < self.control.profile_validity_s + self.control.period_s
         ):
             amps = max(amps, mem.commanded_a)
         return _on_phases(amps, charger.site_phases)
@@ -362,41 +504,57 @@ class ProblemBuilder:
         mem: ChargerMemory,
         now: datetime,
         now_mono: float,
-    ) -> Session | None:
+    ) -> tuple[Session, float, SessionInfo] | None:
         session = connector.session
+        floor = 0.0
         if session is None:
-            return None
-        phases = self._phases_in_use(charger, connector, now)
-        max_a = charger.max_current_a
-        if charger.connector_max_current_a is not None:
-            max_a = min(max_a, charger.connector_max_current_a)
-        if charger.kind == "dc" and charger.max_power_kw is not None:
-            max_a = min(
-                max_a, charger.max_power_kw * 1000 / (3 * self.config.site.nominal_voltage_v)
+            if connector.status not in FLOOR_STATUSES:
+                return None
+            # In use without a known transaction: never 0 A (a charger whose transaction starts
+            # only when energy flows would never start one), and whatever more it can take.
+            floor = min(
+                max(charger.min_current_a, charger.failsafe_current_a), self._connector_max(charger)
             )
-        if session.ev_max_current_a:
+        in_use = phases_in_use(connector, charger.phases) if charger.kind != "dc" else (0, 1, 2)
+        rotation = charger.site_phases
+        phases = tuple(sorted(rotation[k] for k in in_use if k < len(rotation)))
+        if session is None:
+            phases = tuple(sorted(rotation))
+        max_a = self._connector_max(charger)
+        if session is not None and session.ev_max_current_a:
             max_a = min(max_a, session.ev_max_current_a)
-        if mem.ev_session == session.session_id and mem.ev_cap_a is not None:
+        if (
+            session is not None
+            and mem.ev_session == session.session_id
+            and mem.ev_cap_a is not None
+        ):
             max_a = min(max_a, mem.ev_cap_a)
         csms = self._csms_bound(charger, charger_state, connector, now)
         if csms is not None:
             max_a = min(max_a, csms)
         min_a = charger.min_current_a
-        if session.ev_min_current_a:
+        if session is not None and session.ev_min_current_a:
             min_a = max(min_a, session.ev_min_current_a)
-        vehicle = self.fleet.get(session.id_tag_hash or "")
-        wanted = session.energy_wanted_kwh
-        if wanted is None:
-            wanted = (
-                vehicle.energy_kwh
-                if vehicle and vehicle.energy_kwh is not None
-                else self.control.default_energy_kwh
-            )
-        remaining = max(0.0, wanted - session.energy_wh / 1000)
-        departure = session.departure or self._next_time(
-            vehicle.departure if vehicle and vehicle.departure else self.control.default_departure,
-            now,
+        vehicle = self.fleet.get(session.id_tag_hash or "") if session is not None else None
+        departure, departure_source = self._departure(session, vehicle, now)
+        step_kwh = (
+            max_a * len(phases) * self.config.site.nominal_voltage_v * self.control.step_s / 3.6e6
         )
+        delivered = session.energy_wh / 1000 if session is not None else 0.0
+        if session is not None and session.energy_wanted_kwh is not None:
+            need, need_source, capped = session.energy_wanted_kwh, session.need_source, True
+            remaining = max(0.0, need - delivered)
+        else:
+            if vehicle is not None and vehicle.energy_kwh is not None:
+                need, need_source = vehicle.energy_kwh, "fleet"
+            else:
+                need, need_source = self.control.default_energy_kwh, "default"
+            if session is None:
+                need_source = "unknown"
+            capped = False
+            # Not a cap: whatever it is assumed to need, it wants at least one more step at its
+            # maximum, so it charges until the vehicle itself stops drawing.
+            remaining = max(need - delivered, step_kwh)
         seconds_left = (departure - now).total_seconds()
         departure_step = max(1, math.ceil(seconds_left / self.control.step_s))
         if 0 < seconds_left < self.control.step_s:
@@ -407,41 +565,54 @@ class ProblemBuilder:
         paused_at = mem.paused_since.get(connector.connector_id)
         if paused_at is not None and now_mono - paused_at < self.control.min_pause_s:
             remaining = 0.0  # minimum pause dwell: it stays paused this cycle
-        if max_a < min_a:
+        if floor > 0:
+            # The floor is reserved as a load; the LP shares out only what is above it, and
+            # the minimum-current rule is already met by the floor.
+            max_a, min_a = max(0.0, max_a - floor), 0.0
+        elif max_a < min_a:
             min_a = max_a = 0.0  # cannot charge within its bounds: blocked
         priority = min(4, vehicle.priority) if vehicle else 0
         slot = f"{charger.id}/{connector.connector_id}"
-        return Session(
+        problem_session = Session(
             id=slot,
             node=charger_node(charger.id),
             slot=slot,
-            phases=phases,
+            phases=phases or tuple(sorted(rotation)),
             min_a=min_a,
             max_a=max_a,
             energy_kwh=remaining,
             departure_step=departure_step,
             priority=priority,
         )
-
-    def _phases_in_use(
-        self, charger: ChargerConfig, connector: ConnectorState, now: datetime
-    ) -> tuple[int, ...]:
-        rotation = charger.site_phases
-        currents = connector.current_a
-        fresh = (
-            currents is not None
-            and connector.measured_at is not None
-            and now - connector.measured_at
-            <= timedelta(seconds=self.control.ev_measurement_max_age_s)
+        info = SessionInfo(
+            departure, departure_source, need, need_source or "unknown", capped
         )
-        if fresh and len(rotation) == 3:
-            amps = [a or 0.0 for a in currents]
-            peak = max(amps)
-            # A vehicle drawing on one phase only is single-phase (its charger L1).
-            if peak > 3.0:
-                used = [k for k in range(3) if amps[k] > max(1.0, 0.2 * peak)]
-                return tuple(rotation[k] for k in used)
-        return tuple(rotation)
+        return problem_session, floor, info
+
+    def _connector_max(self, charger: ChargerConfig) -> float:
+        max_a = charger.max_current_a
+        if charger.connector_max_current_a is not None:
+            max_a = min(max_a, charger.connector_max_current_a)
+        if charger.kind == "dc" and charger.max_power_kw is not None:
+            # AC input current at full output: P / (η · 3 · U).
+            max_a = min(
+                max_a,
+                charger.max_power_kw
+                * 1000
+                / (efficiency(charger) * 3 * self.config.site.nominal_voltage_v),
+            )
+        return max_a
+
+    def _departure(
+        self, session: object | None, vehicle: object | None, now: datetime
+    ) -> tuple[datetime, str]:
+        explicit = getattr(session, "departure", None)
+        if explicit is not None:
+            return explicit, getattr(session, "departure_source", None) or "command"
+        usual = getattr(vehicle, "departure", None)
+        if usual:
+            return self._next_time(usual, now), "fleet"
+        return self._next_time(self.control.default_departure, now), "default"
 
     def _csms_bound(
         self,
@@ -469,8 +640,10 @@ class ProblemBuilder:
 
     # Circuits.
 
-    def _measured(self, meters: MeterSupervisor) -> dict[str, Phases]:
+    def _measured(self, meters: MeterSupervisor) -> tuple[dict[str, Phases], list[float]]:
+        """Trusted currents per metered circuit, and every trusted phase voltage seen."""
         out: dict[str, Phases] = {}
+        voltages: list[float] = []
         for node, device in self.meters.items():
             if device is None:
                 continue
@@ -479,7 +652,49 @@ class ProblemBuilder:
             if reading is None or currents is None or any(a is None for a in currents):
                 continue
             out[node] = (float(currents[0]), float(currents[1]), float(currents[2]))
-        return out
+            for volts in getattr(reading, "voltage_v", None) or ():
+                if volts is not None and volts > 50:  # 0 V: a phase without a voltage input
+                    voltages.append(float(volts))
+        return out, voltages
+
+    def _plausibility(
+        self,
+        measured: dict[str, Phases],
+        ev_lo: dict[str, Phases],
+        meters: MeterSupervisor,
+        now_mono: float,
+    ) -> dict[str, str]:
+        """Distrust meters that read less than the EV draw they must contain (removed here)."""
+        under: dict[str, Phases] = dict.fromkeys(self.parents, ZERO)
+        for charger in self.config.chargers:
+            for node in self.config.circuit_path(charger.circuit):
+                under[node] = _add(under[node], ev_lo.get(charger.id, ZERO))
+        found: dict[str, str] = {}
+        for node in list(measured):
+            reading, ev = measured[node], under[node]
+            short = [
+                (k, ev[k], reading[k])
+                for k in range(3)
+                if reading[k] < ev[k] - max(IMPLAUSIBLE_MARGIN_A, IMPLAUSIBLE_MARGIN_SHARE * ev[k])
+            ]
+            if not short:
+                self._implausible_since.pop(node, None)
+                continue
+            # Chargers report up to a max age later than the meter: a vehicle that just stopped
+            # still counts. Only a mismatch that outlasts that age is the meter's fault.
+            since = self._implausible_since.setdefault(node, now_mono)
+            if now_mono - since < self.control.ev_measurement_max_age_s:
+                continue
+            k, contained, read = short[0]
+            why = (
+                f"reads {read:.1f} A on L{k + 1} while the chargers under it report at least "
+                f"{contained:.1f} A (frozen meter or gateway?)"
+            )
+            found[node] = why
+            meters.distrust(node, now_mono, why)
+            del measured[node]
+            self._implausible_since.pop(node, None)
+        return found
 
     def _non_ev(
         self, measured: dict[str, Phases], ev_fresh: dict[str, Phases]

@@ -66,9 +66,13 @@ def plug(
     )
     connector.current_a = amps
     connector.measured_at = NOW - timedelta(seconds=age_s)
+    connector.current_mono = MONO - age_s  # freshness is judged on the monotonic clock
 
 
-def build(cfg, state, meters, memory=None, mono=100.0):
+MONO = 100.0
+
+
+def build(cfg, state, meters, memory=None, mono=MONO):
     memory = memory if memory is not None else {}
     return ProblemBuilder(cfg).build(state, meters, memory, NOW, mono)
 
@@ -108,7 +112,9 @@ def test_chargers_sitectl_cannot_steer_are_fixed_loads() -> None:
     cfg = config()
     state = SiteState(cfg)
     memory = {
-        "A": ChargerMemory(commanded_a=25.0, commanded_at=90.0, disconnected_at=91.0),
+        "A": ChargerMemory(
+            commanded_a=25.0, commanded_at=90.0, disconnected_at=91.0, failsafe_installed=True
+        ),
         "B": ChargerMemory(uncontrollable=True),
     }
     state.chargers["B"].connected = True
@@ -117,11 +123,25 @@ def test_chargers_sitectl_cannot_steer_are_fixed_loads() -> None:
     assert built.fixed["A"] == (25.0, 25.0, 25.0)
     assert built.fixed["B"] == (32.0, 32.0, 32.0)  # refuses profiles: its maximum
     assert built.steerable == ()
-    memory["A"].disconnected_at = 90.0 + 31  # after the validity: its fail-safe
-    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory).fixed["A"] == (6.0, 6.0, 6.0)
-    # Installing firmware: budgeted at what it draws, never steered.
-    memory["B"] = ChargerMemory(unavailable=True)
-    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory).fixed["B"] == (0.0, 0.0, 0.0)
+    # After the validity (and a period of margin for its clock): its fail-safe.
+    later = 90.0 + cfg.control.profile_validity_s + cfg.control.period_s + 0.5
+    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory, mono=later).fixed["A"] == (
+        6.0,
+        6.0,
+        6.0,
+    )
+    # A charger that never took sitectl's fail-safe holds no limit sitectl knows: its maximum.
+    memory["A"].failsafe_installed = False
+    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory, mono=later).fixed["A"] == (
+        32.0,
+        32.0,
+        32.0,
+    )
+    # Installing firmware: budgeted at the limit it holds or what it draws, whichever is more.
+    memory["B"] = ChargerMemory(unavailable=True, failsafe_installed=True)
+    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory).fixed["B"] == (6.0, 6.0, 6.0)
+    plug(state, "B", (20.0, 20.0, 20.0))
+    assert build(cfg, state, trusted((0.0, 0.0, 0.0)), memory).fixed["B"] == (20.0, 20.0, 20.0)
 
 
 def test_session_phases_bounds_and_needs() -> None:
@@ -141,6 +161,7 @@ def test_session_phases_bounds_and_needs() -> None:
     state = SiteState(cfg)
     # A single-phase car on B, wired L2-L3-L1: it draws on the site's L2 only.
     plug(state, "B", (12.0, 0.0, 0.0), tag="BUS", energy_wh=30_000)
+    state.chargers["B"].connectors[1].phase_low_samples = [0, 3, 3]  # seen low three times
     plug(state, "A", (16.0, 16.0, 16.0))
     state.chargers["A"].csms_profiles[5] = CsmsProfile(
         5,
@@ -253,3 +274,56 @@ def test_a_vehicle_that_draws_less_is_capped_and_probed_up_again() -> None:
     for t in range(0, 200, 5):
         busy.learn_ev("CP2/1", 15.5, float(t), 60.0, 32.0, 6.0)
     assert busy.ev_cap_a is None
+
+
+def test_a_connector_in_use_without_a_known_session_is_never_budgeted_0_a() -> None:
+    cfg = config()
+    state = SiteState(cfg)
+    state.chargers["A"].connected = True
+    state.chargers["A"].connectors[1].status = "SuspendedEVSE"  # waiting for current to start
+    built = build(cfg, state, trusted((0.0, 0.0, 0.0)))
+    # Fail-safe and minimum are 6 A: reserved as a load on every phase, the rest for the LP.
+    assert built.floors == {"A/1": 6.0}
+    floor = next(load for load in built.problem.loads if load.id == "floor:A/1")
+    assert [amps[0] for amps in floor.current_a] == [6.0, 6.0, 6.0]
+    (session,) = built.problem.sessions
+    assert session.min_a == 0 and session.max_a == 26.0
+    assert built.info["A/1"].need_source == "unknown"
+    state.chargers["A"].connectors[1].status = "Available"
+    assert build(cfg, state, trusted((0.0, 0.0, 0.0))).floors == {}
+
+
+def test_unknown_need_never_caps_and_a_stated_one_does() -> None:
+    cfg = config()
+    state = SiteState(cfg)
+    plug(state, "A", energy_wh=39_500)  # the 40 kWh default is nearly reached
+    session = state.chargers["A"].connectors[1].session
+    built = build(cfg, state, trusted((0.0, 0.0, 0.0)))
+    (planned,) = built.problem.sessions
+    step_kwh = 32 * 3 * 230 * 900 / 3.6e6
+    assert planned.energy_kwh == pytest.approx(step_kwh)  # still one step at full current
+    assert not built.info["A/1"].capped and built.info["A/1"].need_source == "default"
+    session.energy_wanted_kwh, session.need_source = 40.0, "vehicle"
+    built = build(cfg, state, trusted((0.0, 0.0, 0.0)))
+    assert built.problem.sessions[0].energy_kwh == pytest.approx(0.5)
+    assert built.info["A/1"].capped and built.info["A/1"].need_source == "vehicle"
+
+
+def test_a_meter_reading_less_than_the_chargers_under_it_is_distrusted() -> None:
+    cfg = config()
+    state = SiteState(cfg)
+    plug(state, "A", (30.0, 30.0, 30.0))
+    meters = trusted((5.0, 5.0, 5.0))  # a frozen gateway still answering an old value
+    memory: dict = {}
+    builder = ProblemBuilder(cfg)
+    connector = state.chargers["A"].connectors[1]
+    first = builder.build(state, meters, memory, NOW, MONO)
+    assert first.implausible == {}  # a charger reports later than the meter: not at once
+    later = MONO + cfg.control.ev_measurement_max_age_s
+    connector.current_mono = later - 1
+    built = builder.build(state, meters, memory, NOW, later)
+    assert "frozen meter" in built.implausible["grid"]
+    assert "grid" not in built.measured
+    assert meters.measured("grid") is None  # failed until a new run of good readings
+    # Without the meter the grid's non-EV load is its configured worst case.
+    assert built.non_ev["grid"] == (50.0, 50.0, 50.0)
