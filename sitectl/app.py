@@ -67,6 +67,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     from sitectl.http.server import HttpServer
     from sitectl.ocpp.keeper import ProfileKeeper
     from sitectl.ocpp.observe import StateObserver
+    from sitectl.ocpp.recovery import SessionRecovery
     from sitectl.ocpp.server import OcppServer
     from sitectl.sessions import ActiveSessions, SessionLog
     from sitectl.uplink.commands import handle_command
@@ -136,7 +137,8 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         components.append(FunctionComponent("devices", pool.run))
     from sitectl.clock import ClockMonitor
 
-    components += [ocpp_server, keeper, ClockMonitor(state)]
+    recovery = SessionRecovery(state, ocpp_server.call, observer.end_restored)
+    components += [ocpp_server, keeper, recovery, ClockMonitor(state)]
     if firmware is not None:
         components += firmware.components
     if config.chargers:

@@ -44,9 +44,12 @@ async def wait_for(
     condition: Callable[[], bool | Awaitable[bool]],
     timeout: float = 5.0,
     interval: float = 0.01,
-    message: str = "condition",
+    message: str | Callable[[], str] = "condition",
 ) -> None:
-    """Poll `condition` until it is true; fail the test after `timeout` seconds."""
+    """Poll `condition` until it is true; fail the test after `timeout` seconds.
+
+    `message` may be a function, called at the timeout, to say what the state was then.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -55,7 +58,8 @@ async def wait_for(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+            said = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout} s waiting for {said}")
         await asyncio.sleep(interval)
 
 
@@ -77,5 +81,6 @@ def wait_for_sync(
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+            said = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout} s waiting for {said}")
         time.sleep(interval)

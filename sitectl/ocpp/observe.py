@@ -500,6 +500,21 @@ class StateObserver:
                 self._ended(session)
                 return
 
+    def end_restored(self, charger_id: str, connector_id: int, why: str) -> bool:
+        """End a session restored from the store that its charger does not confirm."""
+        session = self.state.restored_sessions.pop((charger_id, connector_id), None)
+        if session is None:
+            return False
+        log.info(
+            "%s/%d: restored session %s ended: %s",
+            charger_id,
+            connector_id,
+            session.session_id,
+            why,
+        )
+        self._ended(session)
+        return True
+
     def _ended(self, session: SessionState) -> None:
         session.ended_at = self.state.clock()
         self.state.ended_sessions.append(session)

@@ -14,12 +14,12 @@ import math
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from ocpp.charge_point import snake_to_camel_case
-from ocpp.routing import on
+from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as ChargePoint16
 from ocpp.v16 import call as call16
 from ocpp.v16 import call_result as result16
@@ -32,8 +32,9 @@ from websockets.typing import Subprotocol
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
 from sitectl.ocpp.upstream import basic_auth
 from sitectl.sim.csms import RecordingConnection
+from sitectl.sim.quirks import Quirks
 
-__all__ = ["Plug", "SimCharger", "SimEv"]
+__all__ = ["Plug", "Quirks", "SimCharger", "SimEv"]
 
 SUBPROTOCOL = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
 
@@ -50,10 +51,38 @@ class _Handled:
     profiles: dict[int, InstalledProfile] = field(default_factory=dict)  # by profile id
 
 
+def _min_limit_a(profile: dict[str, Any], voltage_v: float) -> float | None:
+    """The lowest limit of a profile (snake_case from the library), in A per phase."""
+    schedules = profile.get("charging_schedule")
+    if isinstance(schedules, dict):
+        schedules = [schedules]
+    lowest = None
+    for schedule in schedules or ():
+        watts = schedule.get("charging_rate_unit") == "W"
+        for period in schedule.get("charging_schedule_period") or ():
+            limit = float(period["limit"])
+            amps = limit / (3 * voltage_v) if watts else limit
+            lowest = amps if lowest is None else min(lowest, amps)
+    return lowest
+
+
+def _refuses(sim: SimCharger, profile: dict[str, Any]) -> bool:
+    floor = sim.quirks.refuses_below_a
+    if floor is None:
+        return False
+    lowest = _min_limit_a(profile, sim.voltage_v)
+    return lowest is not None and lowest < floor
+
+
 class _Point16(ChargePoint16):
     def __init__(self, identity: str, connection: Any, sim: SimCharger) -> None:
         super().__init__(identity, connection)
         self.sim = sim
+
+    async def route_message(self, raw_msg: str) -> None:
+        if self.sim.quirks.mute:
+            return  # a hung stack: the socket is open, nothing is answered
+        await super().route_message(raw_msg)
 
     @on("GetConfiguration")
     def get_configuration(self, **kwargs: Any) -> Any:
@@ -98,7 +127,7 @@ class _Point16(ChargePoint16):
         )
         if self.sim.answer_delay_s:
             await asyncio.sleep(self.sim.answer_delay_s)
-        if self.sim.reject_profiles:
+        if self.sim.reject_profiles or _refuses(self.sim, cs_charging_profiles):
             return result16.SetChargingProfile(status="Rejected")
         self.sim.install(connector_id, cs_charging_profiles)
         return result16.SetChargingProfile(status="Accepted")
@@ -133,6 +162,12 @@ class _Point16(ChargePoint16):
         self.sim.handled.calls.append(("TriggerMessage", kwargs))
         return result16.TriggerMessage(status="Accepted")
 
+    @after("TriggerMessage")
+    async def triggered(self, requested_message: str, **kwargs: Any) -> None:
+        # 1.6 §5.17: the requested message follows the response.
+        if self.sim.quirks.answers_triggers:
+            await self.sim.send_triggered(requested_message, kwargs.get("connector_id"))
+
     @on("UpdateFirmware")
     def update_firmware(self, **kwargs: Any) -> Any:
         self.sim.handled.calls.append(("UpdateFirmware", kwargs))
@@ -148,6 +183,29 @@ class _Point201(ChargePoint201):
     def __init__(self, identity: str, connection: Any, sim: SimCharger) -> None:
         super().__init__(identity, connection)
         self.sim = sim
+
+    async def route_message(self, raw_msg: str) -> None:
+        if self.sim.quirks.mute:
+            return  # a hung stack: the socket is open, nothing is answered
+        await super().route_message(raw_msg)
+
+    @on("TriggerMessage")
+    def trigger(self, **kwargs: Any) -> Any:
+        self.sim.handled.calls.append(("TriggerMessage", kwargs))
+        return result201.TriggerMessage(status="Accepted")
+
+    @after("TriggerMessage")
+    async def triggered(self, requested_message: str, **kwargs: Any) -> None:
+        if self.sim.quirks.answers_triggers:
+            evse = kwargs.get("evse") or {}
+            await self.sim.send_triggered(requested_message, evse.get("id"))
+
+    @on("GetTransactionStatus")
+    def transaction_status(self, **kwargs: Any) -> Any:
+        self.sim.handled.calls.append(("GetTransactionStatus", kwargs))
+        wanted = kwargs.get("transaction_id")
+        ongoing = any(str(p.transaction_id) == wanted for p in self.sim.plugs.values())
+        return result201.GetTransactionStatus(messages_in_queue=False, ongoing_indicator=ongoing)
 
     @on("GetVariables")
     def get_variables(self, get_variable_data: list, **kwargs: Any) -> Any:
@@ -183,7 +241,7 @@ class _Point201(ChargePoint201):
         )
         if self.sim.answer_delay_s:
             await asyncio.sleep(self.sim.answer_delay_s)
-        if self.sim.reject_profiles:
+        if self.sim.reject_profiles or _refuses(self.sim, charging_profile):
             return result201.SetChargingProfile(status="Rejected")
         self.sim.install(evse_id, charging_profile)
         return result201.SetChargingProfile(status="Accepted")
@@ -258,6 +316,8 @@ class SimCharger:
         subprotocols: what to offer (default: the one for `version`).
         max_current_a: the charger's own maximum per phase.
         lag_s: time constant with which the vehicles follow a new limit.
+        voltage_v: its supply's phase voltage.
+        quirks: how it departs from the book (`Quirks`; default: it does not).
     """
 
     def __init__(
@@ -273,8 +333,10 @@ class SimCharger:
         max_current_a: float = 32.0,
         lag_s: float = 1.0,
         voltage_v: float = 230.0,
+        quirks: Quirks | None = None,
     ) -> None:
         self.identity = identity
+        self.quirks = quirks or Quirks()
         self.version = version
         self.url = url
         self.password = password
@@ -300,6 +362,7 @@ class SimCharger:
         self.lag_s = lag_s
         self.voltage_v = voltage_v
         self.plugs: dict[int, Plug] = {}
+        self.report_s = 1.0  # MeterValues period while `run` runs
         self.compliant = True  # False: draws what the vehicle wants, whatever the limit
         self.profile_log: list[tuple[float, InstalledProfile]] = []  # (monotonic, profile)
 
@@ -357,6 +420,47 @@ class SimCharger:
 
     # The charger's own messages.
 
+    def now_iso(self) -> str:
+        """Its own clock (skewed by its quirk) as OCPP timestamps give it."""
+        moment = datetime.now(UTC) + timedelta(seconds=self.quirks.clock_skew_s)
+        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    async def send_triggered(self, requested: str, connector_id: int | None) -> None:
+        """Send what a TriggerMessage asked for (1.6 and 2.0.1 message names)."""
+        connectors = [connector_id] if connector_id else sorted(set(self.plugs) | {1})
+        for connector in connectors:
+            plug = self.plugs.get(connector)
+            if requested == "StatusNotification":
+                await self.status(connector, "Charging" if plug else "Available")
+            elif requested == "MeterValues":
+                currents = list(self.currents(connector))
+                register = round(plug.register_wh) if plug else 0
+                await self.meter_values(
+                    connector, currents, register, plug.transaction_id if plug else None
+                )
+            elif requested == "TransactionEvent" and plug is not None:
+                await self.call(
+                    call201.TransactionEvent(
+                        event_type="Updated",
+                        timestamp=self.now_iso(),
+                        trigger_reason="Trigger",
+                        seq_no=self._next_seq(),
+                        transaction_info={
+                            "transaction_id": str(plug.transaction_id),
+                            "charging_state": "Charging" if plug.draw_a > 0 else "SuspendedEVSE",
+                        },
+                        evse={"id": connector, "connector_id": 1},
+                        meter_value=[
+                            {
+                                "timestamp": self.now_iso(),
+                                "sampled_value": self._sampled(
+                                    list(self.currents(connector)), plug.register_wh
+                                ),
+                            }
+                        ],
+                    )
+                )
+
     async def call(self, payload: Any) -> Any:
         """Send any ``ocpp`` call dataclass and return the result."""
         return await self.point.call(payload)
@@ -401,7 +505,7 @@ class SimCharger:
         }.get(status, status)
         return await self.call(
             call201.StatusNotification(
-                timestamp=_now(), connector_status=mapped, evse_id=connector, connector_id=1
+                timestamp=self.now_iso(), connector_status=mapped, evse_id=connector, connector_id=1
             )
         )
 
@@ -418,10 +522,28 @@ class SimCharger:
                 "unit": "Wh",
             }
         ]
-        for phase, amps in zip(("L1", "L2", "L3"), currents or [], strict=False):
+        reports = self.quirks.reports
+        if currents is not None and reports == "power_only":
+            # DC chargers report their output: the AC input times the efficiency.
+            watts = sum(currents) * self.voltage_v * (self.quirks.dc_efficiency or 1.0)
             values.append(
-                {"value": f"{amps:.1f}", "measurand": "Current.Import", "phase": phase, "unit": "A"}
+                {"value": f"{watts:.0f}", "measurand": "Power.Active.Import", "unit": "W"}
             )
+        elif currents is not None and reports == "phaseless":
+            values.append(
+                {"value": f"{max(currents):.1f}", "measurand": "Current.Import", "unit": "A"}
+            )
+        elif reports in ("per_phase", "l1_only"):
+            shown = (currents or [])[:1] if reports == "l1_only" else currents or []
+            for phase, amps in zip(("L1", "L2", "L3"), shown, strict=False):
+                values.append(
+                    {
+                        "value": f"{amps:.1f}",
+                        "measurand": "Current.Import",
+                        "phase": phase,
+                        "unit": "A",
+                    }
+                )
         if self.version != "1.6":
             for value in values:
                 value["value"] = float(value["value"])
@@ -435,21 +557,27 @@ class SimCharger:
         if self.version == "1.6":
             return await self.call(
                 call16.StartTransaction(
-                    connector_id=connector, id_tag=tag, meter_start=meter_start_wh, timestamp=_now()
+                    connector_id=connector,
+                    id_tag=tag,
+                    meter_start=meter_start_wh,
+                    timestamp=self.now_iso(),
                 )
             )
         self._seq = 0
         return await self.call(
             call201.TransactionEvent(
                 event_type="Started",
-                timestamp=_now(),
+                timestamp=self.now_iso(),
                 trigger_reason="Authorized",
                 seq_no=self._next_seq(),
                 transaction_info={"transaction_id": transaction_id or "tx"},
                 id_token={"id_token": tag, "type": "ISO14443"},
                 evse={"id": connector, "connector_id": 1},
                 meter_value=[
-                    {"timestamp": _now(), "sampled_value": self._sampled(None, meter_start_wh)}
+                    {
+                        "timestamp": self.now_iso(),
+                        "sampled_value": self._sampled(None, meter_start_wh),
+                    }
                 ],
             )
         )
@@ -462,7 +590,7 @@ class SimCharger:
         transaction_id: int | str | None = None,
     ) -> Any:
         """Per-phase currents (A) and the energy register (Wh)."""
-        sample = {"timestamp": _now(), "sampled_value": self._sampled(currents, energy_wh)}
+        sample = {"timestamp": self.now_iso(), "sampled_value": self._sampled(currents, energy_wh)}
         if self.version == "1.6":
             return await self.call(
                 call16.MeterValues(
@@ -472,7 +600,7 @@ class SimCharger:
         return await self.call(
             call201.TransactionEvent(
                 event_type="Updated",
-                timestamp=_now(),
+                timestamp=self.now_iso(),
                 trigger_reason="MeterValuePeriodic",
                 seq_no=self._next_seq(),
                 transaction_info={"transaction_id": str(transaction_id)},
@@ -487,7 +615,7 @@ class SimCharger:
             return await self.call(
                 call16.StopTransaction(
                     meter_stop=meter_stop_wh,
-                    timestamp=_now(),
+                    timestamp=self.now_iso(),
                     transaction_id=int(transaction_id),
                     reason=reason,
                 )
@@ -495,12 +623,15 @@ class SimCharger:
         return await self.call(
             call201.TransactionEvent(
                 event_type="Ended",
-                timestamp=_now(),
+                timestamp=self.now_iso(),
                 trigger_reason="StopAuthorized",
                 seq_no=self._next_seq(),
                 transaction_info={"transaction_id": str(transaction_id), "stopped_reason": reason},
                 meter_value=[
-                    {"timestamp": _now(), "sampled_value": self._sampled(None, meter_stop_wh)}
+                    {
+                        "timestamp": self.now_iso(),
+                        "sampled_value": self._sampled(None, meter_stop_wh),
+                    }
                 ],
             )
         )
@@ -542,6 +673,9 @@ class SimCharger:
             transaction_start=plug.started_at if plug else None,
             voltage_v=self.voltage_v,
         )
+        if limit is not None and self.quirks.dc_efficiency:
+            # A DC charger's limit (in W) is on its output: its AC input is more by 1/η.
+            limit /= self.quirks.dc_efficiency
         return self.max_current_a if limit is None else min(limit, self.max_current_a)
 
     # Vehicles.
@@ -572,12 +706,16 @@ class SimCharger:
             full = plug.register_wh / 1000 >= ev.energy_wanted_kwh
             limit = self.limit_a(connector_id, now)
             target = min(ev.max_a, self.max_current_a)
-            if self.compliant:
+            if self.compliant and not self.quirks.ignores_limits:
                 # IEC 61851: below 6 A the vehicle cannot charge: it pauses.
                 target = 0.0 if limit < 6.0 else min(target, limit)
             if full:
                 target = 0.0
-            plug.draw_a += (target - plug.draw_a) * (1 - math.exp(-dt_s / self.lag_s))
+            change = (target - plug.draw_a) * (1 - math.exp(-dt_s / self.lag_s))
+            if self.quirks.ramp_a_per_s is not None:
+                most = self.quirks.ramp_a_per_s * dt_s
+                change = max(-most, min(most, change))
+            plug.draw_a += change
             if plug.draw_a < 0.05:
                 plug.draw_a = 0.0
             plug.register_wh += (
@@ -602,7 +740,9 @@ class SimCharger:
         return (totals[0], totals[1], totals[2])
 
     async def report(self) -> None:
-        """Send MeterValues for every plugged-in vehicle."""
+        """Send MeterValues for every plugged-in vehicle (nothing while its stack is mute)."""
+        if self.quirks.mute:
+            return
         for connector_id, plug in list(self.plugs.items()):
             await self.meter_values(
                 connector_id,
@@ -614,7 +754,11 @@ class SimCharger:
     async def run(
         self, tick_s: float = 0.2, report_s: float = 2.0, energy_factor: float = 1.0
     ) -> None:
-        """Simulate until cancelled: step the vehicles, report meter values."""
+        """Simulate until cancelled: step the vehicles, report meter values.
+
+        ``self.report_s`` holds the report period and may be changed while it runs.
+        """
+        self.report_s = report_s
         loop = asyncio.get_running_loop()
         last = loop.time()
         next_report = last + report_s
@@ -624,7 +768,7 @@ class SimCharger:
             self.step(now - last, energy_factor)
             last = now
             if now >= next_report and self.plugs:
-                next_report = now + report_s
+                next_report = now + self.report_s
                 with contextlib.suppress(Exception):
                     await self.report()
 

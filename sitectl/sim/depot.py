@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from devices.api import TcpTransport
 from devices.sim import SimMeter, SimServer
 from sitectl.config import GRID, Config
 from sitectl.sim.charger import SimCharger, SimEv
+from sitectl.sim.quirks import Quirks
 
 __all__ = ["SimDepot"]
 
@@ -40,6 +42,12 @@ class SimDepot:
         tick_s: physics step; report_s: MeterValues period; lag_s: vehicle response time.
         energy_factor: simulated energy per real second (a demo runs time faster).
         charger_class: the simulated charger (the demo's really update their firmware).
+        quirks: per charger id, how its simulator misbehaves (`Quirks`).
+        meter_noise_a: random noise on every simulated meter current (real meters are never
+            exactly constant while current flows; a frozen one is).
+        frozen: device names whose simulated meter stops updating (a gateway serving cached
+            registers); change it at any time.
+        seed: for the noise (fixed: runs repeat).
     """
 
     config: Config
@@ -51,12 +59,22 @@ class SimDepot:
     energy_factor: float = 1.0
     monitor_s: float = 0.05
     charger_class: type[SimCharger] = SimCharger
+    quirks: dict[str, Quirks] = field(default_factory=dict)
+    meter_noise_a: float = 0.05
+    frozen: set[str] = field(default_factory=set)
+    seed: int = 1
+    #: (monotonic, circuit -> actual A per phase): what really flows, for physical judgement.
+    physical: list[tuple[float, dict[str, Phases]]] = field(default_factory=list)
     chargers: dict[str, SimCharger] = field(default_factory=dict)
     samples: list[tuple[float, dict[str, Phases]]] = field(default_factory=list)
     meters: dict[str, SimMeter] = field(default_factory=dict)  # device name -> meter
     servers: list[SimServer] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _started: float = 0.0
+    _random: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed)
 
     async def start_meters(self) -> None:
         """Serve every configured TCP device (on its configured port); once."""
@@ -86,6 +104,7 @@ class SimDepot:
                 max_current_a=charger.max_current_a,
                 lag_s=self.lag_s,
                 voltage_v=self.config.site.nominal_voltage_v,
+                quirks=self.quirks.get(charger.id),
             )
             await sim.connect()
             if boot:
@@ -109,6 +128,23 @@ class SimDepot:
             )
         self._tasks.append(asyncio.create_task(self._meter_loop(), name="sim meters"))
         self._tasks.append(asyncio.create_task(self._monitor(), name="sim monitor"))
+
+    async def reconnect_chargers(self, timeout_s: float = 10.0) -> None:
+        """Every charger reconnects, as real ones do when sitectl comes back (no reboot: the
+        vehicles and transactions carry on)."""
+        for sim in self.chargers.values():
+            with contextlib.suppress(Exception):
+                await sim.close()
+        deadline = time.monotonic() + timeout_s
+        for sim in self.chargers.values():
+            while True:
+                try:
+                    await sim.connect()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         """Stop everything (chargers disconnect, meters go away)."""
@@ -170,9 +206,14 @@ class SimDepot:
         meter_of.update({c.meter: c.id for c in self.config.circuits if c.meter})
         for device, meter in self.meters.items():
             circuit = meter_of.get(device)
-            if circuit is None:
+            if circuit is None or device in self.frozen:
                 continue
-            amps = self.circuit_current(circuit)
+            amps = tuple(
+                max(0.0, a + self._random.uniform(-self.meter_noise_a, self.meter_noise_a))
+                if a > 0
+                else 0.0
+                for a in self.circuit_current(circuit)
+            )
             kw = [a * volts / 1000 for a in amps]
             meter.update(
                 current_l1=amps[0],
@@ -237,9 +278,45 @@ class SimDepot:
                         )
         return found
 
+    def actual(self) -> dict[str, Phases]:
+        """Per circuit and phase: the current that really flows now (building and vehicles)."""
+        circuits = [GRID, *(c.id for c in self.config.circuits)]
+        return {circuit: self.circuit_current(circuit) for circuit in circuits}
+
+    def seconds_over(self, since: float = 0.0, tolerance_a: float = 0.5) -> dict[str, float]:
+        """Per circuit, the longest stretch (s) the real current stayed above its limit."""
+        limits = self.config.circuit_limits_a()
+        longest: dict[str, float] = {}
+        began: dict[str, float] = {}
+        for stamp, sample in self.physical:
+            if stamp < since:
+                continue
+            for circuit, phases in sample.items():
+                over = any(phases[k] > limits[circuit][k] + tolerance_a for k in range(3))
+                if over:
+                    start = began.setdefault(circuit, stamp)
+                    longest[circuit] = max(longest.get(circuit, 0.0), stamp - start)
+                else:
+                    began.pop(circuit, None)
+        return longest
+
+    def peak_over(self, since: float = 0.0) -> dict[str, float]:
+        """Per circuit, the most (A) the real current went above its limit on any phase."""
+        limits = self.config.circuit_limits_a()
+        out: dict[str, float] = {}
+        for stamp, sample in self.physical:
+            if stamp < since:
+                continue
+            for circuit, phases in sample.items():
+                excess = max(phases[k] - limits[circuit][k] for k in range(3))
+                out[circuit] = max(out.get(circuit, excess), excess)
+        return out
+
     async def _monitor(self) -> None:
         while True:
-            self.samples.append((time.monotonic(), self.commanded()))
+            now = time.monotonic()
+            self.samples.append((now, self.commanded()))
+            self.physical.append((now, self.actual()))
             await asyncio.sleep(self.monitor_s)
 
     async def _meter_loop(self) -> None:

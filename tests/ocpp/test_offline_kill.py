@@ -105,6 +105,8 @@ def transaction_messages(csms: StubCsms) -> list[tuple[str, int | None]]:
         ):
             continue
         payload = message[3]
+        if message[2] == "MeterValues" and "transactionId" not in payload:
+            continue  # not of a transaction (e.g. answering sitectl's TriggerMessage on connect)
         if message[2] == "StartTransaction":
             out.append(("StartTransaction", payload["meterStart"]))
         elif message[2] == "StopTransaction":
