@@ -34,6 +34,9 @@ def test_example_depot_loads_with_every_section_understood() -> None:
     assert chargers["BUS-02"].site_phases == (1, 2, 0)
     assert chargers["VAN-01"].site_phases == (1,)
     assert chargers["DC-01"].kind == "dc" and chargers["DC-01"].max_power_kw == 150
+    # AC→DC efficiency: the default unless the charger (DC-02) sets its own.
+    assert chargers["DC-01"].efficiency == 0.93
+    assert chargers["DC-02"].efficiency == 0.95
     # Secrets come from files relative to the config file; upstream defaults to the same.
     secret = (REPO / "configs" / "secrets" / "charger.pass").read_text().strip()
     assert chargers["BUS-01"].password.get_secret_value() == secret

@@ -279,6 +279,20 @@ CASES = [
         "profile 'generic' needs an inline `registers` map",
     ),
     (
+        "efficiency-below-range",
+        edit(CP1, CP1 + "    efficiency: 0.3\n"),
+        "chargers[0].efficiency",
+        "efficiency: 0.3",
+        "greater than or equal to 0.5",
+    ),
+    (
+        "efficiency-above-one",
+        edit(CP1, CP1 + "    efficiency: 93\n"),
+        "chargers[0].efficiency",
+        "efficiency: 93",
+        "less than or equal to 1",
+    ),
+    (
         "duplicate-yaml-key",
         edit("  limit_kw: 200\n", "  limit_kw: 200\n  limit_kw: 300\n"),
         "line",

@@ -31,6 +31,13 @@ class ChargerConfig(_Model):
     connector_max_current_a: float | None = Field(None, gt=0, le=1000)
     min_current_a: float = Field(6.0, ge=0, le=100, description="IEC 61851 floor (6 A for AC).")
     max_power_kw: float | None = Field(None, gt=0, description="Rated power (required for DC).")
+    efficiency: float = Field(
+        0.93,
+        ge=0.5,
+        le=1.0,
+        description="DC chargers' AC→DC efficiency: used to turn DC output power into AC input "
+        "current.",
+    )
     phases: Literal[1, 3] = 3
     phase_rotation: str = Field("L1-L2-L3", description="Site phase of each charger phase.")
     failsafe_current_a: float = Field(
