@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, WithJsonSchema
 
+from sitectl.config.errors import FieldError
+
 ENV_PREFIX = "SITECTL_"
 ENV_DELIMITER = "__"
 
@@ -136,11 +138,11 @@ def _read_secret_file(path: Path, field_name: str) -> SecretStr:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"cannot read {field_name} '{path}': {exc.strerror}") from None
+        raise FieldError(field_name, f"cannot read '{path}': {exc.strerror}") from None
     # A trailing newline from `echo secret > file` is never part of the secret.
     text = text.rstrip("\r\n")
     if not text:
-        raise ValueError(f"{field_name} '{path}' is empty")
+        raise FieldError(field_name, f"'{path}' is empty")
     return SecretStr(text)
 
 

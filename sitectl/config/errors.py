@@ -17,6 +17,7 @@ class Problem:
     source: str | None = None  # e.g. "environment SITECTL_SITE__LIMIT_KW"
     warning: bool = False
     column: int | None = None
+    excerpt: str | None = None  # the text of ``line``, shown with a caret under ``column``
 
     def __str__(self) -> str:
         if not self.path:
@@ -30,6 +31,18 @@ class Problem:
         elif self.line is not None:
             where += f" (line {self.line})"
         return f"{where}: {self.message}"
+
+    def pointer(self) -> list[str]:
+        """The offending line and a caret under the column, or nothing when unknown."""
+        if self.excerpt is None or self.line is None:
+            return []
+        gutter = f"{self.line} | "
+        # A tab is one column to YAML; show it as one visible character so the caret lines up.
+        text = self.excerpt.replace("\t", "→")
+        lines = [gutter + text]
+        if self.column is not None:
+            lines.append(" " * (len(gutter) - 2) + "| " + " " * (self.column - 1) + "^")
+        return lines
 
 
 class ConfigError(Exception):
@@ -47,7 +60,9 @@ class ConfigError(Exception):
             return f"error: {errors[0]}"
         head = f"{self.filename}: " if self.filename else ""
         lines = [f"{head}{len(errors)} problem{'s' if len(errors) != 1 else ''} found"]
-        lines += [f"  {p}" for p in errors]
+        for problem in errors:
+            lines.append(f"  {problem}")
+            lines += [f"    {line}" for line in problem.pointer()]
         return "\n".join(lines)
 
 
@@ -57,3 +72,15 @@ class _CrossCheckError(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(str(p) for p in problems))
         self.problems = problems
+
+
+class FieldError(ValueError):
+    """A model validator's error about one of its fields: reported at that field, not the model.
+
+    Reading ``password_file`` happens once the whole charger is known, but the installer must be
+    pointed at ``password_file`` (or at ``charger_defaults.password_file``, where it was set).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

@@ -12,7 +12,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from sitectl.config.base import _BASE_DIR, _ENVIRON
 from sitectl.config.checks import _cross_check, _reference_check, _suggest
 from sitectl.config.env import _env, _is_secret_name, apply_env_overrides
-from sitectl.config.errors import ConfigError, Problem, _CrossCheckError
+from sitectl.config.errors import ConfigError, FieldError, Problem, _CrossCheckError
 from sitectl.config.model import Config
 from sitectl.yamlfile import Positions, YamlError, format_path, load_yaml
 
@@ -38,22 +38,54 @@ def secret_values(cfg: Config) -> list[str]:
 
 
 def _pydantic_problems(
-    exc: ValidationError,
-    positions: Positions,
-    sources: dict[tuple[str | int, ...], str],
-    fields_by_model: dict[str, set[str]],
-) -> list[Problem]:
-    problems: list[Problem] = []
+    exc: ValidationError, fields_by_model: dict[str, set[str]]
+) -> tuple[list[Problem], list[Problem]]:
+    """Pydantic's errors as problems: (field errors, cross-check errors), not yet located."""
+    fields: list[Problem] = []
+    cross: list[Problem] = []
     for error in exc.errors(include_url=False):
         ctx_error = (error.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _CrossCheckError):
-            for problem in ctx_error.problems:
-                problems.append(_locate(problem, positions, sources))
+            cross += ctx_error.problems
             continue
         loc = tuple(part for part in error["loc"] if not str(part).startswith("function-after"))
-        message = _message(error, loc, fields_by_model)
-        problems.append(_locate(Problem(loc, message), positions, sources))
-    return problems
+        if isinstance(ctx_error, FieldError):
+            loc = (*loc, ctx_error.field)
+        fields.append(Problem(loc, _message(error, loc, fields_by_model)))
+    return fields, cross
+
+
+def _blame_defaults(problems: list[Problem], data: dict) -> list[Problem]:
+    """Report a charger field's problem at ``charger_defaults`` when the value came from there.
+
+    A wrong ``charger_defaults.password_file`` is one mistake, so it is one problem at the line
+    where it was written, not one per charger at lines that never mention it.
+    """
+    defaults = data.get("charger_defaults")
+    chargers = data.get("chargers")
+    out: list[Problem] = []
+    seen: set[tuple[tuple[str | int, ...], str]] = set()
+    for problem in problems:
+        path = problem.path
+        if (
+            isinstance(defaults, dict)
+            and isinstance(chargers, list)
+            and len(path) >= 3
+            and path[0] == "chargers"
+            and isinstance(path[1], int)
+            and path[1] < len(chargers)
+            and isinstance(chargers[path[1]], dict)
+            and path[2] in defaults
+            and path[2] not in chargers[path[1]]
+        ):
+            problem = Problem(
+                ("charger_defaults", *path[2:]), problem.message, warning=problem.warning
+            )
+        if (problem.path, problem.message) in seen:
+            continue
+        seen.add((problem.path, problem.message))
+        out.append(problem)
+    return out
 
 
 def _message(error: dict, loc: tuple, fields_by_model: dict[str, set[str]]) -> str:
@@ -168,7 +200,13 @@ def load_config(
     try:
         data, positions = load_yaml(text)
     except YamlError as exc:
-        problem = Problem((), f"YAML syntax error: {exc.message}", exc.line, column=exc.column)
+        problem = Problem(
+            (),
+            f"YAML syntax error: {exc.message}",
+            exc.line,
+            column=exc.column,
+            excerpt=exc.excerpt,
+        )
         raise ConfigError([problem], name) from None
     if data is None:
         raise ConfigError(
@@ -192,21 +230,33 @@ def load_config(
 
     base_token = _BASE_DIR.set(file.resolve().parent)
     env_token = _ENVIRON.set(environ)
+    merged = apply_env_overrides(data, _env(environ))[0]
     try:
         config = Config(**data)
     except ValidationError as exc:
-        problems = _pydantic_problems(exc, positions, sources, _all_field_names())
+        field_problems, cross_problems = _pydantic_problems(exc, _all_field_names())
+        problems = _blame_defaults(field_problems, merged) + cross_problems
         # Field errors stop pydantic before the cross checks; run the reference checks on the
         # plain data too, so the installer sees every problem in one pass.
-        raw = Config._apply_charger_defaults(apply_env_overrides(data, _env(environ))[0])
         seen = {(p.path, p.message) for p in problems}
-        for problem in _reference_check(raw):
+        for problem in _reference_check(Config._apply_charger_defaults(merged)):
             if (problem.path, problem.message) not in seen:
-                problems.append(_locate(problem, positions, sources))
-        problems.sort(key=lambda p: (p.line or 0, format_path(p.path)))
-        raise ConfigError(problems, name) from None
+                problems.append(problem)
+        located = [_locate(p, positions, sources) for p in problems]
+        located.sort(key=lambda p: (p.line or 0, format_path(p.path)))
+        raise ConfigError(located, name) from None
     finally:
         _ENVIRON.reset(env_token)
         _BASE_DIR.reset(base_token)
-    warnings = [_locate(p, positions, sources) for p in _cross_check(config) if p.warning]
-    return config, warnings
+    warnings = [p for p in _cross_check(config) if p.warning]
+    warnings = _blame_defaults([p for p in warnings if _is_about_a_value(p)], merged) + [
+        p for p in warnings if not _is_about_a_value(p)
+    ]
+    return config, [_locate(p, positions, sources) for p in warnings]
+
+
+def _is_about_a_value(problem: Problem) -> bool:
+    # A warning about a secret (placeholder, file mode) is about the value wherever it is used;
+    # others (a rotation on a single-phase charger) are about that charger.
+    field = problem.path[2] if len(problem.path) >= 3 else None
+    return isinstance(field, str) and (_is_secret_name(field) or field.endswith("_file"))
