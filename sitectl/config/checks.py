@@ -7,6 +7,8 @@ take a validated `Config`.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -14,6 +16,7 @@ from urllib.parse import urlsplit
 from devices.profile import ProfileError, resolve_profile
 from sitectl.config.base import GRID, PHASE_NAMES
 from sitectl.config.errors import Problem
+from sitectl.config.secretchecks import secret_checks
 
 if TYPE_CHECKING:
     from sitectl.config.model import Config
@@ -247,6 +250,8 @@ def _cross_check(cfg: Config) -> list[Problem]:
 
     problems += _failsafe_check(cfg)
     problems += _profile_check(cfg)
+    problems += _wiring_warnings(cfg)
+    problems += secret_checks(cfg)
 
     if cfg.ocpp.local_controller_identity and cfg.charger(cfg.ocpp.local_controller_identity):
         add(
@@ -308,6 +313,46 @@ def _cross_check(cfg: Config) -> list[Problem]:
                 warning=True,
             )
         )
+    return problems
+
+
+# Line-to-line voltages of low-voltage networks (380/400/415/440/480 V) typed where sitectl wants
+# line-to-neutral; 347 V (Canada's 600 V networks) stays below, 400 V of a 690 V network inside.
+_LINE_TO_LINE_V = (360.0, 500.0)
+
+
+def _wiring_warnings(cfg: Config) -> list[Problem]:
+    """Values that are valid but probably not what the installer meant about the wiring."""
+    problems: list[Problem] = []
+    voltage = cfg.site.nominal_voltage_v
+    if _LINE_TO_LINE_V[0] <= voltage <= _LINE_TO_LINE_V[1]:
+        problems.append(
+            Problem(
+                ("site", "nominal_voltage_v"),
+                f"{voltage:g} V looks like the line-to-line voltage; sitectl wants "
+                f"line-to-neutral ({voltage / math.sqrt(3):.0f} V on a {voltage:g} V network), "
+                "else every power it computes is 1.7 times too high (keep it only on a 690 V "
+                "network)",
+                warning=True,
+            )
+        )
+    for index, charger in enumerate(cfg.chargers):
+        tokens = re.findall(r"L[123]", charger.phase_rotation.upper())
+        if (
+            charger.phases == 1
+            and len(tokens) == 3
+            and "phase_rotation" in charger.model_fields_set
+        ):
+            used = PHASE_NAMES[charger.site_phases[0]]
+            problems.append(
+                Problem(
+                    ("chargers", index, "phase_rotation"),
+                    f"'{charger.phase_rotation}' names three phases but the charger has "
+                    f"phases: 1, so only the first is used: write '{used}' (the site phase it "
+                    "is wired to), or phases: 3",
+                    warning=True,
+                )
+            )
     return problems
 
 
