@@ -20,8 +20,9 @@ Units are in field names (``_a``, ``_kw``, ``_s``). Phases are the site's L1, L2
 The modules, by what they hold: `errors` (Problem, ConfigError), `base` (constants, value types,
 the base model), `site` (grid connection, circuits), `chargers`, `devices` (Modbus), `ocpp`,
 `control` (control loop, fleet, tariff), `services` (firmware, MQTT, HTTP, storage), `env`
-(environment overrides), `model` (the whole `Config`), `checks` (cross-field checks) and
-`loading` (`load_config`). Import from ``sitectl.config``, not from the modules.
+(environment overrides), `model` (the whole `Config`), `checks` (cross-field checks),
+`secretchecks` (placeholder secrets, world-readable secret files) and `loading`
+(`load_config`). Import from ``sitectl.config``, not from the modules.
 """
 
 from __future__ import annotations
