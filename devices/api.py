@@ -6,7 +6,7 @@ capabilities its profile defines, so ``isinstance(m, PhaseCurrents)`` tells whet
 measures phase currents at all. Every method returns ``None`` when the device has no fresh ``ok``
 value: stale or bad data is never passed on as a number (DESIGN.md, safety model).
 
-The specs are frozen dataclasses that ``sitectl/config.py`` builds from the site YAML; this package
+The specs are frozen dataclasses that ``sitectl/config/`` builds from the site YAML; this package
 never imports ``sitectl``.
 """
 

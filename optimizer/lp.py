@@ -44,6 +44,7 @@ import numpy as np
 
 from optimizer import fallback
 from optimizer._arrays import Arrays, compile_problem
+from optimizer._highs import new_highs
 from optimizer.allocation import Allocation, Status
 from optimizer.problem import Problem
 from optimizer.verify import verify
@@ -187,8 +188,7 @@ class _Model:
 
     def __init__(self, lay: _Layout, matrix: _Matrix, vectors: _Vectors) -> None:
         self.lay = lay
-        self.highs = highspy.Highs()
-        self.highs.setOptionValue("output_flag", False)
+        self.highs = new_highs()
         self.highs.passModel(
             lay.ncol,
             lay.nrow,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import highspy
 import numpy as np
 
+from optimizer._highs import new_highs
 from optimizer.problem import Problem
 
 __all__ = ["max_energy"]
@@ -88,8 +89,7 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
     n_cols = S * T
     start = np.zeros(n_cols + 1, dtype=np.int32)
     np.cumsum(np.bincount(c, minlength=n_cols), out=start[1:])
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = new_highs()
     highs.passModel(
         n_cols,
         n_rows,

@@ -1,7 +1,7 @@
 """The ``sitectl`` command.
 
     sitectl run -c FILE            start the controller (until SIGTERM/SIGINT)
-    sitectl check-config FILE      validate a depot configuration and summarise it
+    sitectl check-config -c FILE   validate a depot configuration and summarise it
     sitectl schema                 print the JSON Schema of the configuration
     sitectl demo                   run a simulated depot on configs/demo.yaml
     sitectl probe -c FILE          read every Modbus device once
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config", parents=[common], help="validate a configuration and summarise it"
     )
-    check.add_argument("file", help="the depot's YAML file")
+    check.add_argument("file", nargs="?", help="the depot's YAML file (or -c FILE)")
+    check.add_argument("-c", "--config", help="the depot's YAML file, as for every other command")
     check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
 
     commands.add_parser("schema", parents=[common], help="print the configuration JSON Schema")
@@ -108,6 +109,16 @@ def _load(path: str) -> Config | None:
         log.warning("config: %s", warning)
     set_secrets(secret_values(config))
     return config
+
+
+def _check_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    # `check-config FILE` and `check-config -c FILE` both work; two different files do not.
+    if args.file is not None and args.config is not None and args.file != args.config:
+        parser.error(f"check-config: two files given ({args.file}, {args.config}); give one")
+    path = args.config if args.config is not None else args.file
+    if path is None:
+        parser.error("check-config: give the depot's YAML file: sitectl check-config -c FILE")
+    return path
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -215,7 +226,10 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sitectl`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        args.file = _check_config_file(parser, args)
     # The demo's live line is the point; its logs stay quiet unless asked for.
     default_level = "WARNING" if args.command == "demo" else "INFO"
     setup_logging(getattr(args, "log_level", default_level), getattr(args, "log_format", "human"))

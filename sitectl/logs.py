@@ -2,6 +2,11 @@
 
 Secrets never reach a log: every formatted line passes a redaction step that replaces the
 configured secret values (passwords, tokens) with ``***``, whatever logged them.
+
+A depot runs unattended for months, so the log must stay readable: third-party libraries log at
+WARNING and above unless ``--log-level DEBUG`` (pymodbus would log every frame, aiohttp every
+request), and a warning of sitectl's own that repeats (a dead meter, every poll) passes once,
+then at most once a minute with a count (`RepeatFilter`).
 """
 
 from __future__ import annotations
@@ -9,11 +14,21 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TextIO
 
-__all__ = ["JsonFormatter", "LogFormat", "RedactingFormatter", "set_secrets", "setup_logging"]
+__all__ = [
+    "THIRD_PARTY_LOGGERS",
+    "JsonFormatter",
+    "LogFormat",
+    "RedactingFormatter",
+    "RepeatFilter",
+    "set_secrets",
+    "setup_logging",
+]
 
 LogFormat = Literal["human", "json"]
 
@@ -23,6 +38,13 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "asctime",
     "taskName",
 }
+
+#: Libraries whose INFO lines would drown an installer's terminal (pymodbus: a hex dump per
+#: frame; aiohttp.access: a line per request; websockets: every handshake).
+THIRD_PARTY_LOGGERS = ("pymodbus", "websockets", "paho", "aiohttp", "asyncio", "ocpp")
+
+#: Loggers of this repository, whose repeated warnings `RepeatFilter` counts.
+OWN_LOGGERS = ("sitectl", "devices", "optimizer")
 
 _secrets: tuple[str, ...] = ()
 
@@ -74,23 +96,100 @@ class JsonFormatter(logging.Formatter):
         return _redact(json.dumps(entry, ensure_ascii=False))
 
 
+@dataclass(slots=True)
+class _Repeats:
+    last_emitted: float
+    suppressed: int = 0
+
+
+class RepeatFilter(logging.Filter):
+    """Let a repeated warning through once, then at most once per window, with a count.
+
+    Records of `OWN_LOGGERS` at WARNING and above are keyed by logger, message template and
+    first argument (the subject in sitectl's messages: "device %s: ...", "%s: fail-safe ..."),
+    so two meters failing are two keys. The first record of a key passes; later ones within
+    ``window_s`` of the last one passed are dropped and counted; the first after the window
+    passes with ``(repeated N times in S s)``, N counting it and the dropped ones.
+    A count whose warnings stop is not reported (a filter has no timer); the recovery line
+    ("ok again after 37 bad polls") says it.
+
+    Args:
+        window_s: at most one line per key per this many seconds.
+        clock: monotonic seconds (tests inject their own).
+    """
+
+    _MAX_KEYS = 1024
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str, str], _Repeats] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not _is_own(record.name):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        subject = str(args[0]) if args else ""
+        key = (record.name, str(record.msg), subject)
+        now = self._clock()
+        state = self._seen.get(key)
+        if state is None:
+            self._forget_old(now)
+            self._seen[key] = _Repeats(now)
+            return True
+        if now - state.last_emitted < self.window_s:
+            state.suppressed += 1
+            return False
+        if state.suppressed:
+            elapsed = now - state.last_emitted
+            record.msg = (
+                f"{record.getMessage()} (repeated {state.suppressed + 1} times in {elapsed:.0f} s)"
+            )
+            record.args = ()
+        state.last_emitted = now
+        state.suppressed = 0
+        return True
+
+    def _forget_old(self, now: float) -> None:
+        # Bounded memory: keys of messages with ever-new subjects must not pile up for months.
+        if len(self._seen) < self._MAX_KEYS:
+            return
+        for key, state in list(self._seen.items()):
+            if now - state.last_emitted >= self.window_s and not state.suppressed:
+                del self._seen[key]
+        if len(self._seen) >= self._MAX_KEYS:
+            self._seen.clear()
+
+
+def _is_own(name: str) -> bool:
+    return any(name == own or name.startswith(own + ".") for own in OWN_LOGGERS)
+
+
 def setup_logging(
-    level: str = "INFO", fmt: LogFormat = "human", stream: TextIO | None = None
+    level: str = "INFO",
+    fmt: LogFormat = "human",
+    stream: TextIO | None = None,
+    repeat_filter: RepeatFilter | None = None,
 ) -> None:
     """Configure the root logger once for the process.
 
     Args:
-        level: a level name (DEBUG, INFO, WARNING, ERROR).
+        level: a level name (DEBUG, INFO, WARNING, ERROR). Above DEBUG, third-party libraries
+            log at WARNING and above only.
         fmt: ``human`` or ``json``.
         stream: where to write (default: standard error).
+        repeat_filter: the rate limit of repeated warnings (default: one per 60 s per key).
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else RedactingFormatter())
+    handler.addFilter(repeat_filter or RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Library chatter that would drown an installer's terminal.
-    for noisy in ("websockets", "pymodbus", "asyncio", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # DEBUG is for chasing a problem: then the libraries say everything too.
+    quiet = root.level if root.level <= logging.DEBUG else max(logging.WARNING, root.level)
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)

@@ -26,13 +26,20 @@ Path = tuple[str | int, ...]
 
 
 class YamlError(Exception):
-    """The file is not valid YAML; carries the 1-based line and column of the problem."""
+    """The file is not valid YAML; carries the 1-based line and column of the problem.
 
-    def __init__(self, message: str, line: int | None, column: int | None) -> None:
+    ``message`` says what is wrong in an installer's words (not PyYAML's parser terms), and
+    ``excerpt`` is the text of that line, for showing it with a caret under ``column``.
+    """
+
+    def __init__(
+        self, message: str, line: int | None, column: int | None, excerpt: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
         self.column = column
+        self.excerpt = excerpt
 
     def __str__(self) -> str:
         if self.line is None:
@@ -152,14 +159,80 @@ def load_yaml(text: str) -> tuple[object, Positions]:
         _record(node, (), positions)
         return loader.construct_document(node), positions
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        message = exc.problem or str(exc)
-        if exc.context and exc.problem:
-            message = f"{exc.problem} ({exc.context})"
+        message, mark = _explain(exc)
         if mark is None:
             raise YamlError(message, None, None) from None
-        raise YamlError(message, mark.line + 1, mark.column + 1) from None
+        lines = text.splitlines()
+        excerpt = lines[mark.line] if mark.line < len(lines) else None
+        if excerpt is not None and not excerpt.strip():
+            excerpt = None  # an empty line (the end of the file) shows nothing
+        raise YamlError(message, mark.line + 1, mark.column + 1, excerpt) from None
     except yaml.YAMLError as exc:
         raise YamlError(str(exc), None, None) from None
     finally:
         loader.dispose()
+
+
+_TOKEN_START = re.compile(r"found character '(.+)' that cannot start any token")
+_BRACKETS = {"flow sequence": ("[", "]"), "flow mapping": ("{", "}")}
+
+
+def _explain(exc: yaml.MarkedYAMLError) -> tuple[str, yaml.Mark | None]:
+    """PyYAML's error in an installer's words, and the place an installer should look.
+
+    PyYAML reports where its parser gave up; for an unclosed quote or bracket, or a key without
+    its ':', that is lines later, so those point at where the construct began (the context).
+    Anything not recognised keeps PyYAML's own words.
+    """
+    problem = exc.problem or ""
+    context = exc.context or ""
+    here, start = exc.problem_mark, exc.context_mark
+    if match := _TOKEN_START.fullmatch(problem):
+        char = match.group(1)
+        if char == "\\t":
+            return "a tab character: YAML indents with spaces only", here
+        return f"a value cannot start with '{char}': put the value in quotes", here
+    if problem == "mapping values are not allowed here":
+        return (
+            "a ':' where none can be: quote a value that contains ': ', or check this line's "
+            "indentation and the ':' after the key above",
+            here,
+        )
+    if problem == "could not find expected ':'" and start is not None:
+        return "a key without ':' (every setting is written 'key: value')", start
+    if "quoted scalar" in context and start is not None:
+        return "the quote opened here is never closed", start
+    for kind, (opening, closing) in _BRACKETS.items():
+        if context == f"while parsing a {kind}" and start is not None:
+            return (
+                f"the '{opening}' opened here is not closed with '{closing}' "
+                "(or an item misses its ',')",
+                start,
+            )
+    if context == "while parsing a flow node" and "<stream end>" in problem:
+        return "the file ends inside a '[' or '{' that is never closed", here
+    if problem == "expected <block end>, but found '<scalar>'":
+        return (
+            "more text after a quoted value: quote the whole value (a quote inside "
+            "'single quotes' is written twice: 'it''s')",
+            here,
+        )
+    if problem.startswith("expected <block end>"):
+        return (
+            "this line does not line up with the lines above it: the keys of one section start "
+            "in the same column, and a list item starts with '- ' (a dash and a space)",
+            here,
+        )
+    if context == "expected a single document in the stream":
+        return "a second document ('---'): the configuration is one YAML document", here
+    if problem.startswith("found undefined alias"):
+        return (
+            "a value starting with '*' refers to an anchor (&name) that does not exist: put the "
+            "value in quotes",
+            here,
+        )
+    if problem.startswith("could not determine a constructor for the tag"):
+        return "a value starting with '!' is a YAML tag: put the value in quotes", here
+    if exc.context and exc.problem:
+        return f"{exc.problem} ({exc.context})", here or start
+    return exc.problem or str(exc), here or start

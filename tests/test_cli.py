@@ -84,6 +84,33 @@ def test_check_config_never_prints_secrets(write_config) -> None:
     assert "[1, 2]" not in result.stderr
 
 
+def test_check_config_takes_c_file_like_every_other_command(write_config) -> None:
+    path = str(write_config())
+    for args in (["-c", path], ["--config", path], [path], [path, "-c", path]):
+        result = sitectl("check-config", *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.startswith(f"{path}: OK"), args
+    neither = sitectl("check-config")
+    assert neither.returncode == 2
+    assert "check-config -c FILE" in neither.stderr
+    two = sitectl("check-config", path, "-c", "other.yaml")
+    assert two.returncode == 2
+    assert "two files given" in two.stderr
+
+
+def test_check_config_shows_a_yaml_syntax_error_with_a_caret(write_config) -> None:
+    path = write_config("site:\n  id: depot\n  name: North: bus depot\n")
+    result = sitectl("check-config", "-c", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}: 1 problem found",
+        "  line 3, column 14: YAML syntax error: a ':' where none can be: quote a value that "
+        "contains ': ', or check this line's indentation and the ':' after the key above",
+        "    3 |   name: North: bus depot",
+        "      |              ^",
+    ]
+
+
 def test_schema_command_prints_the_committed_schema() -> None:
     result = sitectl("schema")
     assert result.returncode == 0

@@ -279,6 +279,20 @@ CASES = [
         "profile 'generic' needs an inline `registers` map",
     ),
     (
+        "efficiency-below-range",
+        edit(CP1, CP1 + "    efficiency: 0.3\n"),
+        "chargers[0].efficiency",
+        "efficiency: 0.3",
+        "greater than or equal to 0.5",
+    ),
+    (
+        "efficiency-above-one",
+        edit(CP1, CP1 + "    efficiency: 93\n"),
+        "chargers[0].efficiency",
+        "efficiency: 93",
+        "less than or equal to 1",
+    ),
+    (
         "duplicate-yaml-key",
         edit("  limit_kw: 200\n", "  limit_kw: 200\n  limit_kw: 300\n"),
         "line",
@@ -342,8 +356,11 @@ def test_missing_password_file_names_the_file_not_the_secret(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     rendered = info.value.render()
-    assert f"cannot read password_file '{tmp_path / 'nope.pass'}'" in rendered
-    assert "chargers[1]" in rendered
+    line = line_of(text, "password_file: nope.pass")
+    assert (
+        f"chargers[1].password_file (line {line}): cannot read '{tmp_path / 'nope.pass'}'"
+        in rendered
+    )
 
 
 def test_env_var_for_an_unknown_list_item_is_an_error(tmp_path: Path) -> None:
@@ -399,3 +416,126 @@ def test_not_utf8_and_directory_and_missing(tmp_path: Path) -> None:
             load_config(path, environ={})
         assert info.value.render().startswith("error: ")
         assert expected in info.value.render()
+
+
+# (case id, text, line, column, installer words, the line shown)
+YAML_CASES = [
+    ("tab", "site:\n\tid: x\n", 2, 1, "a tab character: YAML indents with spaces only", "→id: x"),
+    (
+        "colon-in-value",
+        "site:\n  id: depot\n  name: Depot: north\n",
+        3,
+        14,
+        "a ':' where none can be: quote a value that contains ': '",
+        "  name: Depot: north",
+    ),
+    (
+        "misaligned-key",
+        "site:\n  id: depot\n limit_kw: 3\n",
+        3,
+        2,
+        "this line does not line up with the lines above it",
+        " limit_kw: 3",
+    ),
+    (
+        "unclosed-quote",
+        "site:\n  id: depot\n  name: 'North\n  limit_kw: 3\n",
+        3,
+        9,
+        "the quote opened here is never closed",
+        "  name: 'North",
+    ),
+    (
+        "key-without-colon",
+        "site:\n  id: depot\n  limit_kw\n  name: a\n",
+        3,
+        3,
+        "a key without ':'",
+        "  limit_kw",
+    ),
+    (
+        "unclosed-bracket",
+        "site:\n  phase_limit_a: [100, 100\n  id: x\n",
+        2,
+        18,
+        "the '[' opened here is not closed with ']'",
+        "  phase_limit_a: [100, 100",
+    ),
+    (
+        "text-after-quote",
+        "site:\n  name: 'Bob's depot'\n",
+        2,
+        14,
+        "more text after a quoted value",
+        "  name: 'Bob's depot'",
+    ),
+    ("at-sign", "site:\n  id: @home\n", 2, 7, "a value cannot start with '@'", "  id: @home"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "words", "shown"),
+    [c[1:] for c in YAML_CASES],
+    ids=[c[0] for c in YAML_CASES],
+)
+def test_yaml_syntax_errors_in_installer_words_with_the_line_and_a_caret(
+    tmp_path: Path, text: str, line: int, column: int, words: str, shown: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    lines = info.value.render().splitlines()
+    assert lines[0] == f"{path}: 1 problem found"
+    assert lines[1].startswith(f"  line {line}, column {column}: YAML syntax error: {words}")
+    gutter = f"    {line} | "
+    assert lines[2] == gutter + shown
+    assert lines[3] == " " * (len(gutter) - 2) + "| " + " " * (column - 1) + "^"
+    # PyYAML's parser terms mean nothing to an installer.
+    for jargon in ("mapping values", "block end", "scanning", "simple key", "token", "flow"):
+        assert jargon not in lines[1]
+
+
+DEFAULTS = """\
+site: {id: depot, limit_kw: 200, phase_limit_a: 300}
+charger_defaults:
+  max_current_a: 32
+  password_file: secrets/missing.pass
+chargers:
+"""
+
+
+def test_a_bad_charger_defaults_file_is_one_problem_at_charger_defaults(tmp_path: Path) -> None:
+    chargers = "".join(f"  - {{id: CP{n}, circuit: grid}}\n" for n in range(10))
+    own = "  - {id: OWN, circuit: grid, password_file: own.pass}\n"
+    path = tmp_path / "site.yaml"
+    path.write_text(DEFAULTS + chargers + own)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    rendered = info.value.render()
+    missing = tmp_path / "secrets" / "missing.pass"
+    assert [str(p) for p in info.value.problems] == [
+        f"charger_defaults.password_file (line 4): cannot read '{missing}': "
+        "No such file or directory",
+        # A charger that sets its own file is its own problem, at its own line.
+        f"chargers[10].password_file (line 16): cannot read '{tmp_path / 'own.pass'}': "
+        "No such file or directory",
+    ], rendered
+
+
+def test_a_bad_charger_default_value_is_reported_once_where_it_was_written(
+    tmp_path: Path,
+) -> None:
+    text = DEFAULTS.replace("max_current_a: 32", "max_current_a: 2000").replace(
+        "  password_file: secrets/missing.pass\n", "  password: long-enough-password\n"
+    )
+    chargers = "".join(f"  - {{id: CP{n}, circuit: grid}}\n" for n in range(3))
+    path = tmp_path / "site.yaml"
+    path.write_text(text + chargers + "  - {id: BIG, circuit: grid, max_current_a: 3000}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    paths = [str(p).split(":")[0] for p in info.value.problems]
+    assert paths == [
+        "charger_defaults.max_current_a (line 3)",
+        "chargers[3].max_current_a (line 9)",
+    ]

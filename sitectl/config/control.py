@@ -1,0 +1,114 @@
+"""The control loop's settings, and what it plans for: fleet schedule and tariff."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from sitectl.config.base import _Model, _parse_time_of_day
+
+
+class ObjectiveWeights(_Model):
+    """Relative weights of the optimizer's objective terms (see optimizer docs)."""
+
+    energy: float = Field(1.0, ge=0, description="Delivering energy by departure (shortfall).")
+    cost: float = Field(1.0, ge=0)
+    peak: float = Field(1.0, ge=0)
+    early: float = Field(1.0, ge=0, description="Charging sooner rather than later.")
+    fairness: float = Field(1.0, ge=0)
+
+
+class ControlConfig(_Model):
+    """The control loop: how often, how far ahead, how much solver time, how cautious."""
+
+    period_s: float = Field(5.0, ge=0.5, le=300)
+    step_s: int = Field(900, ge=60, le=3600, description="Planning step length.")
+    horizon_steps: int = Field(96, ge=1, le=2016)
+    solver_budget_s: float = Field(1.0, gt=0, le=60)
+    weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
+    deadband_a: float = Field(1.0, ge=0, description="Skip increases smaller than this.")
+    profile_validity_s: float = Field(
+        30.0, gt=0, description="Duration of dynamic limits; the charger falls back after it."
+    )
+    min_pause_s: float = Field(60.0, ge=0)
+    min_charge_s: float = Field(60.0, ge=0)
+    meter_grace_s: float = Field(15.0, ge=0)
+    failsafe_hold_s: float = Field(300.0, ge=0)
+    good_readings_to_recover: int = Field(5, ge=1)
+    compliance_tolerance_a: float = Field(2.0, ge=0)
+    compliance_grace_s: float = Field(60.0, ge=0)
+    ev_measurement_max_age_s: float = Field(
+        30.0, gt=0, description="A charger's MeterValues older than this are not trusted."
+    )
+    non_ev_hold_s: float = Field(
+        15.0,
+        ge=0,
+        description="A non-EV load estimate is held this long before it may fall "
+        "(covers the skew between meter readings and chargers' MeterValues).",
+    )
+    resume_check_s: float = Field(
+        60.0, gt=0, description="A resumed session drawing nothing after this is flagged."
+    )
+    dispatch_timeout_s: float = Field(
+        3.0, gt=0, description="How long decreases may take to be accepted before increases."
+    )
+    fallback_alarm_after: int = Field(3, ge=1, description="Consecutive fallback cycles.")
+    ev_learn_s: float = Field(
+        60.0,
+        ge=0,
+        description="Learn a vehicle's own maximum current after it draws well "
+        "below its limit this long (OCPP 1.6 does not report it); 0 turns learning off.",
+    )
+    default_energy_kwh: float = Field(60.0, ge=0)
+    default_departure: str = Field("06:00", description="Local time vehicles leave by default.")
+
+    @field_validator("default_departure")
+    @classmethod
+    def _departure(cls, value: str) -> str:
+        _parse_time_of_day(value)
+        return value
+
+    @model_validator(mode="after")
+    def _periods(self) -> ControlConfig:
+        if self.profile_validity_s < 2 * self.period_s:
+            raise ValueError(
+                f"profile_validity_s ({self.profile_validity_s:g} s) must be at least two "
+                f"control periods ({2 * self.period_s:g} s) or limits lapse between refreshes"
+            )
+        return self
+
+
+class VehicleConfig(_Model):
+    """A fleet vehicle, recognised by its id tag, with its usual need."""
+
+    id: str
+    id_tags: list[str] = Field(min_length=1)
+    departure: str | None = None
+    energy_kwh: float | None = Field(None, ge=0)
+    priority: int = Field(1, ge=0, le=10)
+
+    @field_validator("departure")
+    @classmethod
+    def _departure(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_time_of_day(value)
+        return value
+
+
+class FleetConfig(_Model):
+    """Optional fleet schedule: which vehicle needs what by when."""
+
+    vehicles: list[VehicleConfig] = Field(default_factory=list)
+
+
+class TariffPeriod(_Model):
+    start: str = Field(description="Local time the price starts, 'HH:MM'.")
+    eur_per_kwh: float
+
+    _start = field_validator("start")(classmethod(lambda cls, v: (_parse_time_of_day(v), v)[1]))
+
+
+class TariffConfig(_Model):
+    """Optional energy tariff (time of use) and demand charge."""
+
+    periods: list[TariffPeriod] = Field(default_factory=list)
+    demand_charge_eur_per_kw: float = Field(0.0, ge=0)

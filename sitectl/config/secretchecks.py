@@ -1,0 +1,134 @@
+"""Warnings about secrets: placeholders still in place, secret files every user can read.
+
+Neither stops sitectl (a lab bench may use both on purpose), but on a depot either is a hole:
+an example password is the first thing an intruder tries, and a world-readable key file is
+readable by every service account on the industrial PC. The messages never contain a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, SecretStr
+
+from sitectl.config.errors import Problem
+
+if TYPE_CHECKING:
+    from sitectl.config.model import Config
+
+__all__ = ["looks_like_placeholder", "secret_checks"]
+
+# Parts of the values example files and vendors ship ("example-charger-password-change-me").
+_PLACEHOLDER_PARTS = (
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "placeholder",
+    "example",
+    "xxxx",
+    "<",
+    ">",
+)
+# Whole values nobody should keep.
+_PLACEHOLDER_VALUES = frozenset(
+    {"password", "passwort", "secret", "admin", "test", "default", "token", "changeit"}
+    | {"1234", "12345", "123456", "12345678", "123456789"}
+)
+
+Location = tuple[str | int, ...]
+
+
+def looks_like_placeholder(secret: str) -> bool:
+    """Whether ``secret`` is an example's or a factory default's value, not a site's own."""
+    text = secret.strip().lower()
+    return text in _PLACEHOLDER_VALUES or any(part in text for part in _PLACEHOLDER_PARTS)
+
+
+def _secrets(cfg: Config) -> Iterator[tuple[Location, BaseModel, str]]:
+    """(path of the section, section, field name) of every secret the configuration has."""
+    for index, charger in enumerate(cfg.chargers):
+        yield ("chargers", index), charger, "password"
+        # An upstream password copied from `password` is the same value: warn once.
+        if "upstream_password" in charger.model_fields_set or charger.upstream_password_file:
+            yield ("chargers", index), charger, "upstream_password"
+    yield ("ocpp",), cfg.ocpp, "local_controller_password"
+    yield ("mqtt",), cfg.mqtt, "password"
+    yield ("http",), cfg.http, "token"
+
+
+def _key_files(cfg: Config) -> Iterator[tuple[Location, Path | None]]:
+    yield ("ocpp", "tls_key_file"), cfg.ocpp.tls_key_file
+    yield ("ocpp", "upstream_key_file"), cfg.ocpp.upstream_key_file
+    yield ("mqtt", "key_file"), cfg.mqtt.key_file
+
+
+def secret_checks(cfg: Config) -> list[Problem]:
+    """Placeholder secrets and world-readable secret files, as warnings (one per file)."""
+    problems: list[Problem] = []
+    warned_files: set[Path] = set()
+
+    def check_file(path: Location, file: Path) -> None:
+        if file in warned_files:
+            return
+        mode = _readable_by_everyone(file)
+        if mode is not None:
+            warned_files.add(file)
+            problems.append(
+                Problem(
+                    path,
+                    f"'{file}' can be read by every user of this machine (mode {mode:04o}): "
+                    "chmod 600 it (or 640 with sitectl's group)",
+                    warning=True,
+                )
+            )
+
+    placeholder_files: set[Path] = set()
+    for section_path, section, name in _secrets(cfg):
+        value = getattr(section, name)
+        file = getattr(section, f"{name}_file")
+        from_file = file is not None and name not in section.model_fields_set
+        if file is not None:
+            check_file((*section_path, f"{name}_file"), file)
+        if not isinstance(value, SecretStr) or not looks_like_placeholder(value.get_secret_value()):
+            continue
+        if from_file:
+            if file in placeholder_files:
+                continue
+            placeholder_files.add(file)
+            where, what = (*section_path, f"{name}_file"), f"the {name} in '{file}'"
+        else:
+            where, what = (*section_path, name), f"this {name}"
+        problems.append(
+            Problem(
+                where,
+                f"{what} looks like a placeholder from an example: set the site's own",
+                warning=True,
+            )
+        )
+    for path, file in _key_files(cfg):
+        if file is not None:
+            check_file(path, file)
+    return problems
+
+
+def _readable_by_everyone(file: Path) -> int | None:
+    """The file's mode when every user can read it (file and the directories to it), else None."""
+    if os.name != "posix":
+        return None  # no such permission bits to judge
+    try:
+        mode = file.stat().st_mode
+        if not mode & stat.S_IROTH:
+            return None
+        # A 0644 file in a 0700 directory is private: others cannot reach it.
+        for directory in file.resolve().parents:
+            if not directory.stat().st_mode & stat.S_IXOTH:
+                return None
+    except OSError:
+        return None  # a missing file is reported where it is read
+    return stat.S_IMODE(mode)

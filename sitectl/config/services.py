@@ -1,0 +1,134 @@
+"""sitectl's own services: firmware cache, MQTT uplink, local HTTP, storage."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from sitectl.config.base import FilePath, _Model, _resolve_path
+
+
+class FirmwareConfig(_Model):
+    """Firmware image cache and local roll-outs."""
+
+    enabled: bool = Field(
+        True, description="Cache images, serve them on the LAN (needs http) and run rollouts."
+    )
+    cache_dir: FilePath = Path("firmware-cache")
+    cache_max_mb: int = Field(4096, ge=16)
+    base_url: str | None = Field(
+        None, description="URL chargers use to reach sitectl's HTTP server (advertised)."
+    )
+    max_parallel: int = Field(2, ge=1)
+    canary_count: int = Field(1, ge=0)
+    halt_failure_share: float = Field(0.2, ge=0, le=1)
+    session_wait_max_s: float = Field(12 * 3600, ge=0)
+    allow_https_downgrade: bool = False
+
+    _paths = field_validator("cache_dir")(classmethod(lambda cls, v: _resolve_path(v)))
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url '{value}' must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class MqttConfig(_Model):
+    """The operator's MQTT broker (summaries, alarms, commands)."""
+
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    tls: bool = False
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: FilePath | None = None
+    client_id: str | None = None
+    topic_prefix: str | None = Field(None, description="Default: sitectl/<site id>.")
+    qos: Literal[0, 1] = Field(1, description="QoS 2 is not offered: many cloud brokers lack it.")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    summary_period_s: float = Field(10.0, gt=0)
+    outage_summary_period_s: float = Field(60.0, gt=0)
+    outbox_max_messages: int = Field(100_000, ge=100)
+    outbox_max_bytes: int = Field(64 * 1024 * 1024, ge=65536)
+    commands_enabled: bool = True
+
+    _paths = field_validator("ca_file", "cert_file", "key_file", "password_file")(
+        classmethod(lambda cls, v: _resolve_path(v))
+    )
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value
+            or any(c in value for c in "+#")
+            or value.startswith("/")
+            or value.endswith("/")
+        ):
+            raise ValueError(
+                "topic_prefix must be non-empty, without '+', '#' or a leading or trailing '/'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _secret(self) -> MqttConfig:
+        self._secrets_from_files("password")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file for a client certificate")
+        return self
+
+
+class HttpConfig(_Model):
+    """Local HTTP: dashboard, JSON API, metrics and firmware files."""
+
+    enabled: bool = True
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(8080, ge=1, le=65535)
+    token: SecretStr | None = Field(None, description="Bearer token for write endpoints.")
+    token_file: FilePath | None = None
+    open_reads: bool = Field(True, description="Serve read endpoints without the token.")
+    tls: bool = Field(
+        False, description="Serve HTTPS with the site certificate (ocpp.tls_cert_file/key_file)."
+    )
+
+    _paths = field_validator("token_file")(classmethod(lambda cls, v: _resolve_path(v)))
+
+    @field_validator("listen_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+", value):
+                raise ValueError(f"'{value}' is neither an IP address nor a host name") from None
+        return value
+
+    @model_validator(mode="after")
+    def _secret(self) -> HttpConfig:
+        self._secrets_from_files("token")
+        return self
+
+
+class StorageConfig(_Model):
+    """Where sitectl keeps what must survive a restart."""
+
+    path: FilePath = Path("sitectl.sqlite")
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="FULL: every commit survives power loss (journal guarantee)."
+    )
+
+    _paths = field_validator("path")(classmethod(lambda cls, v: _resolve_path(v)))

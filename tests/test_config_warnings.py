@@ -1,0 +1,157 @@
+"""Settings that load but are probably wrong: check-config warns, with the place to fix."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sitectl.config import load_config
+from tests.helpers import MINIMAL_CONFIG
+
+
+def warnings_of(path: Path) -> list[str]:
+    return [str(w) for w in load_config(path, environ={})[1]]
+
+
+def about(warnings: list[str], text: str) -> list[str]:
+    return [w for w in warnings if text in w]
+
+
+def line_of(text: str, marker: str) -> int:
+    return text[: text.index(marker)].count("\n") + 1
+
+
+@pytest.mark.parametrize(
+    ("voltage", "warned"),
+    [(400, True), (380, True), (415, True), (480, True), (230, False), (277, False), (347, False)],
+)
+def test_a_line_to_line_voltage_is_suspicious(write_config, voltage: int, warned: bool) -> None:
+    text = MINIMAL_CONFIG.replace("  limit_kw: 100\n", f"  nominal_voltage_v: {voltage}\n")
+    text = text.replace("  phase_limit_a: 160\n", "  phase_limit_a: 160\n  limit_kw: 100\n")
+    found = about(warnings_of(write_config(text)), "line-to-neutral")
+    if warned:
+        [warning] = found
+        assert warning.startswith(f"site.nominal_voltage_v (line 3): {voltage} V looks like")
+        assert f"({voltage / 3**0.5:.0f} V on a {voltage} V network)" in warning
+    else:
+        assert found == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "warned"),
+    [
+        ("phases: 1\n    phase_rotation: L2-L3-L1\n", "write 'L2'"),
+        ("phases: 1\n    phase_rotation: L1-L2-L3\n", "write 'L1'"),
+        ("phases: 1\n    phase_rotation: L3\n", None),
+        ("phases: 1\n", None),  # the default rotation is not the installer's doing
+        ("phase_rotation: L2-L3-L1\n", None),
+    ],
+    ids=["rotated", "explicit-default", "single", "default", "three-phase"],
+)
+def test_a_three_phase_rotation_on_a_single_phase_charger(
+    write_config, fields: str, warned: str | None
+) -> None:
+    text = MINIMAL_CONFIG.replace("    max_current_a: 32\n", "    max_current_a: 32\n    " + fields)
+    found = about(warnings_of(write_config(text)), "names three phases")
+    if warned is None:
+        assert found == []
+    else:
+        [warning] = found
+        line = line_of(text, "phase_rotation")
+        assert warning.startswith(f"chargers[0].phase_rotation (line {line}): ")
+        assert warned in warning
+
+
+SECRETS = """\
+site: {id: depot, limit_kw: 200, phase_limit_a: 300}
+charger_defaults:
+  max_current_a: 32
+  password_file: secrets/charger.pass
+chargers:
+  - {id: CP1, circuit: grid}
+  - {id: CP2, circuit: grid}
+  - {id: CP3, circuit: grid}
+mqtt:
+  enabled: false
+http:
+  token_file: http.token
+"""
+
+
+def secret_files(tmp_path: Path, charger_mode: int, dir_mode: int = 0o755) -> Path:
+    (tmp_path / "secrets").mkdir()
+    charger = tmp_path / "secrets" / "charger.pass"
+    charger.write_text("a-real-site-password-4711\n")
+    token = tmp_path / "http.token"
+    token.write_text("a-real-token-0815\n")
+    os.chmod(charger, charger_mode)
+    os.chmod(token, 0o600)
+    os.chmod(tmp_path / "secrets", dir_mode)
+    path = tmp_path / "site.yaml"
+    path.write_text(SECRETS)
+    return path
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can reach (pytest's own tmp_path is private, 0700)."""
+    with tempfile.TemporaryDirectory(prefix="sitectl-test-") as name:
+        path = Path(name)
+        os.chmod(path, 0o755)
+        if any(not d.stat().st_mode & stat.S_IXOTH for d in path.resolve().parents):
+            pytest.skip(f"the temporary directory {path} is not reachable by every user")
+        yield path
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_world_readable_secret_file_is_one_warning_where_it_was_set(open_dir: Path) -> None:
+    tmp_path = open_dir
+    path = secret_files(tmp_path, 0o644)
+    [warning] = about(warnings_of(path), "can be read by every user")
+    assert warning == (
+        f"charger_defaults.password_file (line 4): '{tmp_path / 'secrets' / 'charger.pass'}' "
+        "can be read by every user of this machine (mode 0644): chmod 600 it (or 640 with "
+        "sitectl's group)"
+    )
+    os.chmod(tmp_path / "secrets" / "charger.pass", 0o640)
+    assert about(warnings_of(path), "can be read by every user") == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_readable_file_in_a_private_directory_is_private(open_dir: Path) -> None:
+    path = secret_files(open_dir, 0o644, dir_mode=0o700)
+    assert about(warnings_of(path), "can be read by every user") == []
+
+
+def test_placeholder_passwords_are_warned_about_without_printing_them(write_config) -> None:
+    text = MINIMAL_CONFIG.replace("cp1-password-0123456789", "change-me-please")
+    text = text.replace("http:\n  enabled: false\n", "http:\n  enabled: false\n  token: admin\n")
+    found = about(warnings_of(write_config(text)), "placeholder")
+    assert found == [
+        f"chargers[0].password (line {line_of(text, 'password:')}): this password looks like a "
+        "placeholder from an example: set the site's own",
+        f"http.token (line {line_of(text, 'token:')}): this token looks like a placeholder from "
+        "an example: set the site's own",
+    ]
+    assert not any("change-me-please" in w or "admin" in w for w in found)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["cp1-password-0123456789", "demo-charger-password", "Xk93-fq2P-vv81", "password-cp1-0000"],
+)
+def test_real_looking_passwords_are_not_placeholders(write_config, secret: str) -> None:
+    text = MINIMAL_CONFIG.replace("cp1-password-0123456789", secret)
+    assert about(warnings_of(write_config(text)), "placeholder") == []
+
+
+def test_a_placeholder_in_a_shared_file_is_one_warning(tmp_path: Path) -> None:
+    path = secret_files(tmp_path, 0o600)
+    (tmp_path / "secrets" / "charger.pass").write_text("example-charger-password-change-me\n")
+    [warning] = about(warnings_of(path), "placeholder")
+    assert warning.startswith("charger_defaults.password_file (line 4): the password in '")
