@@ -155,3 +155,28 @@ def test_a_placeholder_in_a_shared_file_is_one_warning(tmp_path: Path) -> None:
     (tmp_path / "secrets" / "charger.pass").write_text("example-charger-password-change-me\n")
     [warning] = about(warnings_of(path), "placeholder")
     assert warning.startswith("charger_defaults.password_file (line 4): the password in '")
+
+
+def test_a_non_ev_hold_shorter_than_its_rule_is_warned_and_raised(write_config) -> None:
+    # Issue #16.6: the hold must outlast a paused vehicle's last report and a meter's grace.
+    text = MINIMAL_CONFIG + "control:\n  non_ev_hold_s: 15\n  ev_measurement_max_age_s: 30\n"
+    path = write_config(text)
+    [warning] = about(warnings_of(path), "non_ev_hold_s")
+    assert "35 s is used" in warning  # 30 s + the 5 s period
+    config, _ = load_config(path, environ={})
+    assert config.control.effective_non_ev_hold_s == 35
+    # The defaults satisfy the rule: no warning.
+    assert about(warnings_of(write_config(MINIMAL_CONFIG)), "non_ev_hold_s") == []
+
+
+def test_a_circuit_without_a_non_ev_maximum_is_warned_unless_it_is_chargers_only(
+    write_config,
+) -> None:
+    [warning] = about(warnings_of(write_config(MINIMAL_CONFIG)), "circuits[0].non_ev_max_a")
+    assert "unmetered" in warning and "chargers_only: true" in warning
+    confirmed = MINIMAL_CONFIG.replace(
+        "    limit_a: 100\n", "    limit_a: 100\n    chargers_only: true\n"
+    )
+    assert about(warnings_of(write_config(confirmed)), "circuits[0]") == []
+    sized = MINIMAL_CONFIG.replace("    limit_a: 100\n", "    limit_a: 100\n    non_ev_max_a: 20\n")
+    assert about(warnings_of(write_config(sized)), "circuits[0]") == []

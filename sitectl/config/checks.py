@@ -297,6 +297,30 @@ def _cross_check(cfg: Config) -> list[Problem]:
                 warning=True,
             )
         )
+    control = cfg.control
+    if control.non_ev_hold_s < control.required_non_ev_hold_s:
+        add(
+            Problem(
+                ("control", "non_ev_hold_s"),
+                f"{control.non_ev_hold_s:g} s is shorter than max(ev_measurement_max_age_s, "
+                f"meter_grace_s) + period_s = {control.required_non_ev_hold_s:g} s: a paused "
+                "vehicle's last report would make the building look smaller than it is; "
+                f"{control.required_non_ev_hold_s:g} s is used",
+                warning=True,
+            )
+        )
+    for index, circuit in enumerate(cfg.circuits):
+        if not any(circuit.non_ev_max_a) and not circuit.chargers_only:
+            where = "unmetered" if circuit.meter is None else "whenever its meter fails"
+            add(
+                Problem(
+                    ("circuits", index, "non_ev_max_a"),
+                    f"not set: {where}, sitectl assumes nothing but chargers draws on "
+                    f"'{circuit.id}'; set the largest other load (A per phase), or "
+                    "chargers_only: true to confirm",
+                    warning=True,
+                )
+            )
     if not any(cfg.site.non_ev_max_a) and cfg.chargers:
         add(
             Problem(

@@ -40,10 +40,11 @@ class ControlConfig(_Model):
         30.0, gt=0, description="A charger's MeterValues older than this are not trusted."
     )
     non_ev_hold_s: float = Field(
-        15.0,
+        40.0,
         ge=0,
         description="A non-EV load estimate is held this long before it may fall "
-        "(covers the skew between meter readings and chargers' MeterValues).",
+        "(covers the skew between meter readings and chargers' MeterValues). At least "
+        "max(ev_measurement_max_age_s, meter_grace_s) + period_s is used, whatever is set.",
     )
     resume_check_s: float = Field(
         60.0, gt=0, description="A resumed session drawing nothing after this is flagged."
@@ -66,6 +67,21 @@ class ControlConfig(_Model):
     def _departure(cls, value: str) -> str:
         _parse_time_of_day(value)
         return value
+
+    @property
+    def required_non_ev_hold_s(self) -> float:
+        """The shortest hold that covers its own rule (issue #16.6).
+
+        A paused vehicle's last report stays "fresh" for ``ev_measurement_max_age_s`` and a meter
+        reading for ``meter_grace_s``: a shorter hold lets the non-EV estimate fall while the
+        vehicle's draw is still subtracted, and the connection is overloaded when it resumes.
+        """
+        return max(self.ev_measurement_max_age_s, self.meter_grace_s) + self.period_s
+
+    @property
+    def effective_non_ev_hold_s(self) -> float:
+        """The hold the control loop uses: the configured one, never below the required."""
+        return max(self.non_ev_hold_s, self.required_non_ev_hold_s)
 
     @model_validator(mode="after")
     def _periods(self) -> ControlConfig:

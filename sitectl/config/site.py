@@ -57,6 +57,11 @@ class CircuitConfig(_Model):
     non_ev_max_a: PhaseValues = Field(
         (0.0, 0.0, 0.0), description="Worst-case non-EV current per phase through this circuit."
     )
+    chargers_only: bool = Field(
+        False,
+        description="Nothing but chargers draws on this circuit: a non_ev_max_a of 0 is meant "
+        "(otherwise check-config warns about it).",
+    )
 
     _phase = field_validator("limit_a", "non_ev_max_a", mode="before")(
         classmethod(lambda cls, v: _phase_values(v))

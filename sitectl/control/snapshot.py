@@ -271,7 +271,7 @@ class ProblemBuilder:
             for vehicle in config.fleet.vehicles
             for tag in vehicle.id_tags
         }
-        self.hold = PeakHold(config.control.non_ev_hold_s)
+        self.hold = PeakHold(config.control.effective_non_ev_hold_s)
         self._implausible_since: dict[str, float] = {}
         self.failsafe_under: dict[str, Phases] = {node: ZERO for node in self.parents}
         for charger in config.chargers:
