@@ -196,6 +196,18 @@ class CircuitStatus:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SessionPlan:
+    """What the control loop assumed for one connector in its last cycle (API, dashboard)."""
+
+    departure: datetime
+    departure_source: str  # vehicle | command | fleet | default
+    need_kwh: float | None  # stated or assumed total need
+    need_source: str  # vehicle | command | fleet | default | unknown
+    capped: bool  # True: a stated need bounds the energy; False: it charges until the EV stops
+    dispatched_a: float  # the current it was given this cycle (A per phase)
+
+
 #: Upper bounds (s) of the solve-time histogram that /metrics exposes.
 SOLVE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -214,6 +226,8 @@ class ControlStatus:
     sessions_charging: int = 0
     sessions_paused: int = 0
     circuits: dict[str, CircuitStatus] = field(default_factory=dict)
+    #: "charger/connector" -> what the last cycle assumed and gave (sessions and floors).
+    sessions: dict[str, SessionPlan] = field(default_factory=dict)
     #: Solve times: their sum and a count per bucket of `SOLVE_BUCKETS_S`.
     solve_s_total: float = 0.0
     solve_buckets: list[int] = field(default_factory=lambda: [0] * len(SOLVE_BUCKETS_S))

@@ -34,7 +34,14 @@ from sitectl.control.draw import Draw
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
-from sitectl.state import SOLVE_BUCKETS_S, Change, CircuitStatus, Severity, SiteState
+from sitectl.state import (
+    SOLVE_BUCKETS_S,
+    Change,
+    CircuitStatus,
+    SessionPlan,
+    Severity,
+    SiteState,
+)
 
 __all__ = ["ControlLoop"]
 
@@ -491,13 +498,25 @@ class ControlLoop:
             if node.startswith("charger:"):
                 node = self.builder.chargers[node.removeprefix("charger:")].circuit
             add_up(node, (load.current_a[0][0], load.current_a[1][0], load.current_a[2][0]))
+        plans: dict[str, SessionPlan] = {}
         for session in built.problem.sessions:
             amps = allocation.dispatch_a.get(session.id, 0.0)
+            info = built.info.get(session.id)
+            if info is not None:
+                plans[session.id] = SessionPlan(
+                    info.departure,
+                    info.departure_source,
+                    info.need_kwh,
+                    info.need_source,
+                    info.capped,
+                    amps + built.floors.get(session.id, 0.0),
+                )
             phases = [0.0, 0.0, 0.0]
             for p in session.phases:
                 phases[p] = amps
             charger_id, _ = built.sessions[session.id]
             add_up(self.builder.chargers[charger_id].circuit, (phases[0], phases[1], phases[2]))
+        status.sessions = plans
         for node, limit in self.builder.effective_limits(self.state, now).items():
             meter = (
                 "none" if self.builder.meters.get(node) is None else self.meters.state(node).value

@@ -24,6 +24,10 @@ async def test_a_bus_with_no_stated_need_charges_past_the_default(tmp_path, make
     await site.cycles(3)
     assert site.draw("A") > 25, "held back although the vehicle still wants energy"
     assert site.state.chargers["A"].connectors[1].session.energy_wh > 1000
+    # What the operator sees: the default is an assumption, not a cap.
+    plan = site.state.control.sessions["A/1"]
+    assert plan.need_source == "default" and not plan.capped
+    assert plan.departure_source == "default" and plan.dispatched_a > 25
 
 
 async def test_l1_only_reports_do_not_overload_an_unmetered_feeder(tmp_path, make_site):
