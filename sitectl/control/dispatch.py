@@ -121,8 +121,8 @@ class Dispatcher:
 
     # Sending.
 
-    async def install_failsafe(self, charger_id: str, now: datetime) -> bool:
-        """Install the permanent fail-safe profile(s); returns whether the charger took them."""
+    async def install_failsafe(self, charger_id: str, now: datetime) -> str | None:
+        """Install the permanent fail-safe profile(s); returns the problem, ``None`` if taken."""
         charger = self.chargers[charger_id]
         specs = [self._spec(charger, 0, charger.failsafe_current_a, dynamic=False, now=now)]
         if charger.connectors > 1:
@@ -133,14 +133,14 @@ class Dispatcher:
         problem = await self._send_specs(charger_id, specs)
         if problem is not None:
             log.warning("%s: fail-safe profile not installed: %s", charger_id, problem)
-            return False
+            return problem
         log.info(
             "%s: fail-safe limit %.1f A installed (stack level %d)",
             charger_id,
             charger.failsafe_current_a,
             self.failsafe_level,
         )
-        return True
+        return None
 
     async def send(
         self,

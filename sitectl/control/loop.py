@@ -45,6 +45,16 @@ from sitectl.state import (
 
 __all__ = ["ControlLoop"]
 
+#: A reconnect without a BootNotification (sitectl restarted) waits this long before sitectl
+#: sends its own calls; after an accepted boot they go at once.
+BOOT_GRACE_S = 3.0
+#: A fail-safe install (a few SetChargingProfile calls) may take this many dispatch timeouts.
+FAILSAFE_CALLS_TIMEOUT_FACTOR = 3
+#: Retry a failed fail-safe install after this, doubling up to the maximum (rate limits, a
+#: charger answering NotImplemented: never hammer it).
+FAILSAFE_BACKOFF_S = 5.0
+FAILSAFE_BACKOFF_MAX_S = 300.0
+
 log = logging.getLogger(__name__)
 
 _TRIGGERS = frozenset(
@@ -114,6 +124,7 @@ class ControlLoop:
         self._wake = asyncio.Event()
         self.last: tuple[Built, Allocation, DispatchReport] | None = None
         self.cycle_done = asyncio.Event()  # set after every cycle (tests wait on it)
+        self._failsafe_tasks: dict[str, asyncio.Task[None]] = {}
         state.subscribe(self._on_change)
 
     # Triggers.
@@ -128,7 +139,10 @@ class ControlLoop:
                 self.memory[change.subject].disconnected_at = self.monotonic()
                 self.memory[change.subject].failsafe_installed = False
             elif change.kind == "charger_connected":
-                self.memory[change.subject].disconnected_at = None
+                mem = self.memory[change.subject]
+                mem.disconnected_at = None
+                mem.connected_at = self.monotonic()
+                mem.failsafe_retry_at = 0.0  # a new connection: try at once
             self.trigger()
         elif change.kind == "reading":
             self._reading(change.subject)
@@ -174,6 +188,13 @@ class ControlLoop:
 
     async def run(self) -> None:
         """Cycle until cancelled."""
+        try:
+            await self._run()
+        finally:
+            for task in self._failsafe_tasks.values():
+                task.cancel()
+
+    async def _run(self) -> None:
         while True:
             started = self.monotonic()
             self._wake.clear()
@@ -203,7 +224,10 @@ class ControlLoop:
             changed = self.meters.update(circuit, now_mono)
             if changed is not None:
                 self._meter_changed(circuit, changed)
-        await self._install_failsafes(now)
+        self._install_failsafes(now, now_mono)
+        # Chargers holding sitectl's fail-safe as this cycle is built (installs finish in the
+        # background, so the flag may change before the dispatch): only these get limits.
+        secured = {c for c, mem in self.memory.items() if mem.failsafe_installed}
         draws = self.builder.draws(self.state, now_mono)
         self._compliance(draws, now_mono)
         built = self.builder.build(self.state, self.meters, self.memory, now, now_mono, draws)
@@ -212,7 +236,7 @@ class ControlLoop:
         self._unmatched(built, now_mono)
         self.dispatcher.voltage_v = built.voltage_v
         allocation = await self._solve(built)
-        limits = self._limits(built, allocation, now_mono)
+        limits = self._limits(built, allocation, now_mono, secured)
         commands = self.dispatcher.plan(limits, self.memory, now_mono)
         report = await self.dispatcher.send(commands, self.memory, now, now_mono)
         self._after_dispatch(report)
@@ -236,18 +260,63 @@ class ControlLoop:
                 log.info("%s is back from its firmware install: steered again", charger_id)
             mem.unavailable = now_unavailable
 
-    async def _install_failsafes(self, now: datetime) -> None:
-        pending = [
-            charger_id
-            for charger_id, charger in self.state.chargers.items()
-            if charger.connected and not self.memory[charger_id].failsafe_installed
-        ]
-        if not pending:
+    def _install_failsafes(self, now: datetime, now_mono: float) -> None:
+        """Start a background install for every connected charger without its fail-safe.
+
+        The cycle never waits on one (a charger whose socket answers pings while its OCPP
+        stack is stuck would stall every other charger's control, issue #17.2); until its
+        install succeeds a charger is not steered and is budgeted at what it may hold.
+        """
+        for charger_id, charger in self.state.chargers.items():
+            mem = self.memory[charger_id]
+            running = self._failsafe_tasks.get(charger_id)
+            if (
+                not charger.connected
+                or mem.failsafe_installed
+                or (running is not None and not running.done())
+                or now_mono < mem.failsafe_retry_at
+            ):
+                continue
+            connected_for = now_mono - (
+                mem.connected_at if mem.connected_at is not None else now_mono
+            )
+            if not charger.boot_accepted and connected_for < BOOT_GRACE_S:
+                # Real stations refuse (and never answer) calls before their boot is accepted;
+                # a reconnect without a boot (sitectl restarted) gets a short grace instead.
+                continue
+            self._failsafe_tasks[charger_id] = asyncio.create_task(
+                self._install_failsafe(charger_id, now), name=f"fail-safe {charger_id}"
+            )
+
+    async def _install_failsafe(self, charger_id: str, now: datetime) -> None:
+        mem = self.memory[charger_id]
+        timeout = FAILSAFE_CALLS_TIMEOUT_FACTOR * self.control.dispatch_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                problem = await self.dispatcher.install_failsafe(charger_id, now)
+        except TimeoutError:
+            problem = f"no answer within {timeout:g} s"
+        except Exception as exc:  # this charger only
+            problem = f"{type(exc).__name__}: {exc}"
+        if not self.state.chargers[charger_id].connected:
+            return  # it left meanwhile: tried again on its next connection
+        if problem is None:
+            mem.failsafe_installed = mem.failsafe_ever = True
+            mem.failsafe_failures = 0
+            self.state.clear_alarm("failsafe_not_installed", charger_id)
+            self.trigger()  # it can be steered now
             return
-        results = await asyncio.gather(*(self.dispatcher.install_failsafe(c, now) for c in pending))
-        for charger_id, ok in zip(pending, results, strict=True):
-            self.memory[charger_id].failsafe_installed = ok
-            self.memory[charger_id].failsafe_ever |= ok
+        mem.failsafe_failures += 1
+        backoff = min(FAILSAFE_BACKOFF_MAX_S, FAILSAFE_BACKOFF_S * 2 ** (mem.failsafe_failures - 1))
+        mem.failsafe_retry_at = self.monotonic() + backoff
+        self.state.raise_alarm(
+            "failsafe_not_installed",
+            charger_id,
+            Severity.WARNING,
+            f"its fail-safe profile was not installed ({problem}): not steered, budgeted at "
+            f"{'its maximum' if not mem.failsafe_ever else 'the limit it holds'}; next try in "
+            f"{backoff:g} s",
+        )
 
     async def _solve(self, built: Built) -> Allocation:
         problem = built.problem
@@ -341,7 +410,7 @@ class ControlLoop:
                     )
 
     def _limits(
-        self, built: Built, allocation: Allocation, now_mono: float
+        self, built: Built, allocation: Allocation, now_mono: float, secured: set[str]
     ) -> dict[str, tuple[float, dict[int, float]]]:
         """Charger-wide and per-connector limits from the dispatch (A per phase)."""
         per_connector: dict[str, dict[int, float]] = {c: {} for c in built.steerable}
@@ -368,6 +437,10 @@ class ControlLoop:
             mem = self.memory[charger_id]
             if not self.state.chargers[charger_id].connected or mem.unavailable:
                 continue  # an installing charger is sent nothing until it is back
+            if charger_id not in secured:
+                # Without its fail-safe a dynamic limit would outlive sitectl as nothing: the
+                # charger would fall back to its hardware maximum (issue #17.3).
+                continue
             if mem.uncontrollable:
                 amps = self.builder.chargers[charger_id].max_current_a
             elif mem.commanded_a is not None:

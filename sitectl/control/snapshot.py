@@ -153,6 +153,10 @@ class ChargerMemory:
     failsafe_installed: bool = False
     #: The charger took sitectl's fail-safe at some point (it keeps it across reconnects).
     failsafe_ever: bool = False
+    #: Fail-safe installs that failed in a row, and when the next may be tried (monotonic).
+    failsafe_failures: int = 0
+    failsafe_retry_at: float = 0.0
+    connected_at: float | None = None  # monotonic time of its current connection
     #: What the vehicle on a single-connector charger has shown it can draw (see `learn_ev`).
     ev_session: str | None = None
     ev_peak_a: float = 0.0
@@ -458,8 +462,13 @@ class ProblemBuilder:
                 lo, est, hi = _add(lo, draw.lo), _add(est, draw.est), _add(hi, draw.hi)
             ev_lo[charger.id] = self._site(charger, lo)
             maximum = _on_phases(charger.max_current_a, charger.site_phases)
-            if not charger_state.connected:
-                fixed[charger.id] = self._held_budget(charger, mem, now_mono)
+            if not charger_state.connected or not mem.failsafe_installed:
+                # Gone, or not (yet) holding sitectl's fail-safe on this connection: not
+                # steered (if sitectl died it would fall back to whatever it holds), budgeted
+                # at the limit it still holds, its maximum when that is unknown.
+                held = self._held_budget(charger, mem, now_mono)
+                upper = self._site(charger, hi)
+                fixed[charger.id] = tuple(max(a, b) for a, b in zip(held, upper, strict=True))
             elif mem.unavailable:
                 held = self._held_budget(charger, mem, now_mono)
                 upper = self._site(charger, hi)

@@ -51,6 +51,11 @@ class _Handled:
     profiles: dict[int, InstalledProfile] = field(default_factory=dict)  # by profile id
 
 
+def _is_call(raw: str) -> bool:
+    """An OCPP-J CALL frame ``[2, id, action, payload]`` (not a result or an error)."""
+    return raw.lstrip().startswith("[2") or raw.lstrip().startswith("[ 2")
+
+
 def _min_limit_a(profile: dict[str, Any], voltage_v: float) -> float | None:
     """The lowest limit of a profile (snake_case from the library), in A per phase."""
     schedules = profile.get("charging_schedule")
@@ -80,8 +85,8 @@ class _Point16(ChargePoint16):
         self.sim = sim
 
     async def route_message(self, raw_msg: str) -> None:
-        if self.sim.quirks.mute:
-            return  # a hung stack: the socket is open, nothing is answered
+        if self.sim.quirks.mute and _is_call(raw_msg):
+            return  # a hung stack: the socket is open, no call is answered
         await super().route_message(raw_msg)
 
     @on("GetConfiguration")
@@ -185,8 +190,8 @@ class _Point201(ChargePoint201):
         self.sim = sim
 
     async def route_message(self, raw_msg: str) -> None:
-        if self.sim.quirks.mute:
-            return  # a hung stack: the socket is open, nothing is answered
+        if self.sim.quirks.mute and _is_call(raw_msg):
+            return  # a hung stack: the socket is open, no call is answered
         await super().route_message(raw_msg)
 
     @on("TriggerMessage")

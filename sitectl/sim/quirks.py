@@ -33,7 +33,8 @@ class Quirks:
         refuses_below_a: rejects a profile whose limit is below this (firmware that refuses
             0 A, or anything under 6 A).
         ramp_a_per_s: the draw follows a new limit at most this fast (slow ramps).
-        mute: the OCPP stack hangs: the socket stays open, nothing is answered or sent.
+        mute: the OCPP stack hangs: the socket stays open, no call is answered and no
+            MeterValues are sent (the simulation's own explicit calls still go through).
         clock_skew_s: its clock is off by this much (its timestamps say so).
         answers_triggers: sends the message a TriggerMessage asks for (some ignore them).
     """

@@ -73,7 +73,10 @@ MONO = 100.0
 
 
 def build(cfg, state, meters, memory=None, mono=MONO):
+    """Build with every charger holding its fail-safe unless `memory` says otherwise."""
     memory = memory if memory is not None else {}
+    for charger in cfg.chargers:
+        memory.setdefault(charger.id, ChargerMemory(failsafe_installed=True))
     return ProblemBuilder(cfg).build(state, meters, memory, NOW, mono)
 
 

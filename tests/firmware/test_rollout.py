@@ -151,12 +151,13 @@ async def test_updating_chargers_and_a_restart(depot) -> None:
     )
     assert d.rollouts.updating() == {"CP01"}  # the control loop budgets it at 0 A
     assert d.rollouts.in_progress() == {"CP01"}
-    before = d.rollouts.status(rollout)
 
-    # sitectl restarts: the manager stops; a new one reads the same store.
+    # sitectl restarts: the manager stops; a new one reads the same store. (What it had is
+    # read once it has stopped: until then an event may still update the rollout.)
     old = d.tasks.pop()
     old.cancel()
     await asyncio.gather(old, return_exceptions=True)
+    before = d.rollouts.status(rollout)
     manager = RolloutManager(
         d.store, d.state, d.cache, d.files, d.ocpp.call, d.config, protocols=d.interceptor.protocols
     )

@@ -193,8 +193,11 @@ async def make_site() -> AsyncIterator[Callable[..., Any]]:
         config: Config,
         building: dict | None = None,
         confirm_s: float = 3.0,
+        secured: tuple[str, ...] | None = None,
         **depot_options: Any,
     ) -> Site:
+        """A running site; waits until the chargers in `secured` (default all) hold their
+        fail-safe, and clears the samples taken before."""
         options = {"tick_s": 0.05, "report_s": 0.25, "lag_s": 0.2, **depot_options}
         depot = SimDepot(
             config,
@@ -207,8 +210,9 @@ async def make_site() -> AsyncIterator[Callable[..., Any]]:
         await depot.start_meters()
         await site.start_sitectl()
         await depot.start()
+        expected = secured if secured is not None else tuple(site.loop.memory)
         await wait_for(
-            lambda: all(m.failsafe_installed for m in site.loop.memory.values()),
+            lambda: all(site.loop.memory[c].failsafe_installed for c in expected),
             timeout=10,
             message="fail-safe profiles on every charger",
         )

@@ -1,0 +1,74 @@
+"""sitectl steers only chargers that hold its fail-safe, and no charger can stall the others."""
+
+from __future__ import annotations
+
+import time
+
+from sitectl.sim.charger import SimEv
+from sitectl.sim.quirks import Quirks
+from tests.helpers import wait_for
+from tests.scenarios.conftest import RAMP_S, scenario_config
+
+THREE = [{"id": "A"}, {"id": "B"}, {"id": "C", "ocpp_version": "2.0.1"}]
+
+
+async def test_a_charger_mute_from_the_start_stalls_nobody_and_is_budgeted_at_its_maximum(
+    tmp_path, make_site
+):
+    # Its socket answers pings, its OCPP stack answers nothing (issue #17.2).
+    config = scenario_config(tmp_path, THREE)
+    site = await make_site(config, quirks={"A": Quirks(mute=True)}, secured=("B", "C"))
+    started = time.monotonic()
+    await site.cycles(3, timeout=5)  # cycles keep their period: nothing waits on A
+    assert time.monotonic() - started < 5
+    await wait_for(
+        lambda: ("failsafe_not_installed", "A") in site.state.alarms,
+        timeout=10,
+        message="an alarm about A",
+    )
+    assert "budgeted at its maximum" in site.state.alarms[("failsafe_not_installed", "A")].text
+    # A vehicle on A draws the charger's 32 A (nothing limits it); A reports nothing, so the
+    # meter counts its draw as building load too (unknown: the worst case): B and C share
+    # what is left of 100 A.
+    mark = time.monotonic()
+    for charger_id in "ABC":
+        await site.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: site.draw("B") > 6 and site.draw("C") > 6,
+        timeout=10,
+        message="B and C charging",
+    )
+    await site.cycles(4)
+    assert site.depot.seconds_over(since=mark).get("feeder", 0.0) <= RAMP_S
+    built = site.loop.last[0]
+    assert "A" not in built.steerable and built.fixed["A"] == (32.0, 32.0, 32.0)
+
+
+async def test_a_charger_that_refuses_its_fail_safe_is_never_sent_a_dynamic_limit(
+    tmp_path, make_site
+):
+    config = scenario_config(tmp_path, THREE)
+    site = await make_site(config, secured=("B", "C"))
+    refusing = site.depot.chargers["A"]
+    refusing.reject_profiles = True
+    # Reconnect A so that sitectl tries its fail-safe again, and sees it refused.
+    await refusing.close()
+    site.loop.memory["A"].failsafe_installed = False
+    await refusing.connect()
+    await refusing.boot()
+    await wait_for(
+        lambda: ("failsafe_not_installed", "A") in site.state.alarms,
+        timeout=10,
+        message="the refusal alarmed",
+    )
+    await refusing.plug_in(1, SimEv(max_a=32))
+    sent_before = len(refusing.handled.calls)
+    await site.cycles(5)
+    dynamic = [
+        call
+        for call in refusing.handled.calls[sent_before:]
+        if call[0] == "SetChargingProfile"
+        and call[1]["cs_charging_profiles"]["stack_level"] != site.loop.dispatcher.failsafe_level
+    ]
+    assert dynamic == []
+    assert site.loop.memory["A"].failsafe_installed is False
