@@ -3,7 +3,7 @@
     sitectl run -c FILE            start the controller (until SIGTERM/SIGINT)
     sitectl check-config FILE      validate a depot configuration and summarise it
     sitectl schema                 print the JSON Schema of the configuration
-    sitectl demo                   run a simulated depot on configs/demo.yaml
+    sitectl demo                   run a simulated depot (sitectl/sim/demo.yaml)
     sitectl probe -c FILE          read every Modbus device once
     sitectl firmware ACTION -c FILE  local firmware rollouts (list, start, status, stop)
 
@@ -19,7 +19,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from sitectl import __version__
 from sitectl.config import Config, ConfigError, load_config, secret_values
@@ -31,8 +30,6 @@ from sitectl.summary import render_summary
 __all__ = ["main"]
 
 log = logging.getLogger("sitectl")
-
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _logging_options() -> argparse.ArgumentParser:
@@ -191,9 +188,10 @@ def _cmd_firmware(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from sitectl.sim import DEMO_CONFIG
     from sitectl.sim.demo import run_demo
 
-    path = REPO_CONFIGS / "demo.yaml"
+    path = DEMO_CONFIG
     if _load(str(path)) is None:
         return 1
     try:
