@@ -6,6 +6,7 @@
     sitectl demo                   run a simulated depot (sitectl/sim/demo.yaml)
     sitectl probe -c FILE          read every Modbus device once
     sitectl firmware ACTION -c FILE  local firmware rollouts (list, start, status, stop)
+    sitectl backup FILE -c FILE    copy the store (while running); restore: put a copy back
 
 Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors.
 Errors an installer can cause end in one clear message, never a traceback.
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from sitectl import __version__
+from sitectl.backup import add_parsers as add_backup_parsers
 from sitectl.config import Config, ConfigError, load_config, secret_values
 from sitectl.firmware_cli import add_parser as add_firmware_parser
 from sitectl.logs import set_secrets, setup_logging
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--raw", action="store_true", help="also print the raw registers")
 
     add_firmware_parser(commands, common)
+    add_backup_parsers(commands, common)
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
     demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
@@ -187,6 +190,15 @@ def _cmd_firmware(args: argparse.Namespace) -> int:
     return run(args, config)
 
 
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from sitectl.backup import run_command
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return run_command(args, config.storage.path)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sitectl.sim import DEMO_CONFIG
     from sitectl.sim.demo import run_demo
@@ -208,6 +220,8 @@ COMMANDS = {
     "probe": _cmd_probe,
     "demo": _cmd_demo,
     "firmware": _cmd_firmware,
+    "backup": _cmd_backup,
+    "restore": _cmd_backup,
 }
 
 
