@@ -3,9 +3,10 @@
     sitectl run -c FILE            start the controller (until SIGTERM/SIGINT)
     sitectl check-config -c FILE   validate a depot configuration and summarise it
     sitectl schema                 print the JSON Schema of the configuration
-    sitectl demo                   run a simulated depot on configs/demo.yaml
+    sitectl demo                   run a simulated depot (sitectl/sim/demo.yaml)
     sitectl probe -c FILE          read every Modbus device once
     sitectl firmware ACTION -c FILE  local firmware rollouts (list, start, status, stop)
+    sitectl backup FILE -c FILE    copy the store (while running); restore: put a copy back
 
 Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors.
 Errors an installer can cause end in one clear message, never a traceback.
@@ -19,9 +20,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from sitectl import __version__
+from sitectl.backup import add_parsers as add_backup_parsers
 from sitectl.config import Config, ConfigError, load_config, secret_values
 from sitectl.firmware_cli import add_parser as add_firmware_parser
 from sitectl.logs import set_secrets, setup_logging
@@ -31,8 +32,6 @@ from sitectl.summary import render_summary
 __all__ = ["main"]
 
 log = logging.getLogger("sitectl")
-
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def _logging_options() -> argparse.ArgumentParser:
@@ -86,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--raw", action="store_true", help="also print the raw registers")
 
     add_firmware_parser(commands, common)
+    add_backup_parsers(commands, common)
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
     demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
@@ -201,10 +201,20 @@ def _cmd_firmware(args: argparse.Namespace) -> int:
     return run(args, config)
 
 
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from sitectl.backup import run_command
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return run_command(args, config.storage.path)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from sitectl.sim import DEMO_CONFIG
     from sitectl.sim.demo import run_demo
 
-    path = REPO_CONFIGS / "demo.yaml"
+    path = DEMO_CONFIG
     if _load(str(path)) is None:
         return 1
     try:
@@ -221,6 +231,8 @@ COMMANDS = {
     "probe": _cmd_probe,
     "demo": _cmd_demo,
     "firmware": _cmd_firmware,
+    "backup": _cmd_backup,
+    "restore": _cmd_backup,
 }
 
 

@@ -7,8 +7,9 @@ history all live here (DESIGN.md). Rules:
   journal commits before a charger gets its local answer).
 - The schema is versioned with ``PRAGMA user_version``; one ordered list of steps, each applied
   in its own transaction: `MIGRATIONS` here (versions 1-3), the rest owned by the packages that
-  use them and gathered in `sitectl.migrations.SCHEMA` (every Store's default). A database
-  from a newer sitectl is refused, not guessed at.
+  use them and gathered in `sitectl.migrations.SCHEMA` (every Store's default). Before it
+  migrates, the store is copied to ``<store>.v<N>.bak`` (the way back to the older release); a
+  database from a newer sitectl is refused, not guessed at, naming that copy when it exists.
 - One connection, used from the event loop thread; the lock makes the odd call from a worker
   thread safe. Statements are small and local, so they run inline.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["MIGRATIONS", "Migration", "Store", "StoreError"]
+__all__ = ["MIGRATIONS", "Migration", "Store", "StoreError", "pre_upgrade_path"]
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +173,20 @@ class Store:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate(migrations)
         except sqlite3.DatabaseError as exc:
+            self._close_quietly()
             raise StoreError(f"{self.path}: {exc}") from None
         except OSError as exc:
+            self._close_quietly()
             raise StoreError(f"{self.path}: {exc.strerror}") from None
+        except BaseException:
+            # A refused store must not stay open: the lock would block a restore.
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
 
     def _migrate(self, migrations: Sequence[Migration]) -> None:
         versions = [m.version for m in migrations]
@@ -183,10 +195,20 @@ class Store:
         current = self.schema_version
         latest = versions[-1] if versions else 0
         if current > latest:
-            raise StoreError(
-                f"{self.path}: schema version {current} is newer than this sitectl knows "
-                f"({latest}); was it written by a newer release?"
-            )
+            raise StoreError(_newer_message(self.path, current, latest))
+        if 0 < current < latest:
+            # The way back to this release after the upgrade: restore this copy.
+            from sitectl.backup import BackupError, copy_database
+
+            saved = pre_upgrade_path(self.path, current)
+            try:
+                with self._lock:
+                    copy_database(self._conn, saved)
+            except BackupError as exc:  # no migration without the way back
+                raise StoreError(
+                    f"{self.path}: not migrated, the copy to {saved} failed: {exc}"
+                ) from None
+            log.info("store: copied to %s before migrating from version %d", saved, current)
         for migration in migrations:
             if migration.version <= current:
                 continue
@@ -248,6 +270,28 @@ class Store:
             except sqlite3.DatabaseError as exc:  # pragma: no cover - best effort on shutdown
                 log.warning("store checkpoint on close failed: %s", exc)
             self._conn.close()
+
+
+def pre_upgrade_path(path: str | Path, version: int) -> Path:
+    """Where the store is copied before it migrates from ``version`` to a newer schema."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.v{version}.bak")
+
+
+def _newer_message(path: Path, current: int, latest: int) -> str:
+    saved = pre_upgrade_path(path, latest)
+    if saved.exists():
+        back = (
+            f"or, to go back to this release, stop sitectl and restore the copy taken before "
+            f"the upgrade: sitectl restore {saved} -c CONFIG --force (what the newer release "
+            "stored since is lost)"
+        )
+    else:
+        back = "or restore a backup made with this release: sitectl restore FILE -c CONFIG --force"
+    return (
+        f"{path}: schema version {current} is newer than this sitectl knows ({latest}): "
+        f"it was written by a newer release. Run that release again, {back}"
+    )
 
 
 def _statements(sql: str) -> Iterator[str]:

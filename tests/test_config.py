@@ -10,6 +10,7 @@ import pytest
 
 from sitectl.config import GRID, Config, ConfigError, load_config, secret_values
 from sitectl.logs import RedactingFormatter, set_secrets
+from sitectl.sim import DEMO_CONFIG
 from tests.helpers import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def test_example_depot_loads_with_every_section_understood() -> None:
 
 
 def test_demo_depot_loads() -> None:
-    config, _ = load_config(REPO / "configs" / "demo.yaml", environ={})
+    config, _ = load_config(DEMO_CONFIG, environ={})
     assert len(config.chargers) == 12
     assert {c.ocpp_version for c in config.chargers} == {"1.6", "2.0.1"}
 

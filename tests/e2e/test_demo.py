@@ -7,15 +7,15 @@ import io
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import aiohttp
 import paho.mqtt.client as mqtt
 
+from sitectl.sim import DEMO_CONFIG
 from sitectl.sim.demo import NONCOMPLIANT, DemoParts, run_demo
 from tests.helpers import wait_for
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO = DEMO_CONFIG
 
 # The building load swings continuously; between two 5 s cycles it can grow by a few amps that
 # no command could have known of. Anything beyond that would be a command above a limit.

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
+from sitectl.sim import DEMO_CONFIG
 from sitectl.sim.demo import DemoParts, run_demo
 from tests.helpers import wait_for
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO = DEMO_CONFIG
 # The flags a root session needs, and no calls home (this machine's network is closed).
 CHROMIUM_ARGS = [
     "--no-sandbox",
