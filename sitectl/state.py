@@ -163,11 +163,22 @@ class ChargerState:
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None
+    #: Its timestamps minus sitectl's clock at receipt (s), latest last (see `clock_skew_s`).
+    clock_offsets: deque[float] = field(default_factory=lambda: deque(maxlen=10))
     #: The latest frames on its two sockets, for commissioning: (time, "charger"/"csms",
     #: "in"/"out", text); credentials are redacted.
     recent_frames: deque[tuple[datetime, str, str, str]] = field(
         default_factory=lambda: deque(maxlen=50)
     )
+
+    @property
+    def clock_skew_s(self) -> float | None:
+        """How far its clock is ahead of sitectl's (negative: behind); ``None`` until known.
+
+        The largest recent offset: a message queued while offline (or slow on the network)
+        only ever makes its timestamp look older, never newer.
+        """
+        return max(self.clock_offsets) if self.clock_offsets else None
 
     def connector(self, connector_id: int) -> ConnectorState:
         """The connector (or 2.0.1 EVSE) with this id, created if the charger has more."""

@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sitectl.config import ChargerConfig, Config
@@ -83,6 +83,8 @@ class Dispatcher:
         #: Phase voltage for a DC charger's power limit: the loop sets the lowest measured
         #: (more current per watt is the safe side); nominal until a meter says otherwise.
         self.voltage_v = config.site.nominal_voltage_v
+        #: Charger id -> how far its clock is ahead of sitectl's (s); set by the loop.
+        self.clock_skew_s: dict[str, float] = {}
 
     # Planning (pure).
 
@@ -225,6 +227,8 @@ class Dispatcher:
     ) -> ProfileSpec:
         ids = self.ids[charger.id]
         profile_id = ids.connector(connector, dynamic) if connector else ids.station(dynamic)
+        # Schedules are read on the charger's clock: start them on its clock (issue #17.7).
+        now = now + timedelta(seconds=self.clock_skew_s.get(charger.id, 0.0))
         level = self.dynamic_level if dynamic else self.failsafe_level
         duration = int(self.control.profile_validity_s) if dynamic else None
         if charger.kind == "dc":

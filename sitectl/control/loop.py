@@ -50,6 +50,8 @@ __all__ = ["ControlLoop"]
 BOOT_GRACE_S = 3.0
 #: A fail-safe install (a few SetChargingProfile calls) may take this many dispatch timeouts.
 FAILSAFE_CALLS_TIMEOUT_FACTOR = 3
+#: A charger clock further off than this (s) is an alarm (cleared below half of it).
+CLOCK_SKEW_ALARM_S = 60.0
 #: Retry a failed fail-safe install after this, doubling up to the maximum (rate limits, a
 #: charger answering NotImplemented: never hammer it).
 FAILSAFE_BACKOFF_S = 5.0
@@ -235,6 +237,7 @@ class ControlLoop:
             self._meter_changed(circuit, MeterState.FAILED)
         self._unmatched(built, now_mono)
         self.dispatcher.voltage_v = built.voltage_v
+        self._clocks()
         allocation = await self._solve(built)
         limits = self._limits(built, allocation, now_mono, secured)
         commands = self.dispatcher.plan(limits, self.memory, now_mono)
@@ -408,6 +411,26 @@ class ControlLoop:
                         f"restarted mid-session?); budgeted with at least {floor:g} A and "
                         "charged as a session of unknown need",
                     )
+
+    def _clocks(self) -> None:
+        """Pass each charger's clock skew to the dispatcher; alarm on a large one."""
+        skews: dict[str, float] = {}
+        for charger_id, charger in self.state.chargers.items():
+            skew = charger.clock_skew_s
+            if skew is None:
+                continue
+            skews[charger_id] = skew
+            if abs(skew) > CLOCK_SKEW_ALARM_S:
+                self.state.raise_alarm(
+                    "charger_clock_skew",
+                    charger_id,
+                    Severity.WARNING,
+                    f"its clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} "
+                    "sitectl's: profiles are timed on its clock; fix its time source (NTP)",
+                )
+            elif abs(skew) < CLOCK_SKEW_ALARM_S / 2:
+                self.state.clear_alarm("charger_clock_skew", charger_id)
+        self.dispatcher.clock_skew_s = skews
 
     def _limits(
         self, built: Built, allocation: Allocation, now_mono: float, secured: set[str]

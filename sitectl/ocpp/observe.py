@@ -210,6 +210,8 @@ class StateObserver:
                 handler = self._handlers.get((event.action, True))
             elif isinstance(event, RequestSeen):
                 handler = self._handlers.get((event.action, False))
+                if event.origin is Origin.CHARGER and isinstance(event.payload, dict):
+                    self._clock_sample(charger, event.payload)
             else:
                 continue
             if handler is None:
@@ -224,6 +226,26 @@ class StateObserver:
                     type(exc).__name__,
                     exc,
                 )
+
+    def _clock_sample(self, charger: ChargerState, payload: dict[str, Any]) -> None:
+        """How far the charger's clock is ahead of sitectl's, from a timestamp it sent."""
+        stamps = [payload.get("timestamp")]
+        stamps += [
+            m.get("timestamp") for m in payload.get("meterValue") or () if isinstance(m, dict)
+        ]
+        latest = None
+        for stamp in stamps:
+            if not isinstance(stamp, str):
+                continue
+            try:
+                moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if moment.tzinfo is None:
+                continue  # a local time without offset says nothing reliable
+            latest = moment if latest is None or moment > latest else latest
+        if latest is not None:
+            charger.clock_offsets.append((latest - self.state.clock()).total_seconds())
 
     # Boot and status.
 

@@ -40,6 +40,9 @@ __all__ = [
 IDS_PER_CHARGER = 32
 # A start in the past by this much, so that a charger whose clock is a little ahead applies it.
 START_MARGIN = timedelta(minutes=5)
+#: The fail-safe (permanent) starts here: in force whatever a charger's clock says (one that is
+#: minutes behind would otherwise find no sitectl limit at all and run at its maximum, #17.7).
+FAILSAFE_START = "2000-01-01T00:00:00Z"
 
 
 def round_limit(current_a: float, min_a: float) -> float:
@@ -89,7 +92,9 @@ class ProfileSpec:
     unit: str  # "A" or "W"
     number_phases: int
     duration_s: int | None  # None: permanent (the fail-safe)
-    start: datetime  # UTC, when the schedule starts (pushed into the past by START_MARGIN)
+    #: UTC on the *charger's* clock, when the schedule starts (pushed into the past by
+    #: START_MARGIN; a permanent profile starts at FAILSAFE_START instead).
+    start: datetime
 
     @property
     def purpose(self) -> str:
@@ -106,7 +111,10 @@ def build_set_profile(version: str, spec: ProfileSpec) -> dict[str, Any]:
         raise ValueError("a limit cannot be negative")
     if spec.number_phases not in (1, 2, 3):
         raise ValueError("numberPhases must be 1, 2 or 3")
-    start = (spec.start - START_MARGIN).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if spec.duration_s is None:
+        start = FAILSAFE_START
+    else:
+        start = (spec.start - START_MARGIN).strftime("%Y-%m-%dT%H:%M:%SZ")
     period: dict[str, Any] = {"startPeriod": 0, "limit": spec.limit}
     if spec.unit == "A":
         period["numberPhases"] = spec.number_phases

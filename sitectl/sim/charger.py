@@ -425,10 +425,13 @@ class SimCharger:
 
     # The charger's own messages.
 
+    def clock(self) -> datetime:
+        """Its own clock (skewed by its quirk): its schedules run on it."""
+        return datetime.now(UTC) + timedelta(seconds=self.quirks.clock_skew_s)
+
     def now_iso(self) -> str:
-        """Its own clock (skewed by its quirk) as OCPP timestamps give it."""
-        moment = datetime.now(UTC) + timedelta(seconds=self.quirks.clock_skew_s)
-        return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+        """Its own clock as OCPP timestamps give it."""
+        return self.clock().isoformat(timespec="seconds").replace("+00:00", "Z")
 
     async def send_triggered(self, requested: str, connector_id: int | None) -> None:
         """Send what a TriggerMessage asked for (1.6 and 2.0.1 message names)."""
@@ -673,7 +676,7 @@ class SimCharger:
         limit = composite_limit_a(
             self.handled.profiles.values(),
             connector_id,
-            at or datetime.now(UTC),
+            at or self.clock(),
             transaction_id=plug.transaction_id if plug else None,
             transaction_start=plug.started_at if plug else None,
             voltage_v=self.voltage_v,
@@ -705,7 +708,7 @@ class SimCharger:
 
     def step(self, dt_s: float, energy_factor: float = 1.0) -> None:
         """Advance the vehicles by `dt_s`: follow the limits with a first-order lag."""
-        now = datetime.now(UTC)
+        now = self.clock()
         for connector_id, plug in self.plugs.items():
             ev = plug.ev
             full = plug.register_wh / 1000 >= ev.energy_wanted_kwh

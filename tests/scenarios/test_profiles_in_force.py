@@ -72,3 +72,41 @@ async def test_a_charger_that_refuses_its_fail_safe_is_never_sent_a_dynamic_limi
     ]
     assert dynamic == []
     assert site.loop.memory["A"].failsafe_installed is False
+
+
+async def test_chargers_with_a_wrong_clock_run_at_the_limit_sitectl_budgets(tmp_path, make_site):
+    # One charger 10 minutes behind, one 2 minutes ahead (issue #17.7): profiles timed on
+    # sitectl's clock would give the first no limit at all and the second its fail-safe.
+    chargers = [{"id": "BEHIND"}, {"id": "AHEAD", "ocpp_version": "2.0.1"}, {"id": "OK"}]
+    config = scenario_config(tmp_path, chargers)
+    quirks = {"BEHIND": Quirks(clock_skew_s=-600), "AHEAD": Quirks(clock_skew_s=120)}
+    site = await make_site(config, level_load(40.0), quirks=quirks)
+    for charger_id in ("BEHIND", "AHEAD", "OK"):
+        await site.depot.plug_in(charger_id, SimEv(max_a=32))
+    mark = time.monotonic()
+
+    def in_force() -> dict[str, tuple[float, float | None]]:
+        return {
+            c: (site.depot.chargers[c].limit_a(1), site.state.chargers[c].limit_a)
+            for c in ("BEHIND", "AHEAD", "OK")
+        }
+
+    # 60 A for three: about 20 A each, on every charger's own clock.
+    await wait_for(
+        lambda: all(
+            commanded is not None and 10 < commanded < 31 and abs(actual - commanded) < 0.5
+            for actual, commanded in in_force().values()
+        ),
+        timeout=15,
+        message=lambda: f"limits in force (actual, commanded): {in_force()}",
+    )
+    await site.cycles(4)
+    assert site.depot.seconds_over(since=mark).get("feeder", 0.0) <= RAMP_S
+    assert ("charger_clock_skew", "BEHIND") in site.state.alarms
+    assert ("charger_clock_skew", "AHEAD") in site.state.alarms
+    assert ("charger_clock_skew", "OK") not in site.state.alarms
+    assert "600 s behind" in site.state.alarms[("charger_clock_skew", "BEHIND")].text
+
+
+def level_load(amps: float):
+    return {"feeder": lambda t: (amps,) * 3}
