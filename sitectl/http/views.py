@@ -2,15 +2,18 @@
 
 The same models produce the responses and the OpenAPI document (`sitectl.http.openapi`), so the
 two cannot drift apart. Currents are A per phase as ``[L1, L2, L3]``; times are UTC ISO 8601.
+
+Numbers are rounded where the models are built, one precision per unit (`PRECISION`): more
+digits than a meter or a charger resolves only look precise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from sitectl.config import GRID, Config
 from sitectl.firmware.cache import safe_url
@@ -18,6 +21,7 @@ from sitectl.firmware.server import hide_tokens
 from sitectl.state import ChargerState, SiteState
 
 __all__ = [
+    "PRECISION",
     "AlarmView",
     "CacheView",
     "CachedImageView",
@@ -41,7 +45,24 @@ __all__ = [
     "site_view",
 ]
 
-Phases = tuple[float, float, float]
+#: Decimal places per unit in every response (the OpenAPI document states them too).
+PRECISION = {"A": 1, "kW": 2, "kWh": 2, "Wh": 0, "ms": 1, "%": 1}
+
+
+def _rounded(digits: int) -> Callable[[float], float]:
+    def rounded(value: float) -> float:
+        return round(value, digits) + 0.0  # + 0.0 turns -0.0 into 0.0 (no "-0.0" in JSON)
+
+    return rounded
+
+
+Amps = Annotated[float, AfterValidator(_rounded(PRECISION["A"]))]
+Kilowatts = Annotated[float, AfterValidator(_rounded(PRECISION["kW"]))]
+KilowattHours = Annotated[float, AfterValidator(_rounded(PRECISION["kWh"]))]
+WattHours = Annotated[float, AfterValidator(_rounded(PRECISION["Wh"]))]
+Milliseconds = Annotated[float, AfterValidator(_rounded(PRECISION["ms"]))]
+Percent = Annotated[float, AfterValidator(_rounded(PRECISION["%"]))]
+Phases = tuple[Amps, Amps, Amps]
 
 
 class CircuitView(BaseModel):
@@ -62,7 +83,7 @@ class ControlView(BaseModel):
 
     cycles: int
     last_cycle_at: datetime | None
-    last_solve_ms: float | None
+    last_solve_ms: Milliseconds | None
     method: str | None = Field(description="lp or fallback.")
     status: str | None
     fallback_count: int
@@ -76,8 +97,8 @@ class SiteView(BaseModel):
 
     id: str
     name: str | None
-    limit_kw: float
-    power_kw: float | None = Field(description="Active power at the grid connection meter.")
+    limit_kw: Kilowatts
+    power_kw: Kilowatts | None = Field(description="Active power at the grid connection meter.")
     circuits: list[CircuitView]
     control: ControlView
     alarms: int = Field(description="Alarms currently raised.")
@@ -90,8 +111,8 @@ class SessionView(BaseModel):
     connector_id: int
     transaction_id: str | None
     started_at: datetime
-    energy_kwh: float
-    energy_wanted_kwh: float | None
+    energy_kwh: KilowattHours
+    energy_wanted_kwh: KilowattHours | None
     departure: datetime | None
     priority: int
 
@@ -102,9 +123,9 @@ class ConnectorView(BaseModel):
     connector_id: int
     status: str
     error_code: str | None
-    current_a: tuple[float | None, float | None, float | None] | None
-    power_kw: float | None
-    soc_percent: float | None
+    current_a: tuple[Amps | None, Amps | None, Amps | None] | None
+    power_kw: Kilowatts | None
+    soc_percent: Percent | None
     measured_at: datetime | None
     session: SessionView | None
 
@@ -121,7 +142,7 @@ class ChargerView(BaseModel):
     model: str | None
     firmware_version: str | None
     firmware_status: str | None
-    limit_a: float | None = Field(description="Dynamic limit in force (A per phase).")
+    limit_a: Amps | None = Field(description="Dynamic limit in force (A per phase).")
     compliance: str = Field(description="ok, noncompliant or uncontrollable.")
     firmware_update: str | None = Field(
         None, description="Its step in a local rollout in flight: downloading or installing."
@@ -247,15 +268,15 @@ class SessionRecord(BaseModel):
     id_tag_hash: str | None
     started_at: datetime
     ended_at: datetime
-    energy_wh: float
+    energy_wh: WattHours
 
 
 class HistoryView(BaseModel):
     """The grid connection over the last hour, one point per sample."""
 
     at: list[datetime]
-    power_kw: list[float | None]
-    limit_kw: list[float]
+    power_kw: list[Kilowatts | None]
+    limit_kw: list[Kilowatts]
 
 
 class ErrorView(BaseModel):

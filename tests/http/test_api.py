@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -272,3 +273,57 @@ def test_committed_openapi_document_is_current() -> None:
     assert json.loads(committed.read_text()) == openapi_document(), (
         "configs/openapi.json is stale: run `sitectl openapi > configs/openapi.json`"
     )
+
+
+def _numbers(value: object, path: str = "") -> list[tuple[str, float]]:
+    """Every number in a JSON document, with its path (``circuits.0.limit_a.1``)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _numbers(v, f"{path}.{k}".lstrip("."))]
+    if isinstance(value, list):
+        return [n for i, v in enumerate(value) for n in _numbers(v, f"{path}.{i}".lstrip("."))]
+    return []
+
+
+async def test_numbers_are_rounded_to_a_sensible_precision(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    state.control.last_solve_s = 0.0123456
+    state.control.circuits["grid"] = CircuitStatus(
+        (300.0,) * 3, (120.04999, 110.123, -0.0004), (40.0,) * 3, (150.06, 1 / 3, 2 / 3), "measured"
+    )
+    state.readings["grid-meter"] = SimpleNamespace(ok=True, power_total_kw=75.123456)
+    charger = state.chargers["CP1"]
+    charger.limit_a = 16.04321
+    connector = charger.connectors[1]
+    connector.current_a = (15.94321, None, 15.75)
+    connector.power_kw = 11.006789
+    connector.soc_percent = 42.4242
+    connector.session.energy_wh = 12_345.678
+    connector.session.energy_wanted_kwh = 55.556
+    c = await client(cfg, state)
+    c.sitectl.history.sample()
+    text = await (await c.get("/api/site")).text()
+    assert "-0.0" not in text
+    site = json.loads(text)
+    grid = next(x for x in site["circuits"] if x["id"] == "grid")
+    assert grid["measured_a"] == [120.0, 110.1, 0.0]
+    assert grid["planned_a"] == [150.1, 0.3, 0.7]
+    assert grid["headroom_a"] == [149.9, 299.7, 299.3]
+    assert site["power_kw"] == 75.12 and site["control"]["last_solve_ms"] == 12.3
+    chargers = await (await c.get("/api/chargers")).json()
+    one = chargers[0]["connectors"][0]
+    assert chargers[0]["limit_a"] == 16.0
+    assert one["current_a"] == [15.9, None, 15.8] and one["power_kw"] == 11.01
+    assert one["soc_percent"] == 42.4
+    assert one["session"]["energy_kwh"] == 12.35 and one["session"]["energy_wanted_kwh"] == 55.56
+    history = await (await c.get("/api/history")).json()
+    assert history["power_kw"] == [75.12]
+    # And nowhere in the API more than two decimals.
+    for path in ("/api/site", "/api/chargers", "/api/chargers/CP1", "/api/history"):
+        body = await (await c.get(path)).json()
+        long = [(p, n) for p, n in _numbers(body) if round(n, 2) != n]
+        assert long == [], f"{path}: {long}"
