@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from sitectl.config import GRID, Config
 from sitectl.firmware.cache import safe_url
 from sitectl.firmware.server import hide_tokens
+from sitectl.http.wording import ConnectorWording, connector_wording
 from sitectl.state import ChargerState, SiteState
 
 __all__ = [
@@ -121,7 +122,16 @@ class ConnectorView(BaseModel):
     """One connector (OCPP 2.0.1: EVSE)."""
 
     connector_id: int
-    status: str
+    status: str = Field(
+        description="As the charger reported it: 1.6 ChargePointStatus or 2.0.1 ConnectorStatus."
+    )
+    state: ConnectorWording = Field(
+        description="The same words for the same situation in 1.6 and 2.0.1 (a 2.0.1 "
+        "Occupied is told apart by the session and fresh measurements)."
+    )
+    state_detail: str | None = Field(
+        None, description="Where known: who paused it, why it waits (e.g. 'by the vehicle')."
+    )
     error_code: str | None
     current_a: tuple[Amps | None, Amps | None, Amps | None] | None
     power_kw: Kilowatts | None
@@ -333,20 +343,27 @@ def charger_view(
     config: Config,
     detail: bool = False,
     *,
+    state: SiteState,
     firmware_update: str | None = None,
     firmware_events: Sequence[Any] = (),
     security_events: Sequence[Any] = (),
 ) -> ChargerView:
     """One charger now; with `detail`, its latest frames and firmware traffic (the tracker's
-    `FirmwareEvent` and `SecurityEvent` records)."""
+    `FirmwareEvent` and `SecurityEvent` records). `state` gives the clock and the plans."""
     configured = config.charger(charger.charger_id)
+    now_mono = state.monotonic()
     connectors = []
     for connector in charger.connectors.values():
         session = connector.session
+        wording, detail_text = connector_wording(
+            connector, now_mono, config.control.ev_measurement_max_age_s, charger.limit_a
+        )
         connectors.append(
             ConnectorView(
                 connector_id=connector.connector_id,
                 status=connector.status,
+                state=wording,
+                state_detail=detail_text,
                 error_code=connector.error_code,
                 current_a=connector.current_a,
                 power_kw=connector.power_kw,

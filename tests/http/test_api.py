@@ -327,3 +327,20 @@ async def test_numbers_are_rounded_to_a_sensible_precision(client) -> None:
         body = await (await c.get(path)).json()
         long = [(p, n) for p, n in _numbers(body) if round(n, 2) != n]
         assert long == [], f"{path}: {long}"
+
+
+async def test_connectors_have_one_wording_and_keep_the_raw_status(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    c = await client(cfg, state)
+    one = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]
+    assert (one["status"], one["state"], one["state_detail"]) == ("Charging", "charging", None)
+    # The same situation from a 2.0.1 charger: "Occupied", a session and a fresh draw.
+    connector = state.chargers["CP1"].connectors[1]
+    connector.status, connector.current_mono = "Occupied", state.monotonic()
+    one = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]
+    assert (one["status"], one["state"]) == ("Occupied", "charging")
+    connector.current_a = (0.0, 0.0, 0.0)
+    connector.offered_a, connector.offered_mono = 16.0, state.monotonic()
+    one = (await (await c.get("/api/chargers/CP1")).json())["connectors"][0]
+    assert (one["state"], one["state_detail"]) == ("paused", "by the vehicle")

@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from playwright.async_api import async_playwright
+from playwright.async_api import Page, async_playwright
 
+from sitectl.config import Config
+from sitectl.http.server import HttpServer
 from sitectl.sim.demo import DemoParts, run_demo
+from sitectl.state import CircuitStatus, SessionState, SiteState
 from tests.helpers import wait_for
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -99,3 +106,113 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
     assert "#1" in firmware and "sim-charger-2.0.bin" in firmware and "1 image" in firmware
     assert errors == []
     assert shot.stat().st_size > 20_000
+
+
+# A fixed depot for the columns: one 1.6 and one 2.0.1 charger on an unmetered feeder.
+
+#: The state's injected clocks (never compared with the real ones).
+NOW = datetime(2026, 3, 2, 3, tzinfo=UTC)
+NOW_MONO = 5000.0
+
+
+def fixed_config() -> Config:
+    return Config.model_validate(
+        {
+            "site": {
+                "id": "cols",
+                "limit_kw": 200,
+                "phase_limit_a": 300,
+                "meter": "grid-meter",
+                "non_ev_max_a": 40,
+            },
+            "circuits": [{"id": "feeder-a", "limit_a": 120, "chargers_only": True}],
+            "chargers": [
+                {"id": "CP16", "circuit": "feeder-a", "max_current_a": 32, "password": "x" * 16},
+                {
+                    "id": "CP201",
+                    "circuit": "feeder-a",
+                    "max_current_a": 32,
+                    "ocpp_version": "2.0.1",
+                    "password": "y" * 16,
+                },
+            ],
+            "devices": [{"name": "grid-meter", "profile": "eastron-sdm630", "host": "h"}],
+            "http": {"listen_host": "127.0.0.1", "open_reads": True},
+            "mqtt": {"enabled": False},
+        }
+    )
+
+
+def fixed_state(cfg: Config) -> SiteState:
+    """Both chargers charge a vehicle: 1.6 says Charging, 2.0.1 only Occupied."""
+    state = SiteState(cfg, clock=lambda: NOW, monotonic=lambda: NOW_MONO)
+    state.control.cycles = 1
+    state.control.circuits["grid"] = CircuitStatus(
+        (300.0,) * 3, (80.0, 70.0, 60.0), (20.0,) * 3, (90.0,) * 3, "measured"
+    )
+    state.control.circuits["feeder-a"] = CircuitStatus(
+        (120.0,) * 3, None, (0.0,) * 3, (32.0,) * 3, "none"
+    )
+    state.readings["grid-meter"] = SimpleNamespace(ok=True, power_total_kw=50.0)
+    for number, charger in enumerate(state.chargers.values(), start=1):
+        charger.connected = charger.upstream_connected = True
+        charger.firmware_version = "1.0.0"
+        charger.limit_a = 16.0
+        connector = charger.connectors[1]
+        connector.status = "Charging" if charger.ocpp_version == "1.6" else "Occupied"
+        connector.current_a, connector.current_mono = (16.0, 16.0, 16.0), NOW_MONO - 2
+        connector.session = SessionState(
+            f"{charger.charger_id}/{number}",
+            1,
+            datetime(2026, 3, 2, 2, tzinfo=UTC),
+            transaction_id=str(number),
+            energy_wh=5000,
+        )
+    return state
+
+
+@asynccontextmanager
+async def dashboard(cfg: Config, state: SiteState) -> AsyncIterator[Page]:
+    """The dashboard of `state` in headless Chromium (UTC, en-GB), with its first render."""
+    executable = chromium()
+    server = HttpServer(cfg, state, port=0)
+    task = asyncio.create_task(server.run())
+    try:
+        await asyncio.wait_for(server.ready.wait(), 10)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=executable, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                context = await browser.new_context(
+                    viewport={"width": 1400, "height": 1000}, timezone_id="UTC", locale="en-GB"
+                )
+                page = await context.new_page()
+                page.set_default_timeout(10_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                await page.goto(f"http://127.0.0.1:{server.port}/")
+                await page.wait_for_function("document.body.dataset.updated", timeout=30_000)
+                yield page
+                assert errors == []
+            finally:
+                await browser.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def cell(page: Page, charger: str, column: str) -> str:
+    return await page.locator(f'#chargers tr[data-charger="{charger}"] td.{column}').inner_text()
+
+
+async def test_the_same_situation_reads_the_same_on_1_6_and_2_0_1() -> None:
+    cfg = fixed_config()
+    async with dashboard(cfg, fixed_state(cfg)) as page:
+        status16 = await cell(page, "CP16", "status")
+        status201 = await cell(page, "CP201", "status")
+        raw201 = await page.locator(
+            '#chargers tr[data-charger="CP201"] td.status [data-status]'
+        ).get_attribute("data-status")
+    assert status16 == status201 == "charging"
+    assert raw201 == "Occupied"  # the charger's own word is kept (tooltip)

@@ -55,9 +55,16 @@ function renderHeadline(site) {
     `<span class="badge ${site.alarms ? "warn" : "ok"}">${site.alarms} alarm${site.alarms === 1 ? "" : "s"}</span>`;
 }
 
+// The API's `state` is one vocabulary for 1.6 and 2.0.1; the charger's own status is kept.
+function connectorState(k) {
+  const detail = k.state_detail ? ` <span class="muted">${esc(k.state_detail)}</span>` : "";
+  return `<span data-status="${esc(k.status)}" title="OCPP status: ${esc(k.status)}">` +
+    `${esc(k.state)}</span>${detail}`;
+}
+
 function renderChargers(chargers) {
   const rows = chargers.map((c) => {
-    const status = c.connectors.map((k) => esc(k.status)).join(", ");
+    const status = c.connectors.map(connectorState).join(" · ");
     const draw = c.connectors.map((k) => (k.current_a ?? [null, null, null])
       .map((a) => (a == null ? "–" : a.toFixed(1))).join("/")).join(" · ");
     const sessions = c.connectors.filter((k) => k.session);
@@ -75,9 +82,12 @@ function renderChargers(chargers) {
       : '<span class="badge bad">offline</span>';
     const csms = c.upstream_connected ? '<span class="badge ok">up</span>'
       : '<span class="badge warn">down</span>';
-    return `<tr data-charger="${esc(c.id)}"><td>${esc(c.id)} ${online}</td><td>${esc(c.circuit)}</td>` +
-      `<td>${status}</td><td>${c.limit_a == null ? "–" : c.limit_a.toFixed(1) + " A"}</td>` +
-      `<td>${draw}</td><td>${energy}</td><td>${esc(departure)}</td><td>${compliance}</td><td>${csms}</td></tr>`;
+    return `<tr data-charger="${esc(c.id)}"><td class="id">${esc(c.id)} ${online}</td>` +
+      `<td class="circuit">${esc(c.circuit)}</td><td class="status">${status}</td>` +
+      `<td class="limit">${c.limit_a == null ? "–" : c.limit_a.toFixed(1) + " A"}</td>` +
+      `<td class="draw">${draw}</td><td class="session">${energy}</td>` +
+      `<td class="departure">${esc(departure)}</td><td class="compliance">${compliance}</td>` +
+      `<td class="csms">${csms}</td></tr>`;
   });
   document.querySelector("#chargers tbody").innerHTML = rows.join("");
 }
