@@ -36,6 +36,7 @@ __all__ = [
     "FirmwareView",
     "FrameView",
     "HistoryView",
+    "PlanView",
     "RolloutChargerView",
     "RolloutView",
     "SecurityEventView",
@@ -118,6 +119,25 @@ class SessionView(BaseModel):
     priority: int
 
 
+class PlanView(BaseModel):
+    """What the control loop assumed and gave for a connector in its last cycle."""
+
+    departure: datetime = Field(description="The departure it planned for.")
+    departure_source: str = Field(
+        description="Where that time came from: vehicle, command (MQTT or this API), fleet "
+        "(the fleet file) or default (control.default_departure)."
+    )
+    need_kwh: KilowattHours | None = Field(description="The total energy need it assumed.")
+    need_source: str = Field(
+        description="vehicle, command, fleet, default or unknown (no session yet)."
+    )
+    capped: bool = Field(
+        description="True: a stated need bounds the energy. False: the need only guides the "
+        "plan and the vehicle charges until it stops drawing."
+    )
+    dispatched_a: Amps = Field(description="The current it was given (A per phase).")
+
+
 class ConnectorView(BaseModel):
     """One connector (OCPP 2.0.1: EVSE)."""
 
@@ -138,6 +158,9 @@ class ConnectorView(BaseModel):
     soc_percent: Percent | None
     measured_at: datetime | None
     session: SessionView | None
+    plan: PlanView | None = Field(
+        None, description="The control loop's last cycle for it; null before one or when idle."
+    )
 
 
 class ChargerView(BaseModel):
@@ -355,6 +378,7 @@ def charger_view(
     connectors = []
     for connector in charger.connectors.values():
         session = connector.session
+        plan = state.control.sessions.get(f"{charger.charger_id}/{connector.connector_id}")
         wording, detail_text = connector_wording(
             connector, now_mono, config.control.ev_measurement_max_age_s, charger.limit_a
         )
@@ -381,6 +405,7 @@ def charger_view(
                     departure=session.departure,
                     priority=session.priority,
                 ),
+                plan=None if plan is None else PlanView.model_validate(plan, from_attributes=True),
             )
         )
     fields: dict[str, Any] = dict(

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sitectl.config import Config
 from sitectl.http.server import HttpServer
 from sitectl.sessions import SESSIONS_MIGRATION, SessionLog
-from sitectl.state import CircuitStatus, SessionState, Severity, SiteState
+from sitectl.state import CircuitStatus, SessionPlan, SessionState, Severity, SiteState
 from sitectl.store import MIGRATIONS, Store
 
 TOKEN = "http-token-0123456789"
@@ -67,6 +67,10 @@ def populated(cfg: Config) -> SiteState:
     )
     charger.recent_frames.append(
         (datetime(2026, 11, 27, 3, tzinfo=UTC), "charger", "in", '[2,"1","Heartbeat",{}]')
+    )
+    # No stated need: planned with the default need, not capped by it.
+    state.control.sessions["CP1/1"] = SessionPlan(
+        NOW + timedelta(hours=2, minutes=30), "fleet", 40.0, "default", False, 16.04
     )
     state.raise_alarm("meter_failed", "feeder-meter", Severity.WARNING, "no good reading")
     return state
@@ -344,3 +348,29 @@ async def test_connectors_have_one_wording_and_keep_the_raw_status(client) -> No
     connector.offered_a, connector.offered_mono = 16.0, state.monotonic()
     one = (await (await c.get("/api/chargers/CP1")).json())["connectors"][0]
     assert (one["state"], one["state_detail"]) == ("paused", "by the vehicle")
+
+
+async def test_connectors_show_what_the_control_loop_assumed_and_gave(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    c = await client(cfg, state)
+    plan = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]["plan"]
+    assert plan == {
+        "departure": "2026-11-27T05:30:00Z",
+        "departure_source": "fleet",
+        "need_kwh": 40.0,
+        "need_source": "default",
+        "capped": False,
+        "dispatched_a": 16.0,
+    }
+    state.control.sessions["CP1/1"] = SessionPlan(
+        NOW + timedelta(hours=4), "command", 55.0 / 3, "command", True, 31.96
+    )
+    detail = await (await c.get("/api/chargers/CP1")).json()
+    plan = detail["connectors"][0]["plan"]
+    assert plan["departure"] == "2026-11-27T07:00:00Z" and plan["departure_source"] == "command"
+    assert (plan["need_kwh"], plan["need_source"], plan["capped"]) == (18.33, "command", True)
+    assert plan["dispatched_a"] == 32.0
+    state.control.sessions.clear()  # e.g. before the first cycle
+    one = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]
+    assert one["plan"] is None

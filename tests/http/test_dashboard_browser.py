@@ -7,7 +7,7 @@ import io
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +17,7 @@ from playwright.async_api import Page, async_playwright
 from sitectl.config import Config
 from sitectl.http.server import HttpServer
 from sitectl.sim.demo import DemoParts, run_demo
-from sitectl.state import CircuitStatus, SessionState, SiteState
+from sitectl.state import CircuitStatus, SessionPlan, SessionState, SiteState
 from tests.helpers import wait_for
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -168,6 +168,14 @@ def fixed_state(cfg: Config) -> SiteState:
             transaction_id=str(number),
             energy_wh=5000,
         )
+    # The 1.6 bus said nothing: default departure, default need (not a cap). The 2.0.1 one
+    # stated both in its charging needs.
+    state.control.sessions["CP16/1"] = SessionPlan(
+        NOW + timedelta(hours=2, minutes=30), "default", 40.0, "default", False, 16.0
+    )
+    state.control.sessions["CP201/1"] = SessionPlan(
+        NOW + timedelta(hours=4), "vehicle", 55.0, "vehicle", True, 16.0
+    )
     return state
 
 
@@ -216,3 +224,29 @@ async def test_the_same_situation_reads_the_same_on_1_6_and_2_0_1() -> None:
         ).get_attribute("data-status")
     assert status16 == status201 == "charging"
     assert raw201 == "Occupied"  # the charger's own word is kept (tooltip)
+
+
+async def test_departure_and_need_say_what_was_used_and_where_it_came_from() -> None:
+    cfg = fixed_config()
+    state = fixed_state(cfg)
+    async with dashboard(cfg, state) as page:
+        departure16 = await cell(page, "CP16", "departure")
+        departure201 = await cell(page, "CP201", "departure")
+        need16 = await cell(page, "CP16", "need")
+        need201 = await cell(page, "CP201", "need")
+        # A fleet file's usual need guides the plan but does not cap it either.
+        state.control.sessions["CP16/1"] = SessionPlan(
+            NOW + timedelta(hours=3), "fleet", 60.0, "fleet", False, 20.0
+        )
+        await page.wait_for_function(
+            "document.querySelector('#chargers tr[data-charger=\"CP16\"] td.need')"
+            ".textContent.includes('fleet file')"
+        )
+        need_fleet = await cell(page, "CP16", "need")
+        departure_fleet = await cell(page, "CP16", "departure")
+    assert departure16 == "Mon 05:30 · default"
+    assert departure201 == "Mon 07:00 · vehicle"
+    assert need16 == "unknown need: charging until the vehicle stops"
+    assert need201 == "55 kWh · vehicle"
+    assert need_fleet == "about 60 kWh · fleet file, charging until the vehicle stops"
+    assert departure_fleet == "Mon 06:00 · fleet file"

@@ -62,19 +62,44 @@ function connectorState(k) {
     `${esc(k.state)}</span>${detail}`;
 }
 
+// Where a departure or a need came from, in the operator's words (SessionPlan's sources).
+const SOURCES = { vehicle: "vehicle", fleet: "fleet file", command: "command", default: "default",
+                  unknown: "unknown" };
+const source = (name) => SOURCES[name] ?? name;
+
+function departureText(k) {
+  const plan = k.plan;
+  if (!plan) return k.session?.departure ? when(k.session.departure) : "–";
+  return `${when(plan.departure)} · ${source(plan.departure_source)}`;
+}
+
+function when(iso) {
+  return new Date(iso).toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" })
+    .replace(",", "");
+}
+
+function needText(k) {
+  const plan = k.plan;
+  if (!plan) return "–";
+  if (plan.capped) return `${plan.need_kwh.toFixed(0)} kWh · ${source(plan.need_source)}`;
+  if (plan.need_kwh == null || ["default", "unknown"].includes(plan.need_source)) {
+    return "unknown need: charging until the vehicle stops";
+  }
+  return `about ${plan.need_kwh.toFixed(0)} kWh · ${source(plan.need_source)}, ` +
+    "charging until the vehicle stops";
+}
+
 function renderChargers(chargers) {
   const rows = chargers.map((c) => {
     const status = c.connectors.map(connectorState).join(" · ");
     const draw = c.connectors.map((k) => (k.current_a ?? [null, null, null])
       .map((a) => (a == null ? "–" : a.toFixed(1))).join("/")).join(" · ");
     const sessions = c.connectors.filter((k) => k.session);
-    const energy = sessions.map((k) => {
-      const s = k.session;
-      const wanted = s.energy_wanted_kwh == null ? "" : ` / ${s.energy_wanted_kwh.toFixed(0)}`;
-      return `${s.energy_kwh.toFixed(1)}${wanted} kWh`;
-    }).join(" · ") || '<span class="muted">–</span>';
-    const departure = sessions.map((k) => k.session.departure
-      ? new Date(k.session.departure).toLocaleTimeString() : "default").join(" · ") || "";
+    const energy = sessions.map((k) => `${k.session.energy_kwh.toFixed(1)} kWh`).join(" · ") ||
+      '<span class="muted">–</span>';
+    // A floor-only connector (plugged in, no session) has a plan too, but nothing to show.
+    const departure = sessions.map(departureText).join(" · ");
+    const need = sessions.map(needText).join(" · ");
     const compliance = (c.compliance === "ok" ? '<span class="badge ok">ok</span>'
       : `<span class="badge bad">${esc(c.compliance)}</span>`) +
       (c.firmware_update ? ` <span class="badge warn">firmware ${esc(c.firmware_update)}</span>` : "");
@@ -86,7 +111,8 @@ function renderChargers(chargers) {
       `<td class="circuit">${esc(c.circuit)}</td><td class="status">${status}</td>` +
       `<td class="limit">${c.limit_a == null ? "–" : c.limit_a.toFixed(1) + " A"}</td>` +
       `<td class="draw">${draw}</td><td class="session">${energy}</td>` +
-      `<td class="departure">${esc(departure)}</td><td class="compliance">${compliance}</td>` +
+      `<td class="need">${esc(need)}</td><td class="departure">${esc(departure)}</td>` +
+      `<td class="compliance">${compliance}</td>` +
       `<td class="csms">${csms}</td></tr>`;
   });
   document.querySelector("#chargers tbody").innerHTML = rows.join("");
