@@ -84,6 +84,7 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
                 )
                 firmware = await page.locator("#firmware").inner_text()
                 rows = await page.locator("#chargers tbody tr").count()
+                versions = await page.locator("#chargers td.firmware").all_inner_texts()
                 tree = await page.locator("#circuits").inner_text()
                 headline = await page.locator("#headline").inner_text()
                 shot = tmp_path / "dashboard.png"
@@ -101,6 +102,8 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
             parts[0].app.stop()
         await asyncio.wait_for(demo, 60)
     assert rows == len(config.chargers)
+    # Every charger's version as it booted (the simulators report theirs).
+    assert len(versions) == rows and all(v.split()[0][0].isdigit() for v in versions), versions
     assert "grid" in tree and "feeder-a" in tree and "L1" in tree
     assert "kW" in headline and "charging" in headline
     assert "#1" in firmware and "sim-charger-2.0.bin" in firmware and "1 image" in firmware
@@ -250,3 +253,34 @@ async def test_departure_and_need_say_what_was_used_and_where_it_came_from() -> 
     assert need201 == "55 kWh · vehicle"
     assert need_fleet == "about 60 kWh · fleet file, charging until the vehicle stops"
     assert departure_fleet == "Mon 06:00 · fleet file"
+
+
+async def test_a_firmware_column_follows_a_rollout() -> None:
+    cfg = fixed_config()
+    state = fixed_state(cfg)
+    cp16, cp201 = state.chargers["CP16"], state.chargers["CP201"]
+
+    async def changed(charger: str, text: str) -> str:
+        await page.wait_for_function(
+            f"document.querySelector('#chargers tr[data-charger=\"{charger}\"] td.firmware')"
+            f".textContent === {text!r}"
+        )
+        return await page.locator("#firmware-versions").inner_text()
+
+    async with dashboard(cfg, state) as page:
+        before = await cell(page, "CP201", "firmware")
+        versions_before = await page.locator("#firmware-versions").inner_text()
+        # An update, local or from the CSMS: the charger's own statuses show its progress.
+        cp201.firmware_status = "Installing"
+        await changed("CP201", "1.0.0 Installing")
+        cp201.firmware_version, cp201.firmware_status = "2.0.0", "Installed"
+        versions_after = await changed("CP201", "2.0.0")
+        cp16.firmware_status = "InstallationFailed"
+        await changed("CP16", "1.0.0 InstallationFailed")
+        failed = await page.locator(
+            '#chargers tr[data-charger="CP16"] td.firmware .badge'
+        ).get_attribute("class")
+    assert before == "1.0.0"
+    assert versions_before == "versions: 1.0.0 on 2 chargers"
+    assert versions_after == "versions: 1.0.0 on 1 charger, 2.0.0 on 1 charger"
+    assert "bad" in failed

@@ -89,6 +89,34 @@ function needText(k) {
     "charging until the vehicle stops";
 }
 
+// Firmware statuses that say nothing is under way (1.6 §7.25, 2.0.1 FirmwareStatusEnumType).
+const FIRMWARE_AT_REST = ["Idle", "Installed"];
+
+function firmwareCell(c) {
+  const version = c.firmware_version ? esc(c.firmware_version) : '<span class="muted">–</span>';
+  const status = c.firmware_status && !FIRMWARE_AT_REST.includes(c.firmware_status)
+    ? c.firmware_status : null;
+  const cls = status && /Fail|Invalid|Error/.test(status) ? "bad" : "warn";
+  if (c.firmware_update) {  // a local rollout: its step, and the charger's own word
+    return `${version} <span class="badge warn" title="local rollout">rollout ${esc(c.firmware_update)}` +
+      `</span>${status ? ` <span class="muted">${esc(status)}</span>` : ""}`;
+  }
+  return status ? `${version} <span class="badge ${cls}">${esc(status)}</span>` : version;
+}
+
+// How many chargers run each version: a rollout's progress at a glance.
+function renderVersions(chargers) {
+  const counts = {};
+  for (const c of chargers) {
+    const v = c.firmware_version ?? "unknown";
+    counts[v] = (counts[v] ?? 0) + 1;
+  }
+  const parts = Object.keys(counts).sort().map((v) =>
+    `${esc(v)} on ${counts[v]} charger${counts[v] === 1 ? "" : "s"}`);
+  document.getElementById("firmware-versions").innerHTML =
+    parts.length ? `versions: ${parts.join(", ")}` : "";
+}
+
 function renderChargers(chargers) {
   const rows = chargers.map((c) => {
     const status = c.connectors.map(connectorState).join(" · ");
@@ -100,15 +128,15 @@ function renderChargers(chargers) {
     // A floor-only connector (plugged in, no session) has a plan too, but nothing to show.
     const departure = sessions.map(departureText).join(" · ");
     const need = sessions.map(needText).join(" · ");
-    const compliance = (c.compliance === "ok" ? '<span class="badge ok">ok</span>'
-      : `<span class="badge bad">${esc(c.compliance)}</span>`) +
-      (c.firmware_update ? ` <span class="badge warn">firmware ${esc(c.firmware_update)}</span>` : "");
+    const compliance = c.compliance === "ok" ? '<span class="badge ok">ok</span>'
+      : `<span class="badge bad">${esc(c.compliance)}</span>`;
     const online = c.connected ? '<span class="badge ok">online</span>'
       : '<span class="badge bad">offline</span>';
     const csms = c.upstream_connected ? '<span class="badge ok">up</span>'
       : '<span class="badge warn">down</span>';
     return `<tr data-charger="${esc(c.id)}"><td class="id">${esc(c.id)} ${online}</td>` +
-      `<td class="circuit">${esc(c.circuit)}</td><td class="status">${status}</td>` +
+      `<td class="circuit">${esc(c.circuit)}</td><td class="firmware">${firmwareCell(c)}</td>` +
+      `<td class="status">${status}</td>` +
       `<td class="limit">${c.limit_a == null ? "–" : c.limit_a.toFixed(1) + " A"}</td>` +
       `<td class="draw">${draw}</td><td class="session">${energy}</td>` +
       `<td class="need">${esc(need)}</td><td class="departure">${esc(departure)}</td>` +
@@ -116,6 +144,7 @@ function renderChargers(chargers) {
       `<td class="csms">${csms}</td></tr>`;
   });
   document.querySelector("#chargers tbody").innerHTML = rows.join("");
+  renderVersions(chargers);
 }
 
 function renderAlarms(alarms) {
