@@ -284,3 +284,36 @@ async def test_a_firmware_column_follows_a_rollout() -> None:
     assert versions_before == "versions: 1.0.0 on 2 chargers"
     assert versions_after == "versions: 1.0.0 on 1 charger, 2.0.0 on 1 charger"
     assert "bad" in failed
+
+
+async def test_an_unmetered_circuit_shows_its_plan_and_says_so() -> None:
+    cfg = fixed_config()
+    state = fixed_state(cfg)
+    feeder = '#circuits [data-node="feeder-a"]'
+    async with dashboard(cfg, state) as page:
+        title = await page.locator(f"{feeder} > .node-title").inner_text()
+        values = await page.locator(f"{feeder} > .phase > .value").all_inner_texts()
+        fills = await page.locator(f"{feeder} > .phase .fill").evaluate_all(
+            "nodes => nodes.map(n => n.className)"
+        )
+        grid_values = await page.locator(
+            '#circuits [data-node="grid"] > .phase > .value'
+        ).all_inner_texts()
+        grid_fill = page.locator('#circuits [data-node="grid"] > .phase .fill').first
+        grid_class = await grid_fill.get_attribute("class")
+        # A meter that fails: what is shown is the plan again, and the title says why.
+        grid = state.control.circuits["grid"]
+        grid.measured_a, grid.meter_state = None, "failed"
+        await page.wait_for_function(
+            "document.querySelector('#circuits [data-node=\"grid\"] > .node-title')"
+            ".textContent.includes('planned')"
+        )
+        failed = await page.locator('#circuits [data-node="grid"] > .node-title').inner_text()
+        legend = await page.locator("#circuits-section h2").inner_text()
+    assert title == "feeder-a no meter: planned, not measured"
+    assert values == ["planned 32 / 120 A"] * 3
+    assert all("planned" in f.split() for f in fills)
+    assert grid_values == ["80 / 300 A", "70 / 300 A", "60 / 300 A"]
+    assert "planned" not in grid_class.split()
+    assert failed == "grid meter failed: planned, not measured"
+    assert "planned" in legend

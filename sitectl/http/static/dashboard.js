@@ -16,28 +16,38 @@ async function get(path) {
   return response.json();
 }
 
+// Without a trusted meter the bar is the plan (non-EV budget plus the EV current dispatched),
+// drawn hatched and labelled so, never passed off as a measurement.
 function phaseRow(name, measured, planned, limit) {
   const max = Math.max(limit, measured ?? 0, planned, 1);
   const used = measured ?? planned;
   const share = used / limit;
-  const cls = share > 1 ? "over" : share > 0.9 ? "high" : "";
-  const value = measured == null ? `? / ${limit.toFixed(0)} A`
+  const cls = (share > 1 ? "over" : share > 0.9 ? "high" : "") + (measured == null ? " planned" : "");
+  const value = measured == null ? `planned ${planned.toFixed(0)} / ${limit.toFixed(0)} A`
     : `${measured.toFixed(0)} / ${limit.toFixed(0)} A`;
   return `<div class="phase"><span>${name}</span><div class="track">` +
     `<div class="fill ${cls}" style="width:${(100 * used / max).toFixed(1)}%"></div>` +
     `<div class="plan" style="left:${(100 * planned / max).toFixed(1)}%"></div></div>` +
-    `<span>${value}</span></div>`;
+    `<span class="value">${value}</span></div>`;
+}
+
+function meterNote(c) {
+  if (c.measured_a != null) {
+    return c.meter_state === "none" ? "" : ` <span class="meter">meter ${esc(c.meter_state)}</span>`;
+  }
+  const why = c.meter_state === "failed" ? "meter failed" : "no meter";
+  return ` <span class="meter" title="the bar is the non-EV budget plus the EV current ` +
+    `dispatched, not a measurement">${why}: planned, not measured</span>`;
 }
 
 function renderTree(circuits) {
   const children = {};
   for (const c of circuits) (children[c.parent ?? ""] ??= []).push(c);
   const node = (c) => {
-    const meter = c.meter_state === "none" ? "" : ` <span class="meter">meter ${esc(c.meter_state)}</span>`;
     const phases = ["L1", "L2", "L3"].map((p, k) =>
       phaseRow(p, c.measured_a ? c.measured_a[k] : null, c.planned_a[k], c.limit_a[k])).join("");
     const kids = (children[c.id] ?? []).map(node).join("");
-    return `<div class="node" data-node="${esc(c.id)}"><div class="node-title">${esc(c.id)}${meter}</div>` +
+    return `<div class="node" data-node="${esc(c.id)}"><div class="node-title">${esc(c.id)}${meterNote(c)}</div>` +
       phases + (kids ? `<div class="children">${kids}</div>` : "") + "</div>";
   };
   document.getElementById("circuits").innerHTML = (children[""] ?? []).map(node).join("") ||
