@@ -114,8 +114,12 @@ class SessionView(BaseModel):
     transaction_id: str | None
     started_at: datetime
     energy_kwh: KilowattHours
-    energy_wanted_kwh: KilowattHours | None
-    departure: datetime | None
+    energy_wanted_kwh: KilowattHours | None = Field(
+        description="As stated (vehicle or command); the need planned with is in `plan`."
+    )
+    departure: datetime | None = Field(
+        description="As stated (vehicle or command); the departure planned with is in `plan`."
+    )
     priority: int
 
 

@@ -91,7 +91,9 @@ function when(iso) {
 function needText(k) {
   const plan = k.plan;
   if (!plan) return "–";
-  if (plan.capped) return `${plan.need_kwh.toFixed(0)} kWh · ${source(plan.need_source)}`;
+  if (plan.capped && plan.need_kwh != null) {
+    return `${plan.need_kwh.toFixed(0)} kWh · ${source(plan.need_source)}`;
+  }
   if (plan.need_kwh == null || ["default", "unknown"].includes(plan.need_source)) {
     return "unknown need: charging until the vehicle stops";
   }
