@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sitectl import __version__
 from sitectl.config import GRID, Config
 from sitectl.http.views import (
+    PRECISION,
     AlarmView,
     ChargerDetail,
     ChargerView,
@@ -35,6 +36,11 @@ from sitectl.uplink.commands import (
 __all__ = ["openapi_document"]
 
 _REF = "#/components/schemas/{model}"
+_PRECISION_TEXT = (
+    "Numbers are rounded to "
+    + ", ".join(f"{10**-digits:g} {unit}" for unit, digits in PRECISION.items())
+    + "."
+)
 
 
 def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
@@ -110,7 +116,8 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
         "info": {
             "title": "sitectl local API",
             "version": __version__,
-            "description": "The depot as sitectl sees it, and a few operator writes.",
+            "description": "The depot as sitectl sees it, and a few operator writes. "
+            + _PRECISION_TEXT,
         },
         "components": {
             "schemas": _schemas(

@@ -260,7 +260,9 @@ class HttpServer:
         updates = self._updates()
         return _json(
             [
-                charger_view(c, self.config, firmware_update=updates.get(c.charger_id))
+                charger_view(
+                    c, self.config, state=self.state, firmware_update=updates.get(c.charger_id)
+                )
                 for c in self.state.chargers.values()
             ]
         )
@@ -275,6 +277,7 @@ class HttpServer:
                 charger,
                 self.config,
                 detail=True,
+                state=self.state,
                 firmware_update=self._updates().get(identity),
                 firmware_events=self.tracker.firmware(identity) if self.tracker else (),
                 security_events=self.tracker.security(identity) if self.tracker else (),

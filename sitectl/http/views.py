@@ -2,22 +2,27 @@
 
 The same models produce the responses and the OpenAPI document (`sitectl.http.openapi`), so the
 two cannot drift apart. Currents are A per phase as ``[L1, L2, L3]``; times are UTC ISO 8601.
+
+Numbers are rounded where the models are built, one precision per unit (`PRECISION`): more
+digits than a meter or a charger resolves only look precise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from sitectl.config import GRID, Config
 from sitectl.firmware.cache import safe_url
 from sitectl.firmware.server import hide_tokens
+from sitectl.http.wording import ConnectorWording, connector_wording
 from sitectl.state import ChargerState, SiteState
 
 __all__ = [
+    "PRECISION",
     "AlarmView",
     "CacheView",
     "CachedImageView",
@@ -31,6 +36,7 @@ __all__ = [
     "FirmwareView",
     "FrameView",
     "HistoryView",
+    "PlanView",
     "RolloutChargerView",
     "RolloutView",
     "SecurityEventView",
@@ -41,7 +47,24 @@ __all__ = [
     "site_view",
 ]
 
-Phases = tuple[float, float, float]
+#: Decimal places per unit in every response (the OpenAPI document states them too).
+PRECISION = {"A": 1, "kW": 2, "kWh": 2, "Wh": 0, "ms": 1, "%": 1}
+
+
+def _rounded(digits: int) -> Callable[[float], float]:
+    def rounded(value: float) -> float:
+        return round(value, digits) + 0.0  # + 0.0 turns -0.0 into 0.0 (no "-0.0" in JSON)
+
+    return rounded
+
+
+Amps = Annotated[float, AfterValidator(_rounded(PRECISION["A"]))]
+Kilowatts = Annotated[float, AfterValidator(_rounded(PRECISION["kW"]))]
+KilowattHours = Annotated[float, AfterValidator(_rounded(PRECISION["kWh"]))]
+WattHours = Annotated[float, AfterValidator(_rounded(PRECISION["Wh"]))]
+Milliseconds = Annotated[float, AfterValidator(_rounded(PRECISION["ms"]))]
+Percent = Annotated[float, AfterValidator(_rounded(PRECISION["%"]))]
+Phases = tuple[Amps, Amps, Amps]
 
 
 class CircuitView(BaseModel):
@@ -62,7 +85,7 @@ class ControlView(BaseModel):
 
     cycles: int
     last_cycle_at: datetime | None
-    last_solve_ms: float | None
+    last_solve_ms: Milliseconds | None
     method: str | None = Field(description="lp or fallback.")
     status: str | None
     fallback_count: int
@@ -76,8 +99,8 @@ class SiteView(BaseModel):
 
     id: str
     name: str | None
-    limit_kw: float
-    power_kw: float | None = Field(description="Active power at the grid connection meter.")
+    limit_kw: Kilowatts
+    power_kw: Kilowatts | None = Field(description="Active power at the grid connection meter.")
     circuits: list[CircuitView]
     control: ControlView
     alarms: int = Field(description="Alarms currently raised.")
@@ -90,23 +113,58 @@ class SessionView(BaseModel):
     connector_id: int
     transaction_id: str | None
     started_at: datetime
-    energy_kwh: float
-    energy_wanted_kwh: float | None
-    departure: datetime | None
+    energy_kwh: KilowattHours
+    energy_wanted_kwh: KilowattHours | None = Field(
+        description="As stated (vehicle or command); the need planned with is in `plan`."
+    )
+    departure: datetime | None = Field(
+        description="As stated (vehicle or command); the departure planned with is in `plan`."
+    )
     priority: int
+
+
+class PlanView(BaseModel):
+    """What the control loop assumed and gave for a connector in its last cycle."""
+
+    departure: datetime = Field(description="The departure it planned for.")
+    departure_source: str = Field(
+        description="Where that time came from: vehicle, command (MQTT or this API), fleet "
+        "(the fleet file) or default (control.default_departure)."
+    )
+    need_kwh: KilowattHours | None = Field(description="The total energy need it assumed.")
+    need_source: str = Field(
+        description="vehicle, command, fleet, default or unknown (no session yet)."
+    )
+    capped: bool = Field(
+        description="True: a stated need bounds the energy. False: the need only guides the "
+        "plan and the vehicle charges until it stops drawing."
+    )
+    dispatched_a: Amps = Field(description="The current it was given (A per phase).")
 
 
 class ConnectorView(BaseModel):
     """One connector (OCPP 2.0.1: EVSE)."""
 
     connector_id: int
-    status: str
+    status: str = Field(
+        description="As the charger reported it: 1.6 ChargePointStatus or 2.0.1 ConnectorStatus."
+    )
+    state: ConnectorWording = Field(
+        description="The same words for the same situation in 1.6 and 2.0.1 (a 2.0.1 "
+        "Occupied is told apart by the session and fresh measurements)."
+    )
+    state_detail: str | None = Field(
+        None, description="Where known: who paused it, why it waits (e.g. 'by the vehicle')."
+    )
     error_code: str | None
-    current_a: tuple[float | None, float | None, float | None] | None
-    power_kw: float | None
-    soc_percent: float | None
+    current_a: tuple[Amps | None, Amps | None, Amps | None] | None
+    power_kw: Kilowatts | None
+    soc_percent: Percent | None
     measured_at: datetime | None
     session: SessionView | None
+    plan: PlanView | None = Field(
+        None, description="The control loop's last cycle for it; null before one or when idle."
+    )
 
 
 class ChargerView(BaseModel):
@@ -121,7 +179,7 @@ class ChargerView(BaseModel):
     model: str | None
     firmware_version: str | None
     firmware_status: str | None
-    limit_a: float | None = Field(description="Dynamic limit in force (A per phase).")
+    limit_a: Amps | None = Field(description="Dynamic limit in force (A per phase).")
     compliance: str = Field(description="ok, noncompliant or uncontrollable.")
     firmware_update: str | None = Field(
         None, description="Its step in a local rollout in flight: downloading or installing."
@@ -247,15 +305,15 @@ class SessionRecord(BaseModel):
     id_tag_hash: str | None
     started_at: datetime
     ended_at: datetime
-    energy_wh: float
+    energy_wh: WattHours
 
 
 class HistoryView(BaseModel):
     """The grid connection over the last hour, one point per sample."""
 
     at: list[datetime]
-    power_kw: list[float | None]
-    limit_kw: list[float]
+    power_kw: list[Kilowatts | None]
+    limit_kw: list[Kilowatts]
 
 
 class ErrorView(BaseModel):
@@ -312,20 +370,28 @@ def charger_view(
     config: Config,
     detail: bool = False,
     *,
+    state: SiteState,
     firmware_update: str | None = None,
     firmware_events: Sequence[Any] = (),
     security_events: Sequence[Any] = (),
 ) -> ChargerView:
     """One charger now; with `detail`, its latest frames and firmware traffic (the tracker's
-    `FirmwareEvent` and `SecurityEvent` records)."""
+    `FirmwareEvent` and `SecurityEvent` records). `state` gives the clock and the plans."""
     configured = config.charger(charger.charger_id)
+    now_mono = state.monotonic()
     connectors = []
     for connector in charger.connectors.values():
         session = connector.session
+        plan = state.control.sessions.get(f"{charger.charger_id}/{connector.connector_id}")
+        wording, detail_text = connector_wording(
+            connector, now_mono, config.control.ev_measurement_max_age_s, charger.limit_a
+        )
         connectors.append(
             ConnectorView(
                 connector_id=connector.connector_id,
                 status=connector.status,
+                state=wording,
+                state_detail=detail_text,
                 error_code=connector.error_code,
                 current_a=connector.current_a,
                 power_kw=connector.power_kw,
@@ -343,6 +409,7 @@ def charger_view(
                     departure=session.departure,
                     priority=session.priority,
                 ),
+                plan=None if plan is None else PlanView.model_validate(plan, from_attributes=True),
             )
         )
     fields: dict[str, Any] = dict(

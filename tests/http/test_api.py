@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sitectl.config import Config
 from sitectl.http.server import HttpServer
 from sitectl.sessions import SESSIONS_MIGRATION, SessionLog
-from sitectl.state import CircuitStatus, SessionState, Severity, SiteState
+from sitectl.state import CircuitStatus, SessionPlan, SessionState, Severity, SiteState
 from sitectl.store import MIGRATIONS, Store
 
 TOKEN = "http-token-0123456789"
@@ -66,6 +67,10 @@ def populated(cfg: Config) -> SiteState:
     )
     charger.recent_frames.append(
         (datetime(2026, 11, 27, 3, tzinfo=UTC), "charger", "in", '[2,"1","Heartbeat",{}]')
+    )
+    # No stated need: planned with the default need, not capped by it.
+    state.control.sessions["CP1/1"] = SessionPlan(
+        NOW + timedelta(hours=2, minutes=30), "fleet", 40.0, "default", False, 16.04
     )
     state.raise_alarm("meter_failed", "feeder-meter", Severity.WARNING, "no good reading")
     return state
@@ -272,3 +277,100 @@ def test_committed_openapi_document_is_current() -> None:
     assert json.loads(committed.read_text()) == openapi_document(), (
         "configs/openapi.json is stale: run `sitectl openapi > configs/openapi.json`"
     )
+
+
+def _numbers(value: object, path: str = "") -> list[tuple[str, float]]:
+    """Every number in a JSON document, with its path (``circuits.0.limit_a.1``)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [(path, value)]
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _numbers(v, f"{path}.{k}".lstrip("."))]
+    if isinstance(value, list):
+        return [n for i, v in enumerate(value) for n in _numbers(v, f"{path}.{i}".lstrip("."))]
+    return []
+
+
+async def test_numbers_are_rounded_to_a_sensible_precision(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    state.control.last_solve_s = 0.0123456
+    state.control.circuits["grid"] = CircuitStatus(
+        (300.0,) * 3, (120.04999, 110.123, -0.0004), (40.0,) * 3, (150.06, 1 / 3, 2 / 3), "measured"
+    )
+    state.readings["grid-meter"] = SimpleNamespace(ok=True, power_total_kw=75.123456)
+    charger = state.chargers["CP1"]
+    charger.limit_a = 16.04321
+    connector = charger.connectors[1]
+    connector.current_a = (15.94321, None, 15.75)
+    connector.power_kw = 11.006789
+    connector.soc_percent = 42.4242
+    connector.session.energy_wh = 12_345.678
+    connector.session.energy_wanted_kwh = 55.556
+    c = await client(cfg, state)
+    c.sitectl.history.sample()
+    text = await (await c.get("/api/site")).text()
+    assert "-0.0" not in text
+    site = json.loads(text)
+    grid = next(x for x in site["circuits"] if x["id"] == "grid")
+    assert grid["measured_a"] == [120.0, 110.1, 0.0]
+    assert grid["planned_a"] == [150.1, 0.3, 0.7]
+    assert grid["headroom_a"] == [149.9, 299.7, 299.3]
+    assert site["power_kw"] == 75.12 and site["control"]["last_solve_ms"] == 12.3
+    chargers = await (await c.get("/api/chargers")).json()
+    one = chargers[0]["connectors"][0]
+    assert chargers[0]["limit_a"] == 16.0
+    assert one["current_a"] == [15.9, None, 15.8] and one["power_kw"] == 11.01
+    assert one["soc_percent"] == 42.4
+    assert one["session"]["energy_kwh"] == 12.35 and one["session"]["energy_wanted_kwh"] == 55.56
+    history = await (await c.get("/api/history")).json()
+    assert history["power_kw"] == [75.12]
+    # And nowhere in the API more than two decimals.
+    for path in ("/api/site", "/api/chargers", "/api/chargers/CP1", "/api/history"):
+        body = await (await c.get(path)).json()
+        long = [(p, n) for p, n in _numbers(body) if round(n, 2) != n]
+        assert long == [], f"{path}: {long}"
+
+
+async def test_connectors_have_one_wording_and_keep_the_raw_status(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    c = await client(cfg, state)
+    one = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]
+    assert (one["status"], one["state"], one["state_detail"]) == ("Charging", "charging", None)
+    # The same situation from a 2.0.1 charger: "Occupied", a session and a fresh draw.
+    connector = state.chargers["CP1"].connectors[1]
+    connector.status, connector.current_mono = "Occupied", state.monotonic()
+    one = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]
+    assert (one["status"], one["state"]) == ("Occupied", "charging")
+    connector.current_a = (0.0, 0.0, 0.0)
+    connector.offered_a, connector.offered_mono = 16.0, state.monotonic()
+    one = (await (await c.get("/api/chargers/CP1")).json())["connectors"][0]
+    assert (one["state"], one["state_detail"]) == ("paused", "by the vehicle")
+
+
+async def test_connectors_show_what_the_control_loop_assumed_and_gave(client) -> None:
+    cfg = config()
+    state = populated(cfg)
+    c = await client(cfg, state)
+    plan = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]["plan"]
+    assert plan == {
+        "departure": "2026-11-27T05:30:00Z",
+        "departure_source": "fleet",
+        "need_kwh": 40.0,
+        "need_source": "default",
+        "capped": False,
+        "dispatched_a": 16.0,
+    }
+    state.control.sessions["CP1/1"] = SessionPlan(
+        NOW + timedelta(hours=4), "command", 55.0 / 3, "command", True, 31.96
+    )
+    detail = await (await c.get("/api/chargers/CP1")).json()
+    plan = detail["connectors"][0]["plan"]
+    assert plan["departure"] == "2026-11-27T07:00:00Z" and plan["departure_source"] == "command"
+    assert (plan["need_kwh"], plan["need_source"], plan["capped"]) == (18.33, "command", True)
+    assert plan["dispatched_a"] == 32.0
+    state.control.sessions.clear()  # e.g. before the first cycle
+    one = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]
+    assert one["plan"] is None

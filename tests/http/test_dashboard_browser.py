@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from playwright.async_api import async_playwright
+from playwright.async_api import Page, async_playwright
 
+from sitectl.config import Config
+from sitectl.http.server import HttpServer
 from sitectl.sim import DEMO_CONFIG
 from sitectl.sim.demo import DemoParts, run_demo
+from sitectl.state import CircuitStatus, SessionPlan, SessionState, SiteState
 from tests.helpers import wait_for
 
 DEMO = DEMO_CONFIG
@@ -78,6 +85,7 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
                 )
                 firmware = await page.locator("#firmware").inner_text()
                 rows = await page.locator("#chargers tbody tr").count()
+                versions = await page.locator("#chargers td.firmware").all_inner_texts()
                 tree = await page.locator("#circuits").inner_text()
                 headline = await page.locator("#headline").inner_text()
                 shot = tmp_path / "dashboard.png"
@@ -95,8 +103,218 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
             parts[0].app.stop()
         await asyncio.wait_for(demo, 60)
     assert rows == len(config.chargers)
+    # Every charger's version as it booted (the simulators report theirs).
+    assert len(versions) == rows and all(v.split()[0][0].isdigit() for v in versions), versions
     assert "grid" in tree and "feeder-a" in tree and "L1" in tree
     assert "kW" in headline and "charging" in headline
     assert "#1" in firmware and "sim-charger-2.0.bin" in firmware and "1 image" in firmware
     assert errors == []
     assert shot.stat().st_size > 20_000
+
+
+# A fixed depot for the columns: one 1.6 and one 2.0.1 charger on an unmetered feeder.
+
+#: The state's injected clocks (never compared with the real ones).
+NOW = datetime(2026, 3, 2, 3, tzinfo=UTC)
+NOW_MONO = 5000.0
+
+
+def fixed_config() -> Config:
+    return Config.model_validate(
+        {
+            "site": {
+                "id": "cols",
+                "limit_kw": 200,
+                "phase_limit_a": 300,
+                "meter": "grid-meter",
+                "non_ev_max_a": 40,
+            },
+            "circuits": [{"id": "feeder-a", "limit_a": 120, "chargers_only": True}],
+            "chargers": [
+                {"id": "CP16", "circuit": "feeder-a", "max_current_a": 32, "password": "x" * 16},
+                {
+                    "id": "CP201",
+                    "circuit": "feeder-a",
+                    "max_current_a": 32,
+                    "ocpp_version": "2.0.1",
+                    "password": "y" * 16,
+                },
+            ],
+            "devices": [{"name": "grid-meter", "profile": "eastron-sdm630", "host": "h"}],
+            "http": {"listen_host": "127.0.0.1", "open_reads": True},
+            "mqtt": {"enabled": False},
+        }
+    )
+
+
+def fixed_state(cfg: Config) -> SiteState:
+    """Both chargers charge a vehicle: 1.6 says Charging, 2.0.1 only Occupied."""
+    state = SiteState(cfg, clock=lambda: NOW, monotonic=lambda: NOW_MONO)
+    state.control.cycles = 1
+    state.control.circuits["grid"] = CircuitStatus(
+        (300.0,) * 3, (80.0, 70.0, 60.0), (20.0,) * 3, (90.0,) * 3, "measured"
+    )
+    state.control.circuits["feeder-a"] = CircuitStatus(
+        (120.0,) * 3, None, (0.0,) * 3, (32.0,) * 3, "none"
+    )
+    state.readings["grid-meter"] = SimpleNamespace(ok=True, power_total_kw=50.0)
+    for number, charger in enumerate(state.chargers.values(), start=1):
+        charger.connected = charger.upstream_connected = True
+        charger.firmware_version = "1.0.0"
+        charger.limit_a = 16.0
+        connector = charger.connectors[1]
+        connector.status = "Charging" if charger.ocpp_version == "1.6" else "Occupied"
+        connector.current_a, connector.current_mono = (16.0, 16.0, 16.0), NOW_MONO - 2
+        connector.session = SessionState(
+            f"{charger.charger_id}/{number}",
+            1,
+            datetime(2026, 3, 2, 2, tzinfo=UTC),
+            transaction_id=str(number),
+            energy_wh=5000,
+        )
+    # The 1.6 bus said nothing: default departure, default need (not a cap). The 2.0.1 one
+    # stated both in its charging needs.
+    state.control.sessions["CP16/1"] = SessionPlan(
+        NOW + timedelta(hours=2, minutes=30), "default", 40.0, "default", False, 16.0
+    )
+    state.control.sessions["CP201/1"] = SessionPlan(
+        NOW + timedelta(hours=4), "vehicle", 55.0, "vehicle", True, 16.0
+    )
+    return state
+
+
+@asynccontextmanager
+async def dashboard(cfg: Config, state: SiteState) -> AsyncIterator[Page]:
+    """The dashboard of `state` in headless Chromium (UTC, en-GB), with its first render."""
+    executable = chromium()
+    server = HttpServer(cfg, state, port=0)
+    task = asyncio.create_task(server.run())
+    try:
+        await asyncio.wait_for(server.ready.wait(), 10)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=executable, headless=True, args=CHROMIUM_ARGS
+            )
+            try:
+                context = await browser.new_context(
+                    viewport={"width": 1400, "height": 1000}, timezone_id="UTC", locale="en-GB"
+                )
+                page = await context.new_page()
+                page.set_default_timeout(10_000)
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                await page.goto(f"http://127.0.0.1:{server.port}/")
+                await page.wait_for_function("document.body.dataset.updated", timeout=30_000)
+                yield page
+                assert errors == []
+            finally:
+                await browser.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def cell(page: Page, charger: str, column: str) -> str:
+    return await page.locator(f'#chargers tr[data-charger="{charger}"] td.{column}').inner_text()
+
+
+async def test_the_same_situation_reads_the_same_on_1_6_and_2_0_1() -> None:
+    cfg = fixed_config()
+    async with dashboard(cfg, fixed_state(cfg)) as page:
+        status16 = await cell(page, "CP16", "status")
+        status201 = await cell(page, "CP201", "status")
+        raw201 = await page.locator(
+            '#chargers tr[data-charger="CP201"] td.status [data-status]'
+        ).get_attribute("data-status")
+    assert status16 == status201 == "charging"
+    assert raw201 == "Occupied"  # the charger's own word is kept (tooltip)
+
+
+async def test_departure_and_need_say_what_was_used_and_where_it_came_from() -> None:
+    cfg = fixed_config()
+    state = fixed_state(cfg)
+    async with dashboard(cfg, state) as page:
+        departure16 = await cell(page, "CP16", "departure")
+        departure201 = await cell(page, "CP201", "departure")
+        need16 = await cell(page, "CP16", "need")
+        need201 = await cell(page, "CP201", "need")
+        # A fleet file's usual need guides the plan but does not cap it either.
+        state.control.sessions["CP16/1"] = SessionPlan(
+            NOW + timedelta(hours=3), "fleet", 60.0, "fleet", False, 20.0
+        )
+        await page.wait_for_function(
+            "document.querySelector('#chargers tr[data-charger=\"CP16\"] td.need')"
+            ".textContent.includes('fleet file')"
+        )
+        need_fleet = await cell(page, "CP16", "need")
+        departure_fleet = await cell(page, "CP16", "departure")
+    assert departure16 == "Mon 05:30 · default"
+    assert departure201 == "Mon 07:00 · vehicle"
+    assert need16 == "unknown need: charging until the vehicle stops"
+    assert need201 == "55 kWh · vehicle"
+    assert need_fleet == "about 60 kWh · fleet file, charging until the vehicle stops"
+    assert departure_fleet == "Mon 06:00 · fleet file"
+
+
+async def test_a_firmware_column_follows_a_rollout() -> None:
+    cfg = fixed_config()
+    state = fixed_state(cfg)
+    cp16, cp201 = state.chargers["CP16"], state.chargers["CP201"]
+
+    async def changed(charger: str, text: str) -> str:
+        await page.wait_for_function(
+            f"document.querySelector('#chargers tr[data-charger=\"{charger}\"] td.firmware')"
+            f".textContent === {text!r}"
+        )
+        return await page.locator("#firmware-versions").inner_text()
+
+    async with dashboard(cfg, state) as page:
+        before = await cell(page, "CP201", "firmware")
+        versions_before = await page.locator("#firmware-versions").inner_text()
+        # An update, local or from the CSMS: the charger's own statuses show its progress.
+        cp201.firmware_status = "Installing"
+        await changed("CP201", "1.0.0 Installing")
+        cp201.firmware_version, cp201.firmware_status = "2.0.0", "Installed"
+        versions_after = await changed("CP201", "2.0.0")
+        cp16.firmware_status = "InstallationFailed"
+        await changed("CP16", "1.0.0 InstallationFailed")
+        failed = await page.locator(
+            '#chargers tr[data-charger="CP16"] td.firmware .badge'
+        ).get_attribute("class")
+    assert before == "1.0.0"
+    assert versions_before == "versions: 1.0.0 on 2 chargers"
+    assert versions_after == "versions: 1.0.0 on 1 charger, 2.0.0 on 1 charger"
+    assert "bad" in failed
+
+
+async def test_an_unmetered_circuit_shows_its_plan_and_says_so() -> None:
+    cfg = fixed_config()
+    state = fixed_state(cfg)
+    feeder = '#circuits [data-node="feeder-a"]'
+    async with dashboard(cfg, state) as page:
+        title = await page.locator(f"{feeder} > .node-title").inner_text()
+        values = await page.locator(f"{feeder} > .phase > .value").all_inner_texts()
+        fills = await page.locator(f"{feeder} > .phase .fill").evaluate_all(
+            "nodes => nodes.map(n => n.className)"
+        )
+        grid_values = await page.locator(
+            '#circuits [data-node="grid"] > .phase > .value'
+        ).all_inner_texts()
+        grid_fill = page.locator('#circuits [data-node="grid"] > .phase .fill').first
+        grid_class = await grid_fill.get_attribute("class")
+        # A meter that fails: what is shown is the plan again, and the title says why.
+        grid = state.control.circuits["grid"]
+        grid.measured_a, grid.meter_state = None, "failed"
+        await page.wait_for_function(
+            "document.querySelector('#circuits [data-node=\"grid\"] > .node-title')"
+            ".textContent.includes('planned')"
+        )
+        failed = await page.locator('#circuits [data-node="grid"] > .node-title').inner_text()
+        legend = await page.locator("#circuits-section h2").inner_text()
+    assert title == "feeder-a no meter: planned, not measured"
+    assert values == ["planned 32 / 120 A"] * 3
+    assert all("planned" in f.split() for f in fills)
+    assert grid_values == ["80 / 300 A", "70 / 300 A", "60 / 300 A"]
+    assert "planned" not in grid_class.split()
+    assert failed == "grid meter failed: planned, not measured"
+    assert "planned" in legend
