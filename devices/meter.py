@@ -73,6 +73,10 @@ _TINY = 1e-30
 _FREQ_RANGE_HZ = (40.0, 70.0)
 _NUMBERS = re.compile(r"\d+(\.\d+)?")
 _TEMP_RANGE_C = (-60.0, 300.0)
+# Active power cannot exceed apparent power: |P| <= Σ V·I. The factor and the margin leave room
+# for registers sampled a moment apart during a ramp and for a meter's low-current cut-off.
+_VA_FACTOR = 1.1
+_VA_MARGIN_KW = 0.5
 
 
 class Quality(enum.Enum):
@@ -171,6 +175,8 @@ def check_plausible(
     f = reading.frequency_hz
     if f is not None and f != 0:  # 0 Hz: meter on auxiliary supply with the grid side dead
         check("frequency", f, *_FREQ_RANGE_HZ, "Hz")
+    if not problems:
+        problems.extend(_power_exceeds_va(reading))
     if previous is not None and not problems:
         hours = (reading.mono - previous.mono) / 3600
         for name in ("energy_import_kwh", "energy_export_kwh"):
@@ -184,6 +190,25 @@ def check_plausible(
                 # No load can draw this much: the counter jumped (bit error, bad decode).
                 problems.append(f"{label} jumped by {new - old:.6g} kWh in {hours * 3600:.3g} s")
     return problems
+
+
+def _power_exceeds_va(reading: Reading) -> list[str]:
+    """|P_total| beyond 1.1 × Σ V_k·I_k (+ margin): power and currents cannot both be right."""
+    volts, amps, total = reading.voltage_v, reading.current_a, reading.power_total_kw
+    if volts is None or amps is None or total is None:
+        return []
+    if None in volts or None in amps or not any(volts):
+        # Judged only with every phase measured; all L-N voltages 0 is a meter in 3-wire
+        # (delta) mode, which has no L-N voltage to multiply.
+        return []
+    va_kw = sum(v * i for v, i in zip(volts, amps, strict=True)) / 1000  # type: ignore[operator]
+    bound = _VA_FACTOR * va_kw + _VA_MARGIN_KW
+    if abs(total) <= bound:
+        return []
+    return [
+        f"power_total = {total:.4g} kW exceeds the apparent power Σ V·I = {va_kw:.4g} kVA "
+        f"(bound {bound:.4g} kW): power and currents cannot both be right"
+    ]
 
 
 # One device.
