@@ -13,8 +13,9 @@ stopped. Only the history of the readings shows it. Two rules, each needing time
 2. **Energy counters not advancing.** Neither energy counter (import nor export, whichever the
    device has) changed while ``|power_total|`` stayed above ``min_power_kw`` for at least
    ``frozen_after_s`` and the energy that power carries exceeds ``counter_margin`` × the
-   counter's resolution. Both counters count, not only import: a site exporting (PV) advances
-   only export, and a meter with an overridden sign advances the register the other way round.
+   counter's resolution. With both counters either one moving will do, whichever the direction:
+   a site exporting (PV) advances only export, and a meter with an overridden sign advances the
+   register the other way round. With one counter only, only power in its direction counts.
 
 The detector is fed one ``Sample`` per poll that delivered values (errors in between neither
 reset nor extend a run) and says why the latest one is frozen, or ``None``. A frozen reading is
@@ -24,6 +25,7 @@ reset nor extend a run) and says why the latest one is frozen, or ``None``. A fr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_FROZEN_AFTER_S", "FreezeDetector", "FreezeRules", "Sample"]
@@ -154,9 +156,9 @@ class FreezeDetector:
         ):
             self._counters, self._carried_kwh, self._flowing_s = s.energy_kwh, 0.0, 0.0
             return None
-        low = rules.min_power_kw
+        flows = _counted_flow(s.energy_kwh, rules.min_power_kw)
         p0, p1 = abs(prev.power_total_kw), abs(s.power_total_kw)
-        if p0 > low and p1 > low:
+        if flows(prev.power_total_kw) and flows(s.power_total_kw):
             # Only intervals with power flowing at both ends count: a real meter has a starting
             # current and its counter need not move for a CT offset at an idle site.
             dt = max(s.mono - prev.mono, 0.0)
@@ -164,7 +166,7 @@ class FreezeDetector:
             self._flowing_s += dt
         step = max(s.resolution_kwh or 0.0, rules.min_resolution_kwh)
         if (
-            p1 <= low
+            not flows(s.power_total_kw)
             or self._flowing_s < rules.frozen_after_s
             or self._carried_kwh <= rules.counter_margin * step
         ):
@@ -180,3 +182,16 @@ class FreezeDetector:
             f"power flowing (now {s.power_total_kw:.4g} kW): {self._carried_kwh:.3g} kWh should "
             f"have been counted, counter step {step:.3g} kWh"
         )
+
+
+def _counted_flow(
+    energy_kwh: tuple[float | None, float | None], low: float
+) -> Callable[[float], bool]:
+    """Whether a power must move a counter: with both counters either direction does; with
+    only one, only the direction it counts (an import-only map at a site exporting PV)."""
+    imp, exp = energy_kwh
+    if imp is not None and exp is not None:
+        return lambda p: abs(p) > low
+    if imp is not None:
+        return lambda p: p > low
+    return lambda p: p < -low

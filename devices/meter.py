@@ -515,7 +515,10 @@ class ProfileMeter:
         problems = check_plausible(reading, self.last_values, self.spec.rated_current_a)
         # Every reading with values feeds the detector, an implausible one too: a run of
         # identical registers is no less frozen for a bad value in it.
-        frozen = self.freeze.observe(_sample(reading, regmap, raw)) if self.freeze else None
+        frozen = None
+        if self.freeze is not None:
+            reversed_sign = self.spec.sign is not None and self.spec.sign is not self.profile.sign
+            frozen = self.freeze.observe(_sample(reading, regmap, raw, reversed_sign))
         if problems:
             return _replace(reading, Quality.IMPLAUSIBLE, "; ".join(problems))
         if frozen:
@@ -529,8 +532,18 @@ _COUNTERS = {
 }
 
 
-def _sample(reading: Reading, regmap: RegisterMap, raw: Mapping[tuple[Table, int], int]) -> Sample:
-    """What the frozen-meter rules look at: value registers' words, currents, power, counters."""
+def _sample(
+    reading: Reading,
+    regmap: RegisterMap,
+    raw: Mapping[tuple[Table, int], int],
+    reversed_sign: bool = False,
+) -> Sample:
+    """What the frozen-meter rules look at: value registers' words, currents, power, counters.
+
+    ``reversed_sign``: the spec overrides the profile's sign. Power is then turned round but
+    the counters are not (or are, if the meter was parametrised rather than wired that way):
+    with a single counter its direction is unknown, so the counter rule is left out.
+    """
     words: list[int] = []
     steps: list[float] = []
     for reg in regmap.registers:
@@ -542,12 +555,15 @@ def _sample(reading: Reading, regmap: RegisterMap, raw: Mapping[tuple[Table, int
             step = counter_step_kwh(reg, reg_words, getattr(reading, _COUNTERS[reg.quantity]))
             if step is not None:
                 steps.append(step)
+    energy = (reading.energy_import_kwh, reading.energy_export_kwh)
+    if reversed_sign and None in energy:
+        energy = (None, None)
     return Sample(
         mono=reading.mono,
         words=tuple(words),
         current_a=reading.current_a,
         power_total_kw=reading.power_total_kw,
-        energy_kwh=(reading.energy_import_kwh, reading.energy_export_kwh),
+        energy_kwh=energy,
         resolution_kwh=max(steps) if steps else None,
     )
 

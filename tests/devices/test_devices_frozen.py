@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-from devices.api import DeviceSpec, TcpTransport
+from devices.api import DeviceSpec, Sign, TcpTransport
 from devices.frozen import DEFAULT_FROZEN_AFTER_S, FreezeDetector, FreezeRules, Sample
 from devices.meter import MeterPool, ProfileMeter, Quality, Reading, make_links
-from devices.profile import resolve_profile
+from devices.profile import parse_profile, resolve_profile
 from devices.registers import DType, Quantity, Register, Table, encode_words
 from devices.sim import SimMeter, SimServer
 
@@ -143,6 +143,17 @@ def test_advancing_counters_never_freeze() -> None:
         FreezeDetector(), times, lambda t: -100.0, lambda t: (5000.0, round(t / 36, 1))
     )
     assert set(out) == {None}
+
+
+def test_a_single_counter_is_judged_only_in_its_direction() -> None:
+    times = [float(t) for t in range(0, 120)]
+    # An import-only map at a site exporting PV: the counter rightly stands still.
+    out = _energy_run(FreezeDetector(), times, lambda t: -100.0, lambda t: (5000.0, None))
+    assert set(out) == {None}
+    out = _energy_run(FreezeDetector(), times, lambda t: 100.0, lambda t: (None, 70.0))
+    assert set(out) == {None}
+    out = _energy_run(FreezeDetector(), times, lambda t: -100.0, lambda t: (None, 70.0))
+    assert out[30] is not None and "(export 70 kWh)" in out[30]
 
 
 def test_no_power_no_verdict() -> None:
@@ -357,3 +368,38 @@ async def test_server_energy_counter_stuck_while_power_flows(counting: bool) -> 
     assert "counter step 0.001 kWh" in r.error
     assert FROZEN_AFTER_S <= r.mono - got[0].mono <= FROZEN_AFTER_S + 0.3
     assert all(x.ok for x in got[:-1])
+
+
+@pytest.mark.parametrize("override", [None, Sign.EXPORT_POSITIVE])
+async def test_server_single_counter_with_a_reversed_sign_is_not_judged(override) -> None:
+    # One import counter, stuck, and the site importing 100 kW. With the sign overridden (a
+    # meter wired the other way round) the device itself sees export, which its import counter
+    # rightly does not count: which way the counter counts is unknown, so no verdict, rather
+    # than a healthy meter called frozen.
+    profile = {
+        "decode": "f32",
+        "registers": [
+            {"quantity": "power_total", "address": 0, "unit": "kW"},
+            {"quantity": "energy_import", "address": 2, "unit": "kWh"},
+        ],
+    }
+    values = {"power_total": 100.0 if override is None else -100.0, "energy_import": 500.0}
+    sim = SimMeter(parse_profile(profile, "one"), values=values, integrate_energy=False, noise=1e-3)
+    async with SimServer([sim]) as server:
+        spec = DeviceSpec(
+            "m", "generic", server.transport, inline_registers=profile, sign=override, **FAST
+        )
+        rules = FreezeRules(frozen_after_s=FROZEN_AFTER_S, min_resolution_kwh=0.001)
+        meter = ProfileMeter(
+            spec, resolve_profile(spec), make_links([spec])["m"], freeze_rules=rules
+        )
+        try:
+            got = await _drive(meter, lambda r: not r.ok, timeout=3 * FROZEN_AFTER_S)
+        finally:
+            await meter.link.close()
+    if override is None:
+        assert got[-1].quality is Quality.STALE
+        assert got[-1].error.startswith("frozen: energy counters unchanged (import 500 kWh)")
+    else:
+        assert got[-1].power_total_kw == pytest.approx(100.0, rel=2e-3)
+        assert all(r.ok for r in got), {r.error for r in got if not r.ok}
