@@ -217,6 +217,9 @@ def test_counter_step_from_the_register() -> None:
 
 FAST = {"poll_period_s": 0.05, "timeout_s": 0.3, "retries": 1}
 FROZEN_AFTER_S = 0.5
+# The pool's no-poll watchdog is not under test here: a loaded test machine can stall a 0.05 s
+# schedule for a few periods, which must not read as a verdict on the values.
+STALE_PERIODS = 20.0
 # 3 × 230 V × 220 A = 152 kVA: a 150 kW load, more than a 160 A connection should carry.
 BUSY = {
     "current_l1": 220.0,
@@ -248,7 +251,7 @@ async def test_server_freezing_while_current_flows_turns_stale_within_the_bound(
 ) -> None:
     meter = SimMeter("eastron-sdm630", values=BUSY, noise=1e-3)
     async with SimServer([meter]) as server:
-        pool = MeterPool([_spec(server)], readings)
+        pool = MeterPool([_spec(server)], readings, stale_periods=STALE_PERIODS)
         start_pool(pool)
         await readings.wait(lambda r: r.ok and r.current_a[0] > 200)
         mark = len(readings.items)
@@ -257,14 +260,14 @@ async def test_server_freezing_while_current_flows_turns_stale_within_the_bound(
         r = await readings.wait_quality("m", Quality.STALE, since=mark, timeout=FROZEN_AFTER_S + 2)
         assert r.error.startswith("frozen: every value register unchanged for ")
         assert "A flows" in r.error
-        # Not before the bound (the last poll before the freeze may already have read the
-        # words served from then on), and within it plus a few poll periods.
-        assert FROZEN_AFTER_S - 2 * FAST["poll_period_s"] <= r.mono - frozen_at
-        assert r.mono - frozen_at <= FROZEN_AFTER_S + 0.5
+        # Not before the bound (counted from the last poll before the freeze: it may already
+        # have read the words served from then on), and within it plus a few poll periods.
+        assert r.mono - readings.items[mark - 1].mono >= FROZEN_AFTER_S
+        assert r.mono - frozen_at <= FROZEN_AFTER_S + 1.0
         assert all(x.ok for x in readings.items[mark : readings.items.index(r)])
         assert r.current_a == pytest.approx((220.0, 220.0, 220.0), rel=2e-3)  # values kept
         # What control reads of it: nothing, once the last ok reading is stale.
-        await until(lambda: pool.meter("m").currents_a() is None, timeout=2)
+        await until(lambda: pool.meter("m").currents_a() is None, timeout=3)
         mark = len(readings.items)
         meter.frozen = False
         await readings.wait_quality("m", Quality.OK, since=mark)
@@ -280,7 +283,7 @@ async def _span(readings, since: int, seconds: float) -> list[Reading]:
 async def test_noisy_server_stays_ok(readings, start_pool) -> None:
     meter = SimMeter("eastron-sdm630", values=BUSY, noise=1e-3)
     async with SimServer([meter]) as server:
-        start_pool(MeterPool([_spec(server)], readings))
+        start_pool(MeterPool([_spec(server)], readings, stale_periods=STALE_PERIODS))
         await readings.wait_quality("m", Quality.OK)
         got = await _span(readings, len(readings.items) - 1, 3 * FROZEN_AFTER_S)
     assert len(got) >= 10
@@ -290,7 +293,7 @@ async def test_noisy_server_stays_ok(readings, start_pool) -> None:
 async def test_idle_server_reading_zero_stays_ok(readings, start_pool) -> None:
     meter = SimMeter("eastron-sdm630", values=IDLE_SITE)  # no noise: an idle meter is constant
     async with SimServer([meter]) as server:
-        start_pool(MeterPool([_spec(server)], readings))
+        start_pool(MeterPool([_spec(server)], readings, stale_periods=STALE_PERIODS))
         await readings.wait_quality("m", Quality.OK)
         got = await _span(readings, len(readings.items) - 1, 3 * FROZEN_AFTER_S)
     assert len({tuple(sorted(r.raw.items())) for r in got}) == 1  # truly identical registers
@@ -301,7 +304,9 @@ async def test_the_check_can_be_turned_off(readings, start_pool) -> None:
     # Constant registers at 220 A, the counter too.
     meter = SimMeter("eastron-sdm630", values=BUSY, integrate_energy=False)
     async with SimServer([meter]) as server:
-        start_pool(MeterPool([_spec(server, frozen_after_s=None)], readings))
+        start_pool(
+            MeterPool([_spec(server, frozen_after_s=None)], readings, stale_periods=STALE_PERIODS)
+        )
         await readings.wait_quality("m", Quality.OK)
         got = await _span(readings, len(readings.items) - 1, 3 * FROZEN_AFTER_S)
     assert all(r.ok for r in got), {r.error for r in got if not r.ok}
@@ -349,7 +354,7 @@ async def test_server_energy_counter_stuck_while_power_flows(counting: bool) -> 
         spec = _spec(server)
         rules = FreezeRules(frozen_after_s=FROZEN_AFTER_S, min_resolution_kwh=0.001)
         meter = ProfileMeter(
-            spec, resolve_profile(spec), make_links([spec])["m"], freeze_rules=rules
+            spec, resolve_profile(spec), make_links([spec])["m"], STALE_PERIODS, freeze_rules=rules
         )
         try:
             got = await _drive(meter, lambda r: not r.ok, timeout=3 * FROZEN_AFTER_S)
@@ -366,7 +371,7 @@ async def test_server_energy_counter_stuck_while_power_flows(counting: bool) -> 
         "frozen: energy counters unchanged (import 12345.6 kWh, export 78.9 kWh)"
     )
     assert "counter step 0.001 kWh" in r.error
-    assert FROZEN_AFTER_S <= r.mono - got[0].mono <= FROZEN_AFTER_S + 0.3
+    assert FROZEN_AFTER_S <= r.mono - got[0].mono <= FROZEN_AFTER_S + 0.5
     assert all(x.ok for x in got[:-1])
 
 
@@ -391,7 +396,7 @@ async def test_server_single_counter_with_a_reversed_sign_is_not_judged(override
         )
         rules = FreezeRules(frozen_after_s=FROZEN_AFTER_S, min_resolution_kwh=0.001)
         meter = ProfileMeter(
-            spec, resolve_profile(spec), make_links([spec])["m"], freeze_rules=rules
+            spec, resolve_profile(spec), make_links([spec])["m"], STALE_PERIODS, freeze_rules=rules
         )
         try:
             got = await _drive(meter, lambda r: not r.ok, timeout=3 * FROZEN_AFTER_S)
