@@ -11,6 +11,8 @@ Modules, from the wire up:
 - ``devices.registers``: decoding and encoding of register words (no I/O).
 - ``devices.profile``: profile YAML (``devices/profiles/*.yaml``) validated into ``Profile``.
 - ``devices.sunspec``: SunSpec marker and model-chain discovery.
+- ``devices.frozen``: stuck-value rules (a meter or gateway serving the same values while
+  current flows), pure, fed one sample per poll.
 - ``devices.meter``: ``Reading``, ``Quality``, plausibility, ``ProfileMeter`` and ``MeterPool``.
 - ``devices.probe``: the installer's ``sitectl probe``.
 - ``devices.sim``: simulated devices on real pymodbus servers (tests, bench, demo).

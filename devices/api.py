@@ -16,6 +16,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from devices.frozen import DEFAULT_FROZEN_AFTER_S
+
 __all__ = [
     "DeviceSpec",
     "Frequency",
@@ -151,6 +153,10 @@ class DeviceSpec:
             either a list of registers or a mapping with the same keys as a profile file.
         sign: Overrides the sign convention the profile declares (a meter parametrised or wired
             the other way round). ``None`` keeps the profile's.
+        frozen_after_s: A meter whose every value register stays unchanged this long while
+            current flows, or whose energy counters stand still this long while power flows,
+            is frozen (``stale``, see ``devices.frozen``). ``None`` turns the check off (a
+            device whose registers are too coarse to show noise).
     """
 
     name: str
@@ -163,3 +169,4 @@ class DeviceSpec:
     rated_current_a: float | None = None
     inline_registers: dict[str, Any] | list[dict[str, Any]] | None = None
     sign: Sign | None = None
+    frozen_after_s: float | None = DEFAULT_FROZEN_AFTER_S

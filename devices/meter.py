@@ -5,9 +5,11 @@ Rules of this module:
 - Every poll yields one ``Reading`` with a UTC timestamp, a monotonic time and a ``Quality``:
   ``ok``; ``error`` (the device did not deliver: timeout, exception code, CRC, decode error, a
   required value not implemented); ``implausible`` (NaN, negative where impossible, current above
-  10 × rated, a value no real meter reports, an energy counter that jumps or runs backwards);
-  ``stale`` (no poll completed for k × poll period, emitted by a watchdog even when a device's
-  poll hangs). Only ``ok`` values feed control; what to do otherwise is the control loop's call.
+  10 × rated, a value no real meter reports, an energy counter that jumps or runs backwards,
+  more active power than the phases' V·I can carry); ``stale`` (no poll completed for
+  k × poll period, emitted by a watchdog even when a device's poll hangs; or values frozen
+  while current flows, see ``devices.frozen``: the poll is new, its data is not). Only ``ok``
+  values feed control; what to do otherwise is the control loop's call.
 - Each device has its own task, schedule and deadline (one poll period, or the request timeout
   if longer): a device that stops answering slows nobody on other links.
 - A log line marks every change of a device's state (ok → bad, cause changed, bad → ok); a
@@ -29,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from devices.api import DeviceSpec, SerialTransport, Sign, TcpTransport
+from devices.frozen import FreezeDetector, FreezeRules, Sample
 from devices.modbus import (
     ConnectFailed,
     ConnectionLost,
@@ -38,7 +41,15 @@ from devices.modbus import (
     reraise_lost_cancel,
 )
 from devices.profile import Profile, RegisterMap, resolve_profile
-from devices.registers import DecodeError, Quantity, Table, decode_map
+from devices.registers import (
+    DecodeError,
+    DType,
+    Quantity,
+    Register,
+    Table,
+    decode_map,
+    decode_words,
+)
 from devices.sunspec import discover
 
 __all__ = [
@@ -48,6 +59,7 @@ __all__ = [
     "Quality",
     "Reading",
     "check_plausible",
+    "counter_step_kwh",
     "make_links",
 ]
 
@@ -73,6 +85,10 @@ _TINY = 1e-30
 _FREQ_RANGE_HZ = (40.0, 70.0)
 _NUMBERS = re.compile(r"\d+(\.\d+)?")
 _TEMP_RANGE_C = (-60.0, 300.0)
+# Active power cannot exceed apparent power: |P| <= Σ V·I. The factor and the margin leave room
+# for registers sampled a moment apart during a ramp and for a meter's low-current cut-off.
+_VA_FACTOR = 1.1
+_VA_MARGIN_KW = 0.5
 
 
 class Quality(enum.Enum):
@@ -171,6 +187,8 @@ def check_plausible(
     f = reading.frequency_hz
     if f is not None and f != 0:  # 0 Hz: meter on auxiliary supply with the grid side dead
         check("frequency", f, *_FREQ_RANGE_HZ, "Hz")
+    if not problems:
+        problems.extend(_power_exceeds_va(reading))
     if previous is not None and not problems:
         hours = (reading.mono - previous.mono) / 3600
         for name in ("energy_import_kwh", "energy_export_kwh"):
@@ -184,6 +202,25 @@ def check_plausible(
                 # No load can draw this much: the counter jumped (bit error, bad decode).
                 problems.append(f"{label} jumped by {new - old:.6g} kWh in {hours * 3600:.3g} s")
     return problems
+
+
+def _power_exceeds_va(reading: Reading) -> list[str]:
+    """|P_total| beyond 1.1 × Σ V_k·I_k (+ margin): power and currents cannot both be right."""
+    volts, amps, total = reading.voltage_v, reading.current_a, reading.power_total_kw
+    if volts is None or amps is None or total is None:
+        return []
+    if None in volts or None in amps or not any(volts):
+        # Judged only with every phase measured; all L-N voltages 0 is a meter in 3-wire
+        # (delta) mode, which has no L-N voltage to multiply.
+        return []
+    va_kw = sum(v * i for v, i in zip(volts, amps, strict=True)) / 1000  # type: ignore[operator]
+    bound = _VA_FACTOR * va_kw + _VA_MARGIN_KW
+    if abs(total) <= bound:
+        return []
+    return [
+        f"power_total = {total:.4g} kW exceeds the apparent power Σ V·I = {va_kw:.4g} kVA "
+        f"(bound {bound:.4g} kW): power and currents cannot both be right"
+    ]
 
 
 # One device.
@@ -289,17 +326,33 @@ class ProfileMeter:
         profile: Its validated profile.
         link: The client of its TCP endpoint or serial bus.
         stale_periods: k in "stale after k × poll period".
+        freeze_rules: Thresholds of the frozen-meter rules (``devices.frozen``); default
+            ``FreezeRules`` with the spec's ``frozen_after_s``, and no check at all when that is
+            ``None``. Given explicitly, these rules apply whatever the spec says.
     """
 
     spec: DeviceSpec
     profile: Profile
     link: Link
     stale_periods: float = DEFAULT_STALE_PERIODS
+    freeze_rules: FreezeRules | None = None
     latest: Reading | None = None
     last_ok: Reading | None = None
     last_values: Reading | None = None
     _sunspec_map: RegisterMap | None = field(default=None, repr=False)
     _bad_polls: int = 0
+    #: The frozen-meter detector in force, ``None`` when the check is off.
+    freeze: FreezeDetector | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rules = self.freeze_rules
+        if rules is None and self.spec.frozen_after_s is not None:
+            rules = FreezeRules(frozen_after_s=self.spec.frozen_after_s)
+        if rules is not None:
+            # Past the stale limit the pool has already said "stale"; what the counter did in
+            # such a gap cannot be told from its two ends.
+            gap = self.stale_periods * max(self.spec.poll_period_s, self.deadline_s)
+            self.freeze = FreezeDetector(rules, max_gap_s=gap)
 
     @property
     def sign(self) -> Sign:
@@ -378,7 +431,7 @@ class ProfileMeter:
             return _failed(name, Quality.ERROR, str(exc), _flat(raw))
         except DecodeError as exc:
             return _failed(name, Quality.ERROR, str(exc), _flat(raw))
-        return self._judge(decoded.values, decoded.missing, regmap, _flat(raw))
+        return self._judge(decoded.values, decoded.missing, regmap, raw)
 
     def record(self, reading: Reading) -> None:
         """Keep ``reading`` as the latest and log a change of state."""
@@ -427,7 +480,7 @@ class ProfileMeter:
         values: Mapping[Quantity, float | None],
         missing: Mapping[Quantity, str],
         regmap: RegisterMap,
-        raw: dict[int, int],
+        raw: Mapping[tuple[Table, int], int],
     ) -> Reading:
         sign = -1.0 if self.sign is Sign.EXPORT_POSITIVE else 1.0
         mapped = regmap.quantities
@@ -452,7 +505,7 @@ class ProfileMeter:
         fields["power_total_kw"] = total
         ts, mono = _now()
         reading = Reading(
-            device=self.spec.name, ts=ts, mono=mono, quality=Quality.OK, raw=raw, **fields
+            device=self.spec.name, ts=ts, mono=mono, quality=Quality.OK, raw=_flat(raw), **fields
         )
         if self.profile.kind == "meter" and total is None:
             why = missing.get(Quantity.POWER_TOTAL) or "; ".join(
@@ -460,9 +513,78 @@ class ProfileMeter:
             )
             return _replace(reading, Quality.ERROR, f"power_total missing: {why}")
         problems = check_plausible(reading, self.last_values, self.spec.rated_current_a)
+        # Every reading with values feeds the detector, an implausible one too: a run of
+        # identical registers is no less frozen for a bad value in it.
+        frozen = None
+        if self.freeze is not None:
+            reversed_sign = self.spec.sign is not None and self.spec.sign is not self.profile.sign
+            frozen = self.freeze.observe(_sample(reading, regmap, raw, reversed_sign))
         if problems:
             return _replace(reading, Quality.IMPLAUSIBLE, "; ".join(problems))
+        if frozen:
+            return _replace(reading, Quality.STALE, frozen)
         return reading
+
+
+_COUNTERS = {
+    Quantity.ENERGY_IMPORT: "energy_import_kwh",
+    Quantity.ENERGY_EXPORT: "energy_export_kwh",
+}
+
+
+def _sample(
+    reading: Reading,
+    regmap: RegisterMap,
+    raw: Mapping[tuple[Table, int], int],
+    reversed_sign: bool = False,
+) -> Sample:
+    """What the frozen-meter rules look at: value registers' words, currents, power, counters.
+
+    ``reversed_sign``: the spec overrides the profile's sign. Power is then turned round but
+    the counters are not (or are, if the meter was parametrised rather than wired that way):
+    with a single counter its direction is unknown, so the counter rule is left out.
+    """
+    words: list[int] = []
+    steps: list[float] = []
+    for reg in regmap.registers:
+        if reg.quantity is None:
+            continue  # helper registers (scale factors) do not show noise
+        reg_words = [raw[(reg.table, a)] for a in range(reg.address, reg.end)]
+        words.extend(reg_words)
+        if reg.quantity in _COUNTERS:
+            step = counter_step_kwh(reg, reg_words, getattr(reading, _COUNTERS[reg.quantity]))
+            if step is not None:
+                steps.append(step)
+    energy = (reading.energy_import_kwh, reading.energy_export_kwh)
+    if reversed_sign and None in energy:
+        energy = (None, None)
+    return Sample(
+        mono=reading.mono,
+        words=tuple(words),
+        current_a=reading.current_a,
+        power_total_kw=reading.power_total_kw,
+        energy_kwh=energy,
+        resolution_kwh=max(steps) if steps else None,
+    )
+
+
+def counter_step_kwh(reg: Register, words: Sequence[int], value: float | None) -> float | None:
+    """One step of an energy counter at its present value, in kWh; ``None`` if unknown.
+
+    An integer register steps by its scale (``value / raw``); a float one by its last bit,
+    which grows with the count (float32 at 10^7 kWh steps by 1 kWh).
+    """
+    if value is None:
+        return None
+    raw = decode_words(words, reg.dtype, reg.word_order, reg.byte_order)
+    if raw == 0 or not math.isfinite(raw):
+        return None
+    unit = abs(value / raw)
+    if reg.dtype is DType.F32:
+        return unit * 2.0 ** (math.frexp(abs(raw))[1] - 24)
+    if reg.dtype is DType.F64:
+        return unit * math.ulp(abs(raw))
+    return unit
 
 
 def _cause(reading: Reading) -> str:

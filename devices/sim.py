@@ -10,6 +10,11 @@ or RTU; values and faults can be changed while it runs::
         spec = DeviceSpec("grid", "eastron-sdm630", server.transport, unit_id=1)
         grid.update(power_total=55.0)                 # next poll reads 55 kW
         grid.exception = 0x04                         # now every read fails with 0x04
+        grid.frozen = True                            # reads return the registers of now
+
+Like a real meter, a ``SimMeter`` advances its energy counters by the power it carries
+(``integrate_energy``) and can show noise in the last digits of voltages, currents and powers
+(``noise``).
 
 ``PtyBridge`` joins two pseudo-terminals back to back, a virtual RS-485 cable for RTU.
 """
@@ -19,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 import tty
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Literal
 
@@ -81,6 +87,14 @@ class SimMeter:
             Unspecified quantities take ``DEFAULT_VALUES``.
         sunspec_model: For SunSpec profiles, the model to serve (default the first listed).
         sunspec_base: Where the ``SunS`` marker sits (40000, 50000 or 0).
+        integrate_energy: Advance the energy counters by ``power_total`` × time, import when
+            positive and export when negative, as a real meter does (its counter moves while
+            power flows). ``False`` keeps them where they were put: a stuck counter. A value
+            given to :meth:`update` sets a counter; it advances from there.
+        noise: Relative amplitude of the noise every read adds to voltages, currents and
+            powers (e.g. ``1e-3``: ±0.1 %), as a real meter shows in its last digits. A zero
+            value stays exactly zero (an idle meter). Default none: reads return exact values.
+        clock: The time source for counting energy (tests inject one).
 
     Attributes:
         exception: A Modbus exception code to answer every read with, or ``None``.
@@ -88,6 +102,9 @@ class SimMeter:
         silent: Answer nothing at all (the response is dropped).
         drop_next: Drop only the next this many responses (a transient fault).
         garble: Corrupt every response (CRC on RTU, length on TCP).
+        frozen: Serve the registers as they are now, whatever :meth:`update` sets later or the
+            counters do (a stuck meter, or a gateway serving its cache); ``False`` serves the
+            current values again.
     """
 
     def __init__(
@@ -98,6 +115,9 @@ class SimMeter:
         *,
         sunspec_model: int | None = None,
         sunspec_base: int = 40000,
+        integrate_energy: bool = True,
+        noise: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.unit_id = unit_id
@@ -106,7 +126,13 @@ class SimMeter:
         self.silent = False
         self.drop_next = 0
         self.garble = False
-        #: time.monotonic() of every read served (benchmarks time reactions from it).
+        self.integrate_energy = integrate_energy
+        self.noise = noise
+        self._frozen = False
+        self._rng = random.Random(unit_id)  # reproducible noise
+        self._clock = clock
+        self._energy_mono: float | None = None
+        #: ``clock()`` (time.monotonic()) of every read served (benchmarks time reactions from it).
         self.read_times: deque[float] = deque(maxlen=100_000)
         self._release = asyncio.Event()
         self._values: dict[Quantity, float | None] = dict(DEFAULT_VALUES)
@@ -118,6 +144,17 @@ class SimMeter:
 
     # Public methods.
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the served registers are held (see the class docstring)."""
+        return self._frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self._frozen = value
+        if not value:
+            self._encode()
+
     def update(
         self, values: Mapping[str | Quantity, float | None] | None = None, **kwargs: float | None
     ) -> None:
@@ -126,6 +163,7 @@ class SimMeter:
         Raises:
             ValueError: a value that the device's register type cannot hold.
         """
+        self._advance(self._clock())  # up to now at the power in force until now
         for key, value in {**(values or {}), **kwargs}.items():
             self._values[_quantity(key)] = value
         self._raw.clear()
@@ -140,6 +178,10 @@ class SimMeter:
         for i, w in enumerate(words):
             self._raw[(table, address + i)] = w
             self._image[table][address + i] = w
+
+    def value(self, quantity: str | Quantity) -> float | None:
+        """The present value of ``quantity`` (normalised, without noise)."""
+        return self._values.get(_quantity(quantity))
 
     def register(self, quantity: str | Quantity) -> Register:
         """The resolved register that holds ``quantity`` (absolute address)."""
@@ -188,10 +230,41 @@ class SimMeter:
         self._fixed_words = {(Table.HOLDING, a): w for a, w in words.items()}
         return relative.shifted(model_at)
 
+    def _advance(self, now: float) -> bool:
+        """Integrate the power since the last call into the counters; True if they moved."""
+        last, self._energy_mono = self._energy_mono, now
+        if not self.integrate_energy or last is None or now <= last:
+            return False
+        power = self._values.get(Quantity.POWER_TOTAL)
+        if power is None:
+            phases = [self._values.get(q) for q in _POWERS[:3]]
+            power = None if None in phases else sum(phases)  # type: ignore[arg-type]
+        if not power:
+            return False
+        key = Quantity.ENERGY_IMPORT if power > 0 else Quantity.ENERGY_EXPORT
+        counter = self._values.get(key)
+        if counter is None:
+            return False
+        self._values[key] = counter + abs(power) * (now - last) / 3600
+        return True
+
+    def _served(self) -> dict[Quantity, float | None]:
+        """The values a read returns now: the present ones, with noise if asked for."""
+        if not self.noise:
+            return self._values
+        out = dict(self._values)
+        for q, v in out.items():
+            if v and q.family in ("voltage", "current", "power"):
+                out[q] = v * (1 + self._rng.uniform(-self.noise, self.noise))
+        return out
+
     def _encode(self) -> None:
+        if self._frozen:
+            return  # the served image stays as it was
+        values = self._served()
         image: dict[tuple[Table, int], int] = dict(self._fixed_words)
         regs = self.regmap.registers
-        exps = self._scale_exponents(regs)
+        exps = self._scale_exponents(regs, values)
         negate = self.profile.sign.value == "export_positive"
         for reg in regs:
             if reg.quantity is None:
@@ -200,7 +273,7 @@ class SimMeter:
                     -0x8000 if exp is None else exp, reg.dtype, reg.word_order, reg.byte_order
                 )
             else:
-                value = self._values.get(reg.quantity)
+                value = values.get(reg.quantity)
                 if value is not None and negate and reg.quantity in _POWERS:
                     value = -value
                 exp = exps.get(reg.scale_factor, 0) if reg.scale_factor else 0
@@ -217,7 +290,9 @@ class SimMeter:
         for table in Table:
             self._image[table] = {a: w for (t, a), w in image.items() if t is table}
 
-    def _scale_exponents(self, regs: Sequence[Register]) -> dict[str, int | None]:
+    def _scale_exponents(
+        self, regs: Sequence[Register], values: Mapping[Quantity, float | None]
+    ) -> dict[str, int | None]:
         """Pick each SunSpec scale factor as fine as the values sharing it allow."""
         users: dict[str, list[Register]] = {}
         for reg in regs:
@@ -225,7 +300,7 @@ class SimMeter:
                 users.setdefault(reg.scale_factor, []).append(reg)
         exps: dict[str, int | None] = {}
         for sf, members in users.items():
-            vals = [(r, self._values.get(r.quantity)) for r in members if r.quantity]
+            vals = [(r, values.get(r.quantity)) for r in members if r.quantity]
             if all(v is None for _, v in vals) and vals:
                 exps[sf] = None  # every user missing: the scale factor is "not implemented"
                 continue
@@ -251,7 +326,12 @@ class SimMeter:
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        self.read_times.append(time.monotonic())
+        now = self._clock()
+        self.read_times.append(now)
+        if (self._advance(now) or self.noise) and not self._frozen:
+            # A counter or noisy value the registers cannot hold: serve the last image.
+            with contextlib.suppress(ValueError):
+                self._encode()
         if self.delay_s:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.delay_s):
