@@ -79,8 +79,14 @@ def _serve(plan: list[tuple[str, dict[str, float]]], seed: int, conn: Connection
             # Values drift like a live site: a small random walk every second.
             for i, m in enumerate(meters):
                 energy[i] += rng.uniform(0.0, 0.02)
+                kw = rng.uniform(0.0, 90.0)
+                amps = round(kw / 3 / 0.23, 2)  # balanced at 230 V: P within V·I (plausible)
                 m.update(
-                    energy_import=round(energy[i], 3), power_total=round(rng.uniform(0.0, 90.0), 2)
+                    energy_import=round(energy[i], 3),
+                    power_total=round(kw, 2),
+                    current_l1=amps,
+                    current_l2=amps,
+                    current_l3=amps,
                 )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):

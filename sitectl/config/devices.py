@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from devices.api import DeviceSpec, SerialTransport, Sign, TcpTransport
-from sitectl.config.base import _Model
+from sitectl.config.base import _Model, parse_phase_rotation
 
 
 class DeviceConfig(_Model):
@@ -35,6 +35,28 @@ class DeviceConfig(_Model):
     registers: list[dict[str, Any]] | dict[str, Any] | None = Field(
         None, description="Inline register map for the 'generic' profile."
     )
+    frozen_after_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="Frozen-meter check: no register change while current flows, or no energy "
+        "counted while power flows, for this long makes the reading stale; null turns it off.",
+    )
+    phase_map: str = Field(
+        "L1-L2-L3",
+        description="Site phase of each meter phase, for CTs labelled differently from the "
+        "site's L1/L2/L3: 'L2-L3-L1' means the meter's L1 measures the site's L2.",
+    )
+
+    @field_validator("phase_map")
+    @classmethod
+    def _phase_map(cls, value: str) -> str:
+        parse_phase_rotation(value, 3)
+        return value
+
+    @property
+    def site_phases(self) -> tuple[int, ...]:
+        """Site phase index of the meter's L1, L2, L3."""
+        return parse_phase_rotation(self.phase_map, 3)
 
     @model_validator(mode="after")
     def _one_transport(self) -> DeviceConfig:
@@ -67,4 +89,5 @@ class DeviceConfig(_Model):
             rated_current_a=self.rated_current_a,
             inline_registers=self.registers,
             sign=Sign(self.sign) if self.sign else None,
+            frozen_after_s=self.frozen_after_s,
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -118,6 +119,10 @@ class ControlLoop:
             self.control.good_readings_to_recover,
         )
         self.device_circuits: dict[str, list[str]] = {}
+        #: Devices whose CTs are labelled differently from the site's phases.
+        self.phase_maps = {
+            d.name: d.site_phases for d in config.devices if d.site_phases != (0, 1, 2)
+        }
         for circuit, device in self.builder.meters.items():
             if device is not None:
                 self.meters.watch(circuit)
@@ -150,7 +155,7 @@ class ControlLoop:
             self._reading(change.subject)
 
     def _reading(self, device: str) -> None:
-        reading = self.state.readings.get(device)
+        reading = self._on_site_phases(device, self.state.readings.get(device))
         now = self.monotonic()
         for circuit in self.device_circuits.get(device, []):
             changed = self.meters.reading(circuit, reading, now)
@@ -167,6 +172,21 @@ class ControlLoop:
                 )
             ):
                 self.trigger()  # overload: act now, not at the next period
+
+    def _on_site_phases(self, device: str, reading: Any) -> Any:
+        """A reading with its per-phase values in site phase order (the device's phase_map)."""
+        order = self.phase_maps.get(device)
+        if order is None or reading is None:
+            return reading
+        changes = {}
+        for name in ("current_a", "voltage_v", "power_kw"):
+            values = getattr(reading, name, None)
+            if values is not None:
+                site = [0.0, 0.0, 0.0]
+                for k, phase in enumerate(order):
+                    site[phase] = values[k]
+                changes[name] = (site[0], site[1], site[2])
+        return dataclasses.replace(reading, **changes) if changes else reading
 
     def _meter_changed(self, circuit: str, state: MeterState) -> None:
         if state is MeterState.FAILED:

@@ -206,7 +206,9 @@ class SimDepot:
         meter_of.update({c.meter: c.id for c in self.config.circuits if c.meter})
         for device, meter in self.meters.items():
             circuit = meter_of.get(device)
-            if circuit is None or device in self.frozen:
+            # A frozen gateway serves the registers it had (its counters stop too).
+            meter.frozen = device in self.frozen
+            if circuit is None or meter.frozen:
                 continue
             amps = tuple(
                 max(0.0, a + self._random.uniform(-self.meter_noise_a, self.meter_noise_a))

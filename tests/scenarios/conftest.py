@@ -65,6 +65,7 @@ def scenario_config(
     feeders: list[dict[str, Any]] | None = None,
     site: dict[str, Any] | None = None,
     control: dict[str, Any] | None = None,
+    meter: dict[str, Any] | None = None,
 ) -> Config:
     """A depot with a metered grid connection (SDM630 on Modbus TCP) and the given chargers."""
     meter_port, ocpp_port = free_ports(2)
@@ -94,6 +95,7 @@ def scenario_config(
                 "unit_id": 1,
                 "poll_period_s": 0.1,
                 "timeout_s": 0.3,
+                **(meter or {}),
             }
         ],
         "ocpp": {

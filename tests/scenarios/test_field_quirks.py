@@ -125,3 +125,28 @@ async def test_one_mute_charger_does_not_stall_control_of_the_others(tmp_path, m
     assert reaction < 5, reaction
     await site.cycles(6)
     assert site.depot.seconds_over(since=mark).get("feeder", 0.0) <= RAMP_S + 1.0
+
+
+async def test_a_meter_that_freezes_while_vehicles_charge_is_not_trusted(tmp_path, make_site):
+    # Frozen at a plausible value (more than the vehicles draw): only the device layer's
+    # stuck-register check can tell. Then the building grows, which the meter no longer sees.
+    config = scenario_config(tmp_path, [{"id": "A"}, {"id": "B"}], meter={"frozen_after_s": 1.0})
+    building = {"a": 20.0}
+    site = await make_site(config, level(building))
+    for charger_id in "AB":
+        await site.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: site.draw("A") > 25 and site.draw("B") > 25, timeout=10, message="charging"
+    )
+    site.depot.frozen.add("grid-meter")
+    mark = time.monotonic()
+    await wait_for(
+        lambda: ("meter_failed", "grid") in site.state.alarms,
+        timeout=10,
+        message="the frozen meter to be alarmed",
+    )
+    assert "frozen" in site.state.alarms[("meter_failed", "grid")].text
+    building["a"] = 38.0  # within the 40 A failed-meter budget
+    await site.cycles(6)
+    assert site.depot.seconds_over(since=mark).get("grid", 0.0) <= RAMP_S
+    assert site.draw("A") > 6 and site.draw("B") > 6
