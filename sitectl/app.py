@@ -65,6 +65,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     from sitectl.control.loop import ControlLoop
     from sitectl.firmware import FanoutListener, FirmwareTracker
     from sitectl.http.server import HttpServer
+    from sitectl.ocpp.csms_guard import CsmsProfileGuard
     from sitectl.ocpp.keeper import ProfileKeeper
     from sitectl.ocpp.observe import StateObserver
     from sitectl.ocpp.recovery import SessionRecovery
@@ -83,6 +84,8 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         state.raise_alarm(code, subject, Severity.WARNING, text)
 
     ocpp_server = OcppServer(config, FanoutListener(observer, tracker), store=store, alarm=alarm)
+    # The CSMS's charger-wide profiles go below sitectl's stack levels (issue #17.1).
+    ocpp_server.csms_rewriters.append(CsmsProfileGuard(config.ocpp.profile_stack_levels).rewrite)
     keeper = ProfileKeeper(state, ocpp_server.call)
     firmware = _firmware_components(config, state, store, ocpp_server, tracker)
     rollouts = firmware.rollouts if firmware is not None else None

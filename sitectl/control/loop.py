@@ -67,6 +67,7 @@ _TRIGGERS = frozenset(
         "session_restored",
         "session_ended",
         "charger_connected",
+        "profiles_cleared",
         "charger_disconnected",
         "charger_booted",
         "session_needs",
@@ -145,6 +146,13 @@ class ControlLoop:
             if change.kind == "charger_disconnected":
                 self.memory[change.subject].disconnected_at = self.monotonic()
                 self.memory[change.subject].failsafe_installed = False
+            elif change.kind == "profiles_cleared":
+                # The CSMS cleared profiles on it, perhaps sitectl's too: the charger may hold
+                # nothing now. Budgeted at its maximum until its fail-safe is back, then sent its
+                # *current* limit (never a remembered one, issue #17.4).
+                mem = self.memory[change.subject]
+                mem.failsafe_installed = mem.failsafe_ever = False
+                mem.commanded_a = mem.commanded_at = None
             elif change.kind == "charger_connected":
                 mem = self.memory[change.subject]
                 mem.disconnected_at = None

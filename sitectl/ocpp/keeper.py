@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 Caller = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+def _permanent(payload: dict[str, Any]) -> bool:
+    """A profile without a duration (sitectl's fail-safe): it stays in force until replaced."""
+    profile = payload.get("csChargingProfiles") or payload.get("chargingProfile") or {}
+    schedules = profile.get("chargingSchedule")
+    if isinstance(schedules, dict):
+        schedules = [schedules]
+    return all(isinstance(s, dict) and "duration" not in s for s in schedules or ())
+
+
 def _profile_key(payload: dict[str, Any]) -> tuple[int, int, int]:
     """(stack level, connector/EVSE, profile id) of a SetChargingProfile payload."""
     profile = payload.get("csChargingProfiles") or payload["chargingProfile"]
@@ -58,7 +67,10 @@ class ProfileKeeper:
             CallFailed: the call failed (error, timeout, charger offline).
         """
         response = await self._call(identity, "SetChargingProfile", payload)
-        if response.get("status") == "Accepted":
+        if response.get("status") == "Accepted" and _permanent(payload):
+            # Only permanent profiles (the fail-safe) are kept for re-applying: a dynamic
+            # limit re-sent from memory would be stale (issue #17.4); the control loop sends
+            # the current one after a clear.
             key = _profile_key(payload)
             profiles = self._accepted.setdefault(identity, {})
             # A profile id replaces the same id (K01.FR.05); forget older copies.

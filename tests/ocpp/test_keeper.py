@@ -77,3 +77,21 @@ async def test_refused_profile_is_not_kept(csms, start_server) -> None:
         sim.reject_profiles = True
         assert (await keeper.set_profile("CP1", profile(900001, 8, 20.0)))["status"] == "Rejected"
         assert keeper.kept("CP1") == []
+
+
+async def test_only_permanent_profiles_are_kept_for_re_applying() -> None:
+    # A dynamic limit (with a duration) re-sent after a clear would be stale by then: the
+    # control loop sends the current one instead (issue #17.4).
+    from sitectl.ocpp.keeper import ProfileKeeper
+    from sitectl.state import SiteState
+    from tests.ocpp.conftest import depot_config
+
+    async def accept(identity, action, payload):
+        return {"status": "Accepted"}
+
+    keeper = ProfileKeeper(SiteState(depot_config([{"id": "CP1"}], None)), accept)
+    dynamic = profile(900001, 8, 20.0)
+    dynamic["csChargingProfiles"]["chargingSchedule"]["duration"] = 30
+    await keeper.set_profile("CP1", profile(900000, 7, 6.0))
+    await keeper.set_profile("CP1", dynamic)
+    assert [p["csChargingProfiles"]["chargingProfileId"] for p in keeper.kept("CP1")] == [900000]

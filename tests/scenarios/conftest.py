@@ -21,6 +21,7 @@ import yaml
 from devices.meter import MeterPool
 from sitectl.config import Config, load_config
 from sitectl.control.loop import ControlLoop
+from sitectl.ocpp.csms_guard import CsmsProfileGuard
 from sitectl.ocpp.keeper import ProfileKeeper
 from sitectl.ocpp.observe import StateObserver
 from sitectl.ocpp.recovery import SessionRecovery
@@ -66,6 +67,7 @@ def scenario_config(
     site: dict[str, Any] | None = None,
     control: dict[str, Any] | None = None,
     meter: dict[str, Any] | None = None,
+    csms_url: str | None = None,
 ) -> Config:
     """A depot with a metered grid connection (SDM630 on Modbus TCP) and the given chargers."""
     meter_port, ocpp_port = free_ports(2)
@@ -101,6 +103,7 @@ def scenario_config(
         "ocpp": {
             "listen_host": "127.0.0.1",
             "listen_port": ocpp_port,
+            "upstream_url": csms_url,
             "offline": {"local_id_tags": ["FLEET"]},
         },
         "control": {**CONTROL, **(control or {})},
@@ -135,6 +138,8 @@ class Site:
         self.observer = StateObserver(state)
         ActiveSessions(self.store, state)
         server = OcppServer(config, self.observer, store=self.store)
+        server.csms_rewriters.append(CsmsProfileGuard(config.ocpp.profile_stack_levels).rewrite)
+        self.server = server
         keeper = ProfileKeeper(state, server.call)
         recovery = SessionRecovery(
             state, server.call, self.observer.end_restored, confirm_s=self.confirm_s
