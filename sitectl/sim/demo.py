@@ -6,7 +6,9 @@ wiring, one charger that ignores its limit), a Modbus grid meter and transformer
 measure a building-load curve plus what the chargers really draw, vehicles that arrive, charge
 and leave on a compressed schedule, and a vendor's download server with one firmware image that
 the chargers really fetch and install when rolled out. sitectl itself runs exactly as
-``sitectl run`` would.
+``sitectl run`` would. MQTT goes to the demo's own mosquitto on a free port (never the machine's
+port 1883, which may be someone else's broker), or to ``--mqtt HOST:PORT``, or nowhere when
+mosquitto is not installed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aiohttp import web
 from sitectl.app import App
 from sitectl.config import Config, load_config
 from sitectl.logs import set_secrets
+from sitectl.sim.broker import pick_broker
 from sitectl.sim.charger import SimEv
 from sitectl.sim.csms import StubCsms
 from sitectl.sim.depot import SimDepot
@@ -82,7 +85,8 @@ def prepare_config(
 ) -> Config:
     """The demo configuration on free ports, with `chargers` chargers (limits scaled).
 
-    `mqtt` replaces the configured broker address (the end-to-end tests use their own).
+    `mqtt` is the broker's address; ``None`` turns MQTT off (the configured address is never
+    used: it is a placeholder).
     """
     config, _ = load_config(path)
     meter_port, ocpp_port, csms_port, http_port = free_ports(4)
@@ -124,6 +128,8 @@ def prepare_config(
     data["firmware"]["base_url"] = f"http://127.0.0.1:{http_port}"
     if mqtt is not None:
         data["mqtt"]["host"], data["mqtt"]["port"] = mqtt
+    else:
+        data["mqtt"]["enabled"] = False
     return Config.model_validate(data)
 
 
@@ -208,93 +214,133 @@ async def run_demo(
     mqtt: tuple[str, int] | None = None,
     on_ready: Callable[[DemoParts], None] | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C or `duration_s`; returns the exit code."""
+    """Run the demo until Ctrl-C or `duration_s`; returns the exit code.
+
+    `mqtt`: the broker to publish to; ``None``: the demo's own mosquitto (or none if it is not
+    installed).
+    """
     with tempfile.TemporaryDirectory(prefix="sitectl-demo-") as tmp:
-        config = prepare_config(config_path, Path(tmp), chargers, mqtt)
-        set_secrets([c.password.get_secret_value() for c in config.chargers if c.password])
-        csms_url = urlsplit(config.ocpp.upstream_url or "")
-        csms = StubCsms(port=csms_url.port or 0, path=csms_url.path)
-        await csms.start()
-        depot = SimDepot(
-            config,
-            f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}",
-            building={"transformer": lambda t: _building(t * speed / 60)},
-            tick_s=0.2,
-            report_s=2.0,
-            lag_s=1.0,
-            energy_factor=speed,
-            charger_class=FirmwareSimCharger,
-        )
-        vendor, firmware_url = await _vendor_server(Path(tmp))
-        await depot.start_meters()
-        app = App(config)
-        app_task = asyncio.create_task(app.run())
-        tasks: list[asyncio.Task] = []
+        broker = await asyncio.to_thread(pick_broker, mqtt, Path(tmp) / "mosquitto")
         try:
-            for _ in range(100):  # the OCPP server needs a moment to listen
-                try:
-                    await depot.start()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.1)
-            depot.chargers[NONCOMPLIANT].compliant = False
-            print(
-                f"dashboard: http://127.0.0.1:{config.http.listen_port}/  MQTT: "
-                f"{config.mqtt.host}:{config.mqtt.port} under {config.topic_prefix}/",
-                file=out,
-                flush=True,
+            return await _run(
+                config_path,
+                Path(tmp),
+                broker.address,
+                broker.note,
+                chargers,
+                speed,
+                duration_s,
+                out,
+                on_ready,
             )
-            print(
-                f"demo depot {config.site.id}: {len(config.chargers)} chargers, OCPP on "
-                f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}, stub CSMS on "
-                f"{csms.url}, speed ×{speed:g}; {NONCOMPLIANT} ignores its limit. "
-                "Ctrl-C stops.",
-                file=out,
-                flush=True,
-            )
-            print(
-                "try a firmware rollout (idle chargers first; none during a session): "
-                f"sitectl firmware start -c {config_path} --api-url "
-                f"http://127.0.0.1:{config.http.listen_port} {firmware_url} --all",
-                file=out,
-                flush=True,
-            )
-            tasks.append(asyncio.create_task(_fleet(depot, random.Random(1), speed)))
-            if on_ready is not None:
-                on_ready(DemoParts(app, depot, csms, config, firmware_url))
-            if duration_s is not None:
-                asyncio.get_running_loop().call_later(duration_s, app.stop)
-            said_mqtt = False
-            started = asyncio.get_running_loop().time()
-            while not app_task.done():
-                done, _ = await asyncio.wait({app_task}, timeout=3)
-                if not done and app.state is not None:
-                    print(_status_line(app.state, config), file=out, flush=True)
-                uplink = next((c for c in app.components if c.name == "uplink"), None)
-                waited = asyncio.get_running_loop().time() - started
-                if (
-                    uplink is not None
-                    and not uplink.connected
-                    and waited > 10
-                    and not said_mqtt
-                    and not app_task.done()
-                ):
-                    said_mqtt = True
-                    print(
-                        f"no MQTT broker at {config.mqtt.host}:{config.mqtt.port}: summaries "
-                        "wait in the outbox until one is reachable",
-                        file=out,
-                        flush=True,
-                    )
-            return app_task.result()
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if not app_task.done():
-                app.stop()
-                await app_task
-            await vendor.cleanup()
-            await depot.stop()
-            await csms.stop()
+            await asyncio.to_thread(broker.stop)
+
+
+async def _run(
+    config_path: Path,
+    tmp: Path,
+    mqtt: tuple[str, int] | None,
+    mqtt_note: str,
+    chargers: int | None,
+    speed: float,
+    duration_s: float | None,
+    out: TextIO,
+    on_ready: Callable[[DemoParts], None] | None,
+) -> int:
+    """The demo proper, its broker chosen (`mqtt` ``None``: without MQTT)."""
+    config = prepare_config(config_path, tmp, chargers, mqtt)
+    set_secrets([c.password.get_secret_value() for c in config.chargers if c.password])
+    csms_url = urlsplit(config.ocpp.upstream_url or "")
+    csms = StubCsms(port=csms_url.port or 0, path=csms_url.path)
+    await csms.start()
+    depot = SimDepot(
+        config,
+        f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}",
+        building={"transformer": lambda t: _building(t * speed / 60)},
+        tick_s=0.2,
+        report_s=2.0,
+        lag_s=1.0,
+        energy_factor=speed,
+        charger_class=FirmwareSimCharger,
+    )
+    vendor, firmware_url = await _vendor_server(tmp)
+    await depot.start_meters()
+    app = App(config)
+    app_task = asyncio.create_task(app.run())
+    tasks: list[asyncio.Task] = []
+    try:
+        for _ in range(100):  # the OCPP server needs a moment to listen
+            try:
+                await depot.start()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        depot.chargers[NONCOMPLIANT].compliant = False
+        where = f"{mqtt_note} under {config.topic_prefix}/" if mqtt else mqtt_note
+        print(
+            f"dashboard: http://127.0.0.1:{config.http.listen_port}/  MQTT: {where}",
+            file=out,
+            flush=True,
+        )
+        if mqtt is not None:
+            print(
+                f"watch it: mosquitto_sub -V mqttv5 -h {mqtt[0]} -p {mqtt[1]} "
+                f"-t '{config.topic_prefix}/#' -v",
+                file=out,
+                flush=True,
+            )
+        print(
+            f"demo depot {config.site.id}: {len(config.chargers)} chargers, OCPP on "
+            f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}, stub CSMS on "
+            f"{csms.url}, speed ×{speed:g}; {NONCOMPLIANT} ignores its limit. "
+            "Ctrl-C stops.",
+            file=out,
+            flush=True,
+        )
+        print(
+            "try a firmware rollout (idle chargers first; none during a session): "
+            f"sitectl firmware start -c {config_path} --api-url "
+            f"http://127.0.0.1:{config.http.listen_port} {firmware_url} --all",
+            file=out,
+            flush=True,
+        )
+        tasks.append(asyncio.create_task(_fleet(depot, random.Random(1), speed)))
+        if on_ready is not None:
+            on_ready(DemoParts(app, depot, csms, config, firmware_url))
+        if duration_s is not None:
+            asyncio.get_running_loop().call_later(duration_s, app.stop)
+        said_mqtt = False
+        started = asyncio.get_running_loop().time()
+        while not app_task.done():
+            done, _ = await asyncio.wait({app_task}, timeout=3)
+            if not done and app.state is not None:
+                print(_status_line(app.state, config), file=out, flush=True)
+            uplink = next((c for c in app.components if c.name == "uplink"), None)
+            waited = asyncio.get_running_loop().time() - started
+            if (
+                uplink is not None
+                and not uplink.connected
+                and waited > 10
+                and not said_mqtt
+                and not app_task.done()
+            ):
+                said_mqtt = True
+                print(
+                    f"no MQTT broker at {config.mqtt.host}:{config.mqtt.port}: summaries "
+                    "wait in the outbox until one is reachable",
+                    file=out,
+                    flush=True,
+                )
+        return app_task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not app_task.done():
+            app.stop()
+            await app_task
+        await vendor.cleanup()
+        await depot.stop()
+        await csms.stop()
