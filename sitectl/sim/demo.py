@@ -18,8 +18,10 @@ import contextlib
 import logging
 import math
 import random
+import shlex
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from sitectl.sim.broker import pick_broker
 from sitectl.sim.charger import SimEv
 from sitectl.sim.csms import StubCsms
 from sitectl.sim.depot import SimDepot
-from sitectl.sim.firmware import FirmwareSimCharger
+from sitectl.sim.firmware import FirmwareSimCharger, sim_image
 from sitectl.sim.ports import free_ports
 from sitectl.state import SiteState
 
@@ -57,15 +59,17 @@ class DemoParts:
     firmware_url: str  # an image on the demo's stand-in for a vendor's download server
 
 
-#: The demo vendor's firmware image: random bytes, the same every run.
-FIRMWARE_NAME = "sim-charger-2.0.bin"
+#: The demo vendor's firmware image: the simulator's header with its version, then random
+#: bytes, the same every run. The chargers come back from installing it as 2.0.0.
+FIRMWARE_VERSION = "2.0.0"
+FIRMWARE_NAME = f"sim-charger-{FIRMWARE_VERSION}.bin"
 FIRMWARE_BYTES = 4 * 1024 * 1024
 
 
 async def _vendor_server(directory: Path) -> tuple[web.AppRunner, str]:
     """Serve one firmware image over HTTP on a free loopback port (Range like any file server)."""
     image = directory / FIRMWARE_NAME
-    image.write_bytes(random.Random(2).randbytes(FIRMWARE_BYTES))
+    image.write_bytes(sim_image(FIRMWARE_VERSION, random.Random(2).randbytes(FIRMWARE_BYTES)))
 
     async def serve(request: web.Request) -> web.FileResponse:
         return web.FileResponse(image)
@@ -133,6 +137,29 @@ def prepare_config(
     return Config.model_validate(data)
 
 
+def firmware_command(config_path: Path, config: Config, firmware_url: str) -> str:
+    """The rollout command to print: pasteable as it is, from any directory and shell.
+
+    This very interpreter with ``-m sitectl``: a ``sitectl`` on the PATH may be another install
+    or none (the demo often runs from a venv that is not activated).
+    """
+    return shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "sitectl",
+            "firmware",
+            "start",
+            "-c",
+            str(Path(config_path).resolve()),
+            "--api-url",
+            f"http://127.0.0.1:{config.http.listen_port}",
+            firmware_url,
+            "--all",
+        ]
+    )
+
+
 def _building(t: float) -> tuple[float, float, float]:
     """A workshop and office: a base load with a slow swing and a little phase imbalance."""
     swing = 20 * math.sin(2 * math.pi * t / 120)
@@ -162,13 +189,44 @@ def _status_line(state: SiteState, config: Config) -> str:
     )
     if status.last_solve_s is not None:
         parts.append(f"solve {status.last_solve_s * 1000:.0f} ms {status.method}")
+    versions = Counter(c.firmware_version for c in state.chargers.values() if c.firmware_version)
+    if len(versions) > 1:  # a rollout under way (or done in part): follow it here
+        parts.append("firmware " + ", ".join(f"{v} ×{n}" for v, n in sorted(versions.items())))
     alarms = ", ".join(f"{code} {subject}" for code, subject in sorted(state.alarms))
     parts.append(f"alarms: {alarms or 'none'}")
     return " | ".join(parts)
 
 
-async def _fleet(depot: SimDepot, rng: random.Random, speed: float) -> None:
-    """Vehicles come, charge and go; most are buses back for the night."""
+def _awaiting_update(app: App) -> set[str]:
+    """Chargers a running firmware rollout has still to update (queued or in flight)."""
+    rollouts = next((c for c in app.components if c.name == "firmware-rollouts"), None)
+    if rollouts is None:
+        return set()
+    waiting: set[str] = set()
+    for summary in rollouts.list():
+        if summary["state"] != "running":
+            continue
+        status = rollouts.status(summary["id"]) or {}
+        waiting |= {
+            c["charger"]
+            for c in status.get("chargers", [])
+            if c["state"] in ("queued", "downloading", "installing")
+        }
+    return waiting
+
+
+async def _fleet(
+    depot: SimDepot,
+    rng: random.Random,
+    speed: float,
+    reserved: Callable[[], set[str]] = set,
+) -> None:
+    """Vehicles come, charge and go; most are buses back for the night.
+
+    A charger in `reserved` (a rollout has still to update it) gets no new vehicle, as a
+    depot keeps a bay free for maintenance: otherwise, with a bus arriving within seconds of
+    the last one leaving, the update would wait for hours.
+    """
     config = depot.config
 
     def vehicle(charger_id: str) -> SimEv:
@@ -185,6 +243,12 @@ async def _fleet(depot: SimDepot, rng: random.Random, speed: float) -> None:
         )
 
     ids = list(depot.chargers)
+
+    def free(charger_id: str) -> bool:
+        # A bus is not parked at a charger that is installing firmware or rebooting.
+        sim = depot.chargers[charger_id]
+        return not getattr(sim, "updating", False) and charger_id not in reserved()
+
     # The non-compliant charger gets a vehicle at once, so the demo shows the detection.
     others = [i for i in ids if i != NONCOMPLIANT]
     first = [NONCOMPLIANT, *others[: max(1, 2 * len(ids) // 3)]]
@@ -201,7 +265,7 @@ async def _fleet(depot: SimDepot, rng: random.Random, speed: float) -> None:
                 and rng.random() < 0.5
             ):
                 await depot.unplug(charger_id)
-            elif plug is None and rng.random() < 0.3:
+            elif plug is None and free(charger_id) and rng.random() < 0.3:
                 await depot.plug_in(charger_id, vehicle(charger_id))
 
 
@@ -299,13 +363,13 @@ async def _run(
             flush=True,
         )
         print(
-            "try a firmware rollout (idle chargers first; none during a session): "
-            f"sitectl firmware start -c {config_path} --api-url "
-            f"http://127.0.0.1:{config.http.listen_port} {firmware_url} --all",
+            "try a firmware rollout (idle chargers first; none during a session), in "
+            f"another terminal: {firmware_command(config_path, config, firmware_url)}",
             file=out,
             flush=True,
         )
-        tasks.append(asyncio.create_task(_fleet(depot, random.Random(1), speed)))
+        fleet = _fleet(depot, random.Random(1), speed, lambda: _awaiting_update(app))
+        tasks.append(asyncio.create_task(fleet))
         if on_ready is not None:
             on_ready(DemoParts(app, depot, csms, config, firmware_url))
         if duration_s is not None:
