@@ -60,8 +60,8 @@ class DemoParts:
 
 
 #: The demo vendor's firmware image: the simulator's header with its version, then random
-#: bytes, the same every run. The chargers come back from installing it as 2.0.0.
-FIRMWARE_VERSION = "2.0.0"
+#: bytes, the same every run. The chargers come back from installing it as 2.0.
+FIRMWARE_VERSION = "2.0"
 FIRMWARE_NAME = f"sim-charger-{FIRMWARE_VERSION}.bin"
 FIRMWARE_BYTES = 4 * 1024 * 1024
 
@@ -253,15 +253,20 @@ async def _fleet(
     others = [i for i in ids if i != NONCOMPLIANT]
     first = [NONCOMPLIANT, *others[: max(1, 2 * len(ids) // 3)]]
     for charger_id in first:
-        await depot.plug_in(charger_id, vehicle(charger_id))
+        if free(charger_id):  # a rollout may have begun already
+            await depot.plug_in(charger_id, vehicle(charger_id))
     while True:
         await asyncio.sleep(max(0.5, 30 / speed))
         for charger_id in ids:
             sim = depot.chargers[charger_id]
             plug = sim.plugs.get(1)
+            # A bus that plugged in just as its charger took an update is moved to another
+            # bay (the charger installs only once it is gone, and a canary would hold the
+            # whole rollout); the others leave once they have their energy.
+            moved = getattr(sim, "updating", False)
             if (
                 plug is not None
-                and plug.register_wh / 1000 >= plug.ev.energy_wanted_kwh
+                and (moved or plug.register_wh / 1000 >= plug.ev.energy_wanted_kwh)
                 and rng.random() < 0.5
             ):
                 await depot.unplug(charger_id)
