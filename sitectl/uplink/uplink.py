@@ -24,8 +24,8 @@ outbox (outbox.py) and feeds the broker connection (client.py) from there; it ta
 - Two controllers with one site id (client.py): a "session taken over" disconnect, or a status
   on our ``…/status`` that another process published (its ``started_at`` is not ours: live, or
   retained and found on a reconnect), raises the ``mqtt_session_taken_over`` alarm; it clears
-  when a connection then stays up for the connection's ``stable_s``. A retained status found on
-  the first connection is the previous run's, not evidence.
+  when a connection then stays up for the connection's ``stable_s``. A retained status found
+  before our own status ever came back is the previous run's, not evidence.
 """
 
 from __future__ import annotations
@@ -158,7 +158,9 @@ class Uplink:
         self._waiters: dict[int, asyncio.Future[bool]] = {}  # mid -> status acknowledged
         self._others: set[int] = set()  # status and replies in flight (paho mids)
         self._takeover_clear: asyncio.TimerHandle | None = None
-        self._connections = 0  # CONNACKs since start
+        # Our own status came back through the watch: from then on the retained status was
+        # ours, and another one found on a reconnect was published by someone else.
+        self._own_status_seen = False
         # What was published.
         self._chargers: dict[str, dict[str, Any]] = {}  # comparable() of the last state sent
         self._alarms: dict[tuple[str, str], Alarm] = dict(state.alarms)
@@ -478,7 +480,6 @@ class Uplink:
         self._cursor = 0
         self._birth_pending = True
         self._fail_waiters()
-        self._connections += 1
         if self.connection is not None:
             # Before the birth goes out, so that the retained status is the one we came back to.
             self.connection.watch(event.generation, self.topics.status)
@@ -512,8 +513,9 @@ class Uplink:
         except ValueError:
             started_at = None
         if started_at == iso(self.state.started_at):
+            self._own_status_seen = True
             return
-        if message.retain and self._connections <= 1:
+        if message.retain and not self._own_status_seen:
             return  # what the previous run left (its shutdown or its Will)
         if self.connection is not None:
             self.connection.suspect_takeover()
