@@ -96,7 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated time per real time (default 60: a minute a second)",
     )
     demo.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    demo.add_argument(
+        "--mqtt",
+        type=_broker_address,
+        default=None,
+        metavar="HOST:PORT",
+        help="publish to this broker (default: the demo starts its own mosquitto on a free port)",
+    )
     return parser
+
+
+def _broker_address(text: str) -> tuple[str, int]:
+    from sitectl.sim.broker import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _load(path: str) -> Config | None:
@@ -218,7 +234,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if _load(str(path)) is None:
         return 1
     try:
-        return asyncio.run(run_demo(path, args.chargers, args.speed, args.duration))
+        return asyncio.run(run_demo(path, args.chargers, args.speed, args.duration, mqtt=args.mqtt))
     except KeyboardInterrupt:
         return 0
 

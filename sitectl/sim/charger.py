@@ -473,7 +473,8 @@ class SimCharger:
         """Send any ``ocpp`` call dataclass and return the result."""
         return await self.point.call(payload)
 
-    async def boot(self) -> Any:
+    async def boot(self, reason: str = "PowerUp") -> Any:
+        """BootNotification with `firmware_version`; `reason` is 2.0.1's BootReasonEnumType."""
         if self.version == "1.6":
             return await self.call(
                 call16.BootNotification(
@@ -489,7 +490,7 @@ class SimCharger:
                     "vendor_name": self.vendor,
                     "firmware_version": self.firmware_version,
                 },
-                reason="PowerUp",
+                reason=reason,
             )
         )
 

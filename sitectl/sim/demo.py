@@ -6,7 +6,9 @@ wiring, one charger that ignores its limit), a Modbus grid meter and transformer
 measure a building-load curve plus what the chargers really draw, vehicles that arrive, charge
 and leave on a compressed schedule, and a vendor's download server with one firmware image that
 the chargers really fetch and install when rolled out. sitectl itself runs exactly as
-``sitectl run`` would.
+``sitectl run`` would. MQTT goes to the demo's own mosquitto on a free port (never the machine's
+port 1883, which may be someone else's broker), or to ``--mqtt HOST:PORT``, or nowhere when
+mosquitto is not installed.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import contextlib
 import logging
 import math
 import random
+import shlex
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +33,11 @@ from aiohttp import web
 from sitectl.app import App
 from sitectl.config import Config, load_config
 from sitectl.logs import set_secrets
+from sitectl.sim.broker import pick_broker
 from sitectl.sim.charger import SimEv
 from sitectl.sim.csms import StubCsms
 from sitectl.sim.depot import SimDepot
-from sitectl.sim.firmware import FirmwareSimCharger
+from sitectl.sim.firmware import FirmwareSimCharger, sim_image
 from sitectl.sim.ports import free_ports
 from sitectl.state import SiteState
 
@@ -54,15 +59,17 @@ class DemoParts:
     firmware_url: str  # an image on the demo's stand-in for a vendor's download server
 
 
-#: The demo vendor's firmware image: random bytes, the same every run.
-FIRMWARE_NAME = "sim-charger-2.0.bin"
+#: The demo vendor's firmware image: the simulator's header with its version, then random
+#: bytes, the same every run. The chargers come back from installing it as 2.0.
+FIRMWARE_VERSION = "2.0"
+FIRMWARE_NAME = f"sim-charger-{FIRMWARE_VERSION}.bin"
 FIRMWARE_BYTES = 4 * 1024 * 1024
 
 
 async def _vendor_server(directory: Path) -> tuple[web.AppRunner, str]:
     """Serve one firmware image over HTTP on a free loopback port (Range like any file server)."""
     image = directory / FIRMWARE_NAME
-    image.write_bytes(random.Random(2).randbytes(FIRMWARE_BYTES))
+    image.write_bytes(sim_image(FIRMWARE_VERSION, random.Random(2).randbytes(FIRMWARE_BYTES)))
 
     async def serve(request: web.Request) -> web.FileResponse:
         return web.FileResponse(image)
@@ -82,7 +89,8 @@ def prepare_config(
 ) -> Config:
     """The demo configuration on free ports, with `chargers` chargers (limits scaled).
 
-    `mqtt` replaces the configured broker address (the end-to-end tests use their own).
+    `mqtt` is the broker's address; ``None`` turns MQTT off (the configured address is never
+    used: it is a placeholder).
     """
     config, _ = load_config(path)
     meter_port, ocpp_port, csms_port, http_port = free_ports(4)
@@ -124,7 +132,32 @@ def prepare_config(
     data["firmware"]["base_url"] = f"http://127.0.0.1:{http_port}"
     if mqtt is not None:
         data["mqtt"]["host"], data["mqtt"]["port"] = mqtt
+    else:
+        data["mqtt"]["enabled"] = False
     return Config.model_validate(data)
+
+
+def firmware_command(config_path: Path, config: Config, firmware_url: str) -> str:
+    """The rollout command to print: pasteable as it is, from any directory and shell.
+
+    This very interpreter with ``-m sitectl``: a ``sitectl`` on the PATH may be another install
+    or none (the demo often runs from a venv that is not activated).
+    """
+    return shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "sitectl",
+            "firmware",
+            "start",
+            "-c",
+            str(Path(config_path).resolve()),
+            "--api-url",
+            f"http://127.0.0.1:{config.http.listen_port}",
+            firmware_url,
+            "--all",
+        ]
+    )
 
 
 def _building(t: float) -> tuple[float, float, float]:
@@ -156,13 +189,44 @@ def _status_line(state: SiteState, config: Config) -> str:
     )
     if status.last_solve_s is not None:
         parts.append(f"solve {status.last_solve_s * 1000:.0f} ms {status.method}")
+    versions = Counter(c.firmware_version for c in state.chargers.values() if c.firmware_version)
+    if len(versions) > 1:  # a rollout under way (or done in part): follow it here
+        parts.append("firmware " + ", ".join(f"{v} ×{n}" for v, n in sorted(versions.items())))
     alarms = ", ".join(f"{code} {subject}" for code, subject in sorted(state.alarms))
     parts.append(f"alarms: {alarms or 'none'}")
     return " | ".join(parts)
 
 
-async def _fleet(depot: SimDepot, rng: random.Random, speed: float) -> None:
-    """Vehicles come, charge and go; most are buses back for the night."""
+def _awaiting_update(app: App) -> set[str]:
+    """Chargers a running firmware rollout has still to update (queued or in flight)."""
+    rollouts = next((c for c in app.components if c.name == "firmware-rollouts"), None)
+    if rollouts is None:
+        return set()
+    waiting: set[str] = set()
+    for summary in rollouts.list():
+        if summary["state"] != "running":
+            continue
+        status = rollouts.status(summary["id"]) or {}
+        waiting |= {
+            c["charger"]
+            for c in status.get("chargers", [])
+            if c["state"] in ("queued", "downloading", "installing")
+        }
+    return waiting
+
+
+async def _fleet(
+    depot: SimDepot,
+    rng: random.Random,
+    speed: float,
+    reserved: Callable[[], set[str]] = set,
+) -> None:
+    """Vehicles come, charge and go; most are buses back for the night.
+
+    A charger in `reserved` (a rollout has still to update it) gets no new vehicle, as a
+    depot keeps a bay free for maintenance: otherwise, with a bus arriving within seconds of
+    the last one leaving, the update would wait for hours.
+    """
     config = depot.config
 
     def vehicle(charger_id: str) -> SimEv:
@@ -179,23 +243,34 @@ async def _fleet(depot: SimDepot, rng: random.Random, speed: float) -> None:
         )
 
     ids = list(depot.chargers)
+
+    def free(charger_id: str) -> bool:
+        # A bus is not parked at a charger that is installing firmware or rebooting.
+        sim = depot.chargers[charger_id]
+        return not getattr(sim, "updating", False) and charger_id not in reserved()
+
     # The non-compliant charger gets a vehicle at once, so the demo shows the detection.
     others = [i for i in ids if i != NONCOMPLIANT]
     first = [NONCOMPLIANT, *others[: max(1, 2 * len(ids) // 3)]]
     for charger_id in first:
-        await depot.plug_in(charger_id, vehicle(charger_id))
+        if free(charger_id):  # a rollout may have begun already
+            await depot.plug_in(charger_id, vehicle(charger_id))
     while True:
         await asyncio.sleep(max(0.5, 30 / speed))
         for charger_id in ids:
             sim = depot.chargers[charger_id]
             plug = sim.plugs.get(1)
+            # A bus that plugged in just as its charger took an update is moved to another
+            # bay (the charger installs only once it is gone, and a canary would hold the
+            # whole rollout); the others leave once they have their energy.
+            moved = getattr(sim, "updating", False)
             if (
                 plug is not None
-                and plug.register_wh / 1000 >= plug.ev.energy_wanted_kwh
+                and (moved or plug.register_wh / 1000 >= plug.ev.energy_wanted_kwh)
                 and rng.random() < 0.5
             ):
                 await depot.unplug(charger_id)
-            elif plug is None and rng.random() < 0.3:
+            elif plug is None and free(charger_id) and rng.random() < 0.3:
                 await depot.plug_in(charger_id, vehicle(charger_id))
 
 
@@ -208,93 +283,133 @@ async def run_demo(
     mqtt: tuple[str, int] | None = None,
     on_ready: Callable[[DemoParts], None] | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C or `duration_s`; returns the exit code."""
+    """Run the demo until Ctrl-C or `duration_s`; returns the exit code.
+
+    `mqtt`: the broker to publish to; ``None``: the demo's own mosquitto (or none if it is not
+    installed).
+    """
     with tempfile.TemporaryDirectory(prefix="sitectl-demo-") as tmp:
-        config = prepare_config(config_path, Path(tmp), chargers, mqtt)
-        set_secrets([c.password.get_secret_value() for c in config.chargers if c.password])
-        csms_url = urlsplit(config.ocpp.upstream_url or "")
-        csms = StubCsms(port=csms_url.port or 0, path=csms_url.path)
-        await csms.start()
-        depot = SimDepot(
-            config,
-            f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}",
-            building={"transformer": lambda t: _building(t * speed / 60)},
-            tick_s=0.2,
-            report_s=2.0,
-            lag_s=1.0,
-            energy_factor=speed,
-            charger_class=FirmwareSimCharger,
-        )
-        vendor, firmware_url = await _vendor_server(Path(tmp))
-        await depot.start_meters()
-        app = App(config)
-        app_task = asyncio.create_task(app.run())
-        tasks: list[asyncio.Task] = []
+        broker = await asyncio.to_thread(pick_broker, mqtt, Path(tmp) / "mosquitto")
         try:
-            for _ in range(100):  # the OCPP server needs a moment to listen
-                try:
-                    await depot.start()
-                    break
-                except OSError:
-                    await asyncio.sleep(0.1)
-            depot.chargers[NONCOMPLIANT].compliant = False
-            print(
-                f"dashboard: http://127.0.0.1:{config.http.listen_port}/  MQTT: "
-                f"{config.mqtt.host}:{config.mqtt.port} under {config.topic_prefix}/",
-                file=out,
-                flush=True,
+            return await _run(
+                config_path,
+                Path(tmp),
+                broker.address,
+                broker.note,
+                chargers,
+                speed,
+                duration_s,
+                out,
+                on_ready,
             )
-            print(
-                f"demo depot {config.site.id}: {len(config.chargers)} chargers, OCPP on "
-                f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}, stub CSMS on "
-                f"{csms.url}, speed ×{speed:g}; {NONCOMPLIANT} ignores its limit. "
-                "Ctrl-C stops.",
-                file=out,
-                flush=True,
-            )
-            print(
-                "try a firmware rollout (idle chargers first; none during a session): "
-                f"sitectl firmware start -c {config_path} --api-url "
-                f"http://127.0.0.1:{config.http.listen_port} {firmware_url} --all",
-                file=out,
-                flush=True,
-            )
-            tasks.append(asyncio.create_task(_fleet(depot, random.Random(1), speed)))
-            if on_ready is not None:
-                on_ready(DemoParts(app, depot, csms, config, firmware_url))
-            if duration_s is not None:
-                asyncio.get_running_loop().call_later(duration_s, app.stop)
-            said_mqtt = False
-            started = asyncio.get_running_loop().time()
-            while not app_task.done():
-                done, _ = await asyncio.wait({app_task}, timeout=3)
-                if not done and app.state is not None:
-                    print(_status_line(app.state, config), file=out, flush=True)
-                uplink = next((c for c in app.components if c.name == "uplink"), None)
-                waited = asyncio.get_running_loop().time() - started
-                if (
-                    uplink is not None
-                    and not uplink.connected
-                    and waited > 10
-                    and not said_mqtt
-                    and not app_task.done()
-                ):
-                    said_mqtt = True
-                    print(
-                        f"no MQTT broker at {config.mqtt.host}:{config.mqtt.port}: summaries "
-                        "wait in the outbox until one is reachable",
-                        file=out,
-                        flush=True,
-                    )
-            return app_task.result()
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            if not app_task.done():
-                app.stop()
-                await app_task
-            await vendor.cleanup()
-            await depot.stop()
-            await csms.stop()
+            await asyncio.to_thread(broker.stop)
+
+
+async def _run(
+    config_path: Path,
+    tmp: Path,
+    mqtt: tuple[str, int] | None,
+    mqtt_note: str,
+    chargers: int | None,
+    speed: float,
+    duration_s: float | None,
+    out: TextIO,
+    on_ready: Callable[[DemoParts], None] | None,
+) -> int:
+    """The demo proper, its broker chosen (`mqtt` ``None``: without MQTT)."""
+    config = prepare_config(config_path, tmp, chargers, mqtt)
+    set_secrets([c.password.get_secret_value() for c in config.chargers if c.password])
+    csms_url = urlsplit(config.ocpp.upstream_url or "")
+    csms = StubCsms(port=csms_url.port or 0, path=csms_url.path)
+    await csms.start()
+    depot = SimDepot(
+        config,
+        f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}",
+        building={"transformer": lambda t: _building(t * speed / 60)},
+        tick_s=0.2,
+        report_s=2.0,
+        lag_s=1.0,
+        energy_factor=speed,
+        charger_class=FirmwareSimCharger,
+    )
+    vendor, firmware_url = await _vendor_server(tmp)
+    await depot.start_meters()
+    app = App(config)
+    app_task = asyncio.create_task(app.run())
+    tasks: list[asyncio.Task] = []
+    try:
+        for _ in range(100):  # the OCPP server needs a moment to listen
+            try:
+                await depot.start()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        depot.chargers[NONCOMPLIANT].compliant = False
+        where = f"{mqtt_note} under {config.topic_prefix}/" if mqtt else mqtt_note
+        print(
+            f"dashboard: http://127.0.0.1:{config.http.listen_port}/  MQTT: {where}",
+            file=out,
+            flush=True,
+        )
+        if mqtt is not None:
+            print(
+                f"watch it: mosquitto_sub -V mqttv5 -h {mqtt[0]} -p {mqtt[1]} "
+                f"-t '{config.topic_prefix}/#' -v",
+                file=out,
+                flush=True,
+            )
+        print(
+            f"demo depot {config.site.id}: {len(config.chargers)} chargers, OCPP on "
+            f"ws://127.0.0.1:{config.ocpp.listen_port}{config.ocpp.path}, stub CSMS on "
+            f"{csms.url}, speed ×{speed:g}; {NONCOMPLIANT} ignores its limit. "
+            "Ctrl-C stops.",
+            file=out,
+            flush=True,
+        )
+        print(
+            "try a firmware rollout (idle chargers first; none during a session), in "
+            f"another terminal: {firmware_command(config_path, config, firmware_url)}",
+            file=out,
+            flush=True,
+        )
+        fleet = _fleet(depot, random.Random(1), speed, lambda: _awaiting_update(app))
+        tasks.append(asyncio.create_task(fleet))
+        if on_ready is not None:
+            on_ready(DemoParts(app, depot, csms, config, firmware_url))
+        if duration_s is not None:
+            asyncio.get_running_loop().call_later(duration_s, app.stop)
+        said_mqtt = False
+        started = asyncio.get_running_loop().time()
+        while not app_task.done():
+            done, _ = await asyncio.wait({app_task}, timeout=3)
+            if not done and app.state is not None:
+                print(_status_line(app.state, config), file=out, flush=True)
+            uplink = next((c for c in app.components if c.name == "uplink"), None)
+            waited = asyncio.get_running_loop().time() - started
+            if (
+                uplink is not None
+                and not uplink.connected
+                and waited > 10
+                and not said_mqtt
+                and not app_task.done()
+            ):
+                said_mqtt = True
+                print(
+                    f"no MQTT broker at {config.mqtt.host}:{config.mqtt.port}: summaries "
+                    "wait in the outbox until one is reachable",
+                    file=out,
+                    flush=True,
+                )
+        return app_task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if not app_task.done():
+            app.stop()
+            await app_task
+        await vendor.cleanup()
+        await depot.stop()
+        await csms.stop()

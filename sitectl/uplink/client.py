@@ -17,6 +17,15 @@ when is the uplink's business (uplink.py). Rules:
   `publish` for an older generation is refused, so nothing slips in between.
 - Connection problems are log lines with a cause a person can act on (wrong password, a
   certificate not trusted, nothing listening), then a retry; never an exception.
+- "Session taken over" (DISCONNECT 0x8E, MQTT 5 §3.1.4) means another client connected with our
+  client id: almost always a second sitectl with the same site id. Reconnecting at once would
+  take the session back and the two would knock each other off every second, so each takeover
+  doubles the wait before the next attempt (with jitter, so that two controllers drift apart),
+  up to ``takeover_backoff_s[1]``; a connection that then stays up for twice that long ends
+  the suspicion and the normal reconnect delays apply again. Brokers that close the old
+  connection without that DISCONNECT (mosquitto before 2.0.15, e.g. Debian 12's 2.0.11) give
+  the uplink another clue: someone else's status on our status topic (`suspect_takeover`);
+  after that, every close by the broker counts as a takeover.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +53,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from sitectl.config import MqttConfig
 
 __all__ = [
+    "SESSION_TAKEN_OVER",
     "Acked",
     "Connected",
     "Disconnected",
@@ -55,6 +67,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _paho = logging.getLogger("sitectl.uplink.paho")
+
+#: DISCONNECT reason code "Session taken over" (MQTT 5 §3.14.2.1).
+SESSION_TAKEN_OVER = 0x8E
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,6 +90,10 @@ class Disconnected:
 
     generation: int
     reason: str
+    #: The broker said "session taken over": another client connected with our client id.
+    taken_over: bool = False
+    #: After a takeover: how long paho waits before it reconnects.
+    retry_in_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +247,8 @@ class MqttConnection:
             that its ``ts`` is that of the connection it guards).
         window: see `make_client`.
         reconnect_delay_s: see `make_client`.
+        takeover_backoff_s: (first, longest) wait before reconnecting after "session taken
+            over"; doubles with each takeover until a connection stays up for `stable_s`.
 
     Raises:
         OSError, ssl.SSLError: when a TLS file cannot be loaded.
@@ -244,6 +265,7 @@ class MqttConnection:
         will_payload: Callable[[], bytes],
         window: int,
         reconnect_delay_s: tuple[float, float],
+        takeover_backoff_s: tuple[float, float] = (5.0, 300.0),
     ) -> None:
         self.config = config
         self.address = f"{config.host}:{config.port}"
@@ -273,6 +295,16 @@ class MqttConnection:
         self._delivery_scheduled = False
         self._failures = 0
         self._refused = False
+        self._reconnect_delay_s = reconnect_delay_s
+        self._takeover_backoff_s = takeover_backoff_s
+        #: A connection that lasts this long after a takeover ends the backoff: the other
+        #: client had a longest wait's chance to take the session back and did not.
+        self.stable_s = 2 * takeover_backoff_s[1]
+        #: Takeovers since the last stable connection (network thread; read for display).
+        self.takeovers = 0
+        self._suspect = False  # another controller seen on our topics (uplink.py)
+        self._connected_mono: float | None = None
+        self._subscriptions: dict[int, str] = {}  # SUBSCRIBE mid -> topic filter
 
     # Life cycle (event loop thread).
 
@@ -338,10 +370,34 @@ class MqttConnection:
             retainAsPublished=True,  # so that a command published as retained can be refused
             retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
         )
+        self._subscribe(generation, topic_filter, options)
+
+    def watch(self, generation: int, topic: str) -> None:
+        """Subscribe to one of our own topics to see who else publishes there.
+
+        The retained message comes at once (with the retain flag set); live messages come
+        without it. Not `noLocal`: with our client id, the other controller's messages would
+        count as our own.
+        """
+        options = SubscribeOptions(
+            qos=1,
+            noLocal=False,
+            retainAsPublished=False,
+            retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE,
+        )
+        self._subscribe(generation, topic, options)
+
+    def suspect_takeover(self) -> None:
+        """Another controller uses our topics: take the next close by the broker as a takeover."""
+        self._suspect = True
+
+    def _subscribe(self, generation: int, topic_filter: str, options: SubscribeOptions) -> None:
         with self._gate:
             if generation != self._generation or not self._connected:
                 return
-            self.client.subscribe(topic_filter, options=options)
+            _, mid = self.client.subscribe(topic_filter, options=options)
+            if mid is not None:
+                self._subscriptions[mid] = topic_filter
 
     # paho callbacks (network thread).
 
@@ -372,6 +428,7 @@ class MqttConnection:
             self._connected = True
             generation = self._generation
         self._failures = 0
+        self._connected_mono = time.monotonic()
         log.info("MQTT connected to %s", self.address)
         self._post(Connected(generation, receive_maximum))
 
@@ -399,7 +456,14 @@ class MqttConnection:
             self._connected = False
             self._generation += 1
             generation = self._generation
-        if was_connected:
+        if was_connected and self._takeover_ended():
+            self.takeovers = 0
+            self._suspect = False
+            self.client.reconnect_delay_set(*self._reconnect_delay_s)  # type: ignore[arg-type]
+        said = reason.value == SESSION_TAKEN_OVER
+        if was_connected and (said or (self._suspect and reason.value != 0)):
+            self._post(Disconnected(generation, str(reason), True, self._taken_over(said)))
+        elif was_connected:
             if reason.value == 0:
                 log.info("MQTT disconnected from %s", self.address)
             else:
@@ -460,13 +524,56 @@ class MqttConnection:
         reasons: list[ReasonCode],
         properties: Properties,
     ) -> None:
+        topic_filter = self._subscriptions.pop(mid, "?")
         for reason in reasons:
             if reason.is_failure:
                 log.error(
-                    "MQTT broker %s refused the command subscription: %s", self.address, reason
+                    "MQTT broker %s refused the subscription to %s: %s",
+                    self.address,
+                    topic_filter,
+                    reason,
                 )
 
     # Internals.
+
+    def _takeover_ended(self) -> bool:
+        return (
+            (self.takeovers > 0 or self._suspect)
+            and self._connected_mono is not None
+            and time.monotonic() - self._connected_mono >= self.stable_s
+        )
+
+    def _taken_over(self, said: bool) -> float:
+        """Say who took the session and set paho's next wait (it waits after this callback).
+
+        Args:
+            said: the broker said so (0x8E); otherwise it closed the connection while another
+                controller was known to use our topics.
+        """
+        self.takeovers += 1
+        first, longest = self._takeover_backoff_s
+        delay = min(first * 2 ** (self.takeovers - 1), longest)
+        # Jitter so that two controllers with the same delays do not stay in step.
+        delay *= random.uniform(1.0, 1.25)
+        # paho waits its min delay first and doubles from there if the attempts then fail.
+        self.client.reconnect_delay_set(delay, max(delay, self._reconnect_delay_s[1]))  # type: ignore[arg-type]
+        how = (
+            "the broker says another client connected with our client id '{id}' and took over "
+            "the session (reason 0x8E)"
+            if said
+            else "the broker closed our connection while another client with our client id "
+            "'{id}' uses our topics: taken to be a session takeover"
+        )
+        log.error(
+            "MQTT %s: %s; most likely a second sitectl with the same site id (a duplicate "
+            "install or a copied config: give each depot its own site.id, or mqtt.client_id); "
+            "reconnecting in %.1f s (takeover %d)",
+            self.address,
+            how.format(id=self.client._client_id.decode()),
+            delay,
+            self.takeovers,
+        )
+        return delay
 
     def _refresh_will(self) -> None:
         try:

@@ -21,6 +21,11 @@ outbox (outbox.py) and feeds the broker connection (client.py) from there; it ta
   measurements alone (a charging bus changes its draw every few seconds).
 - Command replies and the status do not go through the outbox: a reply matters only while its
   requester waits, and a stale ``online`` must never be replayed.
+- Two controllers with one site id (client.py): a "session taken over" disconnect, or a status
+  on our ``…/status`` that another process published (its ``started_at`` is not ours: live, or
+  retained and found on a reconnect), raises the ``mqtt_session_taken_over`` alarm; it clears
+  when a connection then stays up for the connection's ``stable_s``. A retained status found
+  before our own status ever came back is the previous run's, not evidence.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from paho.mqtt.properties import Properties
 
 from sitectl import __version__
 from sitectl.config import Config
-from sitectl.state import Alarm, Change, SessionState, SiteState
+from sitectl.state import Alarm, Change, SessionState, Severity, SiteState
 from sitectl.store import Store
 from sitectl.uplink.client import Acked, Connected, Disconnected, Event, MqttConnection, Received
 from sitectl.uplink.commands import Rollouts, handle_command
@@ -71,6 +76,10 @@ log = logging.getLogger(__name__)
 WINDOW = 1000
 #: Reconnect backoff (first, longest wait). paho doubles the wait after each failure.
 RECONNECT_DELAY_S = (1.0, 60.0)
+#: Wait before reconnecting after "session taken over" (first, longest); doubles each time.
+TAKEOVER_BACKOFF_S = (10.0, 600.0)
+#: The alarm raised when another client takes over our session.
+TAKEOVER_ALARM = "mqtt_session_taken_over"
 #: How long an orderly stop waits for the broker to acknowledge the ``offline`` status.
 OFFLINE_ACK_TIMEOUT_S = 2.0
 #: How long an orderly stop waits for paho's network thread to end.
@@ -101,6 +110,8 @@ class Uplink:
         state: the site state (subscribed to while running).
         store: the SQLite store (the outbox and the counters live there).
         reconnect_delay_s: (first, longest) wait between connection attempts.
+        takeover_backoff_s: (first, longest) wait before reconnecting after another client
+            took over our session (see client.py).
         window: messages in flight at most (see `WINDOW`).
         rollouts: the firmware rollouts, for the ``firmware`` command (``None``: refused).
     """
@@ -114,6 +125,7 @@ class Uplink:
         store: Store,
         *,
         reconnect_delay_s: tuple[float, float] = RECONNECT_DELAY_S,
+        takeover_backoff_s: tuple[float, float] = TAKEOVER_BACKOFF_S,
         window: int = WINDOW,
         rollouts: Rollouts | None = None,
     ) -> None:
@@ -128,6 +140,7 @@ class Uplink:
         )
         self.client_id = self.mqtt.client_id or f"sitectl-{config.site.id}"
         self.reconnect_delay_s = reconnect_delay_s
+        self.takeover_backoff_s = takeover_backoff_s
         self.window = window
         self.energy = self._restore_energy()
         self.connection: MqttConnection | None = None
@@ -144,6 +157,10 @@ class Uplink:
         self._birth_pending = False
         self._waiters: dict[int, asyncio.Future[bool]] = {}  # mid -> status acknowledged
         self._others: set[int] = set()  # status and replies in flight (paho mids)
+        self._takeover_clear: asyncio.TimerHandle | None = None
+        # Our own status came back through the watch: from then on the retained status was
+        # ours, and another one found on a reconnect was published by someone else.
+        self._own_status_seen = False
         # What was published.
         self._chargers: dict[str, dict[str, Any]] = {}  # comparable() of the last state sent
         self._alarms: dict[tuple[str, str], Alarm] = dict(state.alarms)
@@ -188,6 +205,7 @@ class Uplink:
                 will_payload=self._will_payload,
                 window=self.window,
                 reconnect_delay_s=self.reconnect_delay_s,
+                takeover_backoff_s=self.takeover_backoff_s,
             )
         except (OSError, ValueError) as exc:
             # A broken certificate or key file is the installer's to fix; the rest of sitectl
@@ -429,7 +447,9 @@ class Uplink:
             elif isinstance(event, Connected):
                 self._connected_event(event)
             elif isinstance(event, Disconnected):
-                self._disconnected_event()
+                self._disconnected_event(event)
+            elif isinstance(event, Received) and event.topic == self.topics.status:
+                self._status_seen(event)
             elif isinstance(event, Received):
                 self._command(event)
         self._pump()
@@ -460,12 +480,76 @@ class Uplink:
         self._cursor = 0
         self._birth_pending = True
         self._fail_waiters()
+        if self.connection is not None:
+            # Before the birth goes out, so that the retained status is the one we came back to.
+            self.connection.watch(event.generation, self.topics.status)
         if self.mqtt.commands_enabled and self.connection is not None:
             self.connection.subscribe(event.generation, self.topics.commands)
         if self.outbox.count:
             log.info("MQTT: sending %d queued messages", self.outbox.count)
+        if (TAKEOVER_ALARM, "mqtt") in self.state.alarms:
+            self._schedule_takeover_clear()
 
-    def _disconnected_event(self) -> None:
+    def _schedule_takeover_clear(self) -> None:
+        """Clear the takeover alarm if this connection lasts `stable_s` from now."""
+        if self._takeover_clear is not None:
+            self._takeover_clear.cancel()
+        if self._loop is None or self.connection is None:
+            return
+        self._takeover_clear = self._loop.call_later(
+            self.connection.stable_s, self._takeover_over, self._generation
+        )
+
+    def _takeover_over(self, generation: int) -> None:
+        # Still the same connection: nobody took the session back within the longest wait.
+        if self.connected and self._generation == generation:
+            self.state.clear_alarm(TAKEOVER_ALARM, "mqtt")
+
+    def _status_seen(self, message: Received) -> None:
+        """A status on our own topic: ours, the previous run's, or another controller's."""
+        try:
+            body = json.loads(message.payload)
+            started_at = body.get("started_at") if isinstance(body, dict) else None
+        except ValueError:
+            started_at = None
+        if started_at == iso(self.state.started_at):
+            self._own_status_seen = True
+            return
+        if message.retain and not self._own_status_seen:
+            return  # what the previous run left (its shutdown or its Will)
+        if self.connection is not None:
+            self.connection.suspect_takeover()
+        if self.connected:
+            self._schedule_takeover_clear()  # fresh evidence: the stable time starts again
+        if self._raise_takeover():
+            log.error(
+                "MQTT: another controller publishes on %s (%s, started at %s; we started at %s): "
+                "two sitectl with site id '%s' and client id '%s'? Each takes the broker "
+                "session from the other; from now on every close by the broker is taken as "
+                "a takeover and reconnecting backs off",
+                self.topics.status,
+                "found on reconnecting" if message.retain else "live",
+                started_at,
+                iso(self.state.started_at),
+                self.config.site.id,
+                self.client_id,
+            )
+
+    def _raise_takeover(self) -> bool:
+        return self.state.raise_alarm(
+            TAKEOVER_ALARM,
+            "mqtt",
+            Severity.WARNING,
+            f"another sitectl publishes as site '{self.config.site.id}' on this broker "
+            f"(MQTT client id '{self.client_id}'): a duplicate install or a copied config?",
+        )
+
+    def _disconnected_event(self, event: Disconnected) -> None:
+        if self._takeover_clear is not None:
+            self._takeover_clear.cancel()
+            self._takeover_clear = None
+        if event.taken_over:
+            self._raise_takeover()
         self.connected = False
         self._handed.clear()
         self._others.clear()

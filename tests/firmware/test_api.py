@@ -93,11 +93,18 @@ async def test_a_rollout_over_rest_from_start_to_installed(depot, api) -> None:
     assert [r["id"] for r in listing["rollouts"]] == [rollout_id]
     assert listing["rollouts"][0]["chargers"] is None  # the list is per rollout only
 
+    async def statuses() -> list[str]:
+        detail = await (await client.get("/api/chargers/CP02")).json()
+        return [
+            e["status"]
+            for e in detail["firmware_events"]
+            if e["action"].endswith("StatusNotification")
+        ]
+
+    # Done at the boot into the new version; Installed follows that boot.
+    await wait_for(lambda: _last_is(statuses(), "Installed"), message="Installed after the reboot")
     detail = await (await client.get("/api/chargers/CP02")).json()
-    statuses = [
-        e["status"] for e in detail["firmware_events"] if e["action"].endswith("StatusNotification")
-    ]
-    assert statuses[-1] == "Installed"
+    assert detail["firmware_version"] == d.sims["CP02"].downloads[0].version
     update = next(e for e in detail["firmware_events"] if e["action"] == "UpdateFirmware")
     assert update["origin"] == "sitectl" and update["status"] == "Accepted"
     # The charger's download token is not shown, in the event nor in the frames.
@@ -153,3 +160,8 @@ async def test_stop_over_rest_and_refusals(depot, api) -> None:
     assert (await client.get(f"/api/firmware/rollouts/{huge}")).status == 404
     assert (await client.post(f"/api/firmware/rollouts/{huge}/stop", headers=AUTH)).status == 404
     sim.install_gate.set()
+
+
+async def _last_is(statuses: Any, status: str) -> bool:
+    found = await statuses
+    return bool(found) and found[-1] == status

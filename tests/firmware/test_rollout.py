@@ -42,7 +42,8 @@ async def plug_in(d: Depot, sim: FwSimCharger) -> None:
 
 
 def installed_at(sim: FwSimCharger) -> float:
-    return next(t for status, t in sim.statuses if status == "Installed")
+    """When it ran the new firmware: its boot after the install (before it says Installed)."""
+    return min([t for _, t in sim.boots] + [t for s, t in sim.statuses if s == "Installed"])
 
 
 async def test_sessions_wait_canary_first_at_most_max_parallel(depot) -> None:
