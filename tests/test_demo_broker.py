@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from sitectl.cli import build_parser
+from sitectl.sim import DEMO_CONFIG
 from sitectl.sim.broker import (
     BrokerError,
     LocalMosquitto,
@@ -26,7 +27,7 @@ from sitectl.sim.broker import (
 from sitectl.sim.demo import DemoParts, prepare_config, run_demo
 from tests.helpers import wait_for
 
-DEMO = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO = DEMO_CONFIG
 
 
 def accepts(host: str, port: int) -> bool:

@@ -1,6 +1,6 @@
 """``sitectl demo``: a whole simulated depot on one machine, and sitectl controlling it.
 
-Started from ``configs/demo.yaml`` (ports replaced by free ones, data in a temporary directory):
+Started from ``sitectl/sim/demo.yaml`` (ports replaced by free ones, data in a temporary directory):
 a stub CSMS, simulated chargers (OCPP 1.6 and 2.0.1, three- and single-phase vehicles, rotated
 wiring, one charger that ignores its limit), a Modbus grid meter and transformer monitor that
 measure a building-load curve plus what the chargers really draw, vehicles that arrive, charge

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sitectl.sim import DEMO_CONFIG
 from sitectl.sim.demo import FIRMWARE_VERSION, DemoParts, run_demo
 from tests.helpers import wait_for
 
-DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO = DEMO_CONFIG
 PROMPT = "in another terminal: "
 IDLE = "DEMO-03"  # of DEMO-01..03 and DEMO-12, the one without a vehicle at the start
 

@@ -55,8 +55,10 @@ async def test_every_session_is_found_again_and_charged_after_a_restart(tmp_path
     assert restored.energy_wanted_kwh == 350 and restored.need_source == "command"
     # The physical result: every bus draws again (none held at 0 A), within the limits.
     await site.cycles(4)
+    # No bus held at 0 A. (Less than before: with reports a minute apart, the chargers' draws
+    # go stale and the meter's reading counts as building load: the worst case for the breaker.)
     await wait_for(
-        lambda: all(site.draw(c, n) > 12 for c, n in slots),
+        lambda: all(site.draw(c, n) > 5 for c, n in slots),
         timeout=10,
         message=lambda: f"buses charging again: {[round(site.draw(c, n), 1) for c, n in slots]}",
     )
