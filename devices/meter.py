@@ -187,7 +187,9 @@ def check_plausible(
     f = reading.frequency_hz
     if f is not None and f != 0:  # 0 Hz: meter on auxiliary supply with the grid side dead
         check("frequency", f, *_FREQ_RANGE_HZ, "Hz")
-    if not problems:
+    if not problems and previous is not None and _power_exceeds_va(previous):
+        # Two polls in a row: one alone may be a torn read (power and currents sit in
+        # different register blocks, read in separate requests while the load ramps).
         problems.extend(_power_exceeds_va(reading))
     if previous is not None and not problems:
         hours = (reading.mono - previous.mono) / 3600

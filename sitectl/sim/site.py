@@ -1,0 +1,232 @@
+"""A simulated site judged by its physics: sitectl as `sitectl run` wires it, misbehaving devices.
+
+sitectl side, in-process: store, state, OCPP server, observer, profile keeper, session recovery,
+sessions under way, meter pool and control loop — and it can be *restarted* on the same store,
+as after a crash or an update. Field side: a `SimDepot` whose chargers carry `Quirks` (how real
+chargers depart from the book) and whose meters can freeze. Tests assert on what flows (the
+depot's real currents, the vehicles' energy), not on what sitectl sent.
+
+Used by the scenario tests (tests/scenarios) and by bench/scenarios.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devices.meter import MeterPool
+from sitectl.config import Config, load_config
+from sitectl.control.loop import ControlLoop
+from sitectl.ocpp.csms_guard import CsmsProfileGuard
+from sitectl.ocpp.keeper import ProfileKeeper
+from sitectl.ocpp.observe import StateObserver
+from sitectl.ocpp.recovery import SessionRecovery
+from sitectl.ocpp.server import OcppServer
+from sitectl.sessions import ActiveSessions
+from sitectl.sim.depot import SimDepot
+from sitectl.sim.ports import free_ports
+from sitectl.state import SiteState
+from sitectl.store import Store
+
+__all__ = ["CONTROL", "RAMP_S", "Site", "scenario_config", "start_site"]
+
+PASSWORD = "scenario-password-0001"
+
+#: A vehicle follows a new limit within this (the simulated lag is 0.2 s; a few of them, and a
+#: control period): the longest a circuit may carry more than its limit.
+RAMP_S = 1.5
+
+CONTROL = {
+    "period_s": 0.5,
+    "profile_validity_s": 3,
+    "dispatch_timeout_s": 1,
+    "meter_grace_s": 0.6,
+    "failsafe_hold_s": 2,
+    "good_readings_to_recover": 3,
+    "compliance_grace_s": 1,
+    "deadband_a": 0.5,
+    "min_pause_s": 0,
+    "min_charge_s": 0,
+    "step_s": 300,
+    "horizon_steps": 24,
+    "ev_measurement_max_age_s": 2,
+    "non_ev_hold_s": 3,
+    "ev_learn_s": 1,
+    "solver_budget_s": 0.5,
+}
+
+
+def scenario_config(
+    tmp_path: Path,
+    chargers: list[dict[str, Any]],
+    *,
+    phase_limit_a: float = 100,
+    feeders: list[dict[str, Any]] | None = None,
+    site: dict[str, Any] | None = None,
+    control: dict[str, Any] | None = None,
+    meter: dict[str, Any] | None = None,
+    csms_url: str | None = None,
+) -> Config:
+    """A depot with a metered grid connection (SDM630 on Modbus TCP) and the given chargers."""
+    meter_port, ocpp_port = free_ports(2)
+    data = {
+        "site": {
+            "id": "scenario",
+            "limit_kw": 1000,
+            "phase_limit_a": phase_limit_a,
+            "meter": "grid-meter",
+            "non_ev_max_a": 40,
+            **(site or {}),
+        },
+        "circuits": feeders or [{"id": "feeder", "limit_a": phase_limit_a}],
+        "charger_defaults": {
+            "circuit": "feeder",
+            "max_current_a": 32,
+            "failsafe_current_a": 6,
+            "password": PASSWORD,
+        },
+        "chargers": chargers,
+        "devices": [
+            {
+                "name": "grid-meter",
+                "profile": "eastron-sdm630",
+                "host": "127.0.0.1",
+                "port": meter_port,
+                "unit_id": 1,
+                "poll_period_s": 0.1,
+                "timeout_s": 0.3,
+                **(meter or {}),
+            }
+        ],
+        "ocpp": {
+            "listen_host": "127.0.0.1",
+            "listen_port": ocpp_port,
+            "upstream_url": csms_url,
+            "offline": {"local_id_tags": ["FLEET"]},
+        },
+        "control": {**CONTROL, **(control or {})},
+        "mqtt": {"enabled": False},
+        "http": {"enabled": False},
+        "storage": {"path": str(tmp_path / "scenario.sqlite")},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config, _ = load_config(path, environ={})
+    return config
+
+
+class Site:
+    """sitectl (restartable) around a simulated depot."""
+
+    def __init__(self, config: Config, depot: SimDepot, confirm_s: float) -> None:
+        self.config = config
+        self.depot = depot
+        self.confirm_s = confirm_s
+        self.tasks: list[asyncio.Task] = []
+        self.store: Store | None = None
+        self.state: SiteState
+        self.loop: ControlLoop
+        self.observer: StateObserver
+
+    async def start_sitectl(self) -> None:
+        """Start sitectl's parts on the store file (the state is rebuilt from it)."""
+        config = self.config
+        self.store = Store(config.storage.path)
+        self.state = state = SiteState(config)
+        self.observer = StateObserver(state)
+        ActiveSessions(self.store, state)
+        server = OcppServer(config, self.observer, store=self.store)
+        server.csms_rewriters.append(CsmsProfileGuard(config.ocpp.profile_stack_levels).rewrite)
+        self.server = server
+        keeper = ProfileKeeper(state, server.call)
+        recovery = SessionRecovery(
+            state, server.call, self.observer.end_restored, confirm_s=self.confirm_s
+        )
+        self.loop = ControlLoop(config, state, keeper.set_profile)
+        pool = MeterPool(
+            [d.to_spec() for d in config.devices],
+            on_reading=lambda r: state.set_reading(r.device, r),
+        )
+        self.tasks = [
+            asyncio.create_task(server.run()),
+            asyncio.create_task(keeper.run()),
+            asyncio.create_task(recovery.run()),
+            asyncio.create_task(pool.run()),
+        ]
+        await asyncio.wait_for(server.ready.wait(), 10)
+        self.tasks.append(asyncio.create_task(self.loop.run()))
+
+    async def stop_sitectl(self) -> None:
+        """sitectl goes away (a crash: nothing is cleaned up on the chargers' side)."""
+        for task in reversed(self.tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks = []
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def restart_sitectl(self) -> None:
+        """Stop, start again on the same store; the chargers reconnect (they do not reboot)."""
+        await self.stop_sitectl()
+        await self.start_sitectl()
+        await self.depot.reconnect_chargers()
+
+    async def cycles(self, n: int = 1, timeout: float = 10) -> None:
+        """Wait for `n` more complete control cycles."""
+        for _ in range(n):
+            self.loop.cycle_done.clear()
+            await asyncio.wait_for(self.loop.cycle_done.wait(), timeout)
+
+    async def stop(self) -> None:
+        """Stop sitectl and the simulated depot."""
+        await self.stop_sitectl()
+        await self.depot.stop()
+
+    def draw(self, charger_id: str, connector: int = 1) -> float:
+        """What the vehicle on a connector really draws now (A per phase)."""
+        plug = self.depot.chargers[charger_id].plugs.get(connector)
+        return plug.draw_a if plug is not None else 0.0
+
+    def energy_kwh(self, charger_id: str, connector: int = 1) -> float:
+        """What the vehicle on a connector has really been given (kWh)."""
+        plug = self.depot.chargers[charger_id].plugs.get(connector)
+        return plug.register_wh / 1000 if plug is not None else 0.0
+
+
+async def start_site(
+    config: Config,
+    building: dict | None = None,
+    confirm_s: float = 3.0,
+    secured: tuple[str, ...] | None = None,
+    timeout_s: float = 10.0,
+    **depot_options: Any,
+) -> Site:
+    """A running site; returns once the chargers in `secured` (default all) hold their
+    fail-safe, with the samples taken before cleared. Stop it with `Site.stop`."""
+    options = {"tick_s": 0.05, "report_s": 0.25, "lag_s": 0.2, **depot_options}
+    depot = SimDepot(
+        config,
+        f"ws://127.0.0.1:{config.ocpp.listen_port}/ocpp",
+        building=building or {},
+        **options,
+    )
+    site = Site(config, depot, confirm_s)
+    await depot.start_meters()
+    await site.start_sitectl()
+    await depot.start()
+    expected = secured if secured is not None else tuple(site.loop.memory)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not all(site.loop.memory[c].failsafe_installed for c in expected):
+        if asyncio.get_running_loop().time() > deadline:
+            await site.stop()
+            raise TimeoutError(f"no fail-safe on {expected} within {timeout_s:g} s")
+        await asyncio.sleep(0.02)
+    depot.samples.clear()
+    depot.physical.clear()
+    return site
