@@ -294,6 +294,13 @@ class Allocator:
         #: How many times the model was built from scratch (tests and the benchmark read it).
         self.builds = 0
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Columns and rows of the LP as it stands (0, 0 before the first solve)."""
+        if self._relaxed is None:
+            return 0, 0
+        return self._relaxed.highs.getNumCol(), self._relaxed.highs.getNumRow()
+
     def solve(self, problem: Problem, budget_s: float = 1.0) -> Allocation:
         """Allocate currents for ``problem`` within ``budget_s`` seconds.
 
