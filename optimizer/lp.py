@@ -301,6 +301,11 @@ class _Model:
         # Anything tightened leaves the dual simplex the natural choice.
         primal = self._primal_feasible()
         self.highs.setOptionValue("simplex_strategy", _PRIMAL if primal else _DUAL)
+        # Never lose the basis: a presolved run that hits the time limit leaves no basis of
+        # this model, so the next cycle would start from nothing again (and time out again).
+        # Without presolve, a cut-off run leaves the simplex where it stopped, and the next
+        # cycle goes on from there.
+        self.highs.setOptionValue("presolve", "off")
         self.highs.run()
         status = self.highs.getModelStatus()
         if status == highspy.HighsModelStatus.kOptimal:
