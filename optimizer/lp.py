@@ -1,20 +1,28 @@
 """The receding-horizon LP, built once per site with highspy and re-solved warm.
 
-Model (the package docstring lists the objective weights and why their order holds):
+Model (the package docstring lists the objective weights and why their order holds; which
+circuit limits become rows is decided by :mod:`optimizer._structure`, issue #18):
 
-* columns, in this order: ``i[s, t]`` per slot and step (A per phase), ``f[n, p, t]`` the EV
-  current through node ``n`` on phase ``p`` (A), ``peak`` (sum of phase currents at the root,
-  A), and per slot ``K`` fairness pieces ``a[s, k]`` of its step-0 current;
-* rows: one flow row per node/phase/step (``Σ i on n and p + Σ f of n's children − f[n,p,t] ≤
-  0``, so each ``i`` appears once per phase drawn, not once per ancestor), one row per kW-limited
-  node and step (``Σ_p f ≤ headroom``), one peak row per step, one energy row per slot
-  (``Σ_t Δt_h · i ≤ E · 1000 / (U · n_phases)``, in A·h so the phase count never enters the
-  matrix), one fairness row per slot (``Σ_k a[s,k] ≤ i[s,0]``);
+* columns, in this order: ``i[s, t]`` per slot and step (A per phase), ``f[g, p, t]`` the EV
+  current through each *aggregated* group ``g`` on phase ``p`` (A), ``peak`` (sum of phase
+  currents at the root, A), and per slot ``K`` fairness pieces ``a[s, k]`` of its step-0
+  current;
+* rows: per row group, phase and step one row — for an aggregated group the flow row ``Σ terms
+  − f[g,p,t] ≤ 0`` (its limit is the bound of ``f``), for a direct group ``Σ terms ≤
+  headroom``, where the terms are the ``i`` of its slots and the ``f`` of aggregated groups
+  below, each once; one row per kW-limited aggregated group and step (``Σ_p f ≤ headroom``),
+  one peak row per step, one energy row per slot (``Σ_t Δt_h · i ≤ E · 1000 / (U ·
+  n_phases)``, in A·h so the phase count never enters the matrix), one fairness row per slot
+  (``Σ_k a[s,k] ≤ i[s,0]``). A circuit with one slot below it (a one-connector charger node)
+  is only a bound on that slot's ``i``; chains merge; limits that can never bind have no rows;
 * the non-EV load, limits, windows, energy wanted, prices and priorities all live in column
   bounds, row upper bounds and costs. Between cycles only those change (``changeColsBounds``,
   ``changeRowsBounds``, ``changeColsCost``; only entries that differ), so HiGHS re-solves from
-  the previous basis. The model is rebuilt (``passModel``) only when the tree, the time grid or
-  the slot set changes; another car on a known slot with other phases is a few ``changeCoeff``.
+  the previous basis, with the primal simplex when that basis is still primal feasible (only
+  bounds relaxed) and the dual one otherwise. The model is rebuilt (``passModel``) only when
+  the tree, the time grid or the slot set changes, or a left-out limit could now bind; the old
+  basis is carried over by name. Another car on a known slot with other phases is a few
+  ``changeCoeff``.
 
 The 6 A rule on step 0 (IEC 61851-1; OCPP rule S26 in ``shared/reference``): when the LP gives
 a session ``0 < i < min_a`` on step 0, each such session is raised to ``[min_a, max_a]`` if the
@@ -42,9 +50,10 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
-from optimizer import fallback
+from optimizer import _structure, fallback
 from optimizer._arrays import Arrays, compile_problem
 from optimizer._highs import new_highs
+from optimizer._structure import Structure
 from optimizer.allocation import Allocation, Status
 from optimizer.problem import Problem
 from optimizer.verify import verify
@@ -86,6 +95,12 @@ _OBJ_SCALE = 1e4
 _FLOOR_ROUNDS = 3
 #: Currents below this (A) are solver noise and read as 0.
 _ZERO_A = 1e-6
+#: HiGHS ``simplex_strategy`` values, and the bound violation (A, A·h) up to which the last
+#: optimum still counts as feasible (HiGHS's primal feasibility tolerance).
+_DUAL, _PRIMAL = 1, 4
+_FEAS_TOL = 1e-7
+#: Relaxed-model iterations above which the 6 A model starts from the relaxed basis.
+_REBASE_ITERATIONS = 100
 
 
 def shortfall_weight(problem: Problem) -> float:
@@ -116,9 +131,10 @@ class _Layout:
     """Index arithmetic of one built model (order as in the module docstring)."""
 
     S: int  # slots
-    M: int  # nodes
     T: int  # steps
-    J: int  # kW-limited nodes
+    RG: int  # row groups (3·T rows each)
+    A: int  # aggregated groups (3·T flow columns each)
+    J: int  # aggregated groups with a kW row
     K: int  # fairness pieces
 
     @property
@@ -127,7 +143,7 @@ class _Layout:
 
     @property
     def peak(self) -> int:
-        return self.f0 + self.M * 3 * self.T
+        return self.f0 + self.A * 3 * self.T
 
     @property
     def a0(self) -> int:
@@ -139,7 +155,7 @@ class _Layout:
 
     @property
     def r_kw(self) -> int:
-        return self.M * 3 * self.T
+        return self.RG * 3 * self.T
 
     @property
     def r_peak(self) -> int:
@@ -181,6 +197,7 @@ class _Matrix:
     index: np.ndarray
     value: np.ndarray
     phases: tuple[tuple[int, ...], ...]  # phase set per slot the matrix was built with
+    structure: Structure
 
 
 class _Model:
@@ -189,6 +206,10 @@ class _Model:
     def __init__(self, lay: _Layout, matrix: _Matrix, vectors: _Vectors) -> None:
         self.lay = lay
         self.highs = new_highs()
+        # No cost perturbation: cars of equal weight make this LP highly dual degenerate, and
+        # perturbed costs then cost a long clean-up; measured at 500 chargers × 96 steps, a
+        # departure took 525 dual iterations without against 2,067 with.
+        self.highs.setOptionValue("dual_simplex_cost_perturbation_multiplier", 0.0)
         self.highs.passModel(
             lay.ncol,
             lay.nrow,
@@ -208,6 +229,10 @@ class _Model:
         )
         self.held = vectors.copy()
         self.phases = list(matrix.phases)
+        self.structure = matrix.structure
+        #: The last optimal solution (columns, row activities); None when there is none or
+        #: the matrix changed since.
+        self.solution: tuple[np.ndarray, np.ndarray] | None = None
 
     def set(self, v: _Vectors) -> None:
         """Make the model hold ``v``, sending HiGHS only the entries that differ."""
@@ -230,17 +255,37 @@ class _Model:
             )
         self.held = v.copy()
 
-    def set_phases(self, slot: int, node: int, phases: tuple[int, ...]) -> None:
-        """Move a slot's ``i`` columns to the flow rows of the phases its car now draws."""
+    def set_phases(self, slot: int, phases: tuple[int, ...]) -> None:
+        """Move a slot's ``i`` columns to the rows of the phases its car now draws."""
         old, T = self.phases[slot], self.lay.T
         if old == phases:
             return
-        for p, value in [(p, 0.0) for p in set(old) - set(phases)] + [
-            (p, 1.0) for p in set(phases) - set(old)
-        ]:
-            for t in range(T):
-                self.highs.changeCoeff((node * 3 + p) * T + t, slot * T + t, value)
+        st = self.structure
+        changes = [(p, 0.0) for p in set(old) - set(phases)]
+        changes += [(p, 1.0) for p in set(phases) - set(old)]
+        x = None if self.solution is None else self.solution[0][slot * T : (slot + 1) * T]
+        for g in st.slot_rows[slot]:
+            base = int(st.row_pos[g]) * 3 * T
+            for p, value in changes:
+                for t in range(T):
+                    self.highs.changeCoeff(base + p * T + t, slot * T + t, value)
+                if x is not None:  # keep the last optimum's row activities true
+                    assert self.solution is not None
+                    rows = self.solution[1][base + p * T : base + (p + 1) * T]
+                    rows += x if value else -x
         self.phases[slot] = phases
+
+    def _primal_feasible(self) -> bool:
+        """Whether the last optimum still satisfies every bound the model now holds."""
+        if self.solution is None:
+            return False
+        x, rows = self.solution
+        v = self.held
+        return bool(
+            (x >= v.col_lo - _FEAS_TOL).all()
+            and (x <= v.col_hi + _FEAS_TOL).all()
+            and (rows <= v.row_hi + _FEAS_TOL).all()
+        )
 
     def run(self, deadline: float) -> tuple[Status, str] | None:
         """Solve until optimal or ``deadline`` (perf_counter); ``None`` if optimal, else why not."""
@@ -250,20 +295,36 @@ class _Model:
         # HiGHS compares time_limit with a run clock that accumulates over every run of this
         # instance (measured, highspy 1.16), so the limit is "clock now + remaining".
         self.highs.setOptionValue("time_limit", self.highs.getRunTime() + remaining)
+        # From a basis that is still primal feasible (a car arrived, a limit rose: only bounds
+        # relaxed and costs changed) the primal simplex only has to improve; measured at 500
+        # chargers × 96 steps, an arrival took it 20 iterations against 2,000 for the dual.
+        # Anything tightened leaves the dual simplex the natural choice.
+        primal = self._primal_feasible()
+        self.highs.setOptionValue("simplex_strategy", _PRIMAL if primal else _DUAL)
+        # Never lose the basis: a presolved run that hits the time limit leaves no basis of
+        # this model, so the next cycle would start from nothing again (and time out again).
+        # Without presolve, a cut-off run leaves the simplex where it stopped, and the next
+        # cycle goes on from there.
+        self.highs.setOptionValue("presolve", "off")
         self.highs.run()
         status = self.highs.getModelStatus()
         if status == highspy.HighsModelStatus.kOptimal:
+            solution = self.highs.getSolution()
+            self.solution = (
+                np.asarray(solution.col_value, dtype=float),
+                np.asarray(solution.row_value, dtype=float),
+            )
             return None
+        self.solution = None
         if status == highspy.HighsModelStatus.kTimeLimit:
             return Status.TIME_LIMIT, "HiGHS time limit"
         return Status.SOLVER_ERROR, self.highs.modelStatusToString(status)
 
     def currents(self) -> np.ndarray:
-        """The ``i`` columns of the last solution, shape ``(slots, steps)``."""
+        """The ``i`` columns of the last optimal solution, shape ``(slots, steps)``."""
+        assert self.solution is not None
         n = self.lay.S * self.lay.T
-        return np.asarray(self.highs.getSolution().col_value[:n], dtype=float).reshape(
-            self.lay.S, self.lay.T
-        )
+        return self.solution[0][:n].reshape(self.lay.S, self.lay.T)
 
 
 class Allocator:
@@ -291,8 +352,19 @@ class Allocator:
         self._matrix: _Matrix | None = None
         self._relaxed: _Model | None = None  # the LP as stated
         self._fixed: _Model | None = None  # the LP with step-0 bounds from the 6 A rule
+        #: Groups once found able to bind: never pruned again (`optimizer._structure`).
+        self._keep: set[str] = set()
+        self._hr = np.zeros((0, 3, 0))  # this cycle's headroom per group (G, 3, T)
+        self._kw_hr = np.zeros((0, 0))  # and kW headroom per group (G, T), inf if none
         #: How many times the model was built from scratch (tests and the benchmark read it).
         self.builds = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Columns and rows of the LP as it stands (0, 0 before the first solve)."""
+        if self._relaxed is None:
+            return 0, 0
+        return self._relaxed.highs.getNumCol(), self._relaxed.highs.getNumRow()
 
     def solve(self, problem: Problem, budget_s: float = 1.0) -> Allocation:
         """Allocate currents for ``problem`` within ``budget_s`` seconds.
@@ -324,12 +396,13 @@ class Allocator:
             failure = relaxed.run(deadline)
             if failure is not None:
                 return self._failed(problem, t0, failure)
-            objective = relaxed.highs.getInfo().objective_function_value / _OBJ_SCALE
+            info = relaxed.highs.getInfo()
+            objective = info.objective_function_value / _OBJ_SCALE
             plan = self._plan(relaxed, arrays, slot_of)
             paused: list[int] = []
             frac = _fractional(arrays, plan)
             if frac.size:
-                fixed = self._fixed_model(problem)
+                fixed = self._fixed_model(problem, rebase=info.simplex_iteration_count)
                 for round_ in range(_FLOOR_ROUNDS):
                     if round_ == _FLOOR_ROUNDS - 1:
                         plan[frac, 0] = 0.0  # lowering is always safe
@@ -356,7 +429,8 @@ class Allocator:
     # Building and updating the models.
 
     def _prepare(self, problem: Problem, arrays: Arrays) -> _Model:
-        """Rebuild if the tree, the grid or the slot set changed; bring phase rows up to date."""
+        """Rebuild if the tree, the grid, the slot set or the rows needed changed; bring phase
+        rows up to date. Leaves this cycle's group headroom in ``self._hr``/``self._kw_hr``."""
         nodes = tuple((n.id, n.parent, n.limit_kw is not None) for n in problem.nodes)
         key = (nodes, problem.steps, tuple(problem.durations_s.tolist()))
         if key == self._key:
@@ -368,10 +442,23 @@ class Allocator:
             if slots.get(s.slot) != s.node:
                 slots[s.slot] = s.node
                 rebuild = True
+        if not rebuild:
+            assert self._matrix is not None
+            st = self._matrix.structure
+            self._hr = st.headroom(arrays.headroom_a)
+            # A group left out because it could never bind might bind now: keep it.
+            wakes = _structure.unpruned(st, self._hr)
+            if wakes:
+                self._keep |= wakes
+                rebuild = True
         if rebuild:
             self._build(problem, arrays, slots)
             self._key = key
-        assert self._relaxed is not None
+        assert self._relaxed is not None and self._matrix is not None
+        st = self._matrix.structure
+        if rebuild:
+            self._hr = st.headroom(arrays.headroom_a)
+        self._kw_hr = st.kw_headroom(arrays.kw_nodes, arrays.headroom_sum_a)
         for model in (self._relaxed, self._fixed):
             if model is not None:
                 self._sync_phases(model, problem)
@@ -379,37 +466,69 @@ class Allocator:
 
     def _sync_phases(self, model: _Model, problem: Problem) -> None:
         for s in problem.sessions:
-            model.set_phases(self._slots[s.slot], problem.node_index(s.node), s.phases)
+            model.set_phases(self._slots[s.slot], s.phases)
 
     def _build(self, problem: Problem, arrays: Arrays, slots: dict[str, str]) -> None:
+        """Build the model for ``slots``; carry the old model's basis over where it fits."""
+        old = (self._relaxed, self._matrix, self._layout, list(self._slots))
         names = sorted(slots)
         self._slots = {name: k for k, name in enumerate(names)}
         self._slot_node = [slots[name] for name in names]
         phases_by_slot = {s.slot: s.phases for s in problem.sessions}
         phases = tuple(phases_by_slot.get(name, (0, 1, 2)) for name in names)
+        node_pos = np.array([problem.node_index(n) for n in self._slot_node], dtype=np.intp)
+        kw_node = np.array([n.limit_kw is not None for n in problem.nodes], dtype=bool)
+        st = _structure.build(
+            arrays.parents,
+            node_pos,
+            kw_node,
+            arrays.headroom_a,
+            frozenset(self._keep),
+            [n.id for n in problem.nodes],
+        )
         lay = _Layout(
             S=len(names),
-            M=len(problem.nodes),
             T=problem.steps,
-            J=len(arrays.kw_nodes),
+            RG=len(st.row_groups),
+            A=len(st.aggs),
+            J=len(st.kw_groups),
             K=FAIRNESS_PIECES,
         )
         self._layout = lay
-        node_pos = [problem.node_index(n) for n in self._slot_node]
-        self._matrix = _build_matrix(lay, arrays, node_pos, phases)
+        self._matrix = _build_matrix(lay, st, arrays, phases)
+        self._hr = st.headroom(arrays.headroom_a)
+        self._kw_hr = st.kw_headroom(arrays.kw_nodes, arrays.headroom_sum_a)
         vectors = self._vectors(problem, arrays, self._session_slots(problem))
         self._relaxed = _Model(lay, self._matrix, vectors)
         self._fixed = None
         self.builds += 1
+        old_model, old_matrix, old_layout, old_names = old
+        if old_model is not None and old_matrix is not None and old_layout is not None:
+            basis = _transfer_basis(
+                old_model.highs.getBasis(),
+                (old_layout, old_matrix.structure, old_names),
+                (lay, st, names),
+            )
+            if basis is not None:
+                self._relaxed.highs.setBasis(basis)
 
-    def _fixed_model(self, problem: Problem) -> _Model:
-        """The second model, created on first need from the relaxed one's matrix and basis."""
+    def _fixed_model(self, problem: Problem, rebase: int = 0) -> _Model:
+        """The second model, created on first need from the relaxed one's matrix and basis.
+
+        Its own last basis is the better start after a small change (a few step-0 bounds
+        differ from its last solve); after a change that took the relaxed model ``rebase`` >
+        ``_REBASE_ITERATIONS`` iterations, it would have to make the same journey, so it
+        starts from the relaxed optimum instead (a C++ copy of the basis, no Python lists).
+        """
+        assert self._relaxed is not None
         if self._fixed is None:
             assert self._layout is not None and self._matrix is not None
-            assert self._relaxed is not None
             self._fixed = _Model(self._layout, self._matrix, self._relaxed.held)
             self._sync_phases(self._fixed, problem)
             self._fixed.highs.setBasis(self._relaxed.highs.getBasis())
+        elif rebase > _REBASE_ITERATIONS:
+            self._fixed.highs.setBasis(self._relaxed.highs.getBasis())
+            self._fixed.solution = None
         return self._fixed
 
     def _session_slots(self, problem: Problem) -> np.ndarray:
@@ -422,18 +541,30 @@ class Allocator:
     def _vectors(self, problem: Problem, arrays: Arrays, slot_of: np.ndarray) -> _Vectors:
         """Column bounds, costs and row upper bounds for this cycle (``slot_of``: slot per
         session)."""
-        lay = self._layout
-        assert lay is not None
+        lay, matrix = self._layout, self._matrix
+        assert lay is not None and matrix is not None
+        st = matrix.structure
         T, S, K = lay.T, lay.S, lay.K
         col_lo = np.zeros(lay.ncol)
         col_hi = np.zeros(lay.ncol)
         cost = np.zeros(lay.ncol)
         row_hi = np.zeros(lay.nrow)
         volt = arrays.voltage
+        hr, kw_hr = self._hr, self._kw_hr
 
-        # i columns: max_a inside the window, 0 outside and on empty slots.
+        # i columns: max_a inside the window, 0 outside and on empty slots; a slot alone under
+        # a group has that group's headroom as its bound (the least over the phases it draws,
+        # and its share of the kW headroom).
+        hi = np.where(arrays.window, arrays.max_a[:, None], 0.0)
+        bound = st.slot_bound[slot_of]
+        alone = np.flatnonzero(bound >= 0)
+        if alone.size:
+            g = bound[alone]
+            per_phase = np.where(arrays.phase_mask[alone, :, None], hr[g], np.inf).min(axis=1)
+            per_kw = kw_hr[g] / arrays.nph[alone, None]
+            hi[alone] = np.minimum(hi[alone], np.minimum(per_phase, per_kw))
         i_hi = np.zeros((S, T))
-        i_hi[slot_of] = np.where(arrays.window, arrays.max_a[:, None], 0.0)
+        i_hi[slot_of] = hi
         col_hi[: S * T] = i_hi.ravel()
         horizon_h = float(arrays.dt_h.sum())
         per_kwh = (
@@ -445,8 +576,9 @@ class Allocator:
         i_cost[slot_of] = arrays.kwh_per_a * per_kwh
         cost[: S * T] = i_cost.ravel()
 
-        # f columns: EV headroom, already clamped at 0 where the non-EV load alone is over.
-        col_hi[lay.f0 : lay.peak] = arrays.headroom_a.ravel()
+        # f columns: the group's EV headroom, already clamped at 0 where the non-EV load alone
+        # is over.
+        col_hi[lay.f0 : lay.peak] = hr[st.aggs].ravel()
         # Peak column in summed phase amperes: the demand charge costs U/1000 per A.
         col_lo[lay.peak] = problem.tariff.peak_so_far_kw * 1000.0 / volt
         col_hi[lay.peak] = highspy.kHighsInf
@@ -465,8 +597,13 @@ class Allocator:
         a_cost[slot_of] = -eps_f * arrays.kwh_per_a[:, :1] * ((K - np.arange(K)) / K)[None, :]
         cost[lay.a0 :] = a_cost.ravel()
 
-        # Rows: flow rows 0; kW rows their headroom; peak rows minus the root's non-EV load.
-        row_hi[lay.r_kw : lay.r_peak] = arrays.headroom_sum_a.ravel()
+        # Rows: direct groups their headroom, flow rows 0; kW rows their headroom; peak rows
+        # minus the root's non-EV load.
+        group_hi = np.where(
+            (st.kind[st.row_groups] == _structure.DIRECT)[:, None, None], hr[st.row_groups], 0.0
+        )
+        row_hi[: lay.r_kw] = group_hi.ravel()
+        row_hi[lay.r_kw : lay.r_peak] = kw_hr[st.kw_groups].ravel()
         row_hi[lay.r_peak : lay.r_energy] = -arrays.load_root_sum_a
         energy_ah = np.zeros(S)
         energy_ah[slot_of] = arrays.energy_kwh * 1000.0 / (volt * arrays.nph)
@@ -560,31 +697,32 @@ class Allocator:
 
 
 def _build_matrix(
-    lay: _Layout, arrays: Arrays, node_pos: list[int], phases: tuple[tuple[int, ...], ...]
+    lay: _Layout, st: Structure, arrays: Arrays, phases: tuple[tuple[int, ...], ...]
 ) -> _Matrix:
     """The constraint matrix in column-wise form (entries as in the module docstring)."""
-    T, M = lay.T, lay.M
+    T = lay.T
     t = np.arange(T)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for s in range(lay.S):  # i columns: flow rows of the phases drawn, energy, fairness
+    ones = np.ones(T)
+    for s in range(lay.S):  # i columns: rows of the phases drawn, energy, fairness
         cols = s * T + t
-        parts.extend(((node_pos[s] * 3 + p) * T + t, cols, np.ones(T)) for p in phases[s])
+        for g in st.slot_rows[s]:
+            base = int(st.row_pos[g]) * 3 * T
+            parts.extend((base + p * T + t, cols, ones) for p in phases[s])
         parts.append((np.full(T, lay.r_energy + s), cols, arrays.dt_h))
         parts.append((np.array([lay.r_fair + s]), cols[:1], np.array([-1.0])))
-    # f columns: -1 in their own flow row, +1 in the parent's, the kW row and the peak row.
-    n_idx, p_idx, t_idx = (
-        a.ravel() for a in np.meshgrid(np.arange(M), np.arange(3), t, indexing="ij")
-    )
-    fcols = lay.f0 + (n_idx * 3 + p_idx) * T + t_idx
-    parts.append(((n_idx * 3 + p_idx) * T + t_idx, fcols, -np.ones(len(fcols))))
-    par = np.array(arrays.parents, dtype=np.intp)[n_idx]
-    up = par >= 0
-    parts.append((((par * 3 + p_idx) * T + t_idx)[up], fcols[up], np.ones(up.sum())))
-    for j, node in enumerate(arrays.kw_nodes):
-        sel = n_idx == node
-        parts.append((lay.r_kw + j * T + t_idx[sel], fcols[sel], np.ones(sel.sum())))
-    sel = n_idx == arrays.root
-    parts.append((lay.r_peak + t_idx[sel], fcols[sel], np.ones(sel.sum())))
+    # f columns: -1 in their own flow row, +1 in the rows above, the kW row and the peak row.
+    pt = np.arange(3 * T)
+    step = pt % T
+    for j, g in enumerate(st.aggs.tolist()):
+        fcols = lay.f0 + j * 3 * T + pt
+        parts.append((int(st.row_pos[g]) * 3 * T + pt, fcols, -np.ones(3 * T)))
+        for up in st.agg_rows.get(g, ()):
+            parts.append((int(st.row_pos[up]) * 3 * T + pt, fcols, np.ones(3 * T)))
+        if st.kw_pos[g] >= 0:
+            parts.append((lay.r_kw + int(st.kw_pos[g]) * T + step, fcols, np.ones(3 * T)))
+        if g == 0:  # the root group carries the peak rows
+            parts.append((lay.r_peak + step, fcols, np.ones(3 * T)))
     parts.append((lay.r_peak + t, np.full(T, lay.peak), -np.ones(T)))  # peak column
     s_idx = np.repeat(np.arange(lay.S), lay.K)  # fairness pieces: +1 in their slot's row
     parts.append((lay.r_fair + s_idx, lay.a0 + np.arange(lay.S * lay.K), np.ones(len(s_idx))))
@@ -594,7 +732,71 @@ def _build_matrix(
     order = np.lexsort((rows, cols))
     start = np.zeros(lay.ncol, dtype=np.int32)
     np.cumsum(np.bincount(cols, minlength=lay.ncol)[:-1], out=start[1:])
-    return _Matrix(start, rows[order].astype(np.int32), vals[order], phases)
+    return _Matrix(start, rows[order].astype(np.int32), vals[order], phases, st)
+
+
+def _transfer_basis(
+    basis: highspy.HighsBasis,
+    old: tuple[_Layout, Structure, list[str]],
+    new: tuple[_Layout, Structure, list[str]],
+) -> highspy.HighsBasis | None:
+    """The old model's basis mapped onto a rebuilt model, block by block, by name.
+
+    Columns and rows that exist in both (the same slot, group, step) keep their status; new
+    columns start at their lower bound, new rows basic. If the count of basic variables then
+    differs from the number of rows (something basic was removed), the difference is made up
+    with row slacks, which HiGHS accepts; it repairs a singular basis itself. ``None`` when
+    the old basis is not valid.
+    """
+    if not basis.valid:
+        return None
+    (olay, ost, onames), (nlay, nst, nnames) = old, new
+    if olay.T != nlay.T or olay.K != nlay.K:
+        return None
+    T, K = nlay.T, nlay.K
+    ocol = np.fromiter((int(x) for x in basis.col_status), dtype=np.int8, count=olay.ncol)
+    orow = np.fromiter((int(x) for x in basis.row_status), dtype=np.int8, count=olay.nrow)
+    lower, basic = int(highspy.HighsBasisStatus.kLower), int(highspy.HighsBasisStatus.kBasic)
+    col = np.full(nlay.ncol, lower, dtype=np.int8)
+    row = np.full(nlay.nrow, basic, dtype=np.int8)
+    where = {name: k for k, name in enumerate(onames)}
+    for k, name in enumerate(nnames):
+        ko = where.get(name)
+        if ko is None:
+            continue
+        col[k * T : (k + 1) * T] = ocol[ko * T : (ko + 1) * T]
+        a, ao = nlay.a0 + k * K, olay.a0 + ko * K
+        col[a : a + K] = ocol[ao : ao + K]
+        row[nlay.r_energy + k] = orow[olay.r_energy + ko]
+        row[nlay.r_fair + k] = orow[olay.r_fair + ko]
+    col[nlay.peak] = ocol[olay.peak]
+    row[nlay.r_peak : nlay.r_energy] = orow[olay.r_peak : olay.r_energy]
+    okey = {key: g for g, key in enumerate(ost.key)}
+    for g, key in enumerate(nst.key):
+        go = okey.get(key)
+        if go is None:
+            continue
+        if nst.agg_pos[g] >= 0 and ost.agg_pos[go] >= 0:
+            j, jo = nlay.f0 + int(nst.agg_pos[g]) * 3 * T, olay.f0 + int(ost.agg_pos[go]) * 3 * T
+            col[j : j + 3 * T] = ocol[jo : jo + 3 * T]
+        if nst.row_pos[g] >= 0 and ost.row_pos[go] >= 0:
+            r, ro = int(nst.row_pos[g]) * 3 * T, int(ost.row_pos[go]) * 3 * T
+            row[r : r + 3 * T] = orow[ro : ro + 3 * T]
+        if nst.kw_pos[g] >= 0 and ost.kw_pos[go] >= 0:
+            r, ro = nlay.r_kw + int(nst.kw_pos[g]) * T, olay.r_kw + int(ost.kw_pos[go]) * T
+            row[r : r + T] = orow[ro : ro + T]
+    surplus = int((col == basic).sum() + (row == basic).sum()) - nlay.nrow
+    if surplus > 0:  # too many basic: some rows go nonbasic (at their upper bound)
+        row[np.flatnonzero(row == basic)[-surplus:]] = int(highspy.HighsBasisStatus.kUpper)
+    elif surplus < 0:  # too few: some nonbasic row slacks become basic
+        row[np.flatnonzero(row != basic)[:-surplus]] = basic
+    status = list(highspy.HighsBasisStatus.__members__.values())
+    by_value = {int(s): s for s in status}
+    out = highspy.HighsBasis()
+    out.col_status = [by_value[int(v)] for v in col]
+    out.row_status = [by_value[int(v)] for v in row]
+    out.valid = True
+    return out
 
 
 def _fractional(arrays: Arrays, plan: np.ndarray) -> np.ndarray:

@@ -98,26 +98,32 @@ def verify(problem: Problem, allocation: Allocation, tol: float = 1e-6) -> list[
     for k, s in enumerate(sessions):
         phase_mask[k, list(s.phases)] = True
 
-    # Node limits: EV current drawn directly at each node per phase, then added up the tree.
-    direct = np.zeros((len(problem.nodes), 3, T))
+    # Node limits: EV current drawn directly at each node per phase, then added up the tree
+    # (children before parents, so each node's total is complete when it is passed up).
+    M = len(problem.nodes)
+    direct = np.zeros((M, 3, T))
     for p in range(3):
         on_p = phase_mask[:, p]
         np.add.at(direct[:, p, :], node_of[on_p], plan[on_p])
-    ev = np.zeros_like(direct)
-    for n, path in enumerate(problem.ancestors()):
-        ev[path] += direct[n]
+    parents = problem.parents()
+    ev = direct
+    for n in _bottom_up(parents):
+        if parents[n] >= 0:
+            ev[parents[n]] += ev[n]
     load = problem.load_through_a()
-    for n, node in enumerate(problem.nodes):
-        allowed = np.maximum(np.asarray(node.limit_a)[:, None] - load[n], 0.0)
-        for p, t in zip(*np.nonzero(ev[n] > allowed + tol), strict=True):
-            excess = float(ev[n, p, t] - allowed[p, t])
-            out.append(Violation(Kind.NODE_CURRENT, node.id, int(p), int(t), excess))
-        if node.limit_kw is not None:
-            ev_kw = volt * ev[n].sum(axis=0) / 1000.0
-            allowed_kw = np.maximum(node.limit_kw - volt * load[n].sum(axis=0) / 1000.0, 0.0)
-            for t in np.flatnonzero(ev_kw > allowed_kw + 3 * tol * volt / 1000.0):
-                excess = float(ev_kw[t] - allowed_kw[t])
-                out.append(Violation(Kind.NODE_POWER, node.id, None, int(t), excess))
+    limits = np.array([node.limit_a for node in problem.nodes], dtype=float).reshape(M, 3)
+    allowed = np.maximum(limits[:, :, None] - load, 0.0)
+    for n, p, t in zip(*np.nonzero(ev > allowed + tol), strict=True):
+        excess = float(ev[n, p, t] - allowed[n, p, t])
+        out.append(Violation(Kind.NODE_CURRENT, problem.nodes[n].id, int(p), int(t), excess))
+    kw = [n for n, node in enumerate(problem.nodes) if node.limit_kw is not None]
+    if kw:
+        limit_kw = np.array([problem.nodes[n].limit_kw for n in kw], dtype=float)
+        ev_kw = volt * ev[kw].sum(axis=1) / 1000.0
+        allowed_kw = np.maximum(limit_kw[:, None] - volt * load[kw].sum(axis=1) / 1000.0, 0.0)
+        for j, t in zip(*np.nonzero(ev_kw > allowed_kw + 3 * tol * volt / 1000.0), strict=True):
+            excess = float(ev_kw[j, t] - allowed_kw[j, t])
+            out.append(Violation(Kind.NODE_POWER, problem.nodes[kw[j]].id, None, int(t), excess))
 
     # Sessions: bounds, window, the 6 A floor on step 0, energy (vectorised, then reported).
     fields = np.array(
@@ -154,3 +160,15 @@ def verify(problem: Problem, allocation: Allocation, tol: float = 1e-6) -> list[
         if sent is None or not abs(float(sent) - plan[k, 0]) <= tol:
             out.append(Violation(Kind.DISPATCH, s.id, None, 0, math.nan if sent is None else sent))
     return out
+
+
+def _bottom_up(parents: list[int]) -> list[int]:
+    """Node positions ordered so that every node comes before its parent."""
+    children: list[list[int]] = [[] for _ in parents]
+    for n, p in enumerate(parents):
+        if p >= 0:
+            children[p].append(n)
+    order = [n for n, p in enumerate(parents) if p < 0]
+    for n in order:
+        order.extend(children[n])
+    return order[::-1]
