@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from sitectl.state import Severity, SiteState
 
@@ -27,8 +28,23 @@ _TIME_ERROR = 5
 _TIMEX_BYTES = 512
 
 
+#: systemd-timesyncd creates this file once the clock is synchronised (timesyncd.conf(5)).
+TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
 def kernel_clock_synchronized() -> bool | None:
-    """Whether the kernel considers the clock synchronised; ``None`` when it cannot tell."""
+    """Whether the clock is synchronised; ``None`` when it cannot tell.
+
+    The kernel's view (adjtimex) first; where that is refused (a seccomp filter answering
+    EPERM), systemd-timesyncd's flag file says yes when present.
+    """
+    found = _adjtimex_synchronized()
+    if found is None and TIMESYNCD_FLAG.exists():
+        return True
+    return found
+
+
+def _adjtimex_synchronized() -> bool | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None

@@ -27,3 +27,13 @@ def test_unsynchronised_clock_raises_an_alarm_once_and_clears_it(write_config) -
     assert ("clock_unsynchronized", "site") in state.alarms
     assert monitor.check() is True
     assert ("clock_unsynchronized", "site") not in state.alarms
+
+
+def test_timesyncd_flag_says_synchronised_where_adjtimex_is_refused(tmp_path, monkeypatch) -> None:
+    from sitectl import clock
+
+    monkeypatch.setattr(clock, "_adjtimex_synchronized", lambda: None)  # EPERM under seccomp
+    monkeypatch.setattr(clock, "TIMESYNCD_FLAG", tmp_path / "synchronized")
+    assert clock.kernel_clock_synchronized() is None
+    (tmp_path / "synchronized").touch()
+    assert clock.kernel_clock_synchronized() is True

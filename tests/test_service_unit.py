@@ -48,6 +48,16 @@ def test_unit_runs_as_a_dedicated_user_restarts_and_is_hardened() -> None:
         assert key in unit, key
 
 
+def test_unit_is_watched_never_gives_up_and_survives_a_denied_call() -> None:
+    unit = directives()
+    # The loop pings after each cycle (sitectl/app.py watchdog_ping): a hung one is restarted.
+    assert unit["WatchdogSec"] == ["30"] and unit["NotifyAccess"] == ["main"]
+    assert unit["StartLimitIntervalSec"] == ["0"]  # an unattended site never stops retrying
+    # Under the syscall allow-list a call outside it must fail, not kill the process:
+    # adjtimex(2) (the clock check) is not in @system-service.
+    assert unit["SystemCallErrorNumber"] == ["EPERM"]
+
+
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
