@@ -234,6 +234,11 @@ class ControlStatus:
     status: str | None = None  # the optimizer's status
     fallback_count: int = 0
     consecutive_fallbacks: int = 0
+    #: While the fallback answers: why ("time_limit: …", "infeasible", "solver_error: …"), and
+    #: how much less current it dispatches than the last optimum did (%, None if unknown).
+    fallback_reason: str | None = None
+    fallback_shortfall_pct: float | None = None
+    last_lp_dispatch_a: float | None = None  # the last optimum's total dispatch (A per phase)
     sessions_charging: int = 0
     sessions_paused: int = 0
     circuits: dict[str, CircuitStatus] = field(default_factory=dict)

@@ -394,7 +394,15 @@ class ControlLoop:
         else:
             self.state.clear_alarm("allocation_invalid", "site")
         status = self.state.control
+        total = sum(allocation.dispatch_a.values())
         if allocation.method == "fallback":
+            status.fallback_reason = (
+                f"{allocation.status}: {allocation.detail}"
+                if allocation.detail
+                else str(allocation.status)
+            )
+            last = status.last_lp_dispatch_a
+            status.fallback_shortfall_pct = max(0.0, 100 * (last - total) / last) if last else None
             status.fallback_count += 1
             status.consecutive_fallbacks += 1
             log.warning("fallback allocation in use (%s: %s)", allocation.status, allocation.detail)
@@ -404,10 +412,17 @@ class ControlLoop:
                     "site",
                     Severity.WARNING,
                     f"the optimizer has failed {status.consecutive_fallbacks}"
-                    f" cycles in a row ({allocation.status})",
+                    f" cycles in a row ({status.fallback_reason}); the fallback dispatches "
+                    + (
+                        f"{status.fallback_shortfall_pct:.0f} % less current than the last optimum"
+                        if status.fallback_shortfall_pct is not None
+                        else "a safe but less good allocation"
+                    ),
                 )
         else:
             status.consecutive_fallbacks = 0
+            status.fallback_reason = status.fallback_shortfall_pct = None
+            status.last_lp_dispatch_a = total
             self.state.clear_alarm("fallback_solver", "site")
         return allocation
 

@@ -125,6 +125,20 @@ class StateCollector:
             "Cycles dispatched by the fallback heuristic",
             value=control.fallback_count,
         )
+        active = GaugeMetricFamily(
+            "sitectl_fallback_active",
+            "1 while the fallback heuristic answers, labelled with why",
+            labels=["reason"],
+        )
+        reason = (control.fallback_reason or "").split(":", 1)[0]
+        active.add_metric([reason], float(control.method == "fallback"))
+        yield active
+        if control.fallback_shortfall_pct is not None:
+            yield GaugeMetricFamily(
+                "sitectl_fallback_shortfall_percent",
+                "How much less current the fallback dispatches than the last optimum",
+                value=control.fallback_shortfall_pct,
+            )
         buckets = []
         cumulative = 0
         for bound, count in zip(SOLVE_BUCKETS_S, control.solve_buckets, strict=False):

@@ -90,6 +90,12 @@ class ControlView(BaseModel):
     status: str | None
     fallback_count: int
     consecutive_fallbacks: int
+    fallback_reason: str | None = Field(
+        None, description="While the fallback answers: why (time_limit, infeasible, solver_error)."
+    )
+    fallback_shortfall_pct: float | None = Field(
+        None, description="How much less current the fallback dispatches than the last optimum (%)."
+    )
     sessions_charging: int
     sessions_paused: int
 
@@ -358,6 +364,12 @@ def site_view(state: SiteState, config: Config) -> SiteView:
             status=control.status,
             fallback_count=control.fallback_count,
             consecutive_fallbacks=control.consecutive_fallbacks,
+            fallback_reason=control.fallback_reason,
+            fallback_shortfall_pct=(
+                None
+                if control.fallback_shortfall_pct is None
+                else round(control.fallback_shortfall_pct, 1)
+            ),
             sessions_charging=control.sessions_charging,
             sessions_paused=control.sessions_paused,
         ),

@@ -478,6 +478,8 @@ def summary_body(
             "fallback": control.method == "fallback",
             "fallback_count": control.fallback_count,
             "consecutive_fallbacks": control.consecutive_fallbacks,
+            "fallback_reason": control.fallback_reason,
+            "fallback_shortfall_pct": _num(control.fallback_shortfall_pct, 1),
             "meters": {
                 device: _reading_view(r)["quality"] for device, r in sorted(state.readings.items())
             },

@@ -250,8 +250,10 @@ async def test_operator_override_lowers_a_limit_until_it_expires(tmp_path, make_
     # (non_ev_max_a), so the cars get the whole 50 A of the override.
     # (Both in one condition: on a loaded machine the override may expire soon after binding.)
     await wait_for(
-        lambda: sum(limits(rig, "AB").values()) <= 50.05
-        and rig.state.control.circuits["feeder"].limit_a == (50.0, 50.0, 50.0),
+        lambda: (
+            sum(limits(rig, "AB").values()) <= 50.05
+            and rig.state.control.circuits["feeder"].limit_a == (50.0, 50.0, 50.0)
+        ),
         timeout=5,
         message="the override to bind",
     )
@@ -322,3 +324,55 @@ async def test_a_charger_installing_firmware_is_sent_nothing_and_budgeted(
     rig.state.notify("firmware_status", "A")
     await rig.cycles(1)
     assert not rig.loop.memory["A"].unavailable
+
+
+async def test_the_fallback_says_why_and_how_far_it_is_from_the_optimum(tmp_path, make_rig) -> None:
+    import json
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import jsonschema
+
+    from sitectl.http.metrics import StateCollector
+    from sitectl.uplink.messages import summary_body
+
+    rig = await make_rig(rig_config(tmp_path, FOUR), building({"a": 10.0}))
+    for charger_id in "AB":
+        await rig.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(lambda: sum(limits(rig, "AB").values()) > 60, timeout=10, message="charging")
+    await rig.cycles(2)
+    control = rig.state.control
+    assert control.method == "lp" and control.fallback_reason is None
+
+    def broken(problem, budget):
+        raise RuntimeError("solver crashed")
+
+    rig.loop.allocator.solve = broken
+    await rig.cycles(2)
+    assert control.method == "fallback"
+    assert (
+        control.fallback_reason.startswith("solver_error") and "crashed" in control.fallback_reason
+    )
+    assert control.fallback_shortfall_pct is not None and 0 <= control.fallback_shortfall_pct <= 100
+    # Said on MQTT (the summary validates against its published schema) and on /metrics.
+    outbox = dict.fromkeys(
+        (
+            "queued",
+            "queued_bytes",
+            "dropped_summaries",
+            "dropped_charger_states",
+            "thinned_summaries",
+            "rejected",
+        ),
+        0,
+    )
+    body = summary_body(rig.state, rig.config, datetime.now(UTC), 0.0, outbox)
+    schema = json.loads(
+        (Path(__file__).parents[2] / "sitectl/uplink/schemas/summary.json").read_text()
+    )
+    jsonschema.validate({**body, "seq": 1}, schema)  # the outbox numbers it when sent
+    assert body["control"]["fallback_reason"] == control.fallback_reason
+    metrics = {m.name: m for m in StateCollector(rig.state, rig.config).collect()}
+    [sample] = metrics["sitectl_fallback_active"].samples
+    assert sample.labels == {"reason": "solver_error"} and sample.value == 1.0
+    assert "sitectl_fallback_shortfall_percent" in metrics

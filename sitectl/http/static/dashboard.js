@@ -62,6 +62,12 @@ function renderHeadline(site) {
   document.getElementById("headline").innerHTML =
     `${power} / ${site.limit_kw.toFixed(0)} kW · ${control.sessions_charging} charging, ` +
     `${control.sessions_paused} paused · solve ${solve} · fallbacks ${control.fallback_count} · ` +
+    (control.method === "fallback"
+      ? `<span class="badge warn" title="${esc(control.fallback_reason || "")}">fallback: ` +
+        `${esc((control.fallback_reason || "").split(":")[0])}` +
+        (control.fallback_shortfall_pct == null ? "" : `, ${control.fallback_shortfall_pct.toFixed(0)} % below the optimum`) +
+        `</span> · `
+      : "") +
     `<span class="badge ${site.alarms ? "warn" : "ok"}">${site.alarms} alarm${site.alarms === 1 ? "" : "s"}</span>`;
 }
 
