@@ -147,7 +147,14 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     if config.chargers:
         unavailable = rollouts.updating if rollouts is not None else None
         components.append(
-            ControlLoop(config, state, keeper.set_profile, unavailable, on_cycle=watchdog_ping)
+            ControlLoop(
+                config,
+                state,
+                keeper.set_profile,
+                unavailable,
+                on_cycle=watchdog_ping,
+                store=store,
+            )
         )
     else:
         # Nothing to control: the watchdog only proves that the event loop runs.

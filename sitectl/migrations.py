@@ -7,6 +7,7 @@ module does not depend on the packages that use it.
 
 from __future__ import annotations
 
+from sitectl.control.memory_store import CONTROL_MEMORY_MIGRATION
 from sitectl.firmware.schema import FIRMWARE_MIGRATION
 from sitectl.sessions import ACTIVE_SESSIONS_MIGRATION, SESSIONS_MIGRATION
 from sitectl.store import MIGRATIONS, Migration
@@ -19,4 +20,5 @@ SCHEMA: tuple[Migration, ...] = (
     FIRMWARE_MIGRATION,
     SESSIONS_MIGRATION,
     ACTIVE_SESSIONS_MIGRATION,
+    CONTROL_MEMORY_MIGRATION,
 )

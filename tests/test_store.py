@@ -66,9 +66,16 @@ def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path) -> None
 def test_by_default_a_store_has_every_component_s_tables(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     try:
-        assert store.schema_version == SCHEMA[-1].version == 6
+        assert store.schema_version == SCHEMA[-1].version == 7
         tables = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"journal", "outbox", "fw_rollouts", "session_history", "active_sessions"} <= tables
+        assert {
+            "journal",
+            "outbox",
+            "fw_rollouts",
+            "session_history",
+            "active_sessions",
+            "control_memory",
+        } <= tables
     finally:
         store.close()
 

@@ -32,6 +32,7 @@ from optimizer.verify import verify
 from sitectl.config import Config
 from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.draw import Draw
+from sitectl.control.memory_store import ControlMemoryStore
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
@@ -43,6 +44,7 @@ from sitectl.state import (
     Severity,
     SiteState,
 )
+from sitectl.store import Store
 
 __all__ = ["ControlLoop"]
 
@@ -102,6 +104,7 @@ class ControlLoop:
         on_cycle: Callable[[], None] | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        store: Store | None = None,
     ) -> None:
         self.config = config
         self.control = config.control
@@ -114,6 +117,17 @@ class ControlLoop:
         self.allocator = Allocator(known_slots=self.builder.slots())
         self.dispatcher = Dispatcher(config, set_profile, lambda c: state.chargers[c].ocpp_version)
         self.memory: dict[str, ChargerMemory] = {c.id: ChargerMemory() for c in config.chargers}
+        # The limits in force from the last run (issue #17.6): budgets and decrease-first hold
+        # from the first cycle after a restart.
+        self.kept = ControlMemoryStore(store) if store is not None else None
+        if self.kept is not None:
+            self._keep(
+                self.kept.load,
+                self.memory,
+                wall_clock(),
+                monotonic(),
+                self.control.profile_validity_s,
+            )
         self.meters = MeterSupervisor(
             self.control.meter_grace_s,
             self.control.failsafe_hold_s,
@@ -153,6 +167,8 @@ class ControlLoop:
                 mem = self.memory[change.subject]
                 mem.failsafe_installed = mem.failsafe_ever = False
                 mem.commanded_a = mem.commanded_at = None
+                if self.kept is not None:
+                    self._keep(self.kept.failsafe_lost, change.subject, self.wall_clock())
             elif change.kind == "charger_connected":
                 mem = self.memory[change.subject]
                 mem.disconnected_at = None
@@ -180,6 +196,13 @@ class ControlLoop:
                 )
             ):
                 self.trigger()  # overload: act now, not at the next period
+
+    def _keep(self, write: Callable[..., Any], *args: Any) -> None:
+        """Run a control-memory write; a failing store must not stop control."""
+        try:
+            write(*args)
+        except Exception as exc:
+            log.warning("control memory not kept (%s: %s)", type(exc).__name__, exc)
 
     def _on_site_phases(self, device: str, reading: Any) -> Any:
         """A reading with its per-phase values in site phase order (the device's phase_map)."""
@@ -271,6 +294,9 @@ class ControlLoop:
         commands = self.dispatcher.plan(limits, self.memory, now_mono)
         report = await self.dispatcher.send(commands, self.memory, now, now_mono)
         self._after_dispatch(report)
+        if self.kept is not None and report.sent:
+            sent = [(c.charger_id, c.limit_a) for c in report.sent]
+            self._keep(self.kept.limits_sent, sent, now, self.control.profile_validity_s)
         self._publish(built, allocation, now)
         self.last = (built, allocation, report)
 
@@ -333,6 +359,8 @@ class ControlLoop:
             return  # it left meanwhile: tried again on its next connection
         if problem is None:
             mem.failsafe_installed = mem.failsafe_ever = True
+            if self.kept is not None:
+                self._keep(self.kept.failsafe_installed, charger_id, self.wall_clock())
             mem.failsafe_failures = 0
             self.state.clear_alarm("failsafe_not_installed", charger_id)
             self.trigger()  # it can be steered now

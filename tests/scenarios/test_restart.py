@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from sitectl.sim.charger import SimEv
 from tests.helpers import wait_for
@@ -97,3 +98,36 @@ async def test_a_session_that_ended_while_sitectl_was_down_is_closed(tmp_path, m
     assert ended == {"A", "C"}
     assert site.state.chargers["A"].connectors[1].session is None
     assert site.state.chargers["C"].connectors[1].session is None
+
+
+async def test_the_limits_in_force_are_known_from_the_first_cycle_after_a_restart(
+    tmp_path, make_site
+):
+    # Issue #17.6: without them every charger is budgeted at its maximum (it "holds nothing
+    # sitectl knows") until its fail-safe is installed again, and every first command is an
+    # "increase" sent before any decrease.
+    config = scenario_config(
+        tmp_path, [{"id": "A"}, {"id": "B"}], control={"profile_validity_s": 10}
+    )
+    site = await make_site(config, {"feeder": lambda t: (20.0, 20.0, 20.0)})
+    for charger_id in "AB":
+        await site.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(lambda: site.draw("A") > 20 and site.draw("B") > 20, timeout=10)
+    before = {c: site.loop.memory[c].commanded_a for c in "AB"}
+    await site.stop_sitectl()
+    await site.start_sitectl()  # the chargers have not reconnected yet
+    for charger_id in "AB":
+        mem = site.loop.memory[charger_id]
+        assert mem.failsafe_ever and not mem.failsafe_installed
+        assert mem.commanded_a == before[charger_id]
+    built = site.loop.builder.build(
+        site.state, site.loop.meters, site.loop.memory, datetime.now(UTC), time.monotonic()
+    )
+    # Disconnected but within their limits' validity: budgeted at those, not at 32 A.
+    assert built.fixed["A"] == (before["A"],) * 3
+    await site.depot.reconnect_chargers()
+    await wait_for(
+        lambda: all(site.loop.memory[c].failsafe_installed for c in "AB"),
+        timeout=10,
+        message="fail-safes back",
+    )
