@@ -49,6 +49,13 @@ class ControlConfig(_Model):
     resume_check_s: float = Field(
         60.0, gt=0, description="A resumed session drawing nothing after this is flagged."
     )
+    ramp_down_s: float = Field(
+        6.0,
+        ge=0,
+        description="How long a charger may take to bring its draw down to a lowered limit "
+        "(IEC 61851-1 gives the vehicle 5 s; some chargers take 6-7 s): the headroom it frees "
+        "is given to others only after this, or once a measurement shows the reduction.",
+    )
     dispatch_timeout_s: float = Field(
         3.0, gt=0, description="How long decreases may take to be accepted before increases."
     )

@@ -55,7 +55,13 @@ class DispatchReport:
     sent: list[Command]
     failed: dict[str, str]  # charger -> why
     skipped_increases: bool = False
+    deferred_increases: int = 0  # increases held for a cycle after a large decrease
     order: list[str] | None = None  # charger ids in the order their profiles went out
+
+
+#: Decreases that free this much (A per phase, summed) defer the cycle's increases by a cycle;
+#: smaller ones (the noise of a re-plan) do not, or increases would never go out.
+DEFER_INCREASES_FREED_A = 2.0
 
 
 class Dispatcher:
@@ -166,6 +172,16 @@ class Dispatcher:
                     ", ".join(sorted(report.failed)),
                 )
             return report
+        freed = sum(
+            (c.previous_a or 0.0) - c.limit_a for c in decreases if c.previous_a is not None
+        )
+        if freed >= DEFER_INCREASES_FREED_A:
+            # "Decreases first" must order currents, not acknowledgements (#17.5): a lowered
+            # charger takes seconds to come down. The headroom it frees is planned again next
+            # cycle, when its ramp-down is budgeted (`ProblemBuilder._ramping`).
+            deferred = [c for c in others if c.kind == "increase"]
+            others = [c for c in others if c.kind != "increase"]
+            report.deferred_increases = len(deferred)
         if others:
             await self._batch(others, memory, now, now_mono, report)
         return report

@@ -83,6 +83,7 @@ def efficiency(charger: ChargerConfig) -> float:
         return 1.0
     return float(getattr(charger, "efficiency", None) or DEFAULT_DC_EFFICIENCY)
 
+
 Phases = tuple[float, float, float]
 ZERO: Phases = (0.0, 0.0, 0.0)
 
@@ -478,13 +479,50 @@ class ProblemBuilder:
             else:
                 steerable.append(charger.id)
                 if mem.commanded_a is not None:
-                    excess = tuple(
+                    excess = [
                         e - mem.commanded_a if e - mem.commanded_a > OVERDRAW_NOISE_A else 0.0
                         for e in est
-                    )
+                    ]
+                    ramp = self._ramping(charger, charger_state, mem, est, now_mono)
+                    if ramp > 0:
+                        # Lowered, not yet seen lower: the headroom is not free yet (#17.5).
+                        for k in range(len(charger.site_phases)):
+                            excess[k] = max(excess[k], ramp)
                     if any(excess):
-                        overdraw[charger.id] = self._site(charger, excess)  # type: ignore[arg-type]
+                        overdraw[charger.id] = self._site(charger, tuple(excess))  # type: ignore[arg-type]
         return ev_lo, fixed, steerable, overdraw
+
+    def _ramping(
+        self,
+        charger: ChargerConfig,
+        charger_state: ChargerState,
+        mem: ChargerMemory,
+        est: Phases,
+        now_mono: float,
+    ) -> float:
+        """How much above its limit a charger that was just lowered may still draw (A).
+
+        "Decreases first" orders acknowledgements, not currents: a charger applies a lower
+        limit within seconds. Until ``ramp_down_s`` has passed, or a measurement taken after
+        the change shows the draw at the new limit, its previous limit still counts.
+        """
+        if not mem.limit_history or mem.commanded_a is None:
+            return 0.0
+        changed_at = mem.limit_history[-1][0]
+        if now_mono - changed_at >= self.control.ramp_down_s:
+            return 0.0
+        before = mem.highest_limit_since(now_mono - self.control.ramp_down_s)
+        ramp = before - mem.commanded_a
+        if ramp <= OVERDRAW_NOISE_A:
+            return 0.0
+        seen_after = any(
+            (c.current_mono is not None and c.current_mono > changed_at)
+            or (c.power_mono is not None and c.power_mono > changed_at)
+            for c in charger_state.connectors.values()
+        )
+        if seen_after and max(est) <= mem.commanded_a + OVERDRAW_NOISE_A:
+            return 0.0  # measured down already
+        return ramp
 
     def _held_budget(self, charger: ChargerConfig, mem: ChargerMemory, now_mono: float) -> Phases:
         """What a charger sitectl does not steer now may draw: the limit it still holds.
@@ -493,8 +531,10 @@ class ProblemBuilder:
         for the charger's clock); after that the charger holds its fail-safe (installed by this
         or an earlier run of sitectl), or its maximum when it never took the fail-safe.
         """
-        amps = charger.failsafe_current_a if mem.failsafe_installed or mem.failsafe_ever else (
-            charger.max_current_a
+        amps = (
+            charger.failsafe_current_a
+            if mem.failsafe_installed or mem.failsafe_ever
+            else (charger.max_current_a)
         )
         if (
             mem.commanded_a is not None
@@ -593,9 +633,7 @@ class ProblemBuilder:
             departure_step=departure_step,
             priority=priority,
         )
-        info = SessionInfo(
-            departure, departure_source, need, need_source or "unknown", capped
-        )
+        info = SessionInfo(departure, departure_source, need, need_source or "unknown", capped)
         return problem_session, floor, info
 
     def _connector_max(self, charger: ChargerConfig) -> float:

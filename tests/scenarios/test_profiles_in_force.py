@@ -113,3 +113,28 @@ async def test_chargers_with_a_wrong_clock_run_at_the_limit_sitectl_budgets(tmp_
 
 def level_load(amps: float):
     return {"feeder": lambda t: (amps,) * 3}
+
+
+async def test_headroom_freed_by_a_slow_charger_is_given_only_once_it_is_free(tmp_path, make_site):
+    # Issue #17.5: A and B take seconds to come down (2 A/s); a new vehicle on C must not
+    # ramp up into headroom they still use.
+    config = scenario_config(
+        tmp_path,
+        [{"id": "A"}, {"id": "B"}, {"id": "C"}],
+        phase_limit_a=70,
+        site={"non_ev_max_a": 10},
+    )
+    slow = Quirks(ramp_a_per_s=2.0)
+    site = await make_site(config, quirks={"A": slow, "B": slow})
+    for charger_id in "AB":
+        await site.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: site.draw("A") > 29 and site.draw("B") > 29, timeout=30, message="A and B up"
+    )
+    mark = time.monotonic()
+    await site.depot.plug_in("C", SimEv(max_a=32))
+    await wait_for(lambda: site.draw("C") > 15, timeout=20, message="C charging")
+    await site.cycles(4)
+    # The real current on the feeder never stayed above its limit for longer than a ramp.
+    assert site.depot.seconds_over(since=mark).get("feeder", 0.0) <= RAMP_S
+    assert site.depot.peak_over(since=mark)["feeder"] <= 2.0
