@@ -141,7 +141,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     from sitectl.clock import ClockMonitor
 
     recovery = SessionRecovery(state, ocpp_server.call, observer.end_restored)
-    components += [ocpp_server, keeper, recovery, ClockMonitor(state)]
+    from sitectl.ocpp.probe import CapabilityProbe  # what each charger declares (issue #17)
+
+    probe = CapabilityProbe(state, ocpp_server.call, store=store)
+    components += [ocpp_server, keeper, recovery, probe, ClockMonitor(state)]
     if firmware is not None:
         components += firmware.components
     if config.chargers:

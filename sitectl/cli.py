@@ -7,6 +7,7 @@
     sitectl probe -c FILE          read every Modbus device once
     sitectl firmware ACTION -c FILE  local firmware rollouts (list, start, status, stop)
     sitectl backup FILE -c FILE    copy the store (while running); restore: put a copy back
+    sitectl quirks [NAME]          list the charger quirk files (or show one)
 
 Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors.
 Errors an installer can cause end in one clear message, never a traceback.
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("-c", "--config", required=True, help="the depot's YAML file")
     probe.add_argument("--device", help="only this device")
     probe.add_argument("--raw", action="store_true", help="also print the raw registers")
+
+    quirks = commands.add_parser(
+        "quirks", parents=[common], help="list the charger quirk files (or show one)"
+    )
+    quirks.add_argument("name", nargs="?", help="show only this one")
 
     add_firmware_parser(commands, common)
     add_backup_parsers(commands, common)
@@ -185,6 +191,23 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return main_probe([d.to_spec() for d in devices], raw=args.raw)
 
 
+def _cmd_quirks(args: argparse.Namespace) -> int:
+    from sitectl.quirks import DEFAULTS, describe, load_quirks
+
+    files = load_quirks()
+    if args.name is not None and args.name not in files:
+        print(f"error: no quirks {args.name!r} (known: {', '.join(files)})", file=sys.stderr)
+        return 1
+    if args.name is None:
+        print("default (a charger no file matches, before what its probe finds):")
+        for key, value in DEFAULTS.as_dict().items():
+            if key not in ("name", "unsure", "sources"):
+                print(f"  {key}: {value}")
+    chosen = [files[args.name]] if args.name is not None else list(files.values())
+    print(describe(chosen))
+    return 0
+
+
 def _run_app(config: Config, duration_s: float | None = None) -> int:
     from sitectl.app import App
 
@@ -245,6 +268,7 @@ COMMANDS = {
     "schema": _cmd_schema,
     "openapi": _cmd_openapi,
     "probe": _cmd_probe,
+    "quirks": _cmd_quirks,
     "demo": _cmd_demo,
     "firmware": _cmd_firmware,
     "backup": _cmd_backup,

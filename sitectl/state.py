@@ -160,6 +160,7 @@ class ChargerState:
     firmware_status: str | None = None
     connectors: dict[int, ConnectorState] = field(default_factory=dict)
     csms_profiles: dict[int, CsmsProfile] = field(default_factory=dict)
+    capabilities: dict[str, Any] = field(default_factory=dict)  # sitectl.ocpp.probe's record
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None

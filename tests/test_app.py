@@ -130,6 +130,11 @@ async def test_run_serves_ocpp_from_the_config(write_config) -> None:
                 lambda: app.state.chargers["CP1"].connected, message="the charger in SiteState"
             )
             assert app.state.chargers["CP1"].boot_accepted
+            # The capability probe is wired (issue #17): it asks after the boot.
+            await wait_for(
+                lambda: app.state.chargers["CP1"].capabilities.get("complete"),
+                message="the capability probe",
+            )
     finally:
         app.stop()
         assert await asyncio.wait_for(task, 15) == 0

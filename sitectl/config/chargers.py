@@ -45,6 +45,11 @@ class ChargerConfig(_Model):
     )
     vendor: str | None = None
     model: str | None = None
+    quirks: str | None = Field(
+        None,
+        description="Pin a quirk file (`sitectl quirks` lists them) instead of matching the "
+        "charger's BootNotification vendor, model and firmware.",
+    )
     password: SecretStr | None = Field(None, description="Basic-auth password charger → sitectl.")
     password_file: FilePath | None = None
     upstream_password: SecretStr | None = Field(
@@ -64,6 +69,18 @@ class ChargerConfig(_Model):
     _paths = field_validator("password_file", "upstream_password_file")(
         classmethod(lambda cls, v: _resolve_path(v))
     )
+
+    @field_validator("quirks")
+    @classmethod
+    def _known_quirks(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from sitectl.quirks import available_quirks
+
+        known = available_quirks()
+        if value not in known:
+            raise ValueError(f"unknown quirks {value!r}; known: {', '.join(known)}")
+        return value
 
     @field_validator("phase_rotation")
     @classmethod

@@ -12,6 +12,11 @@ Rules (DESIGN.md safety model; reference D3, S20, S26–S28):
   otherwise lapse within two control periods. At most one profile per charger per cycle.
 - **Limits** are rounded down to 0.1 A, and are 0 or at least the charger's minimum.
 - **Fail-safe** profiles are installed once per connection, before any dynamic limit.
+- **Quirks** (`sitectl.quirks`, when the loop sets `Dispatcher.quirks`): a charger's own minimum
+  current raises the floor; an increase or an unchanged limit is not written again sooner than its
+  ``min_write_interval_s`` (flash wear, rate limits; issue #17.8), a decrease always is; and a
+  Rejected refresh or increase inside that interval is a rate limit, not a refusal: the charger
+  keeps the lower limit it accepted and is not marked uncontrollable.
 
 All profiles go through the `ProfileKeeper`, so a CSMS clear cannot wipe them for long.
 """
@@ -29,6 +34,7 @@ from typing import Any
 from sitectl.config import ChargerConfig, Config
 from sitectl.control.snapshot import ChargerMemory, efficiency
 from sitectl.ocpp.profiles import ProfileIds, ProfileSpec, build_set_profile, round_limit
+from sitectl.quirks import ChargerQuirks
 
 __all__ = ["Command", "DispatchReport", "Dispatcher"]
 
@@ -91,6 +97,17 @@ class Dispatcher:
         self.voltage_v = config.site.nominal_voltage_v
         #: Charger id -> how far its clock is ahead of sitectl's (s); set by the loop.
         self.clock_skew_s: dict[str, float] = {}
+        #: Charger id -> its effective quirks (`sitectl.quirks.effective_quirks`); set by the
+        #: loop. ``None``: the configuration alone decides, as before quirks existed.
+        self.quirks: Callable[[str], ChargerQuirks] | None = None
+
+    def _min_a(self, charger: ChargerConfig) -> float:
+        if self.quirks is None:
+            return charger.min_current_a
+        return max(charger.min_current_a, self.quirks(charger.id).min_current_a)
+
+    def _write_interval_s(self, charger_id: str) -> float:
+        return 0.0 if self.quirks is None else self.quirks(charger_id).min_write_interval_s
 
     # Planning (pure).
 
@@ -105,19 +122,30 @@ class Dispatcher:
         refresh_after = self.control.profile_validity_s - 2 * self.control.period_s
         for charger_id, (wanted, connectors) in limits.items():
             charger = self.chargers[charger_id]
-            limit = round_limit(wanted, charger.min_current_a)
+            min_a = self._min_a(charger)
+            limit = round_limit(wanted, min_a)
             per_connector = (
-                {c: round_limit(a, charger.min_current_a) for c, a in connectors.items()}
+                {c: round_limit(a, min_a) for c, a in connectors.items()}
                 if charger.connectors > 1
                 else {}
             )
             mem = memory[charger_id]
             previous = mem.commanded_a
+            # Not written again before its interval: only a decrease is urgent (issue #17.8).
+            # The refresh still comes before the validity lapses, whatever the interval.
+            recent = (
+                mem.commanded_at is not None
+                and now_mono - mem.commanded_at < self._write_interval_s(charger_id)
+            )
             if previous is None or limit < previous - 1e-9:
                 kind = "decrease" if previous is not None else "increase"
                 if previous is None and limit == 0:
                     kind = "decrease"
-            elif limit > previous + 1e-9 and limit - previous >= self.control.deadband_a:
+            elif (
+                limit > previous + 1e-9
+                and limit - previous >= self.control.deadband_a
+                and not recent
+            ):
                 kind = "increase"
             elif mem.commanded_at is None or now_mono - mem.commanded_at >= refresh_after:
                 limit = previous
@@ -211,10 +239,25 @@ class Dispatcher:
                 mem.record_limit(command.limit_a, now_mono)
                 mem.uncontrollable = False
                 report.sent.append(command)
+            elif self._rate_limited(command, mem, problem, now_mono):
+                # It keeps the (lower) limit it accepted last: not a refusal (issue #17.8).
+                report.failed[command.charger_id] = f"rate limited: {problem}"
             else:
                 report.failed[command.charger_id] = problem
                 if command.kind == "decrease" or "refused" in problem:
                     mem.uncontrollable = True
+
+    def _rate_limited(
+        self, command: Command, mem: ChargerMemory, problem: str, now_mono: float
+    ) -> bool:
+        """A Rejected refresh or increase inside the charger's write interval."""
+        return (
+            command.kind != "decrease"
+            and problem.startswith("refused (Rejected")
+            and mem.commanded_at is not None
+            and now_mono - mem.commanded_at < max(self._write_interval_s(command.charger_id), 0.0)
+            and not mem.uncontrollable
+        )
 
     async def _one(self, command: Command, now: datetime) -> str | None:
         """Send one charger's profiles; returns a problem description or ``None``."""

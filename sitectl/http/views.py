@@ -227,6 +227,15 @@ class ChargerDetail(ChargerView):
     """A charger with its latest frames (for commissioning) and firmware traffic."""
 
     recent_frames: list[FrameView]
+    capabilities: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What it declared when probed (1.6 GetConfiguration, 2.0.1 GetVariables): "
+        "values, unknown keys, actions answered NotImplemented/NotSupported; empty before.",
+    )
+    quirks: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The quirks sitectl works with: its quirk file(s) narrowed by the probe.",
+    )
     firmware_events: list[FirmwareEventView] = Field(default_factory=list)
     security_events: list[SecurityEventView] = Field(default_factory=list)
 
@@ -458,9 +467,13 @@ def charger_view(
         )
         for e in firmware_events
     ]
+    from sitectl.quirks import effective_quirks
+
     return ChargerDetail(
         **fields,
         recent_frames=frames,
+        capabilities=charger.capabilities,
+        quirks=effective_quirks(charger, configured.quirks if configured else None).as_dict(),
         firmware_events=events,
         security_events=[
             SecurityEventView.model_validate(e, from_attributes=True) for e in security_events

@@ -374,3 +374,23 @@ async def test_connectors_show_what_the_control_loop_assumed_and_gave(client) ->
     state.control.sessions.clear()  # e.g. before the first cycle
     one = (await (await c.get("/api/chargers")).json())[0]["connectors"][0]
     assert one["plan"] is None
+
+
+async def test_charger_detail_shows_its_capabilities_and_effective_quirks(client) -> None:
+    c = await client()
+    charger = c.sitectl.state.chargers["CP1"]
+    detail = await (await c.get("/api/chargers/CP1")).json()
+    assert detail["capabilities"] == {}  # not probed yet
+    assert detail["quirks"]["name"] == "default" and detail["quirks"]["min_current_a"] == 6.0
+    charger.vendor, charger.model = "ABB", "TAC-W22-T-R-0"
+    charger.capabilities = {
+        "values": {"ChargeProfileMaxStackLevel": "16"},
+        "unknown": [],
+        "not_supported": {},
+        "complete": True,
+    }
+    detail = await (await c.get("/api/chargers/CP1")).json()
+    assert detail["capabilities"]["values"] == {"ChargeProfileMaxStackLevel": "16"}
+    assert detail["quirks"]["name"] == "abb-terra-ac"
+    assert detail["quirks"]["max_stack_level"] == 0  # the file knows better than it says
+    assert "https://github.com/evcc-io/evcc/issues/15493" in detail["quirks"]["sources"]
