@@ -157,6 +157,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 unavailable,
                 on_cycle=watchdog_ping,
                 store=store,
+                on_not_supported=probe.record_not_supported,
             )
         )
     else:

@@ -36,6 +36,7 @@ from sitectl.control.memory_store import ControlMemoryStore
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
+from sitectl.quirks import effective_quirks
 from sitectl.state import (
     SOLVE_BUCKETS_S,
     Change,
@@ -90,6 +91,8 @@ class ControlLoop:
         set_profile: sends a SetChargingProfile to a charger (the profile keeper's).
         unavailable: the chargers a firmware rollout has taken out of control.
         on_cycle: called after every completed cycle (the systemd watchdog).
+        store: keeps the limits in force across restarts (`ControlMemoryStore`).
+        on_not_supported: told of a permanent NotImplemented/NotSupported answer (the probe).
         wall_clock: UTC now; monotonic: seconds (both injectable for tests).
     """
 
@@ -105,6 +108,7 @@ class ControlLoop:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
         store: Store | None = None,
+        on_not_supported: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.config = config
         self.control = config.control
@@ -116,6 +120,10 @@ class ControlLoop:
         self.builder = ProblemBuilder(config)
         self.allocator = Allocator(known_slots=self.builder.slots())
         self.dispatcher = Dispatcher(config, set_profile, lambda c: state.chargers[c].ocpp_version)
+        # What each charger is known to do (its quirk file narrowed by its probe, issue #17).
+        pins = {c.id: getattr(c, "quirks", None) for c in config.chargers}
+        self.dispatcher.quirks = lambda c: effective_quirks(state.chargers[c], pins.get(c))
+        self.on_not_supported = on_not_supported
         self.memory: dict[str, ChargerMemory] = {c.id: ChargerMemory() for c in config.chargers}
         # The limits in force from the last run (issue #17.6): budgets and decrease-first hold
         # from the first cycle after a restart.
@@ -365,6 +373,12 @@ class ControlLoop:
             self.state.clear_alarm("failsafe_not_installed", charger_id)
             self.trigger()  # it can be steered now
             return
+        permanent = next(
+            (code for code in ("NotImplemented", "NotSupported") if code in problem), None
+        )
+        if permanent is not None and self.on_not_supported is not None:
+            # A permanent answer: recorded as a capability (the probe), retried only slowly.
+            self.on_not_supported(charger_id, "SetChargingProfile", permanent)
         mem.failsafe_failures += 1
         backoff = min(FAILSAFE_BACKOFF_MAX_S, FAILSAFE_BACKOFF_S * 2 ** (mem.failsafe_failures - 1))
         mem.failsafe_retry_at = self.monotonic() + backoff

@@ -87,7 +87,7 @@ class ChargerQuirks:
     ignores_limit_after_zero: bool = False
     ramp_up_s: float = 10.0
     ramp_down_s: float = 10.0
-    min_write_interval_s: float = 60.0
+    min_write_interval_s: float = 0.0  # none known: a file sets it for a charger that rate-limits
     reports_unused_phases: bool = False
     needs_tx_profile_to_switch_phases: bool = False
     smart_charging: bool = True
