@@ -34,6 +34,7 @@ from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.draw import Draw
 from sitectl.control.memory_store import ControlMemoryStore
 from sitectl.control.meters import MeterState, MeterSupervisor
+from sitectl.control.phases import PhaseWatch
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
 from sitectl.quirks import effective_quirks
@@ -151,6 +152,7 @@ class ControlLoop:
                 self.meters.watch(circuit)
                 self.device_circuits.setdefault(device, []).append(circuit)
         self.limits_a = config.circuit_limits_a()
+        self.phase_watch = PhaseWatch(config)
         self._wake = asyncio.Event()
         self.last: tuple[Built, Allocation, DispatchReport] | None = None
         self.cycle_done = asyncio.Event()  # set after every cycle (tests wait on it)
@@ -204,6 +206,42 @@ class ControlLoop:
                 )
             ):
                 self.trigger()  # overload: act now, not at the next period
+
+    def _phases(self, draws: dict[str, dict[int, Draw]], built: Built) -> None:
+        """Feed the phase watch; alarm on a charger wired unlike its configuration."""
+        per_charger: dict[str, tuple[float, float, float]] = {}
+        for charger_id, connectors in draws.items():
+            if not connectors:
+                charger = self.state.chargers[charger_id]
+                idle = charger.connected and all(
+                    c.session is None and c.status not in IN_SESSION_STATUSES
+                    for c in charger.connectors.values()
+                )
+                if idle:
+                    per_charger[charger_id] = (0.0, 0.0, 0.0)  # nothing plugged in: quiet
+                continue
+            total = [0.0, 0.0, 0.0]
+            for draw in connectors.values():
+                for k in range(3):
+                    total[k] += draw.est[k]
+            per_charger[charger_id] = (total[0], total[1], total[2])
+        for finding in self.phase_watch.observe(per_charger, built.measured):
+            if finding.matches:
+                log.info(
+                    "%s: wiring confirmed by the meter (%s)",
+                    finding.charger_id,
+                    finding.describe().split(", but")[0],
+                )
+                self.state.clear_alarm("phase_rotation_mismatch", finding.charger_id)
+            else:
+                self.state.raise_alarm(
+                    "phase_rotation_mismatch",
+                    finding.charger_id,
+                    Severity.WARNING,
+                    f"{finding.describe()} (seen by the meter on unbalanced steps): fix "
+                    "phase_rotation or the wiring; until then the unmetered phases may carry "
+                    "more than sitectl plans",
+                )
 
     def _keep(self, write: Callable[..., Any], *args: Any) -> None:
         """Run a control-memory write; a failing store must not stop control."""
@@ -295,6 +333,7 @@ class ControlLoop:
         for circuit in built.implausible:
             self._meter_changed(circuit, MeterState.FAILED)
         self._unmatched(built, now_mono)
+        self._phases(draws, built)
         self.dispatcher.voltage_v = built.voltage_v
         self._clocks()
         allocation = await self._solve(built)

@@ -724,7 +724,14 @@ class ProblemBuilder:
                 for k in range(3)
                 if reading[k] < ev[k] - max(IMPLAUSIBLE_MARGIN_A, IMPLAUSIBLE_MARGIN_SHARE * ev[k])
             ]
-            if not short:
+            total_ev, total_read = sum(ev), sum(reading)
+            total_short = total_read < total_ev - max(
+                IMPLAUSIBLE_MARGIN_A, IMPLAUSIBLE_MARGIN_SHARE * total_ev
+            )
+            if not short or not total_short:
+                # Short on a phase but not in total: the draw is on other phases than believed
+                # (a charger wired unlike its configuration), which the phase watch judges;
+                # the meter itself is consistent.
                 self._implausible_since.pop(node, None)
                 continue
             # Chargers report up to a max age later than the meter: a vehicle that just stopped

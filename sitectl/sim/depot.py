@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from devices.api import TcpTransport
 from devices.sim import SimMeter, SimServer
-from sitectl.config import GRID, Config
+from sitectl.config import GRID, Config, parse_phase_rotation
 from sitectl.sim.charger import SimCharger, SimEv
 from sitectl.sim.quirks import Quirks
 
@@ -48,6 +48,8 @@ class SimDepot:
         frozen: device names whose simulated meter stops updating (a gateway serving cached
             registers); change it at any time.
         seed: for the noise (fixed: runs repeat).
+        wiring: per charger id, how it is really wired (a phase rotation such as
+            "L2-L3-L1") when that differs from the configuration: the meters see this one.
     """
 
     config: Config
@@ -63,6 +65,7 @@ class SimDepot:
     meter_noise_a: float = 0.05
     frozen: set[str] = field(default_factory=set)
     seed: int = 1
+    wiring: dict[str, str] = field(default_factory=dict)
     #: (monotonic, circuit -> actual A per phase): what really flows, for physical judgement.
     physical: list[tuple[float, dict[str, Phases]]] = field(default_factory=list)
     chargers: dict[str, SimCharger] = field(default_factory=dict)
@@ -181,7 +184,10 @@ class SimDepot:
         if charger is None or sim is None:
             return (0.0, 0.0, 0.0)
         own = sim.total_currents()
-        for k, phase in enumerate(charger.site_phases):
+        wired = charger.site_phases
+        if charger_id in self.wiring:
+            wired = parse_phase_rotation(self.wiring[charger_id], charger.phases)
+        for k, phase in enumerate(wired):
             out[phase] += own[k]
         return (out[0], out[1], out[2])
 

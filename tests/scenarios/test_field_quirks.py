@@ -150,3 +150,29 @@ async def test_a_meter_that_freezes_while_vehicles_charge_is_not_trusted(tmp_pat
     await site.cycles(6)
     assert site.depot.seconds_over(since=mark).get("grid", 0.0) <= RAMP_S
     assert site.draw("A") > 6 and site.draw("B") > 6
+
+
+async def test_a_charger_wired_unlike_its_configuration_is_found_by_the_meter(tmp_path, make_site):
+    # A is configured L1-L2-L3 but really wired L2-L3-L1; a single-phase vehicle on it draws
+    # on the site's L2, which sitectl believes is free. The meter sees it on unbalanced steps.
+    from datetime import UTC, datetime, timedelta
+
+    from sitectl.state import LimitOverride
+
+    config = scenario_config(tmp_path, [{"id": "A"}, {"id": "B"}])
+    site = await make_site(config, wiring={"A": "L2-L3-L1"})
+    await site.depot.plug_in("A", SimEv(phases=1, max_a=32))
+    await wait_for(lambda: site.draw("A") > 25, timeout=10, message="A charging")
+    # The operator lowers and raises the feeder: A's single phase steps with it.
+    for limit in (16.0, 100.0, 16.0, 100.0, 16.0, 100.0, 16.0, 100.0):
+        site.state.overrides["feeder"] = LimitOverride(
+            "feeder", (limit, limit, limit), datetime.now(UTC) + timedelta(minutes=5)
+        )
+        site.loop.trigger()
+        await site.cycles(4)
+        if ("phase_rotation_mismatch", "A") in site.state.alarms:
+            break
+    alarm = site.state.alarms.get(("phase_rotation_mismatch", "A"))
+    assert alarm is not None, "the miswiring was not found"
+    assert "its L1 on L2, but is configured L1-L2-L3" in alarm.text
+    assert ("phase_rotation_mismatch", "B") not in site.state.alarms
