@@ -21,7 +21,7 @@ import json
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -71,6 +71,10 @@ def _rollout_id(request: web.Request) -> int | None:
     """The rollout number in the path (digits by the route), or None if absurdly long."""
     text = request.match_info["rollout_id"]
     return int(text) if len(text) <= 18 else None  # int() refuses over 4,300 digits
+
+
+def _wants_raw(request: web.Request) -> bool:
+    return request.query.get("raw", "false").lower() not in ("false", "0", "")
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -133,6 +137,8 @@ class HttpServer:
             (their writes go through `commands`, like the MQTT ``firmware`` command).
         port: override the configured port (tests; 0 picks a free one).
         ssl_context: serve HTTPS (default: from the site certificate when ``http.tls``).
+        raw_frames: unredacted frames per charger (`StateObserver.raw_frames`), served by
+            ``/api/chargers/{id}?raw=true`` to the token's holder only.
     """
 
     name = "http"
@@ -150,8 +156,10 @@ class HttpServer:
         rollouts: RolloutManager | None = None,
         port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        raw_frames: Mapping[str, Sequence[tuple[datetime, str, str, str]]] | None = None,
     ) -> None:
         self.config = config
+        self.raw_frames = raw_frames
         self.state = state
         self.sessions = sessions
         self.commands = commands
@@ -216,7 +224,8 @@ class HttpServer:
     async def _auth(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        write = request.method not in ("GET", "HEAD")
+        # Raw frames carry passwords and RFIDs: the token's, even when reads are open.
+        write = request.method not in ("GET", "HEAD") or _wants_raw(request)
         public = request.path == "/" or request.path.startswith(("/static/", "/firmware/"))
         if public or (not write and self.config.http.open_reads):
             return await handler(request)
@@ -272,6 +281,9 @@ class HttpServer:
         if charger is None:
             return _error(404, f"no charger {request.match_info['charger_id']!r}", "charger_id")
         identity = charger.charger_id
+        raw = None
+        if _wants_raw(request):  # the token was checked (`_auth`)
+            raw = list((self.raw_frames or {}).get(identity, ()))
         return _json(
             charger_view(
                 charger,
@@ -281,6 +293,7 @@ class HttpServer:
                 firmware_update=self._updates().get(identity),
                 firmware_events=self.tracker.firmware(identity) if self.tracker else (),
                 security_events=self.tracker.security(identity) if self.tracker else (),
+                raw_frames=raw,
             )
         )
 
