@@ -46,8 +46,9 @@ from sitectl.http.views import (
     charger_view,
     site_view,
 )
+from sitectl.ocpp.budget import LogBudget, LoginGuard
 from sitectl.sessions import SessionLog
-from sitectl.state import SiteState
+from sitectl.state import Severity, SiteState
 
 __all__ = ["CommandHandler", "HttpServer", "PowerHistory"]
 
@@ -171,6 +172,9 @@ class HttpServer:
         self.collector = StateCollector(state, config, extra_metrics)
         self._port = config.http.listen_port if port is None else port
         self._token = config.http.token.get_secret_value() if config.http.token else None
+        # Token guessing: a few lines a minute per address, and a pause after 10 failures.
+        self._refusals = LogBudget(lines=5, window_s=60.0)
+        self.logins = LoginGuard(max_failures=10, window_s=60.0, lockout_s=60.0)
         self.app = self.make_app(routes or [])
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -231,16 +235,30 @@ class HttpServer:
             return await handler(request)
         if self._token is None:
             return _error(403, "no http.token is configured: this endpoint is disabled")
+        address = str(request.remote)
+        locked = self.logins.locked(address, "http")
+        if locked:
+            response = _error(429, "too many failed logins: try again later")
+            response.headers["Retry-After"] = str(max(1, round(locked)))
+            return response
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self._token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            log.warning(
-                "HTTP %s %s refused: missing or wrong token (from %s)",
-                request.method,
-                request.path,
-                request.remote,
-            )
+            note = self._refusals.allow(address)
+            if note is not None:
+                log.warning(
+                    "HTTP %s %s refused: missing or wrong token (from %s)%s",
+                    request.method,
+                    request.path[:100],
+                    address,
+                    note,
+                )
+            if given and self.logins.failed(address, "http") is not None:
+                text = f"{self.logins.max_failures} wrong HTTP tokens from {address} in 60 s"
+                log.warning("security event InvalidLogin: %s", text)
+                self.state.raise_alarm("http_login_failures", address, Severity.WARNING, text)
             return _error(401, "a valid bearer token is required")
+        self.logins.succeeded(address, "http")
         return await handler(request)
 
     # Reads.

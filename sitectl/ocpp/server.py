@@ -38,6 +38,7 @@ from websockets.typing import Subprotocol
 
 from sitectl.config import Config, OcppConfig
 from sitectl.ocpp.auth import AuthCache
+from sitectl.ocpp.budget import LogBudget, LoginGuard, shorten
 from sitectl.ocpp.journal import Journal
 from sitectl.ocpp.link import ChargerLink, ChargerOffline, LinkListener
 from sitectl.ocpp.offline import CsmsRewriter, OfflineAgent
@@ -155,6 +156,10 @@ class OcppServer:
         self._port = self.ocpp.listen_port if port is None else port
         self.links: dict[str, ChargerLink] = {}
         self._pending: dict[ServerConnection, _Pending] = {}
+        # Refusals logged a few a minute per address; failed logins limited per (address,
+        # identity) with an alarm (issue #22.5).
+        self._refusals = LogBudget(lines=5, window_s=60.0)
+        self.logins = LoginGuard(max_failures=5, window_s=60.0, lockout_s=60.0)
         self._server: Server | None = None
         self.ready = asyncio.Event()
         self._upstream = None
@@ -242,31 +247,60 @@ class OcppServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        address = _address(connection)
         found = self._identity_from_path(request.path)
         if found is None:
-            log.warning(
+            self._refused(
+                address,
                 "connection to unknown path %s from %s refused",
-                request.path,
-                connection.remote_address,
+                shorten(request.path),
+                address,
             )
             return _reject(http.HTTPStatus.NOT_FOUND, "unknown path")
         identity, segment = found
         charger = self.config.charger(identity)
         if charger is None:
-            log.warning(
-                "unknown charger %r from %s refused (404): not in the configuration",
-                identity,
-                connection.remote_address,
+            # An identity is whatever a peer put in the path: at most a short excerpt logged.
+            self._refused(
+                address,
+                "unknown charger %s from %s refused (404): not in the configuration",
+                shorten(identity),
+                address,
             )
             return _reject(http.HTTPStatus.NOT_FOUND, "unknown charge point")
+        locked = self.logins.locked(address, identity)
+        if locked:
+            self._refused(
+                address,
+                "charger %s from %s refused (429): too many failed logins, %.0f s to wait",
+                identity,
+                address,
+                locked,
+            )
+            return _reject(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                "too many failed logins",
+                {"Retry-After": str(max(1, round(locked)))},
+            )
         problem = self._authenticate(connection, request, identity)
         if problem is not None:
-            log.warning("charger %s refused (401): %s", identity, problem)
+            self._refused(address, "charger %s refused (401): %s", identity, problem)
+            failures = self.logins.failed(address, identity)
+            if failures is not None:
+                text = (
+                    f"{failures} failed logins as {identity} from {address} in "
+                    f"{self.logins.window_s:.0f} s (last: {problem}): further attempts from "
+                    f"there are refused for {self.logins.lockout_s:.0f} s"
+                )
+                # A SecurityEvent-style record: one line and an alarm, whatever the rate.
+                log.warning("security event InvalidLogin: %s", text)
+                self._alarm("ocpp_login_failures", identity, text)
             return _reject(
                 http.HTTPStatus.UNAUTHORIZED,
                 "authentication failed",
                 {"WWW-Authenticate": 'Basic realm="sitectl", charset="UTF-8"'},
             )
+        self.logins.succeeded(address, identity)
 
         offered = [
             p.strip()
@@ -330,7 +364,7 @@ class OcppServer:
         if profile == 3:
             name = _peer_common_name(connection)
             if name != identity:
-                return f"client certificate CN {name!r} does not match the identity"
+                return f"client certificate CN {shorten(name)} does not match the identity"
             return None
         if profile == 0:
             return None
@@ -341,10 +375,16 @@ class OcppServer:
         charger = self.config.charger(identity)
         expected = charger.password.get_secret_value() if charger and charger.password else None
         if user != identity:
-            return f"Basic user {user!r} is not the identity"
+            return f"Basic user {shorten(user)} is not the identity"
         if expected is None or not hmac.compare_digest(password.encode(), expected.encode()):
             return "wrong password"
         return None
+
+    def _refused(self, address: str, message: str, *args: Any) -> None:
+        """A refusal's warning, within the address's log budget."""
+        note = self._refusals.allow(address)
+        if note is not None:
+            log.warning(message + "%s", *args, note)
 
     def _select_subprotocol(
         self, connection: ServerConnection, subprotocols: list[Subprotocol]
@@ -482,6 +522,12 @@ class _NullListener:
 
     def link_frame(self, link: ChargerLink, side: Any, inbound: bool, text: str) -> None:
         pass
+
+
+def _address(connection: ServerConnection) -> str:
+    """The remote host (no port: a prober opens each connection from a new one)."""
+    remote = connection.remote_address
+    return str(remote[0]) if isinstance(remote, tuple) and remote else str(remote)
 
 
 def _opt(path: Any) -> str | None:
