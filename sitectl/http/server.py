@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import json
 import logging
+import resource
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -46,7 +47,7 @@ from sitectl.http.views import (
     charger_view,
     site_view,
 )
-from sitectl.ocpp.budget import LogBudget, LoginGuard
+from sitectl.ocpp.budget import LogBudget, LoginGuard, quiet_accept_errors
 from sitectl.sessions import SessionLog
 from sitectl.state import Severity, SiteState
 
@@ -89,6 +90,75 @@ def _json(model: Any) -> web.Response:
     else:
         text = model.model_dump_json()
     return web.Response(text=text, content_type="application/json")
+
+
+#: Seconds a client has for its request head (and an idle keep-alive connection is kept).
+HEAD_TIMEOUT_S = 10.0
+
+
+def default_max_connections() -> int:
+    """HTTP connections at once: a quarter of the descriptors at most, the rest kept for the
+    chargers, the meters, MQTT and the store (a fd-starved OCPP handshake fails)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft // 4))
+
+
+class ConnectionGuard:
+    """Caps the connections of an aiohttp server, in all and per client address.
+
+    Hooks the server's connection bookkeeping (`aiohttp.web.Server.connection_made`, which
+    every new connection passes): one over a cap is aborted at once, before it reads a byte.
+    """
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.open: dict[Any, str] = {}  # handler -> client address
+        self.per_client: dict[str, int] = {}
+        self.refused = 0
+        self._log = LogBudget(lines=3, window_s=60.0)
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            count = self.per_client.get(address, 0)
+            if len(self.open) >= self.max_total or count >= self.max_per_client:
+                self.refused += 1
+                note = self._log.allow(address)
+                if note is not None:
+                    log.warning(
+                        "HTTP connection from %s refused: %d open (%d from there; at most %d, "
+                        "%d per client)%s",
+                        address,
+                        len(self.open),
+                        count,
+                        self.max_total,
+                        self.max_per_client,
+                        note,
+                    )
+                transport.abort()
+                return
+            self.open[handler] = address
+            self.per_client[address] = count + 1
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            address = self.open.pop(handler, None)
+            if address is not None:
+                left = self.per_client.get(address, 1) - 1
+                if left > 0:
+                    self.per_client[address] = left
+                else:
+                    self.per_client.pop(address, None)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
 
 
 class PowerHistory:
@@ -158,9 +228,16 @@ class HttpServer:
         port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
         raw_frames: Mapping[str, Sequence[tuple[datetime, str, str, str]]] | None = None,
+        max_connections: int | None = None,
+        max_connections_per_client: int = 16,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:
         self.config = config
         self.raw_frames = raw_frames
+        self.connections = ConnectionGuard(
+            max_connections or default_max_connections(), max_connections_per_client
+        )
+        self.head_timeout_s = head_timeout_s
         self.state = state
         self.sessions = sessions
         self.commands = commands
@@ -459,8 +536,13 @@ class HttpServer:
 
     async def run(self) -> None:
         """Serve until cancelled."""
-        runner = web.AppRunner(self.app, access_log=None)
+        quiet_accept_errors(asyncio.get_running_loop())
+        # aiohttp keeps a connection that never completes its head for an hour (its
+        # keep-alive timer, armed at connect and after each response, is the head deadline).
+        runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.head_timeout_s)
         await runner.setup()
+        assert runner.server is not None
+        self.connections.install(runner.server)
         site = web.TCPSite(
             runner, self.config.http.listen_host, self._port, ssl_context=self._ssl, backlog=1024
         )

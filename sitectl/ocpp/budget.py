@@ -8,13 +8,15 @@ has a budget of lines per window; what is over it is counted and said in one sum
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LogBudget", "LoginGuard", "shorten"]
+__all__ = ["LogBudget", "LoginGuard", "quiet_accept_errors", "shorten"]
 
 
 def shorten(text: Any, limit: int = 64) -> str:
@@ -140,3 +142,39 @@ class LoginGuard:
 
     def succeeded(self, address: str, identity: str) -> None:
         self._keys.pop((address, identity), None)
+
+
+_ACCEPT_ERRORS = "socket.accept() out of system resource"
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop, window_s: float = 60.0) -> None:
+    """Log asyncio's accept() failures (out of file descriptors) once a window, with a count.
+
+    asyncio reports each failed accept with a traceback and retries a second later, for every
+    listening socket; at a file-descriptor limit that is hundreds of thousands of lines. Other
+    errors go to the handler that was there before. Installing twice is harmless.
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "_sitectl_accept_budget", False):
+        return
+    budget = LogBudget(lines=1, window_s=window_s)
+    logger = logging.getLogger("sitectl.net")
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == _ACCEPT_ERRORS:
+            note = budget.allow("accept")
+            if note is not None:
+                logger.error(
+                    "cannot accept connections: %s (connections wait in the backlog; "
+                    "further failures are counted, not logged)%s",
+                    context.get("exception"),
+                    note,
+                )
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler._sitectl_accept_budget = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
