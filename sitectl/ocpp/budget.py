@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LogBudget", "LoginGuard", "quiet_accept_errors", "shorten"]
+__all__ = ["ConnectionCaps", "LogBudget", "LoginGuard", "quiet_accept_errors", "shorten"]
 
 
 def shorten(text: Any, limit: int = 64) -> str:
@@ -178,3 +178,48 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, window_s: float = 60.0)
 
     handler._sitectl_accept_budget = True  # type: ignore[attr-defined]
     loop.set_exception_handler(handler)
+
+
+class ConnectionCaps:
+    """Open connections in all and per client address, with room for `admit` to refuse."""
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.open: dict[object, str] = {}  # connection -> address
+        self.per_client: dict[str, int] = {}
+        self.refused = 0
+        self._log = LogBudget(lines=3, window_s=60.0)
+
+    def admit(self, connection: object, address: str, what: str) -> bool:
+        """Count `connection` in, or refuse it (logged within a budget) when over a cap."""
+        count = self.per_client.get(address, 0)
+        if len(self.open) < self.max_total and count < self.max_per_client:
+            self.open[connection] = address
+            self.per_client[address] = count + 1
+            return True
+        self.refused += 1
+        note = self._log.allow(address)
+        if note is not None:
+            logging.getLogger("sitectl.net").warning(
+                "%s connection from %s refused: %d open (%d from there; at most %d, %d per "
+                "client)%s",
+                what,
+                address,
+                len(self.open),
+                count,
+                self.max_total,
+                self.max_per_client,
+                note,
+            )
+        return False
+
+    def release(self, connection: object) -> None:
+        address = self.open.pop(connection, None)
+        if address is None:
+            return
+        left = self.per_client.get(address, 1) - 1
+        if left > 0:
+            self.per_client[address] = left
+        else:
+            self.per_client.pop(address, None)

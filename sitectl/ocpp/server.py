@@ -38,7 +38,13 @@ from websockets.typing import Subprotocol
 
 from sitectl.config import Config, OcppConfig
 from sitectl.ocpp.auth import AuthCache
-from sitectl.ocpp.budget import LogBudget, LoginGuard, shorten
+from sitectl.ocpp.budget import (
+    ConnectionCaps,
+    LogBudget,
+    LoginGuard,
+    quiet_accept_errors,
+    shorten,
+)
 from sitectl.ocpp.journal import Journal
 from sitectl.ocpp.link import ChargerLink, ChargerOffline, LinkListener
 from sitectl.ocpp.offline import CsmsRewriter, OfflineAgent
@@ -125,6 +131,10 @@ class OcppServer:
         alarm: raises an alarm: ``alarm(code, charger id, text)``.
         port: override the configured port (tests; 0 picks a free one).
         upstream_tls: override the TLS context toward the CSMS.
+        max_connections: sockets on the OCPP port at once, handshakes included (default:
+            twice the configured chargers and 16 more).
+        max_connections_per_client: of those, from one address (default: the configured
+            chargers and 4 more, as they may all be behind one gateway).
     """
 
     name = "ocpp-server"
@@ -137,8 +147,14 @@ class OcppServer:
         alarm: Callable[[str, str, str], None] | None = None,
         port: int | None = None,
         upstream_tls: ssl.SSLContext | None = None,
+        max_connections: int | None = None,
+        max_connections_per_client: int | None = None,
     ) -> None:
         self.config = config
+        chargers = len(config.chargers)
+        self.connections = ConnectionCaps(
+            max_connections or 2 * chargers + 16, max_connections_per_client or chargers + 4
+        )
         self.ocpp = config.ocpp
         self._listener = listener or _NullListener()
         self._alarm = alarm or (lambda code, subject, text: None)
@@ -188,6 +204,7 @@ class OcppServer:
 
     async def run(self) -> None:
         """Serve until cancelled; on cancel close every charger and upstream socket."""
+        quiet_accept_errors(asyncio.get_running_loop())
         async with serve(
             self._handle,
             self.ocpp.listen_host,
@@ -203,6 +220,7 @@ class OcppServer:
             # A dead charger never completes a closing handshake; don't wait long for it.
             close_timeout=2,
             server_header="sitectl",
+            create_connection=_capped(self.connections),
         ) as server:
             self._server = server
             scheme = "wss" if self.ocpp.security_profile >= 2 else "ws"
@@ -522,6 +540,27 @@ class _NullListener:
 
     def link_frame(self, link: ChargerLink, side: Any, inbound: bool, text: str) -> None:
         pass
+
+
+def _capped(caps: ConnectionCaps) -> type[ServerConnection]:
+    """A ServerConnection that counts itself in `caps`, and is aborted at once when over."""
+
+    class CappedConnection(ServerConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            if caps.admit(self, address, "OCPP"):
+                super().connection_made(transport)
+                return
+            # Set up as a connection (its close path needs it) but without a handler task.
+            Connection.connection_made(self, transport)
+            transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            caps.release(self)
+            super().connection_lost(exc)
+
+    return CappedConnection
 
 
 def _address(connection: ServerConnection) -> str:

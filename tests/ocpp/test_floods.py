@@ -8,7 +8,7 @@ import logging
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from sitectl.ocpp.budget import LogBudget, LoginGuard
 from sitectl.ocpp.upstream import basic_auth
@@ -99,3 +99,39 @@ async def test_repeated_failed_logins_are_limited_and_alarmed(csms, start_server
     assert "5 failed logins as CP1 from 127.0.0.1" in alarms[0][2]
     server_lines = [r for r in caplog.records if r.name == "sitectl.ocpp.server"]
     assert len(server_lines) <= 7  # five refusals, the security event, no line per attempt
+
+
+async def _held(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def test_the_ocpp_port_caps_connections_per_address_and_in_all(
+    csms, start_server, caplog
+) -> None:
+    server, url = await start_server(
+        depot_config([{"id": "CP1"}, {"id": "CP2"}], csms.url),
+        max_connections=5,
+        max_connections_per_client=3,
+    )
+    port = server.port
+    caplog.set_level(logging.WARNING, logger="sitectl")
+    idle = [await _held(port, "127.0.0.2") for _ in range(3)]
+    await wait_for(lambda: len(server.connections.open) == 3, message="three sockets")
+    # A fourth from the same address is aborted before its handshake.
+    reader, _ = await _held(port, "127.0.0.2")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    # A charger on another address still gets in...
+    async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+        idle.append(await _held(port, "127.0.0.3"))
+        await wait_for(lambda: len(server.connections.open) == 5, message="five sockets")
+        # ...up to the global cap.
+        with pytest.raises((OSError, InvalidHandshake, TimeoutError)):
+            await asyncio.wait_for(SimCharger("CP2", "1.6", url, PASSWORD).connect(), 5)
+    for _, writer in idle:
+        writer.close()
+    await wait_for(lambda: not server.connections.open, message="the sockets to close")
+    async with SimCharger("CP2", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+    refused = [r for r in caplog.records if "OCPP connection from" in r.getMessage()]
+    assert 1 <= len(refused) <= 6
