@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import resource
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -73,6 +75,39 @@ def _rollout_id(request: web.Request) -> int | None:
     """The rollout number in the path (digits by the route), or None if absurdly long."""
     text = request.match_info["rollout_id"]
     return int(text) if len(text) <= 18 else None  # int() refuses over 4,300 digits
+
+
+#: Sent with every response. The dashboard loads only its own scripts and styles (its bars are
+#: sized by style attributes, hence 'unsafe-inline' for styles only) and is never framed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Server": "sitectl",  # no versions for a prober to look up
+}
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8080" -> "::1")."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _wants_raw(request: web.Request) -> bool:
@@ -249,6 +284,11 @@ class HttpServer:
         self.collector = StateCollector(state, config, extra_metrics)
         self._port = config.http.listen_port if port is None else port
         self._token = config.http.token.get_secret_value() if config.http.token else None
+        machine = socket.gethostname().lower()
+        self._hosts = {"localhost", machine, machine.split(".")[0], f"{machine}.local"}
+        self._hosts |= {h.lower().rstrip(".") for h in config.http.allowed_hosts}
+        if not _is_ip(config.http.listen_host):
+            self._hosts.add(config.http.listen_host.lower())
         # Token guessing: a few lines a minute per address, and a pause after 10 failures.
         self._refusals = LogBudget(lines=5, window_s=60.0)
         self.logins = LoginGuard(max_failures=10, window_s=60.0, lockout_s=60.0)
@@ -260,6 +300,7 @@ class HttpServer:
 
     def make_app(self, routes: list[Callable[[web.Application], None]]) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._dashboard)
         app.router.add_get("/api/openapi.json", self._openapi)
         app.router.add_get("/api/site", self._site)
@@ -308,8 +349,20 @@ class HttpServer:
         # Raw frames carry passwords and RFIDs: the token's, even when reads are open.
         write = request.method not in ("GET", "HEAD") or _wants_raw(request)
         public = request.path == "/" or request.path.startswith(("/static/", "/firmware/"))
-        if public or (not write and self.config.http.open_reads):
+        if public:
             return await handler(request)
+        if not write and self.config.http.open_reads:
+            # A page of another site that made its name resolve to sitectl (DNS rebinding)
+            # would read the API as "same origin": open reads answer only to known names.
+            name = _host_name(request.headers.get("Host", ""))
+            if _is_ip(name) or name in self._hosts:
+                return await handler(request)
+            if "Authorization" not in request.headers:
+                return _error(
+                    403,
+                    f"reads without the token are not served under the name {name[:64]!r} "
+                    "(add it to http.allowed_hosts)",
+                )
         if self._token is None:
             return _error(403, "no http.token is configured: this endpoint is disabled")
         address = str(request.remote)
@@ -337,6 +390,10 @@ class HttpServer:
             return _error(401, "a valid bearer token is required")
         self.logins.succeeded(address, "http")
         return await handler(request)
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers[name] = value
 
     # Reads.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -37,11 +38,10 @@ async def running():
     """An HttpServer on a real socket (127.0.0.1, a free port); yields a starter."""
     tasks: list[asyncio.Task] = []
 
-    async def start(**kwargs) -> HttpServer:
+    async def start(allowed_hosts: list[str] | None = None, **kwargs) -> HttpServer:
         cfg = config()
-        cfg = cfg.model_copy(
-            update={"http": cfg.http.model_copy(update={"listen_host": "127.0.0.1"})}
-        )
+        http = {"listen_host": "127.0.0.1", "allowed_hosts": allowed_hosts or []}
+        cfg = cfg.model_copy(update={"http": cfg.http.model_copy(update=http)})
         server = HttpServer(cfg, populated(cfg), port=0, **kwargs)
         tasks.append(asyncio.create_task(server.run()))
         await asyncio.wait_for(server.ready.wait(), 10)
@@ -116,3 +116,59 @@ async def test_accept_errors_are_logged_once_a_window(running, caplog) -> None:
             }
         )
     assert len([r for r in caplog.records if "accept" in r.getMessage()]) == 1
+
+
+async def test_every_response_has_security_headers_and_no_version(running) -> None:
+    server = await running()
+    for path in ("/", "/static/dashboard.js", "/api/site", "/api/nope", "/metrics"):
+        response = await _get_path(server.port, path)
+        head = response.split(b"\r\n\r\n", 1)[0].decode().lower()
+        assert "\r\nserver: sitectl\r\n" in head, (path, head)
+        assert "x-frame-options: deny" in head and "x-content-type-options: nosniff" in head
+        assert "content-security-policy: default-src 'self'" in head
+        assert "frame-ancestors 'none'" in head
+        assert "aiohttp" not in head and "python" not in head
+
+
+async def test_open_reads_answer_only_to_known_host_names(running) -> None:
+    server = await running()
+    ok = [
+        "127.0.0.1",
+        f"127.0.0.1:{server.port}",
+        "[::1]:8080",
+        "localhost:8080",
+        socket.gethostname(),
+    ]
+    for host in ok:
+        assert (await _get_path(server.port, "/api/site", host)).startswith(b"HTTP/1.1 200"), host
+    rebound = await _get_path(server.port, "/api/site", "attacker.example:8080")
+    assert rebound.startswith(b"HTTP/1.1 403") and b"allowed_hosts" in rebound
+    assert (await _get_path(server.port, "/metrics", "attacker.example")).startswith(
+        b"HTTP/1.1 403"
+    )
+    # The token's holder may use any name; the page itself is no secret.
+    token = {"Authorization": f"Bearer {TOKEN}"}
+    assert (await _get_path(server.port, "/api/site", "depot.example", token)).startswith(
+        b"HTTP/1.1 200"
+    )
+    assert (await _get_path(server.port, "/", "depot.example")).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_configured_name_is_allowed(running) -> None:
+    server = await running(allowed_hosts=["depot-7.fleet.example"])
+    response = await _get_path(server.port, "/api/site", "Depot-7.fleet.example:8080")
+    assert response.startswith(b"HTTP/1.1 200")
+
+
+async def _get_path(
+    port: int, path: str, host: str = "127.0.0.1", headers: dict[str, str] | None = None
+) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode()
+    )
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
