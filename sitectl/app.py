@@ -128,6 +128,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 tracker=tracker,
                 cache=firmware.cache if firmware is not None else None,
                 rollouts=rollouts,
+                raw_frames=observer.raw_frames,
             )
         )
     if config.devices:

@@ -1,7 +1,10 @@
 """Logging set-up: human-readable lines by default, JSON lines for journald or cloud ingestion.
 
 Secrets never reach a log: every formatted line passes a redaction step that replaces the
-configured secret values (passwords, tokens) with ``***``, whatever logged them.
+configured secret values (passwords, tokens) with ``***``, whatever logged them. JSON lines are
+redacted field by field before they are serialised (a secret with a quote, a backslash or a control
+character is escaped by serialising, and would no longer be found after it), and the escaped
+forms of each secret (as it looks inside a logged JSON frame or a repr) are redacted too.
 
 A depot runs unattended for months, so the log must stay readable: third-party libraries log at
 WARNING and above unless ``--log-level DEBUG`` (pymodbus would log every frame, aiohttp every
@@ -50,10 +53,20 @@ _secrets: tuple[str, ...] = ()
 
 
 def set_secrets(values: Iterable[str]) -> None:
-    """Register the secret values to redact from every log line (longest first)."""
+    """Register the secret values to redact from every log line (longest first).
+
+    Every length is redacted, even a one-letter one (that garbles the log, which is better than
+    leaking it); check-config warns about secrets under 16 characters.
+    """
     global _secrets
-    # Very short values would redact ordinary words; config validation keeps secrets long.
-    _secrets = tuple(sorted({v for v in values if len(v) >= 4}, key=len, reverse=True))
+    forms: set[str] = set()
+    for value in values:
+        if not value:
+            continue
+        # As written, and as it appears inside a JSON text or a repr() that logged it.
+        forms |= {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+        forms.add(repr(value)[1:-1])
+    _secrets = tuple(sorted(forms, key=len, reverse=True))
 
 
 def _redact(text: str) -> str:
@@ -93,7 +106,9 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value if isinstance(value, str | int | float | bool) else str(value)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return _redact(json.dumps(entry, ensure_ascii=False))
+        # Before serialising: json.dumps escapes a secret's quotes and backslashes.
+        entry = {k: _redact(v) if isinstance(v, str) else v for k, v in entry.items()}
+        return json.dumps(entry, ensure_ascii=False)
 
 
 @dataclass(slots=True)

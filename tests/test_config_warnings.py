@@ -180,3 +180,27 @@ def test_a_circuit_without_a_non_ev_maximum_is_warned_unless_it_is_chargers_only
     assert about(warnings_of(write_config(confirmed)), "circuits[0]") == []
     sized = MINIMAL_CONFIG.replace("    limit_a: 100\n", "    limit_a: 100\n    non_ev_max_a: 20\n")
     assert about(warnings_of(write_config(sized)), "circuits[0]") == []
+
+
+def test_secrets_under_16_characters_are_warned_about_without_printing_them(
+    write_config,
+) -> None:
+    text = MINIMAL_CONFIG.replace("cp1-password-0123456789", "Xk93-fq2P-vv81")
+    text = text.replace("http:\n  enabled: false\n", "http:\n  enabled: false\n  token: q7\n")
+    found = about(warnings_of(write_config(text)), "characters: use at least 16")
+    assert found == [
+        f"chargers[0].password (line {line_of(text, 'password:')}): this password has 14 "
+        "characters: use at least 16 (OCPP asks 16 to 40 for a charger's Basic password)",
+        f"http.token (line {line_of(text, 'token:')}): this token has 2 characters: use at "
+        "least 16 (OCPP asks 16 to 40 for a charger's Basic password)",
+    ]
+    assert not any("Xk93" in w for w in found)
+    long_enough = MINIMAL_CONFIG.replace("cp1-password-0123456789", "Xk93-fq2P-vv81-0000")
+    assert about(warnings_of(write_config(long_enough)), "characters: use at least 16") == []
+
+
+def test_a_short_secret_in_a_shared_file_is_one_warning(tmp_path: Path) -> None:
+    path = secret_files(tmp_path, 0o600)
+    (tmp_path / "secrets" / "charger.pass").write_text("Xk93-fq2P\n")
+    [warning] = about(warnings_of(path), "characters: use at least 16")
+    assert warning.startswith("charger_defaults.password_file (line 4): this password has 9")

@@ -149,3 +149,28 @@ def test_setup_logging_rate_limits_repeated_warnings_in_json() -> None:
         "device grid: timeout",
         "device grid: timeout (repeated 9 times in 63 s)",
     ]
+
+
+@pytest.mark.parametrize("secret", ['pa"ss\\word-0123456789', "tab\there-0123456789", "ab1"])
+def test_json_lines_redact_secrets_with_quotes_backslashes_control_characters_or_short(
+    restore_logging, secret: str
+) -> None:
+    from sitectl.logs import set_secrets
+
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream)
+    set_secrets([secret])
+    try:
+        log = logging.getLogger("sitectl.test_redact")
+        log.warning("header was %s", secret, extra={"detail": f"k={secret}"})
+        log.warning("frame %s", json.dumps(["x", {"password": secret}]))
+        log.warning("repr %r", secret)
+    finally:
+        set_secrets([])
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        entry = json.loads(line)
+        text = json.dumps(entry, ensure_ascii=False) + entry["msg"] + entry.get("detail", "")
+        assert secret not in text and json.dumps(secret)[1:-1] not in line
+        assert "***" in line

@@ -20,7 +20,11 @@ from sitectl.config.errors import Problem
 if TYPE_CHECKING:
     from sitectl.config.model import Config
 
-__all__ = ["looks_like_placeholder", "secret_checks"]
+__all__ = ["MIN_SECRET_LENGTH", "looks_like_placeholder", "secret_checks"]
+
+#: OCPP asks 16 to 40 characters for a Basic password (1.6 security whitepaper §3.2.1, 2.0.1
+#: A00.FR.205); a shorter secret is also easier to guess and harder to keep out of logs.
+MIN_SECRET_LENGTH = 16
 
 # Parts of the values example files and vendors ship ("example-charger-password-change-me").
 _PLACEHOLDER_PARTS = (
@@ -89,13 +93,28 @@ def secret_checks(cfg: Config) -> list[Problem]:
             )
 
     placeholder_files: set[Path] = set()
+    short_files: set[Path] = set()
     for section_path, section, name in _secrets(cfg):
         value = getattr(section, name)
         file = getattr(section, f"{name}_file")
         from_file = file is not None and name not in section.model_fields_set
         if file is not None:
             check_file((*section_path, f"{name}_file"), file)
-        if not isinstance(value, SecretStr) or not looks_like_placeholder(value.get_secret_value()):
+        if not isinstance(value, SecretStr):
+            continue
+        length = len(value.get_secret_value())
+        if length < MIN_SECRET_LENGTH and not (from_file and file in short_files):
+            if from_file:
+                short_files.add(file)
+            problems.append(
+                Problem(
+                    (*section_path, f"{name}_file" if from_file else name),
+                    f"this {name} has {length} characters: use at least {MIN_SECRET_LENGTH} "
+                    "(OCPP asks 16 to 40 for a charger's Basic password)",
+                    warning=True,
+                )
+            )
+        if not looks_like_placeholder(value.get_secret_value()):
             continue
         if from_file:
             if file in placeholder_files:

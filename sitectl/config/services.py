@@ -101,6 +101,12 @@ class HttpConfig(_Model):
     token: SecretStr | None = Field(None, description="Bearer token for write endpoints.")
     token_file: FilePath | None = None
     open_reads: bool = Field(True, description="Serve read endpoints without the token.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the open reads answer to, besides IP addresses, localhost and "
+        "this machine's name (a read without the token under another name is refused: DNS "
+        "rebinding).",
+    )
     tls: bool = Field(
         False, description="Serve HTTPS with the site certificate (ocpp.tls_cert_file/key_file)."
     )

@@ -165,7 +165,15 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                             "in": "path",
                             "required": True,
                             "schema": {"type": "string"},
-                        }
+                        },
+                        {
+                            "name": "raw",
+                            "in": "query",
+                            "required": False,
+                            "description": "Frames unredacted (needs the token even with "
+                            "open_reads): credentials and id tags in clear.",
+                            "schema": {"type": "boolean", "default": False},
+                        },
                     ],
                     "responses": {
                         "200": _ok(_ref("ChargerDetail"), "The charger."),

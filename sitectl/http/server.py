@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
+import resource
+import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -46,8 +49,9 @@ from sitectl.http.views import (
     charger_view,
     site_view,
 )
+from sitectl.ocpp.budget import LogBudget, LoginGuard, quiet_accept_errors
 from sitectl.sessions import SessionLog
-from sitectl.state import SiteState
+from sitectl.state import Severity, SiteState
 
 __all__ = ["CommandHandler", "HttpServer", "PowerHistory"]
 
@@ -73,6 +77,43 @@ def _rollout_id(request: web.Request) -> int | None:
     return int(text) if len(text) <= 18 else None  # int() refuses over 4,300 digits
 
 
+#: Sent with every response. The dashboard loads only its own scripts and styles (its bars are
+#: sized by style attributes, hence 'unsafe-inline' for styles only) and is never framed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Server": "sitectl",  # no versions for a prober to look up
+}
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, without its port ("[::1]:8080" -> "::1")."""
+    host = header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _wants_raw(request: web.Request) -> bool:
+    return request.query.get("raw", "false").lower() not in ("false", "0", "")
+
+
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
     body = ErrorView(error=message, field=field).model_dump_json(exclude_none=True)
     return web.Response(status=status, text=body, content_type="application/json")
@@ -84,6 +125,75 @@ def _json(model: Any) -> web.Response:
     else:
         text = model.model_dump_json()
     return web.Response(text=text, content_type="application/json")
+
+
+#: Seconds a client has for its request head (and an idle keep-alive connection is kept).
+HEAD_TIMEOUT_S = 10.0
+
+
+def default_max_connections() -> int:
+    """HTTP connections at once: a quarter of the descriptors at most, the rest kept for the
+    chargers, the meters, MQTT and the store (a fd-starved OCPP handshake fails)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft // 4))
+
+
+class ConnectionGuard:
+    """Caps the connections of an aiohttp server, in all and per client address.
+
+    Hooks the server's connection bookkeeping (`aiohttp.web.Server.connection_made`, which
+    every new connection passes): one over a cap is aborted at once, before it reads a byte.
+    """
+
+    def __init__(self, max_total: int, max_per_client: int) -> None:
+        self.max_total = max_total
+        self.max_per_client = max_per_client
+        self.open: dict[Any, str] = {}  # handler -> client address
+        self.per_client: dict[str, int] = {}
+        self.refused = 0
+        self._log = LogBudget(lines=3, window_s=60.0)
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            count = self.per_client.get(address, 0)
+            if len(self.open) >= self.max_total or count >= self.max_per_client:
+                self.refused += 1
+                note = self._log.allow(address)
+                if note is not None:
+                    log.warning(
+                        "HTTP connection from %s refused: %d open (%d from there; at most %d, "
+                        "%d per client)%s",
+                        address,
+                        len(self.open),
+                        count,
+                        self.max_total,
+                        self.max_per_client,
+                        note,
+                    )
+                transport.abort()
+                return
+            self.open[handler] = address
+            self.per_client[address] = count + 1
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            address = self.open.pop(handler, None)
+            if address is not None:
+                left = self.per_client.get(address, 1) - 1
+                if left > 0:
+                    self.per_client[address] = left
+                else:
+                    self.per_client.pop(address, None)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
 
 
 class PowerHistory:
@@ -133,6 +243,8 @@ class HttpServer:
             (their writes go through `commands`, like the MQTT ``firmware`` command).
         port: override the configured port (tests; 0 picks a free one).
         ssl_context: serve HTTPS (default: from the site certificate when ``http.tls``).
+        raw_frames: unredacted frames per charger (`StateObserver.raw_frames`), served by
+            ``/api/chargers/{id}?raw=true`` to the token's holder only.
     """
 
     name = "http"
@@ -150,8 +262,17 @@ class HttpServer:
         rollouts: RolloutManager | None = None,
         port: int | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        raw_frames: Mapping[str, Sequence[tuple[datetime, str, str, str]]] | None = None,
+        max_connections: int | None = None,
+        max_connections_per_client: int = 16,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:
         self.config = config
+        self.raw_frames = raw_frames
+        self.connections = ConnectionGuard(
+            max_connections or default_max_connections(), max_connections_per_client
+        )
+        self.head_timeout_s = head_timeout_s
         self.state = state
         self.sessions = sessions
         self.commands = commands
@@ -163,6 +284,14 @@ class HttpServer:
         self.collector = StateCollector(state, config, extra_metrics)
         self._port = config.http.listen_port if port is None else port
         self._token = config.http.token.get_secret_value() if config.http.token else None
+        machine = socket.gethostname().lower()
+        self._hosts = {"localhost", machine, machine.split(".")[0], f"{machine}.local"}
+        self._hosts |= {h.lower().rstrip(".") for h in config.http.allowed_hosts}
+        if not _is_ip(config.http.listen_host):
+            self._hosts.add(config.http.listen_host.lower())
+        # Token guessing: a few lines a minute per address, and a pause after 10 failures.
+        self._refusals = LogBudget(lines=5, window_s=60.0)
+        self.logins = LoginGuard(max_failures=10, window_s=60.0, lockout_s=60.0)
         self.app = self.make_app(routes or [])
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -171,6 +300,7 @@ class HttpServer:
 
     def make_app(self, routes: list[Callable[[web.Application], None]]) -> web.Application:
         app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._dashboard)
         app.router.add_get("/api/openapi.json", self._openapi)
         app.router.add_get("/api/site", self._site)
@@ -216,23 +346,54 @@ class HttpServer:
     async def _auth(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        write = request.method not in ("GET", "HEAD")
+        # Raw frames carry passwords and RFIDs: the token's, even when reads are open.
+        write = request.method not in ("GET", "HEAD") or _wants_raw(request)
         public = request.path == "/" or request.path.startswith(("/static/", "/firmware/"))
-        if public or (not write and self.config.http.open_reads):
+        if public:
             return await handler(request)
+        if not write and self.config.http.open_reads:
+            # A page of another site that made its name resolve to sitectl (DNS rebinding)
+            # would read the API as "same origin": open reads answer only to known names.
+            name = _host_name(request.headers.get("Host", ""))
+            if _is_ip(name) or name in self._hosts:
+                return await handler(request)
+            if "Authorization" not in request.headers:
+                return _error(
+                    403,
+                    f"reads without the token are not served under the name {name[:64]!r} "
+                    "(add it to http.allowed_hosts)",
+                )
         if self._token is None:
             return _error(403, "no http.token is configured: this endpoint is disabled")
+        address = str(request.remote)
+        locked = self.logins.locked(address, "http")
+        if locked:
+            response = _error(429, "too many failed logins: try again later")
+            response.headers["Retry-After"] = str(max(1, round(locked)))
+            return response
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {self._token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            log.warning(
-                "HTTP %s %s refused: missing or wrong token (from %s)",
-                request.method,
-                request.path,
-                request.remote,
-            )
+            note = self._refusals.allow(address)
+            if note is not None:
+                log.warning(
+                    "HTTP %s %s refused: missing or wrong token (from %s)%s",
+                    request.method,
+                    request.path[:100],
+                    address,
+                    note,
+                )
+            if given and self.logins.failed(address, "http") is not None:
+                text = f"{self.logins.max_failures} wrong HTTP tokens from {address} in 60 s"
+                log.warning("security event InvalidLogin: %s", text)
+                self.state.raise_alarm("http_login_failures", address, Severity.WARNING, text)
             return _error(401, "a valid bearer token is required")
+        self.logins.succeeded(address, "http")
         return await handler(request)
+
+    async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers[name] = value
 
     # Reads.
 
@@ -272,6 +433,9 @@ class HttpServer:
         if charger is None:
             return _error(404, f"no charger {request.match_info['charger_id']!r}", "charger_id")
         identity = charger.charger_id
+        raw = None
+        if _wants_raw(request):  # the token was checked (`_auth`)
+            raw = list((self.raw_frames or {}).get(identity, ()))
         return _json(
             charger_view(
                 charger,
@@ -281,6 +445,7 @@ class HttpServer:
                 firmware_update=self._updates().get(identity),
                 firmware_events=self.tracker.firmware(identity) if self.tracker else (),
                 security_events=self.tracker.security(identity) if self.tracker else (),
+                raw_frames=raw,
             )
         )
 
@@ -428,8 +593,13 @@ class HttpServer:
 
     async def run(self) -> None:
         """Serve until cancelled."""
-        runner = web.AppRunner(self.app, access_log=None)
+        quiet_accept_errors(asyncio.get_running_loop())
+        # aiohttp keeps a connection that never completes its head for an hour (its
+        # keep-alive timer, armed at connect and after each response, is the head deadline).
+        runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=self.head_timeout_s)
         await runner.setup()
+        assert runner.server is not None
+        self.connections.install(runner.server)
         site = web.TCPSite(
             runner, self.config.http.listen_host, self._port, ssl_context=self._ssl, backlog=1024
         )

@@ -395,9 +395,11 @@ def charger_view(
     firmware_update: str | None = None,
     firmware_events: Sequence[Any] = (),
     security_events: Sequence[Any] = (),
+    raw_frames: Sequence[tuple[datetime, str, str, str]] | None = None,
 ) -> ChargerView:
     """One charger now; with `detail`, its latest frames and firmware traffic (the tracker's
-    `FirmwareEvent` and `SecurityEvent` records). `state` gives the clock and the plans."""
+    `FirmwareEvent` and `SecurityEvent` records). `state` gives the clock and the plans;
+    `raw_frames` replaces the redacted frames (for the token's holder only)."""
     configured = config.charger(charger.charger_id)
     now_mono = state.monotonic()
     connectors = []
@@ -456,6 +458,11 @@ def charger_view(
         FrameView(at=at, socket=side, direction=direction, text=hide_tokens(text))
         for at, side, direction, text in charger.recent_frames
     ]
+    if raw_frames is not None:
+        frames = [
+            FrameView(at=at, socket=side, direction=direction, text=text)
+            for at, side, direction, text in raw_frames
+        ]
     events = [
         FirmwareEventView(
             at=e.at,

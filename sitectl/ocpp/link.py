@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
+from sitectl.ocpp.budget import LogBudget
 from sitectl.ocpp.offline import OfflineAgent
 from sitectl.ocpp.router import (
     Event,
@@ -133,6 +134,8 @@ class ChargerLink:
         self._wake = asyncio.Event()
         self._closing_reason: str | None = None
         self._stopping = False
+        # A flood of bad frames is a few lines and a count, not a line each (issue #22.5).
+        self._bad_frames = LogBudget(lines=5, window_s=60.0)
         self.online = False
         self.closed = asyncio.Event()
 
@@ -355,13 +358,16 @@ class ChargerLink:
                     event.message_id, error=ChargerOffline(f"{self.identity}: {event.reason}")
                 )
             elif isinstance(event, PeerProtocolError):
-                log.warning(
-                    "%s: bad frame from the %s: %s: %s",
-                    self.identity,
-                    event.side.value,
-                    event.description,
-                    event.excerpt,
-                )
+                note = self._bad_frames.allow(event.side)
+                if note is not None:
+                    log.warning(
+                        "%s: bad frame from the %s: %s: %s%s",
+                        self.identity,
+                        event.side.value,
+                        event.description,
+                        event.excerpt[:200],
+                        note,
+                    )
             elif isinstance(event, ForwardTimeout):
                 log.warning(
                     "%s: the %s did not answer %s %s in time",
@@ -398,6 +404,15 @@ class ChargerLink:
 
     async def _shutdown(self) -> None:
         self.closed.set()
+        for side in Side:
+            dropped = self._bad_frames.pending(side)
+            if dropped:
+                log.warning(
+                    "%s: %d more bad frames from the %s were not logged",
+                    self.identity,
+                    dropped,
+                    side.value,
+                )
         self.router.abort_local(self._closing_reason or "charger disconnected")
         self._flush()
         await self._close_ws(self.charger_ws, 1000, self._closing_reason or "")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sitectl.ocpp.link import ChargerLink
+from sitectl.ocpp.redact import redact_frame
 from sitectl.ocpp.router import Event, Origin, RequestSeen, ResponseSeen
 from sitectl.state import (
     ChargerState,
@@ -34,8 +35,6 @@ __all__ = ["IN_SESSION_STATUSES", "StateObserver", "hash_id_tag", "parse_sampled
 log = logging.getLogger(__name__)
 
 _PHASES = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
-# Frames that set or carry a charger's password (1.6 AuthorizationKey, 2.0.1 BasicAuthPassword).
-_CREDENTIALS = re.compile(r"AuthorizationKey|BasicAuthPassword", re.IGNORECASE)
 
 
 #: Connector statuses under which a vehicle may be in a transaction (1.6 §4.9; 2.0.1 Occupied).
@@ -151,6 +150,9 @@ class StateObserver:
         self.reserved_stack_levels = reserved_stack_levels
         self.profile_id_base = profile_id_base
         self._tx_connector: dict[tuple[str, str], int] = {}  # (charger, tx id) -> connector
+        #: The same frames as `ChargerState.recent_frames`, unredacted: only for the HTTP
+        #: token's holder (``/api/chargers/{id}?raw=true``), never for the open reads.
+        self.raw_frames: dict[str, deque[tuple[datetime, str, str, str]]] = {}
         self._handlers: dict[tuple[str, bool], Callable[[ChargerState, Any], None]] = {
             ("BootNotification", True): self._boot,
             ("StatusNotification", False): self._status,
@@ -185,11 +187,13 @@ class StateObserver:
             return
         if not isinstance(text, str):
             text = repr(text)
-        if _CREDENTIALS.search(text):
-            text = "[redacted: the frame carries credentials]"
-        charger.recent_frames.append(
-            (self.state.clock(), side.value, "in" if inbound else "out", text[:2000])
-        )
+        # Redacted where recorded: no reader of the state can come across a password or an
+        # RFID, whatever endpoint or format serves it later (sitectl.ocpp.redact).
+        at, direction = self.state.clock(), "in" if inbound else "out"
+        shown = redact_frame(text[:100_000], self.state.config.site.id)
+        charger.recent_frames.append((at, side.value, direction, shown[:2000]))
+        raw = self.raw_frames.setdefault(link.identity, deque(maxlen=charger.recent_frames.maxlen))
+        raw.append((at, side.value, direction, text[:2000]))
 
     def link_upstream(self, link: ChargerLink, connected: bool) -> None:
         charger = self.state.chargers.get(link.identity)

@@ -38,6 +38,13 @@ from websockets.typing import Subprotocol
 
 from sitectl.config import Config, OcppConfig
 from sitectl.ocpp.auth import AuthCache
+from sitectl.ocpp.budget import (
+    ConnectionCaps,
+    LogBudget,
+    LoginGuard,
+    quiet_accept_errors,
+    shorten,
+)
 from sitectl.ocpp.journal import Journal
 from sitectl.ocpp.link import ChargerLink, ChargerOffline, LinkListener
 from sitectl.ocpp.offline import CsmsRewriter, OfflineAgent
@@ -124,6 +131,10 @@ class OcppServer:
         alarm: raises an alarm: ``alarm(code, charger id, text)``.
         port: override the configured port (tests; 0 picks a free one).
         upstream_tls: override the TLS context toward the CSMS.
+        max_connections: sockets on the OCPP port at once, handshakes included (default:
+            twice the configured chargers and 16 more).
+        max_connections_per_client: of those, from one address (default: the configured
+            chargers and 4 more, as they may all be behind one gateway).
     """
 
     name = "ocpp-server"
@@ -136,8 +147,14 @@ class OcppServer:
         alarm: Callable[[str, str, str], None] | None = None,
         port: int | None = None,
         upstream_tls: ssl.SSLContext | None = None,
+        max_connections: int | None = None,
+        max_connections_per_client: int | None = None,
     ) -> None:
         self.config = config
+        chargers = len(config.chargers)
+        self.connections = ConnectionCaps(
+            max_connections or 2 * chargers + 16, max_connections_per_client or chargers + 4
+        )
         self.ocpp = config.ocpp
         self._listener = listener or _NullListener()
         self._alarm = alarm or (lambda code, subject, text: None)
@@ -155,6 +172,10 @@ class OcppServer:
         self._port = self.ocpp.listen_port if port is None else port
         self.links: dict[str, ChargerLink] = {}
         self._pending: dict[ServerConnection, _Pending] = {}
+        # Refusals logged a few a minute per address; failed logins limited per (address,
+        # identity) with an alarm (issue #22.5).
+        self._refusals = LogBudget(lines=5, window_s=60.0)
+        self.logins = LoginGuard(max_failures=5, window_s=60.0, lockout_s=60.0)
         self._server: Server | None = None
         self.ready = asyncio.Event()
         self._upstream = None
@@ -183,6 +204,7 @@ class OcppServer:
 
     async def run(self) -> None:
         """Serve until cancelled; on cancel close every charger and upstream socket."""
+        quiet_accept_errors(asyncio.get_running_loop())
         async with serve(
             self._handle,
             self.ocpp.listen_host,
@@ -198,6 +220,7 @@ class OcppServer:
             # A dead charger never completes a closing handshake; don't wait long for it.
             close_timeout=2,
             server_header="sitectl",
+            create_connection=_capped(self.connections),
         ) as server:
             self._server = server
             scheme = "wss" if self.ocpp.security_profile >= 2 else "ws"
@@ -242,31 +265,60 @@ class OcppServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
+        address = _address(connection)
         found = self._identity_from_path(request.path)
         if found is None:
-            log.warning(
+            self._refused(
+                address,
                 "connection to unknown path %s from %s refused",
-                request.path,
-                connection.remote_address,
+                shorten(request.path),
+                address,
             )
             return _reject(http.HTTPStatus.NOT_FOUND, "unknown path")
         identity, segment = found
         charger = self.config.charger(identity)
         if charger is None:
-            log.warning(
-                "unknown charger %r from %s refused (404): not in the configuration",
-                identity,
-                connection.remote_address,
+            # An identity is whatever a peer put in the path: at most a short excerpt logged.
+            self._refused(
+                address,
+                "unknown charger %s from %s refused (404): not in the configuration",
+                shorten(identity),
+                address,
             )
             return _reject(http.HTTPStatus.NOT_FOUND, "unknown charge point")
+        locked = self.logins.locked(address, identity)
+        if locked:
+            self._refused(
+                address,
+                "charger %s from %s refused (429): too many failed logins, %.0f s to wait",
+                identity,
+                address,
+                locked,
+            )
+            return _reject(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                "too many failed logins",
+                {"Retry-After": str(max(1, round(locked)))},
+            )
         problem = self._authenticate(connection, request, identity)
         if problem is not None:
-            log.warning("charger %s refused (401): %s", identity, problem)
+            self._refused(address, "charger %s refused (401): %s", identity, problem)
+            failures = self.logins.failed(address, identity)
+            if failures is not None:
+                text = (
+                    f"{failures} failed logins as {identity} from {address} in "
+                    f"{self.logins.window_s:.0f} s (last: {problem}): further attempts from "
+                    f"there are refused for {self.logins.lockout_s:.0f} s"
+                )
+                # A SecurityEvent-style record: one line and an alarm, whatever the rate.
+                log.warning("security event InvalidLogin: %s", text)
+                self._alarm("ocpp_login_failures", identity, text)
             return _reject(
                 http.HTTPStatus.UNAUTHORIZED,
                 "authentication failed",
                 {"WWW-Authenticate": 'Basic realm="sitectl", charset="UTF-8"'},
             )
+        self.logins.succeeded(address, identity)
 
         offered = [
             p.strip()
@@ -330,7 +382,7 @@ class OcppServer:
         if profile == 3:
             name = _peer_common_name(connection)
             if name != identity:
-                return f"client certificate CN {name!r} does not match the identity"
+                return f"client certificate CN {shorten(name)} does not match the identity"
             return None
         if profile == 0:
             return None
@@ -341,10 +393,16 @@ class OcppServer:
         charger = self.config.charger(identity)
         expected = charger.password.get_secret_value() if charger and charger.password else None
         if user != identity:
-            return f"Basic user {user!r} is not the identity"
+            return f"Basic user {shorten(user)} is not the identity"
         if expected is None or not hmac.compare_digest(password.encode(), expected.encode()):
             return "wrong password"
         return None
+
+    def _refused(self, address: str, message: str, *args: Any) -> None:
+        """A refusal's warning, within the address's log budget."""
+        note = self._refusals.allow(address)
+        if note is not None:
+            log.warning(message + "%s", *args, note)
 
     def _select_subprotocol(
         self, connection: ServerConnection, subprotocols: list[Subprotocol]
@@ -482,6 +540,33 @@ class _NullListener:
 
     def link_frame(self, link: ChargerLink, side: Any, inbound: bool, text: str) -> None:
         pass
+
+
+def _capped(caps: ConnectionCaps) -> type[ServerConnection]:
+    """A ServerConnection that counts itself in `caps`, and is aborted at once when over."""
+
+    class CappedConnection(ServerConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            if caps.admit(self, address, "OCPP"):
+                super().connection_made(transport)
+                return
+            # Set up as a connection (its close path needs it) but without a handler task.
+            Connection.connection_made(self, transport)
+            transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            caps.release(self)
+            super().connection_lost(exc)
+
+    return CappedConnection
+
+
+def _address(connection: ServerConnection) -> str:
+    """The remote host (no port: a prober opens each connection from a new one)."""
+    remote = connection.remote_address
+    return str(remote[0]) if isinstance(remote, tuple) and remote else str(remote)
 
 
 def _opt(path: Any) -> str | None:

@@ -34,6 +34,20 @@ CHROMIUM_ARGS = [
 ]
 
 
+async def wait_js(page: Page, expression: str, timeout: float = 30_000) -> None:
+    """Wait until `expression` is truthy in the page.
+
+    Not `Page.wait_for_function`: that evaluates its predicate as a string inside the page,
+    which the dashboard's Content-Security-Policy (no 'unsafe-eval') forbids, as it should.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout / 1000
+    while not await page.evaluate(f"!!({expression})"):
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {expression}")
+        await asyncio.sleep(0.05)
+
+
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None:
@@ -67,18 +81,24 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
                 page = await browser.new_page(viewport={"width": 1280, "height": 1000})
                 errors: list[str] = []
                 page.on("pageerror", lambda error: errors.append(str(error)))
-                await page.goto(url)
-                await page.wait_for_function(
-                    "document.querySelectorAll('#chargers tbody tr').length > 0", timeout=30_000
+                # The Content-Security-Policy must not block anything the dashboard uses.
+                page.on(
+                    "console",
+                    lambda m: errors.append(m.text) if "Content Security" in m.text else None,
                 )
-                await page.wait_for_function(
-                    "Number(document.body.dataset.chartPoints || 0) > 0", timeout=45_000
+                await page.goto(url)
+                await wait_js(
+                    page,
+                    "document.querySelectorAll('#chargers tbody tr').length > 0",
+                    timeout=30_000,
+                )
+                await wait_js(
+                    page, "Number(document.body.dataset.chartPoints || 0) > 0", timeout=45_000
                 )
                 first = await page.evaluate("document.body.dataset.updated")
-                await page.wait_for_function(
-                    f"document.body.dataset.updated !== {first!r}", timeout=10_000
-                )
-                await page.wait_for_function(
+                await wait_js(page, f"document.body.dataset.updated !== {first!r}", timeout=10_000)
+                await wait_js(
+                    page,
                     "(document.querySelector('#firmware tr[data-rollout]')?.textContent ?? '')"
                     ".includes('installed')",
                     timeout=30_000,
@@ -92,8 +112,10 @@ async def test_dashboard_shows_chargers_and_a_live_chart(tmp_path: Path) -> None
                 await page.screenshot(path=str(shot), full_page=True)
                 tablet = await browser.new_page(viewport={"width": 820, "height": 1180})
                 await tablet.goto(url)
-                await tablet.wait_for_function(
-                    "document.querySelectorAll('#chargers tbody tr').length > 0", timeout=30_000
+                await wait_js(
+                    tablet,
+                    "document.querySelectorAll('#chargers tbody tr').length > 0",
+                    timeout=30_000,
                 )
                 await tablet.screenshot(path=str(tmp_path / "dashboard-tablet.png"))
             finally:
@@ -204,7 +226,7 @@ async def dashboard(cfg: Config, state: SiteState) -> AsyncIterator[Page]:
                 errors: list[str] = []
                 page.on("pageerror", lambda error: errors.append(str(error)))
                 await page.goto(f"http://127.0.0.1:{server.port}/")
-                await page.wait_for_function("document.body.dataset.updated", timeout=30_000)
+                await wait_js(page, "document.body.dataset.updated", timeout=30_000)
                 yield page
                 assert errors == []
             finally:
@@ -242,9 +264,10 @@ async def test_departure_and_need_say_what_was_used_and_where_it_came_from() -> 
         state.control.sessions["CP16/1"] = SessionPlan(
             NOW + timedelta(hours=3), "fleet", 60.0, "fleet", False, 20.0
         )
-        await page.wait_for_function(
+        await wait_js(
+            page,
             "document.querySelector('#chargers tr[data-charger=\"CP16\"] td.need')"
-            ".textContent.includes('fleet file')"
+            ".textContent.includes('fleet file')",
         )
         need_fleet = await cell(page, "CP16", "need")
         departure_fleet = await cell(page, "CP16", "departure")
@@ -262,9 +285,10 @@ async def test_a_firmware_column_follows_a_rollout() -> None:
     cp16, cp201 = state.chargers["CP16"], state.chargers["CP201"]
 
     async def changed(charger: str, text: str) -> str:
-        await page.wait_for_function(
+        await wait_js(
+            page,
             f"document.querySelector('#chargers tr[data-charger=\"{charger}\"] td.firmware')"
-            f".textContent === {text!r}"
+            f".textContent === {text!r}",
         )
         return await page.locator("#firmware-versions").inner_text()
 
@@ -305,9 +329,10 @@ async def test_an_unmetered_circuit_shows_its_plan_and_says_so() -> None:
         # A meter that fails: what is shown is the plan again, and the title says why.
         grid = state.control.circuits["grid"]
         grid.measured_a, grid.meter_state = None, "failed"
-        await page.wait_for_function(
+        await wait_js(
+            page,
             "document.querySelector('#circuits [data-node=\"grid\"] > .node-title')"
-            ".textContent.includes('planned')"
+            ".textContent.includes('planned')",
         )
         failed = await page.locator('#circuits [data-node="grid"] > .node-title').inner_text()
         legend = await page.locator("#circuits-section h2").inner_text()
