@@ -271,6 +271,7 @@ class App:
         self.store = Store(self.config.storage.path, self.config.storage.synchronous)
         try:
             self.state = SiteState(self.config)
+            check_store(self.store, self.state)
             self.store.set_meta("site_id", self.config.site.id)
             self.store.set_meta("last_start", self.state.started_at.isoformat())
             components = list(self._factory(self.config, self.state, self.store))
@@ -346,6 +347,27 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     except (ValueError, OSError) as exc:  # pragma: no cover - platform dependent
         log.warning("cannot raise the open-file limit: %s", exc)
+
+
+def check_store(store: Store, state: SiteState) -> bool:
+    """SQLite's quick check at every start (issue #22.13): a damaged store is a critical alarm.
+
+    sitectl still runs (an unattended site is better controlled than stopped; the chargers'
+    fail-safes hold either way), and says what to do.
+    """
+    problem = store.quick_check()
+    if problem is None:
+        return True
+    log.critical("the store %s is damaged: %s", store.path, problem)
+    state.raise_alarm(
+        "store_damaged",
+        "store",
+        Severity.CRITICAL,
+        f"the store {store.path} failed SQLite's check ({problem}); journals, sessions and the "
+        "outbox may be incomplete: stop sitectl and `sitectl restore` a backup "
+        "(or the copy made before the last upgrade, <store>.v<N>.bak)",
+    )
+    return False
 
 
 def _sd_notify(message: str) -> None:

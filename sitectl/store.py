@@ -262,6 +262,14 @@ class Store:
         """Whether SQLite's own integrity check passes."""
         return self.query("PRAGMA integrity_check")[0][0] == "ok"
 
+    def quick_check(self) -> str | None:
+        """SQLite's quick check (fast enough for every start); the first problem, or ``None``."""
+        try:
+            first = str(self.query("PRAGMA quick_check")[0][0])
+        except sqlite3.DatabaseError as exc:  # damaged beyond what the check can read
+            return str(exc)
+        return None if first == "ok" else first
+
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close."""
         with self._lock:

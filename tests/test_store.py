@@ -151,3 +151,31 @@ def test_sigkill_mid_write_leaves_a_readable_consistent_database(tmp_path: Path)
         assert [row["n"] for row in batches] == list(range(len(batches)))
     finally:
         store.close()
+
+
+def test_a_damaged_store_is_a_critical_alarm_at_start(tmp_path: Path) -> None:
+    # Issue #22.13: nothing checked a store's pages; a damaged one ran silently.
+    from sitectl.app import check_store
+    from sitectl.state import SiteState
+    from tests.ocpp.conftest import depot_config
+
+    path = tmp_path / "db.sqlite"
+    store = Store(path)
+    store.execute("CREATE TABLE filler (n INTEGER PRIMARY KEY, text TEXT)")
+    for n in range(2000):
+        store.execute("INSERT INTO filler VALUES (?, ?)", (n, "x" * 200))
+    state = SiteState(depot_config([{"id": "CP1"}], None))
+    assert check_store(store, state) and state.alarms == {}
+    store.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for offset in range(20 * page, 20 * page + 200):  # garbage over a b-tree page's header
+        data[offset] = 0xA5
+    path.write_bytes(bytes(data))
+    store = Store(path)
+    try:
+        assert not check_store(store, state)
+        alarm = state.alarms[("store_damaged", "store")]
+        assert "sitectl restore" in alarm.text and str(alarm.severity) == "critical"
+    finally:
+        store.close()
