@@ -10,14 +10,13 @@ import json
 import shutil
 import subprocess
 import textwrap
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import MINIMAL_CONFIG
+from tests.helpers import MINIMAL_CONFIG, wait_for_sync
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = (REPO / "Dockerfile").read_text()
@@ -74,15 +73,15 @@ def test_image_runs_read_only_and_turns_healthy(tmp_path: Path) -> None:
             "--health-interval", "2s", "--health-start-period", "5s",
             tag,
         )  # fmt: skip
-        deadline = time.monotonic() + 120
-        health = ""
-        while time.monotonic() < deadline:
+        seen = {"health": ""}
+
+        def settled() -> bool:
             state = json.loads(_docker("inspect", "--format", "{{json .State}}", name))
-            health = state.get("Health", {}).get("Status", "")
-            if health == "healthy" or not state["Running"]:
-                break
-            time.sleep(1)  # polling a container's state; there is nothing to wait on instead
-        assert health == "healthy", _docker("logs", name)
+            seen["health"] = state.get("Health", {}).get("Status", "")
+            return seen["health"] == "healthy" or not state["Running"]
+
+        wait_for_sync(settled, timeout=120, interval=1, message="the container to be healthy")
+        assert seen["health"] == "healthy", _docker("logs", name)
         port = _docker("port", name, "8080/tcp").splitlines()[0].rsplit(":", 1)[1]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/site", timeout=5) as r:
             assert json.load(r)

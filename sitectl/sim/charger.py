@@ -79,15 +79,21 @@ def _refuses(sim: SimCharger, profile: dict[str, Any]) -> bool:
     return lowest is not None and lowest < floor
 
 
-class _Point16(ChargePoint16):
-    def __init__(self, identity: str, connection: Any, sim: SimCharger) -> None:
-        super().__init__(identity, connection)
-        self.sim = sim
+class _MuteStack:
+    """The `Quirks.mute` switch for both versions' charge points: calls go unanswered."""
+
+    sim: SimCharger
 
     async def route_message(self, raw_msg: str) -> None:
         if self.sim.quirks.mute and _is_call(raw_msg):
             return  # a hung stack: the socket is open, no call is answered
-        await super().route_message(raw_msg)
+        await super().route_message(raw_msg)  # type: ignore[misc]
+
+
+class _Point16(_MuteStack, ChargePoint16):
+    def __init__(self, identity: str, connection: Any, sim: SimCharger) -> None:
+        super().__init__(identity, connection)
+        self.sim = sim
 
     @on("GetConfiguration")
     def get_configuration(self, **kwargs: Any) -> Any:
@@ -184,15 +190,10 @@ class _Point16(ChargePoint16):
         return result16.DataTransfer(status="Accepted")
 
 
-class _Point201(ChargePoint201):
+class _Point201(_MuteStack, ChargePoint201):
     def __init__(self, identity: str, connection: Any, sim: SimCharger) -> None:
         super().__init__(identity, connection)
         self.sim = sim
-
-    async def route_message(self, raw_msg: str) -> None:
-        if self.sim.quirks.mute and _is_call(raw_msg):
-            return  # a hung stack: the socket is open, no call is answered
-        await super().route_message(raw_msg)
 
     @on("TriggerMessage")
     def trigger(self, **kwargs: Any) -> Any:

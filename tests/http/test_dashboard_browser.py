@@ -40,12 +40,12 @@ async def wait_js(page: Page, expression: str, timeout: float = 30_000) -> None:
     Not `Page.wait_for_function`: that evaluates its predicate as a string inside the page,
     which the dashboard's Content-Security-Policy (no 'unsafe-eval') forbids, as it should.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout / 1000
-    while not await page.evaluate(f"!!({expression})"):
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out waiting for {expression}")
-        await asyncio.sleep(0.05)
+    await wait_for(
+        lambda: page.evaluate(f"!!({expression})"),
+        timeout=timeout / 1000,
+        interval=0.05,
+        message=expression,
+    )
 
 
 def chromium() -> str:

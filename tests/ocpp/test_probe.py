@@ -14,8 +14,17 @@ from sitectl.quirks import effective_quirks
 from sitectl.sim.charger import SimCharger
 from sitectl.state import SiteState
 from sitectl.store import Store
-from tests.helpers import wait_for
+from tests.helpers import loop_turn, wait_for
 from tests.ocpp.conftest import PASSWORD, depot_config
+
+
+async def loop_turns(n: int = 20) -> None:
+    """Let everything ready run, several times over: what has not happened now will not.
+
+    (The fake charger answers in-process, so a call the probe makes is seen within turns.)
+    """
+    for _ in range(n):
+        await loop_turn()
 
 
 @contextlib.asynccontextmanager
@@ -45,7 +54,7 @@ async def test_a_16_charger_is_asked_after_its_boot_and_the_answer_is_kept(
                 "SupportedFeatureProfiles": "Core,SmartCharging",
             }
         )
-        await asyncio.sleep(0)  # connected, not booted: nothing is asked yet
+        await loop_turns()  # connected, not booted: nothing is asked yet
         assert not any(name == "GetConfiguration" for name, _ in sim.handled.calls)
         await sim.boot()
         charger = state.chargers["CP1"]
@@ -120,7 +129,7 @@ async def test_not_implemented_is_a_capability_and_never_asked_again(tmp_path) -
             charger.connected = False
             state.notify("charger_disconnected", "CP1")
             connect_and_boot(state, "CP1")
-            await asyncio.sleep(0.01)
+            await loop_turns()
         assert fake.calls == ["GetConfiguration"]
     # A permanent SetChargingProfile answer seen elsewhere makes it uncontrollable by profile.
     probe.record_not_supported("CP1", "SetChargingProfile", "NotImplemented")
@@ -137,7 +146,7 @@ async def test_an_unanswered_probe_is_asked_again_on_the_next_connection_only() 
     async with running(probe):
         connect_and_boot(state, "CP1")
         await wait_for(lambda: fake.calls == ["GetConfiguration"], message="the first ask")
-        await asyncio.sleep(0.01)
+        await loop_turns()
         assert fake.calls == ["GetConfiguration"]  # no retry loop on the same connection
         assert charger.capabilities["complete"] is False
         fake.answers["GetConfiguration"] = {
@@ -156,6 +165,6 @@ async def test_a_charger_that_never_boots_is_asked_after_the_grace() -> None:
     async with running(probe):
         state.chargers["CP1"].connected = True
         state.notify("charger_connected", "CP1")
-        await asyncio.sleep(0)
+        await loop_turns()
         assert fake.calls == []
         await wait_for(lambda: fake.calls == ["GetConfiguration"], message="the ask after grace")
