@@ -66,11 +66,13 @@ def weighted_energy(problem: Problem, plan: np.ndarray) -> float:
     return float((session_weights(problem) * np.minimum(got, wanted)).sum())
 
 
-def energy_share(problem: Problem, allocation: Allocation) -> float:
-    """The answer's weighted energy as a share of the reference optimum (1.0 = optimal)."""
+def energy_share(problem: Problem, allocation: Allocation, uniform: Problem) -> float:
+    """The answer's weighted energy as a share of the reference optimum (1.0 = optimal) of
+    the same state on the uniform grid (``uniform``), so what the coarse far steps cost is
+    counted too."""
     if not problem.sessions:
         return 1.0
-    best, _ = max_energy(problem, session_weights(problem))
+    best, _ = max_energy(uniform, session_weights(uniform))
     return weighted_energy(problem, allocation.plan_a) / best if best > 0 else 1.0
 
 
@@ -102,8 +104,10 @@ class Row:
         return float(np.percentile(self.warm, 95)) if self.warm else float("nan")
 
 
-def measure(n: int, cycles: int, seed: int, steps: int, budget_s: float | None) -> Row:
-    depot = Depot.generate(n, seed, steps=steps)
+def measure(
+    n: int, cycles: int, seed: int, steps: int, budget_s: float | None, far_step_s: int | None
+) -> Row:
+    depot = Depot.generate(n, seed, steps=steps, far_step_s=far_step_s)
     budget = budget_s if budget_s is not None else depot.config.control.solver_budget_s
     row = Row(n=n, steps=steps)
     builds = []
@@ -112,6 +116,7 @@ def measure(n: int, cycles: int, seed: int, steps: int, budget_s: float | None) 
     builds.append(time.perf_counter() - t)
     problem = built.problem
     row.sessions = len(problem.sessions)
+    row.steps = problem.steps
 
     # Cold with unlimited time first, on its own allocator: how long a cold solve really takes.
     free = Allocator(known_slots=depot.slots())
@@ -127,7 +132,7 @@ def measure(n: int, cycles: int, seed: int, steps: int, budget_s: float | None) 
     row.cold_method = answer.method
     row.cols, row.rows = allocator.shape
     row.violations += len(verify(problem, answer))
-    row.energy = min(row.energy, energy_share(problem, answer))
+    row.energy = min(row.energy, energy_share(problem, answer, depot.build_uniform().problem))
 
     for _ in range(cycles):
         depot.cycle()
@@ -141,9 +146,10 @@ def measure(n: int, cycles: int, seed: int, steps: int, budget_s: float | None) 
         row.statuses[answer.status.value] = row.statuses.get(answer.status.value, 0) + 1
         row.fallbacks += answer.method != "lp"
         row.violations += len(verify(problem, answer))
+        uniform = depot.build_uniform().problem
     row.cols, row.rows = allocator.shape
     if cycles:
-        row.energy = min(row.energy, energy_share(problem, answer))
+        row.energy = min(row.energy, energy_share(problem, answer, uniform))
     fb = []
     for _ in range(7):
         t = time.perf_counter()
@@ -180,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="charger counts")
     parser.add_argument("--cycles", type=int, default=100, help="warm cycles per size")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=96, help="horizon steps (15 min each)")
+    parser.add_argument("--steps", type=int, default=96, help="horizon, in steps of 15 min")
+    parser.add_argument(
+        "--far-step",
+        type=int,
+        default=None,
+        help="control.far_step_s (default: the config's; 900 = one step length throughout)",
+    )
     parser.add_argument("--budget", type=float, default=None, help="default: the config's")
     parser.add_argument("--quick", action="store_true", help="50 and 200 chargers, 20 cycles")
     args = parser.parse_args(argv)
@@ -196,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     for n in sizes:
-        row = measure(n, cycles, args.seed, args.steps, args.budget)
+        row = measure(n, cycles, args.seed, args.steps, args.budget, args.far_step)
         rows.append(row)
         print(
             f"{row.n:>5} {row.steps:>3} {row.sessions:>5} {row.cols:>7} {row.rows:>7} "

@@ -56,7 +56,14 @@ def _kinds(n: int, rng: np.random.Generator) -> list[str]:
     return [kinds[k] for k in rng.integers(0, len(kinds), size=n)]
 
 
-def site_config(n_chargers: int, seed: int = 1, *, step_s: int = 900, steps: int = 96) -> Config:
+def site_config(
+    n_chargers: int,
+    seed: int = 1,
+    *,
+    step_s: int = 900,
+    steps: int = 96,
+    far_step_s: int | None = None,
+) -> Config:
     """The config of a generated depot with `n_chargers` chargers (see the module docstring).
 
     Feeders carry 25 chargers each with a limit of 55–75 % of their chargers' maxima; the
@@ -156,6 +163,7 @@ def site_config(n_chargers: int, seed: int = 1, *, step_s: int = 900, steps: int
         "control": {
             "step_s": step_s,
             "horizon_steps": steps,
+            **({} if far_step_s is None else {"far_step_s": far_step_s}),
             "default_departure": "06:00",
             "default_energy_kwh": 80,
             "min_pause_s": 0,
@@ -192,6 +200,7 @@ class Depot:
     building_a: dict[str, np.ndarray] = field(default_factory=dict)
     cycles: int = 0
     _sessions: int = 0
+    _uniform: ProblemBuilder | None = None
 
     @classmethod
     def generate(cls, n_chargers: int, seed: int = 1, **config_kw: int) -> Depot:
@@ -243,6 +252,16 @@ class Depot:
     def build(self) -> Built:
         """The loop's own call: `ProblemBuilder.build` on the state, meters and memory."""
         return self.builder.build(self.state, self.meters, self.memory, self.now, self.mono)
+
+    def build_uniform(self) -> Built:
+        """The same state on a uniform grid of ``step_s`` over the whole horizon (no coarse
+        far steps): the yardstick for what the coarse grid costs in energy. Call it every
+        cycle, so its non-EV hold sees the same history as the loop's builder."""
+        if self._uniform is None:
+            control = self.config.control
+            control = control.model_copy(update={"far_step_s": control.step_s})
+            self._uniform = ProblemBuilder(self.config.model_copy(update={"control": control}))
+        return self._uniform.build(self.state, self.meters, self.memory, self.now, self.mono)
 
     def slots(self) -> dict[str, str]:
         """`ProblemBuilder.slots()`, what the loop gives its `Allocator`."""

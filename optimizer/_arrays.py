@@ -39,6 +39,7 @@ class Arrays:
     departure: np.ndarray  # (S,) int
     priority: np.ndarray  # (S,) int
     window: np.ndarray  # (S, T) bool: arrival <= t < departure and something wanted
+    cap_a: np.ndarray  # (S, T) most current per step (`Problem.session_caps_a`), 0 outside
     kwh_per_a: np.ndarray  # (S, T) energy of 1 A per phase over step t
     headroom_a: np.ndarray  # (M, 3, T) EV current allowed per node/phase/step, >= 0
     kw_nodes: np.ndarray  # (J,) positions of nodes with a kW limit
@@ -87,6 +88,8 @@ def compile_problem(problem: Problem) -> Arrays:
         & (energy_kwh[:, None] > 0)
         & (max_a[:, None] > 0)
     )
+    cap_a = problem.session_caps_a()
+    window &= cap_a > 0
     volt = problem.voltage_ln_v
     load = problem.load_through_a()
     limits = np.array([n.limit_a for n in problem.nodes], dtype=float).reshape(-1, 3)
@@ -117,6 +120,7 @@ def compile_problem(problem: Problem) -> Arrays:
         departure=departure,
         priority=priority,
         window=window,
+        cap_a=cap_a,
         kwh_per_a=kwh_per_amp(volt, nph, dt_h),
         headroom_a=headroom_a,
         kw_nodes=kw_nodes,

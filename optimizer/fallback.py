@@ -87,6 +87,10 @@ def allocate(problem: Problem, *, horizon: bool = False) -> Allocation:
     # Time at which each car leaves, hours from now (beyond the horizon: extrapolate the grid).
     dep_clip = np.clip(departure, 0, T)
     leave_h = np.where(dep_clip > 0, ends_h[np.maximum(dep_clip - 1, 0)], 0.0)
+    share = np.fromiter((s.last_step_share for s in sessions), dtype=float, count=S)
+    part = (departure >= 2) & (departure <= T)  # leaves part-way through its last step
+    leave_h = leave_h - np.where(part, (1.0 - share) * dt_h[np.maximum(dep_clip - 1, 0)], 0.0)
+    caps = problem.session_caps_a()
     beyond = departure > T
     leave_h = leave_h + np.where(beyond, (departure - T) * dt_h[-1], 0.0)
     rate_kw = np.maximum(np.asarray(max_a) * kw_per_a, 1e-12)
@@ -108,12 +112,13 @@ def allocate(problem: Problem, *, horizon: bool = False) -> Allocation:
         step_h = float(dt_h[t])
         finish = (remaining / (kw_per_a * step_h)).tolist()
         nph_l = nph.tolist()
+        cap_t = caps[:, t].tolist()
         for k in order.tolist():
             lo = min_a[k]
             # Finishing in this step takes `finish`. On step 0 a car that needs less than
             # min_a asks min_a (it stops when full); later steps are only a plan and may
             # finish a car below min_a.
-            want = min(max_a[k], max(finish[k], lo) if t == 0 else finish[k])
+            want = min(cap_t[k], max(finish[k], lo) if t == 0 else finish[k])
             flat, kws = sess_path[k]
             give = min(want, min([room[j] for j in flat]))
             n_ph = nph_l[k]

@@ -552,10 +552,11 @@ class Allocator:
         volt = arrays.voltage
         hr, kw_hr = self._hr, self._kw_hr
 
-        # i columns: max_a inside the window, 0 outside and on empty slots; a slot alone under
+        # i columns: their cap (max_a inside the window, less on a last step the car leaves
+        # part-way through), 0 outside and on empty slots; a slot alone under
         # a group has that group's headroom as its bound (the least over the phases it draws,
         # and its share of the kW headroom).
-        hi = np.where(arrays.window, arrays.max_a[:, None], 0.0)
+        hi = arrays.cap_a.copy()
         bound = st.slot_bound[slot_of]
         alone = np.flatnonzero(bound >= 0)
         if alone.size:
@@ -616,8 +617,8 @@ class Allocator:
     def _plan(model: _Model, arrays: Arrays, slot_of: np.ndarray) -> np.ndarray:
         """The model's currents as ``(sessions, steps)``, solver noise cleaned."""
         plan = model.currents()[slot_of]
-        # Tiny values to 0, nothing above max_a or outside the window: each only lowers.
-        plan = np.where(arrays.window, np.minimum(plan, arrays.max_a[:, None]), 0.0)
+        # Tiny values to 0, nothing above the cap or outside the window: each only lowers.
+        plan = np.minimum(plan, arrays.cap_a)
         plan[plan < _ZERO_A] = 0.0
         return plan
 

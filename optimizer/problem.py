@@ -164,6 +164,12 @@ class Session:
         arrival_step: First step it can charge; 0 for a connected car, later for a planned one.
         priority: 0..4; a kWh at priority p+1 weighs as much as 4 at p, enough to win a
             binding phase even against a three-phase car (see :mod:`optimizer`).
+        last_step_share: Share (0, 1] of step ``departure_step - 1`` that the car is still
+            there. A step's current is its average over the step, so on that step it is at
+            most ``max_a · last_step_share``: a car leaving 20 minutes into an hour-long step
+            of a coarse far horizon gets 20 minutes of charge in the plan, not 0 and not 60.
+            Never applied on step 0, which is dispatched as is (a caller scales the energy
+            wanted instead).
 
     Raises:
         ValueError: A field is out of range; the message names it.
@@ -179,6 +185,7 @@ class Session:
     departure_step: int
     arrival_step: int = 0
     priority: int = 0
+    last_step_share: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -206,6 +213,12 @@ class Session:
             object.__setattr__(self, name, int(v))
         if not 0 <= self.priority <= 4:
             raise ValueError(f"priority: must be 0..4, got {self.priority} (session {self.id!r})")
+        share = _finite(f"last_step_share (session {self.id!r})", self.last_step_share)
+        if not 0 < share <= 1:
+            raise ValueError(
+                f"last_step_share: must be in (0, 1], got {share} (session {self.id!r})"
+            )
+        object.__setattr__(self, "last_step_share", share)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +367,30 @@ class Problem:
         if not self.tariff.price_per_kwh:
             return np.zeros(self.steps)
         return np.asarray(self.tariff.price_per_kwh, dtype=float)
+
+    def session_caps_a(self) -> np.ndarray:
+        """Most current per phase each session may take on each step, ``(sessions, steps)``
+        (A): ``max_a`` inside its window (``arrival_step <= t < departure_step``, and only
+        while it wants energy), ``max_a · last_step_share`` on its last step unless that is
+        step 0, and 0 outside."""
+        S, T = len(self.sessions), self.steps
+        if S == 0:
+            return np.zeros((0, T))
+        f = np.array(
+            [
+                (s.max_a, s.energy_kwh, s.arrival_step, s.departure_step, s.last_step_share)
+                for s in self.sessions
+            ],
+            dtype=float,
+        )
+        max_a, wanted, arrival, departure, share = f.T
+        t = np.arange(T)[None, :]
+        inside = (t >= arrival[:, None]) & (t < departure[:, None]) & (wanted[:, None] > 0)
+        caps = np.where(inside, max_a[:, None], 0.0)
+        last = departure.astype(np.int64) - 1
+        scaled = np.flatnonzero((last >= 1) & (last < T) & (share < 1.0))
+        caps[scaled, last[scaled]] *= share[scaled]
+        return caps
 
     def node_index(self, node_id: str) -> int:
         """Position of a node in ``nodes``.

@@ -10,7 +10,8 @@ What is checked, for every session, node, phase and step of the plan (step 0 is 
   A node whose non-EV load alone is over its limit is not the allocation's fault; only EV
   current above zero there is reported.
 * ``node_power``: ``U_LN · Σ phases (EV current) / 1000 ≤ max(0, limit_kw − non-EV power)``.
-* ``session_max``, ``negative``, ``not_finite``: ``0 ≤ i ≤ max_a``.
+* ``session_max``, ``negative``, ``not_finite``: ``0 ≤ i ≤ max_a`` (``× last_step_share`` on
+  the last step of a car leaving part-way through it, unless that is step 0).
 * ``window``: nothing before ``arrival_step`` or from ``departure_step`` on.
 * ``min_current`` (step 0 only): ``i == 0`` or ``i ≥ min_a`` (IEC 61851-1: no current between 0
   and the minimum; the plan after step 0 is not dispatched and may go below).
@@ -135,8 +136,14 @@ def verify(problem: Problem, allocation: Allocation, tol: float = 1e-6) -> list[
     outside = (steps[None, :] < arrival[:, None]) | (steps[None, :] >= departure[:, None])
     for k, t in zip(*np.nonzero(plan < -tol), strict=True):
         out.append(Violation(Kind.NEGATIVE, sessions[k].id, None, int(t), float(-plan[k, t])))
-    for k, t in zip(*np.nonzero(plan > max_a[:, None] + tol), strict=True):
-        excess = float(plan[k, t] - max_a[k])
+    # The cap is max_a, less on a last step the car leaves part-way through (not step 0).
+    cap = np.repeat(max_a[:, None], T, axis=1)
+    share = np.fromiter((s.last_step_share for s in sessions), dtype=float, count=S)
+    last = departure.astype(np.int64) - 1
+    scaled = np.flatnonzero((last >= 1) & (last < T) & (share < 1.0))
+    cap[scaled, last[scaled]] *= share[scaled]
+    for k, t in zip(*np.nonzero(plan > cap + tol), strict=True):
+        excess = float(plan[k, t] - cap[k, t])
         out.append(Violation(Kind.SESSION_MAX, sessions[k].id, None, int(t), excess))
     for k, t in zip(*np.nonzero(outside & (plan > tol)), strict=True):
         out.append(Violation(Kind.WINDOW, sessions[k].id, None, int(t), float(plan[k, t])))

@@ -6,6 +6,8 @@ chargers on each circuit, the fail-safe load per phase, devices and services. No
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from sitectl.config import GRID, PHASE_NAMES, ChargerConfig, Config, DeviceConfig, Problem
 
 __all__ = ["render_summary"]
@@ -103,9 +105,12 @@ def render_summary(config: Config, filename: str, warnings: list[Problem]) -> st
         f"offline mode {ocpp.offline.mode}"
     )
     control = config.control
+    grid = [(len(list(group)), length) for length, group in groupby(control.step_durations_s())]
+    steps = " then ".join(f"{count} × {length:g} s" for count, length in grid)
+    hours = control.horizon_steps * control.step_s / 3600
     lines.append(
-        f"control: every {control.period_s:g} s, horizon {control.horizon_steps} × "
-        f"{control.step_s} s, solver budget {control.solver_budget_s:g} s"
+        f"control: every {control.period_s:g} s, horizon {hours:g} h in {steps}, "
+        f"solver budget {control.solver_budget_s:g} s"
     )
     mqtt = config.mqtt
     lines.append(

@@ -22,7 +22,24 @@ class ControlConfig(_Model):
 
     period_s: float = Field(5.0, ge=0.5, le=300)
     step_s: int = Field(900, ge=60, le=3600, description="Planning step length.")
-    horizon_steps: int = Field(96, ge=1, le=2016)
+    horizon_steps: int = Field(
+        96, ge=1, le=2016, description="Horizon length, in steps of step_s (96 × 900 s: 24 h)."
+    )
+    near_horizon_s: int = Field(
+        7200,
+        ge=0,
+        description="How far ahead the plan keeps steps of step_s; beyond it, steps of "
+        "far_step_s. Only the first step is dispatched and the plan is solved again every "
+        "period, so the far plan only needs to say what is still to come (issue #18: 24 h "
+        "at 15 min then 1 h is 30 steps instead of 96, a third of the LP).",
+    )
+    far_step_s: int = Field(
+        3600,
+        ge=60,
+        le=14400,
+        description="Planning step length beyond near_horizon_s; step_s or less keeps one "
+        "step length over the whole horizon.",
+    )
     solver_budget_s: float = Field(1.0, gt=0, le=60)
     weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
     deadband_a: float = Field(1.0, ge=0, description="Skip increases smaller than this.")
@@ -89,6 +106,20 @@ class ControlConfig(_Model):
     def effective_non_ev_hold_s(self) -> float:
         """The hold the control loop uses: the configured one, never below the required."""
         return max(self.non_ev_hold_s, self.required_non_ev_hold_s)
+
+    def step_durations_s(self) -> tuple[float, ...]:
+        """The planning grid: step_s up to near_horizon_s, then far_step_s to the end of the
+        horizon (``horizon_steps × step_s``; the last step may be shorter)."""
+        horizon = self.horizon_steps * self.step_s
+        if self.far_step_s <= self.step_s:
+            return (float(self.step_s),) * self.horizon_steps
+        near = min(self.horizon_steps, max(1, -(-self.near_horizon_s // self.step_s)))
+        out = [float(self.step_s)] * near
+        covered = near * self.step_s
+        while covered < horizon:
+            out.append(float(min(self.far_step_s, horizon - covered)))
+            covered += self.far_step_s
+        return tuple(out)
 
     @model_validator(mode="after")
     def _periods(self) -> ControlConfig:

@@ -43,12 +43,12 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
-from optimizer.problem import Load, Node, Problem, Session, Tariff
+from optimizer.problem import Load, Node, Problem, Session
 from sitectl.config import GRID, ChargerConfig, Config
 from sitectl.control.draw import Draw, connector_draw, phases_in_use
+from sitectl.control.horizon import Horizon
 from sitectl.control.meters import MeterSupervisor
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
 from sitectl.ocpp.observe import IN_SESSION_STATUSES, hash_id_tag
@@ -270,13 +270,13 @@ class ProblemBuilder:
         self.non_ev_max.update({c.id: c.non_ev_max_a for c in config.circuits})
         self.kw_limits = {GRID: config.site.limit_kw}
         self.kw_limits.update({c.id: c.limit_kw for c in config.circuits})
-        self.zone = ZoneInfo(config.site.timezone)
         self.fleet = {
             hash_id_tag(config.site.id, tag): vehicle
             for vehicle in config.fleet.vehicles
             for tag in vehicle.id_tags
         }
         self.hold = PeakHold(config.control.effective_non_ev_hold_s)
+        self.horizon = Horizon(config)
         self._implausible_since: dict[str, float] = {}
         self.failsafe_under: dict[str, Phases] = {node: ZERO for node in self.parents}
         for charger in config.chargers:
@@ -327,7 +327,8 @@ class ProblemBuilder:
         draws: dict[str, dict[int, Draw]] | None = None,
     ) -> Built:
         """The problem for this cycle (`draws` from `draws()`, computed here when omitted)."""
-        steps = self.control.horizon_steps
+        durations = self.horizon.durations_s
+        steps = len(durations)
         draws = draws if draws is not None else self.draws(state, now_mono)
         ev_lo, fixed, steerable, overdraw = self._chargers(state, memory, draws, now_mono)
         measured, voltages = self._measured(meters)
@@ -399,9 +400,9 @@ class ProblemBuilder:
             nodes=tuple(nodes),
             sessions=tuple(sessions),
             steps=steps,
-            step_s=float(self.control.step_s),
+            step_s=durations if len(set(durations)) > 1 else durations[0],
             loads=tuple(loads),
-            tariff=self._tariff(now, steps),
+            tariff=self.horizon.tariff(now),
             voltage_ln_v=max([nominal, *voltages]),
         )
         return Built(
@@ -605,7 +606,7 @@ class ProblemBuilder:
             # maximum, so it charges until the vehicle itself stops drawing.
             remaining = max(need - delivered, step_kwh)
         seconds_left = (departure - now).total_seconds()
-        departure_step = max(1, math.ceil(seconds_left / self.control.step_s))
+        departure_step, share = self.horizon.departure_step(seconds_left)
         if 0 < seconds_left < self.control.step_s:
             # Leaving within the first step: the LP sees the whole step, so ask for as much
             # more as the step is longer than the time left (the current then delivers the
@@ -632,6 +633,7 @@ class ProblemBuilder:
             energy_kwh=remaining,
             departure_step=departure_step,
             priority=priority,
+            last_step_share=share,
         )
         info = SessionInfo(departure, departure_source, need, need_source or "unknown", capped)
         return problem_session, floor, info
@@ -658,8 +660,8 @@ class ProblemBuilder:
             return explicit, getattr(session, "departure_source", None) or "command"
         usual = getattr(vehicle, "departure", None)
         if usual:
-            return self._next_time(usual, now), "fleet"
-        return self._next_time(self.control.default_departure, now), "default"
+            return self.horizon.next_time(usual, now), "fleet"
+        return self.horizon.next_time(self.control.default_departure, now), "default"
 
     def _csms_bound(
         self,
@@ -786,31 +788,3 @@ class ProblemBuilder:
             return self.non_ev_max[node]
         # No worst case configured: leave the chargers only their fail-safe currents.
         return _sub_floor(self.limits[node], self.failsafe_under[node])
-
-    # Time.
-
-    def _next_time(self, hhmm: str, now: datetime) -> datetime:
-        hours, minutes = (int(x) for x in hhmm.split(":"))
-        local = now.astimezone(self.zone)
-        candidate = datetime.combine(local.date(), time(hours, minutes), self.zone)
-        if candidate <= local:
-            candidate += timedelta(days=1)
-        return candidate
-
-    def _tariff(self, now: datetime, steps: int) -> Tariff:
-        tariff = self.config.tariff
-        if not tariff.periods:
-            return Tariff(demand_charge_per_kw=tariff.demand_charge_eur_per_kw)
-        starts = sorted(
-            ((int(p.start[:2]) * 60 + int(p.start[3:5])), p.eur_per_kwh) for p in tariff.periods
-        )
-        prices = []
-        for step in range(steps):
-            local = (now + timedelta(seconds=step * self.control.step_s)).astimezone(self.zone)
-            minute = local.hour * 60 + local.minute
-            price = starts[-1][1]  # before the first start of the day: yesterday's last
-            for start, value in starts:
-                if start <= minute:
-                    price = value
-            prices.append(price)
-        return Tariff(tuple(prices), tariff.demand_charge_eur_per_kw)

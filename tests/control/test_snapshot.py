@@ -330,3 +330,39 @@ def test_a_meter_reading_less_than_the_chargers_under_it_is_distrusted() -> None
     assert meters.measured("grid") is None  # failed until a new run of good readings
     # Without the meter the grid's non-EV load is its configured worst case.
     assert built.non_ev["grid"] == (50.0, 50.0, 50.0)
+
+
+def test_the_far_horizon_is_planned_in_hours() -> None:
+    # Issue #18: 24 h at 15 min is 96 steps; 2 h at 15 min then hours is 30.
+    control = config().control.model_copy(update={"horizon_steps": 96})
+    assert control.step_durations_s() == (900.0,) * 8 + (3600.0,) * 22
+    uniform = control.model_copy(update={"far_step_s": 900})
+    assert uniform.step_durations_s() == (900.0,) * 96
+    # A horizon that does not end on a whole far step ends with a shorter one.
+    short = control.model_copy(update={"horizon_steps": 10})
+    assert short.step_durations_s() == (900.0,) * 8 + (1800.0,)
+
+
+def test_a_car_leaving_inside_a_far_step_gets_its_share_of_it() -> None:
+    cfg = config(
+        control={"step_s": 900, "horizon_steps": 96, "default_energy_kwh": 40},
+        tariff={
+            "periods": [
+                {"start": "00:00", "eur_per_kwh": 0.1},
+                {"start": "22:30", "eur_per_kwh": 0.3},
+            ]
+        },
+    )
+    state = SiteState(cfg)
+    plug(state, "A")
+    session = state.chargers["A"].connectors[1].session
+    session.departure = NOW + timedelta(hours=6, minutes=40)
+    problem = build(cfg, state, trusted((0.0, 0.0, 0.0))).problem
+    assert problem.steps == 30 and problem.durations_s.sum() == 24 * 3600
+    car = problem.sessions[0]
+    # Steps 0-7 cover 2 h, steps 8-12 one hour each: 6:40 is 40 min into step 12.
+    assert car.departure_step == 13
+    assert car.last_step_share == pytest.approx(40 / 60)
+    # 22:00-23:00 is half at 0.1, half at 0.3: the step's price is the time-weighted mean.
+    assert problem.tariff.price_per_kwh[8] == pytest.approx(0.2)
+    assert problem.tariff.price_per_kwh[:8] == (0.1,) * 8

@@ -14,8 +14,10 @@ BUDGET_S = 20.0
 
 
 def test_generated_depot_goes_through_the_problem_builder_and_the_lp_answers() -> None:
-    depot = Depot.generate(40, seed=3, steps=24)
+    depot = Depot.generate(40, seed=3, steps=96)
     problem = depot.build().problem
+    uniform = depot.build_uniform().problem  # the same state on 96 steps of 15 min
+    assert problem.steps == 30 and uniform.steps == 96  # 2 h at 15 min, then hours
     ids = {n.id for n in problem.nodes}
     # The loop's shape: one node per charger under feeders under the transformer.
     assert {charger_node(c.id) for c in depot.config.chargers} <= ids
@@ -29,14 +31,15 @@ def test_generated_depot_goes_through_the_problem_builder_and_the_lp_answers() -
     answer = allocator.solve(problem, BUDGET_S)
     assert answer.method == "lp", answer.detail
     assert verify(problem, answer) == []
-    assert energy_share(problem, answer) >= 0.999
+    assert energy_share(problem, answer, uniform) >= 0.999
     for event in EVENTS * 2:
         assert depot.cycle(event) == event
         problem = depot.build().problem
+        uniform = depot.build_uniform().problem
         answer = allocator.solve(problem, BUDGET_S)
         assert answer.method == "lp", (event, answer.detail)
         assert verify(problem, answer) == []
-    assert energy_share(problem, answer) >= 0.999
+    assert energy_share(problem, answer, uniform) >= 0.999
     assert allocator.builds == 1  # every change was a warm re-solve of the same model
 
 
