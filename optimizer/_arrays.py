@@ -81,15 +81,8 @@ def compile_problem(problem: Problem) -> Arrays:
     arrival = fields[:, 3].astype(np.int64)
     departure = fields[:, 4].astype(np.int64)
     priority = fields[:, 5].astype(np.int64)
-    t = np.arange(T)
-    window = (
-        (t[None, :] >= arrival[:, None])
-        & (t[None, :] < departure[:, None])
-        & (energy_kwh[:, None] > 0)
-        & (max_a[:, None] > 0)
-    )
     cap_a = problem.session_caps_a()
-    window &= cap_a > 0
+    window = cap_a > 0  # in its window, wanting energy, with a current above 0
     volt = problem.voltage_ln_v
     load = problem.load_through_a()
     limits = np.array([n.limit_a for n in problem.nodes], dtype=float).reshape(-1, 3)

@@ -368,29 +368,31 @@ class Problem:
             return np.zeros(self.steps)
         return np.asarray(self.tariff.price_per_kwh, dtype=float)
 
-    def session_caps_a(self) -> np.ndarray:
-        """Most current per phase each session may take on each step, ``(sessions, steps)``
-        (A): ``max_a`` inside its window (``arrival_step <= t < departure_step``, and only
-        while it wants energy), ``max_a · last_step_share`` on its last step unless that is
-        step 0, and 0 outside."""
+    def step_caps_a(self) -> np.ndarray:
+        """Most current per phase each session may take on each step if it were there,
+        ``(sessions, steps)`` (A): ``max_a``, times ``last_step_share`` on its last step unless
+        that is step 0. Windows are not applied (see `session_caps_a`)."""
         S, T = len(self.sessions), self.steps
-        if S == 0:
-            return np.zeros((0, T))
         f = np.array(
-            [
-                (s.max_a, s.energy_kwh, s.arrival_step, s.departure_step, s.last_step_share)
-                for s in self.sessions
-            ],
-            dtype=float,
-        )
-        max_a, wanted, arrival, departure, share = f.T
-        t = np.arange(T)[None, :]
-        inside = (t >= arrival[:, None]) & (t < departure[:, None]) & (wanted[:, None] > 0)
-        caps = np.where(inside, max_a[:, None], 0.0)
+            [(s.max_a, s.departure_step, s.last_step_share) for s in self.sessions], dtype=float
+        ).reshape(S, 3)
+        max_a, departure, share = f.T
+        caps = np.repeat(max_a[:, None], T, axis=1)
         last = departure.astype(np.int64) - 1
         scaled = np.flatnonzero((last >= 1) & (last < T) & (share < 1.0))
         caps[scaled, last[scaled]] *= share[scaled]
         return caps
+
+    def session_caps_a(self) -> np.ndarray:
+        """`step_caps_a` inside each session's window (``arrival_step <= t <
+        departure_step``, and only while it wants energy), 0 outside."""
+        t = np.arange(self.steps)[None, :]
+        f = np.array(
+            [(s.energy_kwh, s.arrival_step, s.departure_step) for s in self.sessions], dtype=float
+        ).reshape(len(self.sessions), 3)
+        wanted, arrival, departure = f.T
+        inside = (t >= arrival[:, None]) & (t < departure[:, None]) & (wanted[:, None] > 0)
+        return np.where(inside, self.step_caps_a(), 0.0)
 
     def node_index(self, node_id: str) -> int:
         """Position of a node in ``nodes``.

@@ -44,14 +44,8 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
     kwh_per_a = volt * np.outer(nph, dt_h) / 1000.0  # (S, T)
 
     # Column bounds: max_a inside the window, less on a last step left part-way, else 0.
-    upper = np.zeros((S, T))
+    upper = problem.session_caps_a()
     t = np.arange(T)
-    for k, s in enumerate(sessions):
-        inside = (t >= s.arrival_step) & (t < s.departure_step) & (s.energy_kwh > 0)
-        upper[k] = np.where(inside, s.max_a, 0.0)
-        last = s.departure_step - 1
-        if 1 <= last < T:
-            upper[k, last] *= s.last_step_share
 
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []

@@ -131,17 +131,13 @@ def verify(problem: Problem, allocation: Allocation, tol: float = 1e-6) -> list[
         [(s.min_a, s.max_a, s.energy_kwh, s.arrival_step, s.departure_step) for s in sessions],
         dtype=float,
     ).reshape(S, 5)
-    min_a, max_a, wanted, arrival, departure = fields.T
+    min_a, _, wanted, arrival, departure = fields.T
     steps = np.arange(T)
     outside = (steps[None, :] < arrival[:, None]) | (steps[None, :] >= departure[:, None])
     for k, t in zip(*np.nonzero(plan < -tol), strict=True):
         out.append(Violation(Kind.NEGATIVE, sessions[k].id, None, int(t), float(-plan[k, t])))
     # The cap is max_a, less on a last step the car leaves part-way through (not step 0).
-    cap = np.repeat(max_a[:, None], T, axis=1)
-    share = np.fromiter((s.last_step_share for s in sessions), dtype=float, count=S)
-    last = departure.astype(np.int64) - 1
-    scaled = np.flatnonzero((last >= 1) & (last < T) & (share < 1.0))
-    cap[scaled, last[scaled]] *= share[scaled]
+    cap = problem.step_caps_a()
     for k, t in zip(*np.nonzero(plan > cap + tol), strict=True):
         excess = float(plan[k, t] - cap[k, t])
         out.append(Violation(Kind.SESSION_MAX, sessions[k].id, None, int(t), excess))

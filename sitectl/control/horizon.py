@@ -30,10 +30,6 @@ class Horizon:
         #: End of every step, seconds from now.
         self.ends_s = list(itertools.accumulate(self.durations_s))
 
-    @property
-    def steps(self) -> int:
-        return len(self.durations_s)
-
     def next_time(self, hhmm: str, now: datetime) -> datetime:
         """The next local ``HH:MM`` after ``now`` (tomorrow's if today's has passed)."""
         hours, minutes = (int(x) for x in hhmm.split(":"))
