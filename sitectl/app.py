@@ -159,6 +159,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 on_cycle=watchdog_ping,
                 store=store,
                 on_not_supported=probe.record_not_supported,
+                call=ocpp_server.call,
             )
         )
     else:

@@ -161,6 +161,8 @@ class ChargerState:
     connectors: dict[int, ConnectorState] = field(default_factory=dict)
     csms_profiles: dict[int, CsmsProfile] = field(default_factory=dict)
     capabilities: dict[str, Any] = field(default_factory=dict)  # sitectl.ocpp.probe's record
+    #: The closed-loop check's last finding and mode (sitectl.control.applied), plain data.
+    applied: dict[str, Any] = field(default_factory=dict)
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None

@@ -32,7 +32,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sitectl.config import ChargerConfig, Config
-from sitectl.control.snapshot import ChargerMemory, efficiency
+from sitectl.control.memory import ChargerMemory
+from sitectl.control.snapshot import efficiency
 from sitectl.ocpp.profiles import ProfileIds, ProfileSpec, build_set_profile, round_limit
 from sitectl.quirks import ChargerQuirks
 
@@ -100,11 +101,20 @@ class Dispatcher:
         #: Charger id -> its effective quirks (`sitectl.quirks.effective_quirks`); set by the
         #: loop. ``None``: the configuration alone decides, as before quirks existed.
         self.quirks: Callable[[str], ChargerQuirks] | None = None
+        #: Chargers the closed-loop check found ignoring the dynamic stack level (the loop
+        #: adds them): their limits go out in single-level mode (`single_level`).
+        self.single_level_learned: set[str] = set()
 
     def _min_a(self, charger: ChargerConfig) -> float:
         if self.quirks is None:
             return charger.min_current_a
         return max(charger.min_current_a, self.quirks(charger.id).min_current_a)
+
+    def held_minimum_a(self, charger_id: str) -> float | None:
+        """The least a charger that refuses 0 A is held at (a quirk); ``None``: it pauses."""
+        if self.quirks is None or not self.quirks(charger_id).refuses_zero_a:
+            return None
+        return self._min_a(self.chargers[charger_id])
 
     def _write_interval_s(self, charger_id: str) -> float:
         return 0.0 if self.quirks is None else self.quirks(charger_id).min_write_interval_s
@@ -129,6 +139,11 @@ class Dispatcher:
                 if charger.connectors > 1
                 else {}
             )
+            if self.held_minimum_a(charger_id) is not None:
+                # It rejects 0 A (and would be marked uncontrollable): its pause is its
+                # minimum, which the problem builder reserves for a session on it (#17).
+                limit = max(limit, min_a)
+                per_connector = {c: max(a, min_a) for c, a in per_connector.items()}
             mem = memory[charger_id]
             previous = mem.commanded_a
             # Not written again before its interval: only a decrease is urgent (issue #17.8).
@@ -170,11 +185,13 @@ class Dispatcher:
         if problem is not None:
             log.warning("%s: fail-safe profile not installed: %s", charger_id, problem)
             return problem
+        single = self.single_level(charger_id)
         log.info(
-            "%s: fail-safe limit %.1f A installed (stack level %d)",
+            "%s: fail-safe limit %.1f A installed (stack level %d%s)",
             charger_id,
             charger.failsafe_current_a,
-            self.failsafe_level,
+            self.failsafe_level if single is None else single,
+            "" if single is None else ", single-level mode",
         )
         return None
 
@@ -267,6 +284,15 @@ class Dispatcher:
             self._spec(charger, c, amps, dynamic=True, now=now)
             for c, amps in sorted(command.connectors.items())
         ]
+        if (
+            self.quirks is not None
+            and command.previous_a == 0
+            and command.limit_a > 0
+            and self.quirks(command.charger_id).ignores_limit_after_zero
+        ):
+            # The first limit after a 0 A pause is ignored (it resumes without a limit);
+            # the one after it holds: the resume goes out twice, back to back.
+            specs += specs
         return await self._send_specs(command.charger_id, specs)
 
     async def _send_specs(self, charger_id: str, specs: list[ProfileSpec]) -> str | None:
@@ -281,19 +307,50 @@ class Dispatcher:
                 return f"refused ({answer.get('status')})"
         return None
 
+    def single_level(self, charger_id: str) -> int | None:
+        """The one stack level a charger honours, when it is not sitectl's dynamic level.
+
+        From its quirks (a file or its declared ChargeProfileMaxStackLevel below sitectl's
+        dynamic level) or learned by the closed-loop check (`single_level_learned`): its limits
+        then go out as one profile holding the limit and, after it, the fail-safe.
+        """
+        ceiling = self.quirks(charger_id).max_stack_level if self.quirks is not None else None
+        if ceiling is not None and ceiling < self.dynamic_level:
+            return min(ceiling, self.failsafe_level)
+        if charger_id in self.single_level_learned:
+            return self.failsafe_level
+        return None
+
     def _spec(
         self, charger: ChargerConfig, connector: int, amps: float, dynamic: bool, now: datetime
     ) -> ProfileSpec:
         ids = self.ids[charger.id]
-        profile_id = ids.connector(connector, dynamic) if connector else ids.station(dynamic)
+        single = self.single_level(charger.id)
+        # In single-level mode the fail-safe's own profile id carries the limit (and replaces
+        # itself at every refresh); otherwise the dynamic limit has its own id above it.
+        as_dynamic = dynamic and single is None
+        profile_id = ids.connector(connector, as_dynamic) if connector else ids.station(as_dynamic)
         # Schedules are read on the charger's clock: start them on its clock (issue #17.7).
         now = now + timedelta(seconds=self.clock_skew_s.get(charger.id, 0.0))
-        level = self.dynamic_level if dynamic else self.failsafe_level
+        if single is not None:
+            level = single
+        else:
+            level = self.dynamic_level if dynamic else self.failsafe_level
         duration = int(self.control.profile_validity_s) if dynamic else None
-        if charger.kind == "dc":
-            # DC chargers are limited in output power; their AC input is three-phase and
-            # balanced, and larger than the output by the efficiency: P_out = η · 3 · U · I_ac.
-            volts = min(self.voltage_v, self.config.site.nominal_voltage_v)
-            watts = math.floor(amps * 3 * volts * efficiency(charger) * 10) / 10
-            return ProfileSpec(profile_id, level, connector, watts, "W", 3, duration, now)
-        return ProfileSpec(profile_id, level, connector, amps, "A", charger.phases, duration, now)
+        then = (
+            self._value(charger, charger.failsafe_current_a)
+            if dynamic and single is not None
+            else None
+        )
+        unit, phases = ("W", 3) if charger.kind == "dc" else ("A", charger.phases)
+        value = self._value(charger, amps)
+        return ProfileSpec(profile_id, level, connector, value, unit, phases, duration, now, then)
+
+    def _value(self, charger: ChargerConfig, amps: float) -> float:
+        """A limit in the profile's unit: A per phase, or W of output for a DC charger."""
+        if charger.kind != "dc":
+            return amps
+        # DC chargers are limited in output power; their AC input is three-phase and
+        # balanced, and larger than the output by the efficiency: P_out = η · 3 · U · I_ac.
+        volts = min(self.voltage_v, self.config.site.nominal_voltage_v)
+        return math.floor(amps * 3 * volts * efficiency(charger) * 10) / 10

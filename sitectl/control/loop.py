@@ -30,6 +30,7 @@ from optimizer.allocation import Allocation, Status
 from optimizer.lp import Allocator
 from optimizer.verify import verify
 from sitectl.config import Config
+from sitectl.control.applied import AppliedCheck
 from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.draw import Draw
 from sitectl.control.memory_store import ControlMemoryStore
@@ -37,7 +38,7 @@ from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.phases import PhaseWatch
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
-from sitectl.quirks import effective_quirks
+from sitectl.quirks import ChargerQuirks, effective_quirks
 from sitectl.state import (
     SOLVE_BUCKETS_S,
     Change,
@@ -94,6 +95,8 @@ class ControlLoop:
         on_cycle: called after every completed cycle (the systemd watchdog).
         store: keeps the limits in force across restarts (`ControlMemoryStore`).
         on_not_supported: told of a permanent NotImplemented/NotSupported answer (the probe).
+        call: sends one of sitectl's calls to a charger (the OCPP server's); with it, the
+            closed-loop check asks chargers what they apply (`AppliedCheck`).
         wall_clock: UTC now; monotonic: seconds (both injectable for tests).
     """
 
@@ -110,6 +113,7 @@ class ControlLoop:
         monotonic: Callable[[], float] = time.monotonic,
         store: Store | None = None,
         on_not_supported: Callable[[str, str, str], None] | None = None,
+        call: Callable[..., Any] | None = None,
     ) -> None:
         self.config = config
         self.control = config.control
@@ -123,7 +127,19 @@ class ControlLoop:
         self.dispatcher = Dispatcher(config, set_profile, lambda c: state.chargers[c].ocpp_version)
         # What each charger is known to do (its quirk file narrowed by its probe, issue #17).
         pins = {c.id: getattr(c, "quirks", None) for c in config.chargers}
-        self.dispatcher.quirks = lambda c: effective_quirks(state.chargers[c], pins.get(c))
+        # Cached (27 µs each, asked several times per charger per cycle); a boot or a probe
+        # answer forgets a charger's entry (`_on_change`).
+        self._quirks: dict[str, ChargerQuirks] = {}
+
+        def quirks(charger_id: str) -> ChargerQuirks:
+            found = self._quirks.get(charger_id)
+            if found is None:
+                found = effective_quirks(state.chargers[charger_id], pins.get(charger_id))
+                self._quirks[charger_id] = found
+            return found
+
+        self.dispatcher.quirks = quirks
+        self.builder.held_minimum_a = self.dispatcher.held_minimum_a
         self.on_not_supported = on_not_supported
         self.memory: dict[str, ChargerMemory] = {c.id: ChargerMemory() for c in config.chargers}
         # The limits in force from the last run (issue #17.6): budgets and decrease-first hold
@@ -157,6 +173,24 @@ class ControlLoop:
         self.last: tuple[Built, Allocation, DispatchReport] | None = None
         self.cycle_done = asyncio.Event()  # set after every cycle (tests wait on it)
         self._failsafe_tasks: dict[str, asyncio.Task[None]] = {}
+        nominal = config.site.nominal_voltage_v
+        self.applied = (
+            AppliedCheck(
+                config,
+                state,
+                self.memory,
+                call,
+                self.dispatcher.quirks,
+                self._single_level,
+                monotonic,
+                wall_clock,
+                lambda: min(self.dispatcher.voltage_v, nominal),
+            )
+            if call is not None
+            else None
+        )
+        if self.applied is not None:
+            self.applied.single_level_of = self.dispatcher.single_level
         state.subscribe(self._on_change)
 
     # Triggers.
@@ -166,6 +200,8 @@ class ControlLoop:
         self._wake.set()
 
     def _on_change(self, change: Change) -> None:
+        if change.kind in ("charger_booted", "capabilities"):
+            self._quirks.pop(change.subject, None)
         if change.kind in _TRIGGERS:
             if change.kind == "charger_disconnected":
                 self.memory[change.subject].disconnected_at = self.monotonic()
@@ -292,6 +328,8 @@ class ControlLoop:
         finally:
             for task in self._failsafe_tasks.values():
                 task.cancel()
+            if self.applied is not None:
+                self.applied.cancel()
 
     async def _run(self) -> None:
         while True:
@@ -341,6 +379,11 @@ class ControlLoop:
         commands = self.dispatcher.plan(limits, self.memory, now_mono)
         report = await self.dispatcher.send(commands, self.memory, now, now_mono)
         self._after_dispatch(report)
+        if self.applied is not None:
+            for command in report.sent:
+                if command.kind != "refresh":
+                    self.applied.changed(command.charger_id, now_mono)
+            self.applied.tick(now_mono)
         if self.kept is not None and report.sent:
             sent = [(c.charger_id, c.limit_a) for c in report.sent]
             self._keep(self.kept.limits_sent, sent, now, self.control.profile_validity_s)
@@ -409,6 +452,8 @@ class ControlLoop:
             if self.kept is not None:
                 self._keep(self.kept.failsafe_installed, charger_id, self.wall_clock())
             mem.failsafe_failures = 0
+            if self.applied is not None:
+                self.applied.changed(charger_id, self.monotonic())
             self.state.clear_alarm("failsafe_not_installed", charger_id)
             self.trigger()  # it can be steered now
             return
@@ -429,6 +474,14 @@ class ControlLoop:
             f"{'its maximum' if not mem.failsafe_ever else 'the limit it holds'}; next try in "
             f"{backoff:g} s",
         )
+
+    def _single_level(self, charger_id: str) -> None:
+        """The closed-loop check found a charger ignoring the dynamic stack level."""
+        self.dispatcher.single_level_learned.add(charger_id)
+        self.memory[charger_id].commanded_at = None  # re-sent next cycle, as one profile
+        if self.applied is not None:
+            self.applied.changed(charger_id, self.monotonic() + self.control.period_s)
+        self.trigger()
 
     async def _solve(self, built: Built) -> Allocation:
         problem = built.problem

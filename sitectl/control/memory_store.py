@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sitectl.store import Migration, Store
 
 if TYPE_CHECKING:  # the store's schema list imports this module: keep it light
-    from sitectl.control.snapshot import ChargerMemory
+    from sitectl.control.memory import ChargerMemory
 
 __all__ = ["CONTROL_MEMORY_MIGRATION", "ControlMemoryStore"]
 

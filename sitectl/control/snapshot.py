@@ -39,9 +39,8 @@ The builder is pure: it reads the state and memory it is given and returns plain
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -49,6 +48,7 @@ from optimizer.problem import Load, Node, Problem, Session
 from sitectl.config import GRID, ChargerConfig, Config
 from sitectl.control.draw import Draw, connector_draw, phases_in_use
 from sitectl.control.horizon import Horizon
+from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
 from sitectl.ocpp.observe import IN_SESSION_STATUSES, hash_id_tag
@@ -133,90 +133,6 @@ class PeakHold:
         )
 
 
-@dataclass
-class ChargerMemory:
-    """What the control loop remembers of one charger between cycles."""
-
-    commanded_a: float | None = None  # the dynamic limit the charger last accepted
-    commanded_at: float | None = None  # monotonic time it was last accepted (or refreshed)
-    #: (monotonic time, limit) of every accepted change, oldest first (compliance window).
-    limit_history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
-    disconnected_at: float | None = None
-    uncontrollable: bool = False
-    noncompliant: bool = False
-    #: Installing firmware without a session: sitectl sends it no limit and budgets its draw.
-    unavailable: bool = False
-    over_limit_since: float | None = None
-    paused_since: dict[int, float] = field(default_factory=dict)  # connector -> monotonic
-    #: Connector -> since when it is in use without a known transaction (monotonic).
-    unmatched_since: dict[int, float] = field(default_factory=dict)
-    resumed_at: dict[int, float] = field(default_factory=dict)
-    failsafe_installed: bool = False
-    #: The charger took sitectl's fail-safe at some point (it keeps it across reconnects).
-    failsafe_ever: bool = False
-    #: Fail-safe installs that failed in a row, and when the next may be tried (monotonic).
-    failsafe_failures: int = 0
-    failsafe_retry_at: float = 0.0
-    connected_at: float | None = None  # monotonic time of its current connection
-    #: What the vehicle on a single-connector charger has shown it can draw (see `learn_ev`).
-    ev_session: str | None = None
-    ev_peak_a: float = 0.0
-    ev_cap_a: float | None = None
-    ev_unused_since: float | None = None
-
-    def learn_ev(
-        self,
-        session_id: str,
-        draw_a: float,
-        now: float,
-        learn_s: float,
-        charger_max_a: float,
-        min_a: float,
-    ) -> None:
-        """Learn a vehicle's own maximum current from what it draws (OCPP 1.6 never says).
-
-        A vehicle that draws at least 4 A less than its limit for `learn_s` is capped at its
-        peak plus 2 A, so the rest of the budget goes to others; when it comes within 1 A of
-        that cap the cap rises by 4 A, so a vehicle that can take more is never held back
-        for long. Lowering one session's maximum is always safe.
-        """
-        if session_id != self.ev_session:
-            self.ev_session, self.ev_peak_a, self.ev_cap_a = session_id, 0.0, None
-            self.ev_unused_since = None
-        self.ev_peak_a = max(self.ev_peak_a, draw_a)
-        if self.ev_cap_a is not None and draw_a >= self.ev_cap_a - 1.0:
-            self.ev_cap_a = self.ev_cap_a + 4.0 if self.ev_cap_a + 4.0 < charger_max_a else None
-            self.ev_unused_since = None
-            return
-        limit = self.commanded_a
-        if learn_s <= 0 or limit is None or limit - draw_a < 4.0:
-            self.ev_unused_since = None
-            return
-        if self.ev_unused_since is None:
-            self.ev_unused_since = now
-        elif now - self.ev_unused_since >= learn_s:
-            cap = max(min_a, math.ceil(self.ev_peak_a + 2.0))
-            if self.ev_cap_a is None or cap < self.ev_cap_a:
-                self.ev_cap_a = float(cap)
-
-    def record_limit(self, amps: float, now: float) -> None:
-        """A limit the charger accepted (a refresh of the same value adds nothing)."""
-        if self.commanded_a != amps or not self.limit_history:
-            self.limit_history.append((now, amps))
-        self.commanded_a = amps
-        self.commanded_at = now
-
-    def highest_limit_since(self, start: float) -> float:
-        """The highest limit in force at any time since `start` (monotonic)."""
-        in_force = [amps for at, amps in self.limit_history if at >= start]
-        before = [amps for at, amps in self.limit_history if at < start]
-        if before:
-            in_force.append(before[-1])  # the one in force when the window began
-        if not in_force and self.commanded_a is not None:
-            in_force.append(self.commanded_a)
-        return max(in_force, default=0.0)
-
-
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """What the builder assumed for one session (for the API, the dashboard and tests)."""
@@ -270,6 +186,9 @@ class ProblemBuilder:
         self.non_ev_max.update({c.id: c.non_ev_max_a for c in config.circuits})
         self.kw_limits = {GRID: config.site.limit_kw}
         self.kw_limits.update({c.id: c.limit_kw for c in config.circuits})
+        #: The least a charger that refuses 0 A must be held at (the loop sets the
+        #: dispatcher's `Dispatcher.held_minimum_a`); ``None``: it can be paused.
+        self.held_minimum_a: Callable[[str], float | None] = lambda charger_id: None
         self.fleet = {
             hash_id_tag(config.site.id, tag): vehicle
             for vehicle in config.fleet.vehicles
@@ -477,6 +396,14 @@ class ProblemBuilder:
                 fixed[charger.id] = tuple(max(a, b) for a, b in zip(held, upper, strict=True))
             elif mem.uncontrollable or mem.noncompliant:
                 fixed[charger.id] = maximum
+            elif mem.applied_above_a is not None:
+                # It applies more than sitectl's limit (its own composite schedule says so):
+                # budgeted at what it applies, or at what it draws if that is more (#17).
+                applied = _on_phases(
+                    min(mem.applied_above_a, charger.max_current_a), charger.site_phases
+                )
+                upper = self._site(charger, hi)
+                fixed[charger.id] = tuple(max(a, b) for a, b in zip(applied, upper, strict=True))
             else:
                 steerable.append(charger.id)
                 if mem.commanded_a is not None:
@@ -565,6 +492,10 @@ class ProblemBuilder:
             floor = min(
                 max(charger.min_current_a, charger.failsafe_current_a), self._connector_max(charger)
             )
+        elif (held := self.held_minimum_a(charger.id)) is not None:
+            # It rejects 0 A (a quirk): it cannot be paused, only held at its minimum, which
+            # is reserved like a floor (issue #17).
+            floor = min(held, self._connector_max(charger))
         in_use = phases_in_use(connector, charger.phases) if charger.kind != "dc" else (0, 1, 2)
         rotation = charger.site_phases
         phases = tuple(sorted(rotation[k] for k in in_use if k < len(rotation)))
@@ -582,6 +513,9 @@ class ProblemBuilder:
         csms = self._csms_bound(charger, charger_state, connector, now)
         if csms is not None:
             max_a = min(max_a, csms)
+        applied = mem.applied_cap_a(now_mono)  # it applies less than sent (closed loop, #17)
+        if applied is not None:
+            max_a = min(max_a, applied)
         min_a = charger.min_current_a
         if session is not None and session.ev_min_current_a:
             min_a = max(min_a, session.ev_min_current_a)

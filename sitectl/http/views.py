@@ -236,6 +236,13 @@ class ChargerDetail(ChargerView):
         default_factory=dict,
         description="The quirks sitectl works with: its quirk file(s) narrowed by the probe.",
     )
+    applied: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Whether it applies sitectl's limit: the last check (GetCompositeSchedule "
+        "or Current.Offered: at, source, sent_a, applied_a, verdict ok/above/below/unanswered/"
+        "unsupported), the limit it is budgeted or planned at when it differs, and "
+        "single_level (its limits go out as one profile at one stack level); empty before.",
+    )
     firmware_events: list[FirmwareEventView] = Field(default_factory=list)
     security_events: list[SecurityEventView] = Field(default_factory=list)
 
@@ -481,6 +488,7 @@ def charger_view(
         recent_frames=frames,
         capabilities=charger.capabilities,
         quirks=effective_quirks(charger, configured.quirks if configured else None).as_dict(),
+        applied=charger.applied,
         firmware_events=events,
         security_events=[
             SecurityEventView.model_validate(e, from_attributes=True) for e in security_events

@@ -25,12 +25,21 @@ Caller = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def _permanent(payload: dict[str, Any]) -> bool:
-    """A profile without a duration (sitectl's fail-safe): it stays in force until replaced."""
+    """The fail-safe alone: no duration and one period (it stays in force until replaced).
+
+    A single-level limit (a dynamic period, then the fail-safe) has no duration either, but
+    its first period would be stale when re-applied (issue #17.4): it is not kept.
+    """
     profile = payload.get("csChargingProfiles") or payload.get("chargingProfile") or {}
     schedules = profile.get("chargingSchedule")
     if isinstance(schedules, dict):
         schedules = [schedules]
-    return all(isinstance(s, dict) and "duration" not in s for s in schedules or ())
+    return all(
+        isinstance(s, dict)
+        and "duration" not in s
+        and len(s.get("chargingSchedulePeriod") or ()) == 1
+        for s in schedules or ()
+    )
 
 
 def _profile_key(payload: dict[str, Any]) -> tuple[int, int, int]:

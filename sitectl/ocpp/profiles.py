@@ -15,6 +15,10 @@ TxProfile (the composite is the minimum over purposes, 1.6 §3.13.3). A charger 
 connectors also gets per-connector TxDefaultProfiles (same pair of stack levels) so that each
 connector keeps its own share.
 
+A charger that honours one stack level only (a quirk, or learned by the closed-loop check) gets
+the same switch in one profile at that level: the limit for the validity, then the fail-safe as
+the schedule's last period, without a duration; every refresh replaces it.
+
 Rules obeyed (reference S1, S2, S6, S10, S12, S14): amps for AC, ``numberPhases`` always set
 (1 for single-phase chargers); watts for DC; ``limit`` rounded *down* to 0.1 A (multipleOf 0.1) but
 never below the IEC 61851 minimum when non-zero; first ``startPeriod`` 0; Absolute kind with
@@ -95,6 +99,9 @@ class ProfileSpec:
     #: UTC on the *charger's* clock, when the schedule starts (pushed into the past by
     #: START_MARGIN; a permanent profile starts at FAILSAFE_START instead).
     start: datetime
+    #: Single-level mode (a charger that honours one stack level only): the fail-safe limit
+    #: that follows `limit` after `duration_s` in the same, permanent profile.
+    then_limit: float | None = None
 
     @property
     def purpose(self) -> str:
@@ -107,23 +114,31 @@ def build_set_profile(version: str, spec: ProfileSpec) -> dict[str, Any]:
     Raises:
         ValueError: a combination the spec forbids (e.g. a negative limit).
     """
-    if spec.limit < 0:
+    if spec.limit < 0 or (spec.then_limit is not None and spec.then_limit < 0):
         raise ValueError("a limit cannot be negative")
+    if spec.then_limit is not None and spec.duration_s is None:
+        raise ValueError("a fail-safe tail needs the duration of the limit before it")
     if spec.number_phases not in (1, 2, 3):
         raise ValueError("numberPhases must be 1, 2 or 3")
     if spec.duration_s is None:
         start = FAILSAFE_START
     else:
         start = (spec.start - START_MARGIN).strftime("%Y-%m-%dT%H:%M:%SZ")
-    period: dict[str, Any] = {"startPeriod": 0, "limit": spec.limit}
+    periods: list[dict[str, Any]] = [{"startPeriod": 0, "limit": spec.limit}]
+    if spec.then_limit is not None and spec.duration_s is not None:
+        # One profile is the whole dead man's switch: the limit for its validity, then the
+        # fail-safe for good (the last period of a schedule without a duration lasts).
+        tail = spec.duration_s + int(START_MARGIN.total_seconds())
+        periods.append({"startPeriod": tail, "limit": spec.then_limit})
     if spec.unit == "A":
-        period["numberPhases"] = spec.number_phases
+        for period in periods:
+            period["numberPhases"] = spec.number_phases
     schedule: dict[str, Any] = {
         "chargingRateUnit": spec.unit,
         "startSchedule": start,
-        "chargingSchedulePeriod": [period],
+        "chargingSchedulePeriod": periods,
     }
-    if spec.duration_s is not None:
+    if spec.duration_s is not None and spec.then_limit is None:
         # The schedule starts START_MARGIN in the past: lengthen it so it lasts the full validity.
         schedule["duration"] = spec.duration_s + int(START_MARGIN.total_seconds())
     if version == "1.6":

@@ -72,6 +72,13 @@ def _min_limit_a(profile: dict[str, Any], voltage_v: float) -> float | None:
 
 
 def _refuses(sim: SimCharger, profile: dict[str, Any]) -> bool:
+    ceiling = sim.quirks.max_stack_level
+    if (
+        ceiling is not None
+        and sim.quirks.above_max_level == "reject"
+        and int(profile.get("stack_level", 0)) > ceiling
+    ):
+        return True
     floor = sim.quirks.refuses_below_a
     if floor is None:
         return False
@@ -308,6 +315,7 @@ class Plug:
     started_at: datetime
     draw_a: float = 0.0
     register_wh: float = 0.0
+    unlimited: bool = False  # `Quirks.ignores_limit_after_zero`: resumed without a limit
 
 
 class SimCharger:
@@ -650,10 +658,22 @@ class SimCharger:
 
     def install(self, connector_id: int, profile: dict[str, Any]) -> None:
         """Store a profile received in SetChargingProfile (snake_case from the library)."""
+        ceiling = self.quirks.max_stack_level
+        if ceiling is not None and int(profile.get("stack_level", 0)) > ceiling:
+            return  # "ignore": Accepted, and nothing happens
+        before = {c: self.limit_a(c) for c in self.plugs}
         camel = snake_to_camel_case(profile)
         installed = InstalledProfile(connector_id, camel, datetime.now(UTC))
         self.handled.profiles[installed.profile_id] = installed
         self.profile_log.append((time.monotonic(), installed))
+        if self.quirks.ignores_limit_after_zero:
+            # go-e: the profile that lifts a pause is ignored (it runs without a limit);
+            # the next profile is applied again.
+            for c, plug in self.plugs.items():
+                if plug.unlimited:
+                    plug.unlimited = False
+                elif before[c] < 6.0 <= self.limit_a(c):
+                    plug.unlimited = True
 
     def clear(
         self,
@@ -715,6 +735,8 @@ class SimCharger:
             ev = plug.ev
             full = plug.register_wh / 1000 >= ev.energy_wanted_kwh
             limit = self.limit_a(connector_id, now)
+            if plug.unlimited:
+                limit = self.max_current_a
             target = min(ev.max_a, self.max_current_a)
             if self.compliant and not self.quirks.ignores_limits:
                 # IEC 61851: below 6 A the vehicle cannot charge: it pauses.

@@ -37,6 +37,12 @@ class Quirks:
             MeterValues are sent (the simulation's own explicit calls still go through).
         clock_skew_s: its clock is off by this much (its timestamps say so).
         answers_triggers: sends the message a TriggerMessage asks for (some ignore them).
+        max_stack_level: the highest stack level it honours (ABB Terra AC, Wallbox Pulsar: 0).
+        above_max_level: what it does with a profile above that: "reject" it (answers
+            Rejected) or "ignore" it (answers Accepted, stores and applies nothing — only its
+            composite schedule or its current tells).
+        ignores_limit_after_zero: after a pause at 0 A, the next higher limit is ignored and
+            it runs at its maximum until it is given another profile (go-e).
     """
 
     reports: str = "per_phase"
@@ -47,7 +53,14 @@ class Quirks:
     mute: bool = False
     clock_skew_s: float = 0.0
     answers_triggers: bool = True
+    max_stack_level: int | None = None
+    above_max_level: str = "reject"
+    ignores_limit_after_zero: bool = False
 
     def __post_init__(self) -> None:
+        if self.above_max_level not in ("reject", "ignore"):
+            raise ValueError(
+                f"above_max_level must be reject or ignore, not {self.above_max_level!r}"
+            )
         if self.reports not in REPORTS:
             raise ValueError(f"reports must be one of {', '.join(REPORTS)}, not {self.reports!r}")

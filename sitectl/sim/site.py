@@ -146,7 +146,9 @@ class Site:
         recovery = SessionRecovery(
             state, server.call, self.observer.end_restored, confirm_s=self.confirm_s
         )
-        self.loop = ControlLoop(config, state, keeper.set_profile, store=self.store)
+        self.loop = ControlLoop(
+            config, state, keeper.set_profile, store=self.store, call=server.call
+        )
         pool = MeterPool(
             [d.to_spec() for d in config.devices],
             on_reading=lambda r: state.set_reading(r.device, r),

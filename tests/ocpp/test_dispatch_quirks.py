@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from sitectl.control.dispatch import Dispatcher
-from sitectl.control.snapshot import ChargerMemory
+from sitectl.control.memory import ChargerMemory
 from sitectl.ocpp.observe import StateObserver
 from sitectl.quirks import DEFAULTS
 from sitectl.sim.charger import SimCharger
@@ -86,8 +86,9 @@ async def test_a_simulated_charger_that_refuses_below_8_a(csms, start_server) ->
             dispatcher.plan({"A": (6.5, {})}, memory, 1.0), memory, now, 1.0
         )
         assert report.failed == {"A": "refused (Rejected)"} and memory["A"].uncontrollable
-        # With it: 9 A is taken. Below 8 A the plan says 0 A, which this firmware refuses too
-        # (refuses_zero_a): pausing it needs a stop, not a profile (not done yet).
+        # With it: 9 A is taken. Below 8 A the plan would say 0 A, which this firmware refuses
+        # too (refuses_zero_a): it is held at its 8 A minimum instead (the problem builder
+        # reserves that for its session), and stays controllable.
         dispatcher.quirks = lambda c: replace(DEFAULTS, min_current_a=8.0, refuses_zero_a=True)
         memory = {"A": ChargerMemory()}
         report = await dispatcher.send(
@@ -95,5 +96,7 @@ async def test_a_simulated_charger_that_refuses_below_8_a(csms, start_server) ->
         )
         assert report.failed == {} and memory["A"].commanded_a == 9.0
         (pause,) = dispatcher.plan({"A": (7.0, {})}, memory, 3.0)
-        assert (pause.limit_a, pause.kind) == (0.0, "decrease")
-        assert sim.handled.profiles  # the charger holds sitectl's profile
+        assert (pause.limit_a, pause.kind) == (8.0, "decrease")
+        report = await dispatcher.send([pause], memory, now, 3.0)
+        assert report.failed == {} and not memory["A"].uncontrollable
+        assert sim.limit_a(0) == 8.0  # the charger holds sitectl's profile
