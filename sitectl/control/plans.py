@@ -30,6 +30,7 @@ flap the alarm.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -61,6 +62,8 @@ ALARM_MIN_SHARE = 0.01
 #: Cycles in a row a plan must be short (or recovered) before the alarm is raised (cleared).
 ALARM_AFTER_CYCLES = 3
 ALARM_CODE = "departure_short"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ def forecast(
     horizon_end = now + timedelta(seconds=float(durations.sum()))
     volt = problem.voltage_ln_v
     plan = np.asarray(allocation.plan_a, dtype=float).reshape(len(problem.sessions), problem.steps)
+    step_starts = [now + timedelta(seconds=float(x)) for x in starts_s]
     out: dict[str, PlanForecast] = {}
     for k, session in enumerate(problem.sessions):
         need = needs.get(session.id)
@@ -107,13 +111,13 @@ def forecast(
         kw_per_a = nph * volt / 1000.0
         amps = plan[k] + need.floor_a
         steps = tuple(
-            PlanStep(
-                now + timedelta(seconds=float(starts_s[t])),
-                float(durations[t]),
-                float(amps[t]),
-                float(amps[t] * kw_per_a),
+            map(
+                PlanStep,
+                step_starts,
+                durations.tolist(),
+                amps.tolist(),
+                (amps * kw_per_a).tolist(),
             )
-            for t in range(problem.steps)
         )
         left_s = (need.departure - now).total_seconds()
         # Per step: the energy planned, and the seconds of the step the car is there to take it.
@@ -250,12 +254,27 @@ class PlanWatch:
         """Forecast every session of this cycle, attach it, judge the alarm.
 
         Call after ``state.control.sessions`` holds this cycle's `SessionPlan` per session.
+        Never raises: a forecast is for people, and a failing one must not cost the cycle its
+        status (it is logged, and the plans stay without a forecast).
 
         Args:
             problem, allocation, now: the cycle's.
             sessions: session id -> (charger id, connector id) (`Built.sessions`).
             floors: session id -> reserved floor current (`Built.floors`).
         """
+        try:
+            self._update(problem, allocation, now, sessions, floors)
+        except Exception:
+            log.exception("plan forecasts failed this cycle")
+
+    def _update(
+        self,
+        problem: Problem,
+        allocation: Allocation,
+        now: datetime,
+        sessions: Mapping[str, tuple[str, int]],
+        floors: Mapping[str, float],
+    ) -> None:
         plans = self.state.control.sessions
         needs: dict[str, Need] = {}
         delivered: dict[str, float] = {}
