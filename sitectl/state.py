@@ -228,7 +228,8 @@ class PlanForecast:
     ``short`` (it is not: ``shortfall_kwh`` at the departure, ``late_min`` more at
     ``late_rate``), ``need_unknown`` (no stated need: only ``planned_kwh``),
     ``beyond_horizon`` (the departure lies past the plan and the need is not reached within
-    it) or ``no_plan`` (the fallback answered: step 0 only). ``reason`` says it in words.
+    it), ``held`` (paused for its minimum pause: nothing planned this cycle) or ``no_plan``
+    (the fallback answered: step 0 only). ``reason`` says it in words.
     """
 
     status: str

@@ -18,7 +18,9 @@ is dispatched. This module reads the rest of that plan (issue #19.1):
 - **Short**: the need less what is planned to the departure. ``late_min`` is how much longer
   it would take at its planned rate on its last step; if the plan gives it nothing there, at
   its maximum (``late_rate`` says which).
-- The fallback plans step 0 only: no prediction then (``no_plan``), and the alarm holds.
+- The fallback plans step 0 only: no prediction then (``no_plan``), and the alarm holds; so
+  it does while a paused session sits out its minimum pause (``held``: the LP is asked for
+  nothing for it then).
 
 `PlanWatch` attaches the forecasts to ``SiteState.control.sessions`` every cycle and keeps the
 ``departure_short`` alarm: raised after `ALARM_AFTER_CYCLES` cycles in a row short by at least
@@ -145,6 +147,16 @@ def forecast(
             )
             continue
         remaining = need.remaining_kwh
+        if session.energy_kwh <= 0 and remaining > READY_TOL_KWH:
+            # The LP was asked for nothing this cycle (a pause held for its minimum dwell):
+            # its zeros are not a prediction, and the alarm must not count them.
+            out[session.id] = PlanForecast(
+                "held",
+                "held paused for its minimum pause: planned again when that ends",
+                remaining_kwh=remaining,
+                **common,
+            )
+            continue
         ready_at = _reached(now, starts_s, present_s, energy, remaining - READY_TOL_KWH)
         if ready_at is not None:
             out[session.id] = PlanForecast(
@@ -320,7 +332,7 @@ class PlanWatch:
             track = None
         if track is None:
             track = self._tracks[key] = _Track(session_id)
-        if found.status == "no_plan":
+        if found.status in ("no_plan", "held"):
             return  # no evidence either way this cycle
         shortfall = found.shortfall_kwh or 0.0
         need = need_kwh or 0.0

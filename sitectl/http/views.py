@@ -153,7 +153,8 @@ class PlanView(BaseModel):
     plan_status: str | None = Field(
         None,
         description="What its plan predicts: on_time, short, need_unknown, beyond_horizon "
-        "(it leaves after the plan ends) or no_plan (the fallback answered).",
+        "(it leaves after the plan ends), held (paused for its minimum pause this cycle) or "
+        "no_plan (the fallback answered).",
     )
     ready_at: datetime | None = Field(
         None,

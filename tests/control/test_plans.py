@@ -167,6 +167,13 @@ def test_the_fallback_plans_no_further_than_step_0() -> None:
     assert found.status == "no_plan" and found.shortfall_kwh is None
 
 
+def test_a_session_held_in_its_minimum_pause_is_not_called_short() -> None:
+    # The snapshot asks the LP for nothing while a pause sits out min_pause_s.
+    p = problem(car(departure_step=4, energy_kwh=0.0))
+    found = forecast(p, allocation([[0.0] * 12]), NOW, {"c/1": Need(hours(1), 20.0)})["c/1"]
+    assert found.status == "held" and found.shortfall_kwh is None
+
+
 def test_a_departure_past_the_plan_is_not_called_short() -> None:
     p = problem(car(departure_step=20))
     found = forecast(p, allocation([[16.0] * 12]), NOW, {"c/1": Need(hours(10), 500.0)})["c/1"]
