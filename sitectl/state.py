@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sitectl.config import Config
@@ -31,6 +31,8 @@ __all__ = [
     "ControlStatus",
     "CsmsProfile",
     "LimitOverride",
+    "PlanForecast",
+    "PlanStep",
     "SessionState",
     "Severity",
     "SiteState",
@@ -211,6 +213,55 @@ class CircuitStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanStep:
+    """One step of a session's plan: when it starts, how long, what the LP planned."""
+
+    start: datetime
+    duration_s: float
+    current_a: float  # mean planned current per phase over the step (A), floor included
+    power_kw: float  # the same as power at the supply: current · phases · the LP's voltage
+
+
+@dataclass(frozen=True, slots=True)
+class PlanForecast:
+    """What a session's plan predicts (`sitectl.control.plans.forecast`).
+
+    ``status`` is one of ``on_time`` (the need is reached by the departure, ``ready_at``),
+    ``short`` (it is not: ``shortfall_kwh`` at the departure, ``late_min`` more at
+    ``late_rate``), ``need_unknown`` (no stated need: only ``planned_kwh``),
+    ``beyond_horizon`` (the departure lies past the plan and the need is not reached within
+    it), ``held`` (paused for its minimum pause: nothing planned this cycle) or ``no_plan``
+    (the fallback answered: step 0 only). ``reason`` says it in words.
+    """
+
+    status: str
+    reason: str
+    phases: int
+    steps: tuple[PlanStep, ...]
+    planned_kwh: float  # energy planned to the departure (or the end of the plan)
+    remaining_kwh: float | None  # stated need less what was delivered; None: unknown
+    ready_at: datetime | None = None  # when the need is reached (after the departure: late)
+    shortfall_kwh: float | None = None
+    late_min: float | None = None
+    late_rate: str | None = None  # planned (its rate on its last step) | maximum (its max_a)
+
+    def summary(self) -> dict[str, Any]:
+        """The few numbers the uplink carries, rounded so that they change only when the
+        prediction does (a minute, 0.1 kWh; planned energy in whole kWh, as it falls while
+        charging)."""
+        ready = self.ready_at
+        if ready is not None:
+            ready = (ready + timedelta(seconds=30)).replace(second=0, microsecond=0)
+        return {
+            "plan_status": self.status,
+            "ready_at": ready,
+            "shortfall_kwh": None if self.shortfall_kwh is None else round(self.shortfall_kwh, 1),
+            "late_min": None if self.late_min is None else round(self.late_min),
+            "planned_kwh": round(self.planned_kwh),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class SessionPlan:
     """What the control loop assumed for one connector in its last cycle (API, dashboard)."""
 
@@ -220,6 +271,9 @@ class SessionPlan:
     need_source: str  # vehicle | command | fleet | default | unknown
     capped: bool  # True: a stated need bounds the energy; False: it charges until the EV stops
     dispatched_a: float  # the current it was given this cycle (A per phase)
+    forecast: PlanForecast | None = None  # what its plan predicts (None before one is made)
+    delivered_kwh: float = 0.0  # energy the session had delivered at the cycle
+    planned_at: datetime | None = None  # the cycle's time
 
 
 #: Upper bounds (s) of the solve-time histogram that /metrics exposes.

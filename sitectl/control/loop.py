@@ -36,6 +36,7 @@ from sitectl.control.draw import Draw
 from sitectl.control.memory_store import ControlMemoryStore
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.phases import PhaseWatch
+from sitectl.control.plans import PlanWatch
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
 from sitectl.quirks import ChargerQuirks, effective_quirks
@@ -169,6 +170,7 @@ class ControlLoop:
                 self.device_circuits.setdefault(device, []).append(circuit)
         self.limits_a = config.circuit_limits_a()
         self.phase_watch = PhaseWatch(config)
+        self.plan_watch = PlanWatch(state, self.builder.horizon.zone)  # forecasts, late alarm
         self._wake = asyncio.Event()
         self.last: tuple[Built, Allocation, DispatchReport] | None = None
         self.cycle_done = asyncio.Event()  # set after every cycle (tests wait on it)
@@ -790,6 +792,7 @@ class ControlLoop:
             charger_id, _ = built.sessions[session.id]
             add_up(self.builder.chargers[charger_id].circuit, (phases[0], phases[1], phases[2]))
         status.sessions = plans
+        self.plan_watch.update(built.problem, allocation, now, built.sessions, built.floors)
         for node, limit in self.builder.effective_limits(self.state, now).items():
             meter = (
                 "none" if self.builder.meters.get(node) is None else self.meters.state(node).value

@@ -22,6 +22,7 @@ from sitectl.http.views import (
     ErrorView,
     FirmwareView,
     HistoryView,
+    SessionPlanView,
     SessionRecord,
     SiteView,
 )
@@ -126,6 +127,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                 ChargerDetail,
                 AlarmView,
                 SessionRecord,
+                SessionPlanView,
                 HistoryView,
                 FirmwareView,
                 ModelTarget,
@@ -200,6 +202,39 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                             "Ended sessions, oldest first.",
                         ),
                         "400": _ERRORS["400"],
+                        "401": _ERRORS["401"],
+                        "403": _ERRORS["403"],
+                    },
+                }
+            },
+            "/api/sessions/{session_id}/plan": {
+                "get": {
+                    "summary": "A session's plan from the last control cycle: current and "
+                    "power per step, energy to its departure, when it is ready, how short",
+                    "parameters": [
+                        {
+                            "name": "session_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _ok(_ref("SessionPlanView"), "The plan."),
+                        **{k: _ERRORS[k] for k in ("401", "403", "404")},
+                    },
+                }
+            },
+            "/api/plans": {
+                "get": {
+                    "summary": "Every connector's plan from the last control cycle (the "
+                    "dashboard's plan view)",
+                    "responses": {
+                        "200": _ok(
+                            {"type": "array", "items": _ref("SessionPlanView")},
+                            "One per connector with a session or a floor, in the order of "
+                            "the configuration.",
+                        ),
                         "401": _ERRORS["401"],
                         "403": _ERRORS["403"],
                     },

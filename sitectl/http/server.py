@@ -47,6 +47,7 @@ from sitectl.http.views import (
     RolloutView,
     SessionRecord,
     charger_view,
+    session_plan_view,
     site_view,
 )
 from sitectl.ocpp.budget import LogBudget, LoginGuard, quiet_accept_errors
@@ -315,6 +316,8 @@ class HttpServer:
         app.router.add_post("/api/firmware/rollouts/{rollout_id:[0-9]+}/stop", self._rollout_stop)
         app.router.add_post("/api/overrides", self._override)
         app.router.add_post("/api/sessions/{session_id:.+}/needs", self._needs)
+        app.router.add_get("/api/sessions/{session_id:.+}/plan", self._session_plan)
+        app.router.add_get("/api/plans", self._plans)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_static(
             "/static", str(resources.files("sitectl.http") / "static"), append_version=False
@@ -463,6 +466,33 @@ class HttpServer:
                 since = since.replace(tzinfo=UTC)
         rows = self.sessions.since(since) if self.sessions is not None else []
         return _json([SessionRecord(**row) for row in rows])
+
+    def _session_ids(self) -> dict[str, str]:
+        """ "charger/connector" -> the session id in progress there."""
+        return {
+            f"{charger.charger_id}/{connector.connector_id}": connector.session.session_id
+            for charger in self.state.chargers.values()
+            for connector in charger.connectors.values()
+            if connector.session is not None
+        }
+
+    async def _session_plan(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        plans = self.state.control.sessions
+        for key, found in self._session_ids().items():
+            if found == session_id and key in plans:
+                return _json(session_plan_view(plans[key], key, session_id))
+        return _error(404, f"no plan for a session {session_id[:100]!r}", "session_id")
+
+    async def _plans(self, request: web.Request) -> web.Response:
+        ids = self._session_ids()
+        plans = self.state.control.sessions
+        keys = [  # in the order of the configuration, connectors in their order
+            f"{charger.charger_id}/{number}"
+            for charger in self.state.chargers.values()
+            for number in sorted(charger.connectors)
+        ]
+        return _json([session_plan_view(plans[k], k, ids.get(k)) for k in keys if k in plans])
 
     async def _alarms(self, request: web.Request) -> web.Response:
         return _json(

@@ -19,7 +19,7 @@ from sitectl.config import GRID, Config
 from sitectl.firmware.cache import safe_url
 from sitectl.firmware.server import hide_tokens
 from sitectl.http.wording import ConnectorWording, connector_wording
-from sitectl.state import ChargerState, SiteState
+from sitectl.state import ChargerState, SessionPlan, SiteState
 
 __all__ = [
     "PRECISION",
@@ -36,14 +36,18 @@ __all__ = [
     "FirmwareView",
     "FrameView",
     "HistoryView",
+    "PlanStepView",
     "PlanView",
     "RolloutChargerView",
     "RolloutView",
     "SecurityEventView",
+    "SessionPlanView",
     "SessionRecord",
     "SessionView",
     "SiteView",
     "charger_view",
+    "plan_view",
+    "session_plan_view",
     "site_view",
 ]
 
@@ -146,6 +150,56 @@ class PlanView(BaseModel):
         "plan and the vehicle charges until it stops drawing."
     )
     dispatched_a: Amps = Field(description="The current it was given (A per phase).")
+    plan_status: str | None = Field(
+        None,
+        description="What its plan predicts: on_time, short, need_unknown, beyond_horizon "
+        "(it leaves after the plan ends), held (paused for its minimum pause this cycle) or "
+        "no_plan (the fallback answered).",
+    )
+    ready_at: datetime | None = Field(
+        None,
+        description="When the plan reaches its need (after the departure: late); null for an "
+        "unknown need.",
+    )
+    shortfall_kwh: KilowattHours | None = Field(
+        None, description="Need less the energy planned to the departure; null if unknown."
+    )
+    late_min: float | None = Field(None, description="Minutes more it would need (see plan).")
+    planned_kwh: KilowattHours | None = Field(
+        None, description="Energy planned to the departure (or the end of the plan)."
+    )
+
+
+class PlanStepView(BaseModel):
+    """One step of a session's plan."""
+
+    start: datetime
+    duration_s: float
+    current_a: Amps = Field(description="Mean planned current per phase over the step.")
+    power_kw: Kilowatts = Field(
+        description="The same as power at the supply (current · phases · voltage); for a DC "
+        "charger its AC input."
+    )
+
+
+class SessionPlanView(PlanView):
+    """A session's plan from the control loop's last cycle, step by step, and its prediction."""
+
+    session_id: str | None = Field(description="Null for a connector without a known session.")
+    charger: str
+    connector: int
+    planned_at: datetime | None = Field(description="The cycle it was made in.")
+    reason: str | None = Field(description="The prediction in words.")
+    delivered_kwh: KilowattHours = Field(description="Delivered by the time of the cycle.")
+    remaining_kwh: KilowattHours | None = Field(
+        description="The stated need less what was delivered; null when no need is stated."
+    )
+    late_rate: str | None = Field(
+        description="What late_min assumes: planned (its rate on its last planned step) or "
+        "maximum (the plan gives it nothing there: its maximum current)."
+    )
+    phases: int | None = Field(description="Phases it draws (the kW conversion).")
+    steps: list[PlanStepView] = Field(description="Step 0 starts at planned_at.")
 
 
 class ConnectorView(BaseModel):
@@ -439,7 +493,7 @@ def charger_view(
                     departure=session.departure,
                     priority=session.priority,
                 ),
-                plan=None if plan is None else PlanView.model_validate(plan, from_attributes=True),
+                plan=None if plan is None else plan_view(plan),
             )
         )
     fields: dict[str, Any] = dict(
@@ -492,5 +546,58 @@ def charger_view(
         firmware_events=events,
         security_events=[
             SecurityEventView.model_validate(e, from_attributes=True) for e in security_events
+        ],
+    )
+
+
+def _plan_fields(plan: SessionPlan) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "departure": plan.departure,
+        "departure_source": plan.departure_source,
+        "need_kwh": plan.need_kwh,
+        "need_source": plan.need_source,
+        "capped": plan.capped,
+        "dispatched_a": plan.dispatched_a,
+    }
+    found = plan.forecast
+    if found is not None:
+        fields.update(
+            plan_status=found.status,
+            ready_at=found.ready_at,
+            shortfall_kwh=found.shortfall_kwh,
+            late_min=None if found.late_min is None else round(found.late_min, 1),
+            planned_kwh=found.planned_kwh,
+        )
+    return fields
+
+
+def plan_view(plan: SessionPlan) -> PlanView:
+    """A connector's plan in brief (in the charger views)."""
+    return PlanView(**_plan_fields(plan))
+
+
+def session_plan_view(plan: SessionPlan, key: str, session_id: str | None) -> SessionPlanView:
+    """A session's whole plan; `key` is its "charger/connector"."""
+    charger, _, connector = key.rpartition("/")
+    found = plan.forecast
+    return SessionPlanView(
+        **_plan_fields(plan),
+        session_id=session_id,
+        charger=charger,
+        connector=int(connector),
+        planned_at=plan.planned_at,
+        reason=found.reason if found else None,
+        delivered_kwh=plan.delivered_kwh,
+        remaining_kwh=found.remaining_kwh if found else None,
+        late_rate=found.late_rate if found else None,
+        phases=found.phases if found else None,
+        steps=[
+            PlanStepView(
+                start=step.start,
+                duration_s=step.duration_s,
+                current_a=step.current_a,
+                power_kw=step.power_kw,
+            )
+            for step in (found.steps if found else ())
         ],
     )

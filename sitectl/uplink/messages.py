@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sitectl.config import Config
-from sitectl.state import Alarm, ChargerState, SessionState, SiteState
+from sitectl.state import Alarm, ChargerState, SessionPlan, SessionState, SiteState
 
 __all__ = [
     "EnergyToday",
@@ -223,13 +223,33 @@ def _session_brief(session: SessionState) -> dict[str, Any]:
     }
 
 
-def charger_body(charger: ChargerState, now: datetime) -> dict[str, Any]:
+def _plan_brief(plan: SessionPlan | None) -> dict[str, Any] | None:
+    """What the last cycle's plan predicts for a connector, in a few rounded numbers (the
+    steps are on the API: ``GET /api/sessions/{id}/plan``)."""
+    if plan is None or plan.forecast is None:
+        return None
+    summary = plan.forecast.summary()
+    return {
+        "status": summary["plan_status"],
+        "departure": iso(plan.departure),
+        "ready_at": iso(summary["ready_at"]),
+        "shortfall_kwh": _num(summary["shortfall_kwh"], 1),
+        "late_min": summary["late_min"],
+        "planned_kwh": summary["planned_kwh"],
+    }
+
+
+def charger_body(
+    charger: ChargerState, now: datetime, plans: Mapping[str, SessionPlan] | None = None
+) -> dict[str, Any]:
     """The retained ``…/chargers/<id>`` payload: connection, connectors, limit, draw, firmware.
 
     ``power_kw`` is the sum over connectors that report a finite power (``null`` if none does).
     ``last_seen`` is left out on purpose: it changes on every heartbeat, and the payload is
-    published on change.
+    published on change. `plans` (``SiteState.control.sessions``) adds each connector's plan
+    in brief; its numbers are rounded so that they change when the prediction does.
     """
+    plans = plans or {}
     connectors = []
     powers = []
     for number in sorted(charger.connectors):
@@ -248,6 +268,7 @@ def charger_body(charger: ChargerState, now: datetime) -> dict[str, Any]:
                 "soc_percent": _num(connector.soc_percent, 1),
                 "measured_at": iso(connector.measured_at),
                 "session": _session_brief(connector.session) if connector.session else None,
+                "plan": _plan_brief(plans.get(f"{charger.charger_id}/{number}")),
             }
         )
     return {

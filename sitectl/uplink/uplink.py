@@ -97,6 +97,7 @@ _CHARGER_KINDS = frozenset(
         "session_needs",
         "csms_profiles",
         "profiles_cleared",
+        "plan",  # a session's predicted ready time or shortfall changed (control.plans)
     }
 )
 _ENERGY_META_KEY = "uplink.energy_today"
@@ -330,7 +331,7 @@ class Uplink:
         charger = self.state.chargers.get(charger_id)
         if charger is None:
             return False
-        body = charger_body(charger, self.state.clock())
+        body = charger_body(charger, self.state.clock(), self.state.control.sessions)
         key = comparable(body)
         if not force and self._chargers.get(charger_id) == key:
             return False

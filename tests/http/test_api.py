@@ -12,7 +12,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from sitectl.config import Config
 from sitectl.http.server import HttpServer
 from sitectl.sessions import SESSIONS_MIGRATION, SessionLog
-from sitectl.state import CircuitStatus, SessionPlan, SessionState, Severity, SiteState
+from sitectl.state import (
+    CircuitStatus,
+    PlanForecast,
+    PlanStep,
+    SessionPlan,
+    SessionState,
+    Severity,
+    SiteState,
+)
 from sitectl.store import MIGRATIONS, Store
 
 TOKEN = "http-token-0123456789"
@@ -69,8 +77,20 @@ def populated(cfg: Config) -> SiteState:
         (datetime(2026, 11, 27, 3, tzinfo=UTC), "charger", "in", '[2,"1","Heartbeat",{}]')
     )
     # No stated need: planned with the default need, not capped by it.
+    steps = tuple(PlanStep(NOW + timedelta(minutes=15 * k), 900.0, 16.04, 11.07) for k in range(10))
+    forecast = PlanForecast(
+        "need_unknown", "no stated need: it charges until the vehicle stops", 3, steps, 27.6, None
+    )
     state.control.sessions["CP1/1"] = SessionPlan(
-        NOW + timedelta(hours=2, minutes=30), "fleet", 40.0, "default", False, 16.04
+        NOW + timedelta(hours=2, minutes=30),
+        "fleet",
+        40.0,
+        "default",
+        False,
+        16.04,
+        forecast=forecast,
+        delivered_kwh=12.5,
+        planned_at=NOW,
     )
     state.raise_alarm("meter_failed", "feeder-meter", Severity.WARNING, "no good reading")
     return state
@@ -362,6 +382,12 @@ async def test_connectors_show_what_the_control_loop_assumed_and_gave(client) ->
         "need_source": "default",
         "capped": False,
         "dispatched_a": 16.0,
+        # What the plan predicts: with no stated need, only the energy planned.
+        "plan_status": "need_unknown",
+        "ready_at": None,
+        "shortfall_kwh": None,
+        "late_min": None,
+        "planned_kwh": 27.6,
     }
     state.control.sessions["CP1/1"] = SessionPlan(
         NOW + timedelta(hours=4), "command", 55.0 / 3, "command", True, 31.96

@@ -18,7 +18,14 @@ from sitectl.config import Config
 from sitectl.http.server import HttpServer
 from sitectl.sim import DEMO_CONFIG
 from sitectl.sim.demo import DemoParts, run_demo
-from sitectl.state import CircuitStatus, SessionPlan, SessionState, SiteState
+from sitectl.state import (
+    CircuitStatus,
+    PlanForecast,
+    PlanStep,
+    SessionPlan,
+    SessionState,
+    SiteState,
+)
 from tests.helpers import wait_for
 
 DEMO = DEMO_CONFIG
@@ -343,3 +350,95 @@ async def test_an_unmetered_circuit_shows_its_plan_and_says_so() -> None:
     assert "planned" not in grid_class.split()
     assert failed == "grid meter failed: planned, not measured"
     assert "planned" in legend
+
+
+def plan_steps(amps: list[float]) -> tuple[PlanStep, ...]:
+    """8 × 15 min, then hours (the coarse far horizon), at `amps` on three phases."""
+    durations = [900.0] * 8 + [3600.0] * (len(amps) - 8)
+    starts = [sum(durations[:k]) for k in range(len(durations))]
+    return tuple(
+        PlanStep(NOW + timedelta(seconds=s), d, a, a * 3 * 0.23)
+        for s, d, a in zip(starts, durations, amps, strict=True)
+    )
+
+
+def with_plans(state: SiteState) -> SiteState:
+    """CP16 charges until its vehicle stops; CP201 will be 12 kWh short, 40 min late."""
+    cp16 = PlanForecast(
+        "need_unknown", "no stated need", 3, plan_steps([16.0] * 8 + [16.0] * 4), 44.2, None
+    )
+    departure = NOW + timedelta(hours=4)
+    cp201 = PlanForecast(
+        "short",
+        "the plan leaves it 12.0 kWh short at its departure",
+        3,
+        plan_steps([8.0] * 8 + [24.0, 24.0, 0.0, 0.0]),
+        44.0,
+        56.0,
+        ready_at=departure + timedelta(minutes=40),
+        shortfall_kwh=12.0,
+        late_min=40.0,
+        late_rate="planned",
+    )
+    for key, found in (("CP16/1", cp16), ("CP201/1", cp201)):
+        plan = state.control.sessions[key]
+        state.control.sessions[key] = SessionPlan(
+            plan.departure if key == "CP16/1" else departure,
+            plan.departure_source,
+            plan.need_kwh,
+            plan.need_source,
+            plan.capped,
+            plan.dispatched_a,
+            forecast=found,
+            delivered_kwh=5.0,
+            planned_at=NOW,
+        )
+    return state
+
+
+async def test_the_plan_view_draws_a_row_per_connector_red_where_short(tmp_path: Path) -> None:
+    cfg = fixed_config()
+    state = with_plans(fixed_state(cfg))
+    async with dashboard(cfg, state) as page:
+        await wait_js(page, "Number(document.body.dataset.planRows || 0) === 2")
+        rows = await page.locator("#plan g[data-plan]").evaluate_all(
+            "gs => gs.map(g => [g.dataset.plan, g.dataset.status, g.getAttribute('class')])"
+        )
+        bands = await page.locator("#plan g[data-plan] path.band").count()
+        late = await page.locator('#plan g[data-plan="CP201/1"] rect.late').count()
+        ready16 = await page.locator('#plan g[data-plan="CP16/1"] line.ready').count()
+        ready201 = await page.locator('#plan g[data-plan="CP201/1"] line.ready').count()
+        departures = await page.locator("#plan line.departure").count()
+        title = await page.locator('#plan g[data-plan="CP201/1"] > title').text_content()
+        # The band's top follows the planned power: CP201 plans 24 A after 2 h, 8 A before.
+        box = await page.locator('#plan g[data-plan="CP201/1"] path.band').bounding_box()
+        await page.locator("#plan-section").screenshot(path=str(tmp_path / "plan.png"))
+        # The plan recovers: the row is no longer red.
+        plan = state.control.sessions["CP201/1"]
+        recovered = PlanForecast(
+            "on_time",
+            "the plan reaches its need before it leaves",
+            3,
+            plan.forecast.steps,
+            56.0,
+            56.0,
+            ready_at=plan.departure - timedelta(minutes=20),
+            shortfall_kwh=0.0,
+        )
+        state.control.sessions["CP201/1"] = SessionPlan(
+            plan.departure, "vehicle", 55.0, "vehicle", True, 16.0, recovered, 5.0, NOW
+        )
+        await wait_js(
+            page,
+            "document.querySelector('#plan g[data-plan=\"CP201/1\"]')?.dataset.status"
+            " === 'on_time'",
+            timeout=30_000,
+        )
+        after = await page.locator('#plan g[data-plan="CP201/1"]').get_attribute("class")
+    assert rows == [["CP16/1", "need_unknown", ""], ["CP201/1", "short", "short"]]
+    assert bands == 2 and late == 1 and departures == 2
+    assert ready16 == 0 and ready201 == 1  # an unknown need has no ready time
+    assert "12.0 kWh short" in title and "40 min late" in title
+    assert box is not None and box["width"] > 200 and box["height"] > 5
+    assert (tmp_path / "plan.png").stat().st_size > 2_000
+    assert after == ""

@@ -3,6 +3,7 @@ clear; topics; ``seq`` splicing; energy delivered today."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from zoneinfo import ZoneInfo
 import jsonschema
 import pytest
 
-from sitectl.state import SessionState, SiteState
+from sitectl.state import PlanForecast, PlanStep, SessionPlan, SessionState, SiteState
 from sitectl.uplink.commands import command_schemas, handle_command
 from sitectl.uplink.messages import (
     EnergyToday,
@@ -69,7 +70,7 @@ def every_message(config, state: SiteState) -> list[tuple[str, dict[str, Any]]]:
         ("summary", wire(summary_body(state, config, NOW, 12.5, STATS))),
     ]
     for charger in state.chargers.values():
-        out.append(("charger", wire(charger_body(charger, NOW))))
+        out.append(("charger", wire(charger_body(charger, NOW, state.control.sessions))))
         for connector in charger.connectors.values():
             if connector.session is not None:
                 out.append(("session", wire(session_body(connector.session, "started", NOW))))
@@ -166,6 +167,58 @@ def test_charger_content_maps_garbage_to_null(config) -> None:
     assert body["connectors"][1]["power_kw"] is None  # NaN from the charger
     assert body["power_kw"] == 14.7
     assert body["compliance"] == "noncompliant"
+
+
+def with_plans(state: SiteState) -> SiteState:
+    """CP1/1 planned short (late), CP1/2 a floor-only connector of unknown need."""
+    steps = tuple(PlanStep(NOW + timedelta(minutes=15 * k), 900.0, 32.0, 22.08) for k in range(30))
+    short = PlanForecast(
+        "short",
+        "the plan leaves it 12.3 kWh short at its departure",
+        3,
+        steps,
+        55.3449,
+        67.6551,
+        ready_at=NOW + timedelta(hours=5, minutes=33, seconds=29),
+        shortfall_kwh=12.3102,
+        late_min=33.46,
+        late_rate="planned",
+    )
+    unknown = PlanForecast("need_unknown", "no stated need", 3, steps, 40.2, None)
+    departure = NOW + timedelta(hours=5)
+    state.control.sessions = {
+        "CP1/1": SessionPlan(departure, "vehicle", 80.0, "vehicle", True, 32.0, short),
+        "CP1/2": SessionPlan(departure, "default", 40.0, "unknown", False, 6.0, unknown),
+    }
+    return state
+
+
+def test_the_plan_in_brief_per_connector(config) -> None:
+    state = with_plans(rich_state(config, NOW))
+    body = wire(charger_body(state.chargers["CP1"], NOW, state.control.sessions))
+    assert not list(validator("charger").iter_errors(body)), body
+    short, unknown = body["connectors"][0]["plan"], body["connectors"][1]["plan"]
+    assert short == {
+        "status": "short",
+        "departure": "2026-11-27T11:00:00.000Z",
+        "ready_at": "2026-11-27T11:33:00.000Z",  # to the minute
+        "shortfall_kwh": 12.3,
+        "late_min": 33,
+        "planned_kwh": 55,
+    }
+    assert unknown["status"] == "need_unknown"
+    assert unknown["ready_at"] is None and unknown["shortfall_kwh"] is None
+    # No steps on MQTT: a plan adds a small constant to the retained state.
+    without = len(encode(charger_body(state.chargers["CP1"], NOW)))
+    assert len(encode(body)) - without < 400
+    # Seconds of drift in the prediction do not republish the charger.
+    before = comparable(charger_body(state.chargers["CP1"], NOW, state.control.sessions))
+    plan = state.control.sessions["CP1/1"]
+    drifted = dataclasses.replace(
+        plan.forecast, ready_at=plan.forecast.ready_at - timedelta(seconds=20)
+    )
+    state.control.sessions["CP1/1"] = dataclasses.replace(plan, forecast=drifted)
+    assert comparable(charger_body(state.chargers["CP1"], NOW, state.control.sessions)) == before
 
 
 def test_comparable_ignores_time_stamps(config) -> None:

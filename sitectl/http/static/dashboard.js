@@ -222,6 +222,96 @@ async function renderFirmware() {
   }
 }
 
+// The plan view: one row per connector, time across (from the plan's start to the latest
+// departure or ready time, at most the plan's end), the planned power as a band scaled to the
+// highest planned power of the site, so rows compare. Sized to fit 100 connectors on a screen.
+const SVG_NS = "http://www.w3.org/2000/svg";
+const PLAN_EVERY = 5;  // refreshes between plan fetches: a plan changes little in 2 s
+let planTick = 0;
+
+function planTitle(p) {
+  const parts = [`${p.charger}/${p.connector}`, `departs ${when(p.departure)}`];
+  if (p.plan_status === "short") {
+    parts.push(`${p.shortfall_kwh.toFixed(1)} kWh short`);
+    if (p.ready_at) parts.push(`ready ${when(p.ready_at)} (${p.late_min.toFixed(0)} min late)`);
+  } else if (p.ready_at) {
+    parts.push(`ready ${when(p.ready_at)}`);
+  } else if (p.reason) {
+    parts.push(p.reason);
+  }
+  if (p.planned_kwh != null) parts.push(`${p.planned_kwh.toFixed(1)} kWh planned`);
+  return parts.join(" · ");
+}
+
+function renderPlan(plans) {
+  const box = document.getElementById("plan");
+  document.body.dataset.planRows = String(plans.length);
+  if (plans.length === 0) {
+    box.textContent = "no vehicle plugged in";
+    return;
+  }
+  const t = (iso) => Date.parse(iso);
+  const start = Math.min(...plans.map((p) => t(p.planned_at ?? p.steps[0]?.start ?? p.departure)));
+  const lastEnd = Math.max(...plans.flatMap((p) => p.steps.map((s) => t(s.start) + s.duration_s * 1000)));
+  const planEnd = Number.isFinite(lastEnd) ? lastEnd : start + 86400e3;
+  const marks = plans.flatMap((p) => [t(p.departure), p.ready_at ? t(p.ready_at) : 0]);
+  // A little room after the last mark, so a marker at the end stays visible.
+  const last = Math.max(...marks);
+  const end = Math.max(start + 3600e3, Math.min(planEnd, last + (last - start) * 0.04));
+  const maxKw = Math.max(1, ...plans.flatMap((p) => p.steps.map((s) => s.power_kw)));
+  const width = Math.max(360, box.clientWidth || 800);
+  const rowH = Math.max(8, Math.min(22, Math.floor(640 / plans.length)));
+  const left = 110, axisH = 16, right = 8;
+  const x = (ms) => left + (width - left - right) * Math.min(1, Math.max(0, (ms - start) / (end - start)));
+  const height = axisH + rowH * plans.length;
+  let out = "";
+  // Hour lines and labels (local time).
+  const hour = 3600e3;
+  const stepH = Math.max(1, Math.ceil((end - start) / hour / 12));
+  for (let h = Math.ceil(start / hour) * hour; h <= end; h += stepH * hour) {
+    out += `<line class="grid" x1="${x(h)}" x2="${x(h)}" y1="${axisH}" y2="${height}"/>` +
+      `<text class="axis" x="${x(h) + 2}" y="11">${new Date(h).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}</text>`;
+  }
+  plans.forEach((p, k) => {
+    const top = axisH + k * rowH, bottom = top + rowH - 1;
+    const y = (kw) => bottom - (rowH - 2) * Math.min(1, kw / maxKw);
+    let path = "";
+    if (p.steps.length) {
+      path = `M${x(t(p.steps[0].start))},${bottom}`;
+      for (const s of p.steps) {
+        const a = t(s.start), b = a + s.duration_s * 1000;
+        if (a >= end) break;
+        path += `L${x(a)},${y(s.power_kw)}L${x(b)},${y(s.power_kw)}`;
+      }
+      path += `L${x(Math.min(end, planEnd))},${bottom}Z`;
+    }
+    const key = `${p.charger}/${p.connector}`;
+    let row = `<g data-plan="${esc(key)}" data-status="${esc(p.plan_status ?? "")}"` +
+      ` class="${p.plan_status === "short" ? "short" : ""}"><title>${esc(planTitle(p))}</title>` +
+      `<text class="label" x="2" y="${bottom - 1}" font-size="${Math.min(11, rowH - 1)}">${esc(key)}</text>` +
+      (path ? `<path class="band" d="${path}"/>` : "");
+    const dep = t(p.departure);
+    if (p.plan_status === "short" && p.ready_at) {
+      row += `<rect class="late" x="${x(dep)}" y="${top + 1}" width="${Math.max(1, x(t(p.ready_at)) - x(dep))}" height="${rowH - 2}"/>`;
+    }
+    if (dep <= end) row += `<line class="departure" x1="${x(dep)}" x2="${x(dep)}" y1="${top}" y2="${bottom}"/>`;
+    if (p.ready_at && t(p.ready_at) <= end) {
+      row += `<line class="ready" x1="${x(t(p.ready_at))}" x2="${x(t(p.ready_at))}" y1="${top}" y2="${bottom}"/>`;
+    }
+    out += row + "</g>";
+  });
+  box.classList.remove("muted");
+  box.innerHTML = `<svg xmlns="${SVG_NS}" viewBox="0 0 ${width} ${height}" height="${height}">${out}</svg>`;
+}
+
+async function refreshPlan() {
+  try {
+    renderPlan(await get("/api/plans"));
+  } catch (error) {
+    document.getElementById("plan").textContent = "not available";
+  }
+}
+
 async function refresh() {
   try {
     const [site, chargers, alarms, history] = await Promise.all(
@@ -231,6 +321,7 @@ async function refresh() {
     renderChargers(chargers);
     renderAlarms(alarms);
     renderChart(history);
+    if (planTick++ % PLAN_EVERY === 0) await refreshPlan();
     document.body.dataset.updated = new Date().toISOString();
   } catch (error) {
     document.getElementById("headline").textContent = `cannot reach sitectl: ${error.message}`;

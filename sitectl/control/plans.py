@@ -1,0 +1,369 @@
+"""Each session's plan in the operator's terms: power per step, when it is ready, how short.
+
+The LP plans every session over the whole horizon each cycle (`Allocation.plan_a`); only step 0
+is dispatched. This module reads the rest of that plan (issue #19.1):
+
+- **Energy is counted as the LP counts it**: ``current · phases · Problem.voltage_ln_v · Δt``
+  per step, the floor of a connector without a known transaction added. For a DC charger that
+  is its AC input (the snapshot asks the LP for the remaining need at the input), so the
+  prediction says what the plan will do, in the terms in which it decides.
+- **A step's current is its mean over the step**: a car leaving part-way through a step
+  (`Session.last_step_share`) gets that energy in the part it is still there, at
+  ``current / share``; on step 0 (dispatched as is) it gets the current until it leaves.
+  Within a step energy grows linearly, so the ready time is interpolated there.
+- **Ready** is when the planned energy reaches the stated need less what was delivered
+  (within `READY_TOL_KWH`). No minimum target exists yet (issue #19's vehicles bring one), so
+  the need is the target. A session whose need is not stated (not ``capped``) charges until
+  the vehicle stops: it has planned energy, but no ready time and no shortfall.
+- **Short**: the need less what is planned to the departure. ``late_min`` is how much longer
+  it would take at its planned rate on its last step; if the plan gives it nothing there, at
+  its maximum (``late_rate`` says which).
+- The fallback plans step 0 only: no prediction then (``no_plan``), and the alarm holds; so
+  it does while a paused session sits out its minimum pause (``held``: the LP is asked for
+  nothing for it then).
+
+`PlanWatch` attaches the forecasts to ``SiteState.control.sessions`` every cycle and keeps the
+``departure_short`` alarm: raised after `ALARM_AFTER_CYCLES` cycles in a row short by at least
+`ALARM_MIN_KWH` and `ALARM_MIN_SHARE` of the need, cleared after as many cycles below half
+of both (or at once when the session ends): a plan flickering around the threshold does not
+flap the alarm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from optimizer.allocation import Allocation
+from optimizer.problem import Problem
+from sitectl.state import PlanForecast, PlanStep, Severity, SiteState
+
+__all__ = [
+    "ALARM_AFTER_CYCLES",
+    "ALARM_MIN_KWH",
+    "ALARM_MIN_SHARE",
+    "READY_TOL_KWH",
+    "Need",
+    "PlanWatch",
+    "forecast",
+]
+
+#: Planned energy this close to the need counts as meeting it (kWh): the LP meets an energy
+#: row to its solver tolerance, far below this.
+READY_TOL_KWH = 0.05
+#: A shortfall alarms from this size, absolute and as a share of the need: below it a 6 A
+#: rounding of step 0 (6 A · 3 · 230 V · 5 min ≈ 0.35 kWh) would alarm on its own.
+ALARM_MIN_KWH = 0.5
+ALARM_MIN_SHARE = 0.01
+#: Cycles in a row a plan must be short (or recovered) before the alarm is raised (cleared).
+ALARM_AFTER_CYCLES = 3
+ALARM_CODE = "departure_short"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """What the plan of one session is judged against.
+
+    Args:
+        departure: when the vehicle leaves (UTC).
+        remaining_kwh: the stated need less what was delivered; ``None`` when no need is
+            stated (it charges until the vehicle stops).
+        floor_a: a current reserved below the LP's share (`Built.floors`), on every step.
+    """
+
+    departure: datetime
+    remaining_kwh: float | None
+    floor_a: float = 0.0
+
+
+def forecast(
+    problem: Problem, allocation: Allocation, now: datetime, needs: Mapping[str, Need]
+) -> dict[str, PlanForecast]:
+    """Every session's plan as power per step with its ready time and shortfall.
+
+    Args:
+        problem: the cycle's problem (sessions, step lengths, voltage).
+        allocation: its answer; ``plan_a`` rows in the order of ``problem.sessions``.
+        now: the start of step 0 (UTC).
+        needs: by session id; a session without an entry is left out.
+
+    Returns:
+        By session id, for every session of the problem that has a `Need`.
+    """
+    durations = problem.durations_s
+    starts_s = np.concatenate(([0.0], np.cumsum(durations)[:-1]))
+    horizon_end = now + timedelta(seconds=float(durations.sum()))
+    volt = problem.voltage_ln_v
+    plan = np.asarray(allocation.plan_a, dtype=float).reshape(len(problem.sessions), problem.steps)
+    step_starts = [now + timedelta(seconds=float(x)) for x in starts_s]
+    out: dict[str, PlanForecast] = {}
+    for k, session in enumerate(problem.sessions):
+        need = needs.get(session.id)
+        if need is None:
+            continue
+        nph = len(session.phases)
+        kw_per_a = nph * volt / 1000.0
+        amps = plan[k] + need.floor_a
+        steps = tuple(
+            map(
+                PlanStep,
+                step_starts,
+                durations.tolist(),
+                amps.tolist(),
+                (amps * kw_per_a).tolist(),
+            )
+        )
+        left_s = (need.departure - now).total_seconds()
+        # Per step: the energy planned, and the seconds of the step the car is there to take it.
+        present_s = np.clip(left_s - starts_s, 0.0, durations)
+        energy = amps * kw_per_a * durations / 3600.0
+        if problem.steps and 0 < left_s < durations[0]:
+            energy[0] = amps[0] * kw_per_a * left_s / 3600.0  # step 0 is dispatched as is
+        energy = np.where(present_s > 0, energy, 0.0)
+        planned = float(energy.sum())
+        common = dict(phases=nph, steps=steps, planned_kwh=planned)
+        if allocation.method == "fallback":
+            out[session.id] = PlanForecast(
+                "no_plan",
+                "the fallback answered this cycle: it plans the first step only",
+                remaining_kwh=need.remaining_kwh,
+                **common,
+            )
+            continue
+        if need.remaining_kwh is None:
+            out[session.id] = PlanForecast(
+                "need_unknown",
+                "no stated need: it charges until the vehicle stops",
+                remaining_kwh=None,
+                **common,
+            )
+            continue
+        remaining = need.remaining_kwh
+        if session.energy_kwh <= 0 and remaining > READY_TOL_KWH:
+            # The LP was asked for nothing this cycle (a pause held for its minimum dwell):
+            # its zeros are not a prediction, and the alarm must not count them.
+            out[session.id] = PlanForecast(
+                "held",
+                "held paused for its minimum pause: planned again when that ends",
+                remaining_kwh=remaining,
+                **common,
+            )
+            continue
+        ready_at = _reached(now, starts_s, present_s, energy, remaining - READY_TOL_KWH)
+        if ready_at is not None:
+            out[session.id] = PlanForecast(
+                "on_time",
+                "the plan reaches its need before it leaves",
+                remaining_kwh=remaining,
+                ready_at=ready_at,
+                shortfall_kwh=0.0,
+                **common,
+            )
+            continue
+        if need.departure > horizon_end:
+            out[session.id] = PlanForecast(
+                "beyond_horizon",
+                "it leaves after the end of the plan, which does not reach its need",
+                remaining_kwh=remaining,
+                **common,
+            )
+            continue
+        shortfall = max(0.0, remaining - planned)
+        # Its rate on the last step it is there (the mean current over the part it is there);
+        # a car still plugged in after its departure is charged on step 0 (the LP's window).
+        there = np.flatnonzero(present_s > 0)
+        if there.size:
+            last = int(there[-1])
+            rate_kw = float(energy[last] * 3600.0 / present_s[last])
+        else:
+            rate_kw = float(amps[0] * kw_per_a) if problem.steps else 0.0
+        late_rate: str | None = "planned"
+        if rate_kw <= 1e-6:
+            # The plan gives it nothing at the end (held back, or leaving at once): the least
+            # time it needs is at its maximum.
+            rate_kw, late_rate = (session.max_a + need.floor_a) * kw_per_a, "maximum"
+        ready_at = late_min = None
+        if rate_kw > 1e-6:
+            ready_at = max(need.departure, now) + timedelta(hours=shortfall / rate_kw)
+            late_min = (ready_at - need.departure).total_seconds() / 60.0
+        else:
+            late_rate = None  # blocked: it gets nothing at any rate
+        out[session.id] = PlanForecast(
+            "short",
+            f"the plan leaves it {shortfall:.1f} kWh short at its departure",
+            remaining_kwh=remaining,
+            ready_at=ready_at,
+            shortfall_kwh=shortfall,
+            late_min=late_min,
+            late_rate=late_rate,
+            **common,
+        )
+    return out
+
+
+def _reached(
+    now: datetime,
+    starts_s: np.ndarray,
+    present_s: np.ndarray,
+    energy: np.ndarray,
+    target_kwh: float,
+) -> datetime | None:
+    """When the cumulated energy first reaches `target_kwh`, linear within a step."""
+    if target_kwh <= 0:
+        return now
+    done = 0.0
+    for t in range(len(energy)):
+        if energy[t] > 0 and done + energy[t] >= target_kwh:
+            share = (target_kwh - done) / energy[t]
+            return now + timedelta(seconds=float(starts_s[t] + share * present_s[t]))
+        done += float(energy[t])
+    return None
+
+
+@dataclass(slots=True)
+class _Track:
+    """The alarm's hysteresis for one connector."""
+
+    session_id: str
+    short_cycles: int = 0
+    ok_cycles: int = 0
+
+
+class PlanWatch:
+    """Attaches each cycle's forecasts to the state and raises ``departure_short`` ahead.
+
+    Args:
+        state: the site state (``control.sessions`` is updated in place).
+        zone: the site's time zone (alarm texts give local times).
+        after_cycles: cycles in a row before the alarm is raised or cleared.
+    """
+
+    def __init__(
+        self, state: SiteState, zone: ZoneInfo, after_cycles: int = ALARM_AFTER_CYCLES
+    ) -> None:
+        self.state = state
+        self.zone = zone
+        self.after_cycles = after_cycles
+        self._tracks: dict[str, _Track] = {}
+        self._summaries: dict[str, dict[str, object]] = {}
+
+    def update(
+        self,
+        problem: Problem,
+        allocation: Allocation,
+        now: datetime,
+        sessions: Mapping[str, tuple[str, int]],
+        floors: Mapping[str, float],
+    ) -> None:
+        """Forecast every session of this cycle, attach it, judge the alarm.
+
+        Call after ``state.control.sessions`` holds this cycle's `SessionPlan` per session.
+        Never raises: a forecast is for people, and a failing one must not cost the cycle its
+        status (it is logged, and the plans stay without a forecast).
+
+        Args:
+            problem, allocation, now: the cycle's.
+            sessions: session id -> (charger id, connector id) (`Built.sessions`).
+            floors: session id -> reserved floor current (`Built.floors`).
+        """
+        try:
+            self._update(problem, allocation, now, sessions, floors)
+        except Exception:
+            log.exception("plan forecasts failed this cycle")
+
+    def _update(
+        self,
+        problem: Problem,
+        allocation: Allocation,
+        now: datetime,
+        sessions: Mapping[str, tuple[str, int]],
+        floors: Mapping[str, float],
+    ) -> None:
+        plans = self.state.control.sessions
+        needs: dict[str, Need] = {}
+        delivered: dict[str, float] = {}
+        ids: dict[str, str] = {}
+        for key, plan in plans.items():
+            charger_id, connector_id = sessions.get(key, (None, None))
+            charger = self.state.chargers.get(charger_id or "")
+            connector = charger.connectors.get(connector_id or 0) if charger else None
+            session = connector.session if connector is not None else None
+            delivered[key] = session.energy_wh / 1000 if session is not None else 0.0
+            ids[key] = session.session_id if session is not None else ""
+            remaining = None
+            if plan.capped and plan.need_kwh is not None:
+                remaining = max(0.0, plan.need_kwh - delivered[key])
+            needs[key] = Need(plan.departure, remaining, floors.get(key, 0.0))
+        forecasts = forecast(problem, allocation, now, needs)
+        for key, found in forecasts.items():
+            plans[key] = dataclasses.replace(
+                plans[key], forecast=found, delivered_kwh=delivered[key], planned_at=now
+            )
+            self._judge(key, ids[key], plans[key].need_kwh, found, plans[key].departure)
+            summary = found.summary()
+            if self._summaries.get(key) != summary:
+                self._summaries[key] = summary
+                self.state.notify("plan", key)  # the uplink republishes the charger
+        for key in [k for k in self._tracks if k not in forecasts]:
+            self._end(key)
+        for key in [k for k in self._summaries if k not in forecasts]:
+            del self._summaries[key]
+            self.state.notify("plan", key)
+
+    def _judge(
+        self,
+        key: str,
+        session_id: str,
+        need_kwh: float | None,
+        found: PlanForecast,
+        departure: datetime,
+    ) -> None:
+        track = self._tracks.get(key)
+        if track is not None and track.session_id != session_id:
+            self._end(key)  # another session on the connector: start afresh
+            track = None
+        if track is None:
+            track = self._tracks[key] = _Track(session_id)
+        if found.status in ("no_plan", "held"):
+            return  # no evidence either way this cycle
+        shortfall = found.shortfall_kwh or 0.0
+        need = need_kwh or 0.0
+        if shortfall >= ALARM_MIN_KWH and shortfall >= ALARM_MIN_SHARE * need:
+            track.short_cycles += 1
+            track.ok_cycles = 0
+        elif shortfall < ALARM_MIN_KWH / 2 or shortfall < ALARM_MIN_SHARE / 2 * need:
+            track.ok_cycles += 1
+            track.short_cycles = 0
+        else:
+            return  # between the two thresholds: the alarm stays as it is
+        if track.short_cycles >= self.after_cycles:
+            self.state.raise_alarm(ALARM_CODE, key, Severity.WARNING, self._text(found, departure))
+        elif track.ok_cycles >= self.after_cycles:
+            self.state.clear_alarm(ALARM_CODE, key)
+
+    def _text(self, found: PlanForecast, departure: datetime) -> str:
+        def local(moment: datetime) -> str:
+            return moment.astimezone(self.zone).strftime("%a %H:%M")
+
+        text = (
+            f"the plan leaves it {found.shortfall_kwh or 0.0:.1f} kWh short at its departure "
+            f"{local(departure)}"
+        )
+        if found.ready_at is not None and found.late_min is not None:
+            rate = "its planned rate" if found.late_rate == "planned" else "its maximum"
+            text += (
+                f"; ready about {local(found.ready_at)} ({found.late_min:.0f} min late at {rate})"
+            )
+        return text
+
+    def _end(self, key: str) -> None:
+        self._tracks.pop(key, None)
+        self.state.clear_alarm(ALARM_CODE, key)
