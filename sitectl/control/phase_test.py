@@ -37,7 +37,7 @@ from datetime import datetime
 from typing import Any
 
 from sitectl.config import PHASE_NAMES, Config
-from sitectl.control.phases import QUIET_A, STEP_A, PhaseFinding, PhaseWatch
+from sitectl.control.phases import QUIET_A, QUIET_SHARE, STEP_A, PhaseFinding, PhaseWatch
 from sitectl.state import SiteState
 
 __all__ = ["Outcome", "PhaseTest", "PhaseTestBusy", "PhaseTests", "default_timeout_s"]
@@ -293,14 +293,14 @@ class PhaseTests:
             return self._finish(test, Outcome.OFFLINE, "the charger went offline during the test")
         if not any(c.session is not None for c in state.connectors.values()):
             return self._finish(test, Outcome.NO_SESSION, "the session ended during the test")
+        if charger_id not in steerable:
+            return self._finish(
+                test,
+                Outcome.NOT_STEERED,
+                "sitectl does not steer this charger now (no fail-safe yet, a firmware "
+                "install, or it refuses or ignores its limits): nothing to step",
+            )
         if test.started_mono is None:
-            if charger_id not in steerable:
-                return self._finish(
-                    test,
-                    Outcome.NOT_STEERED,
-                    "sitectl does not steer this charger now (no fail-safe yet, a firmware "
-                    "install, or it refuses or ignores its limits): nothing to step",
-                )
             test.started_mono = now_mono
             test.base_limit_a = commanded.get(charger_id)
             # Every charger below the meter's circuit, sub-metered ones too: they all move it.
@@ -420,15 +420,26 @@ class PhaseTests:
             own = steps.get(test.charger_id, (0.0, 0.0, 0.0))
             moved = [k for k in range(3) if abs(own[k]) >= QUIET_A]
             if len(moved) > 1 and max(abs(a) for a in own) >= STEP_A:
-                return self._finish(
-                    test,
-                    Outcome.UNDECIDABLE,
-                    f"the vehicle draws on {len(moved)} phases alike (a balanced "
-                    f"{len(moved)}-phase step of {max(abs(a) for a in own):.1f} A): every "
-                    "rotation looks the same to the meter, so the wiring cannot be told (nor "
-                    "does it change any phase's load for this vehicle); repeat with a "
-                    "single-phase vehicle",
-                )
+                size = max(abs(a) for a in own)
+                meter_step = _diff(after_meter, before_meter)
+                seen = [p for p in range(3) if abs(meter_step[p]) >= (1 - QUIET_SHARE) * size]
+                if len(seen) == 1:
+                    # The charger reports every phase alike (an unreported phase counts as in
+                    # use) but the meter saw one: its reports cannot tell which of its phases.
+                    why = (
+                        f"the charger reports a {size:.1f} A step on {len(moved)} of its "
+                        f"phases but the meter saw it on {PHASE_NAMES[seen[0]]} only: the "
+                        "charger does not report its phases apart, so which of its phases is "
+                        f"on {PHASE_NAMES[seen[0]]} cannot be told"
+                    )
+                else:
+                    why = (
+                        f"the vehicle draws on {len(moved)} phases alike (a balanced step of "
+                        f"{size:.1f} A): every rotation looks the same to the meter, so the "
+                        "wiring cannot be told (nor does it change any phase's load for this "
+                        "vehicle); repeat with a single-phase vehicle"
+                    )
+                return self._finish(test, Outcome.UNDECIDABLE, why)
             if test.steps == 1 and max(abs(a) for a in own) < STEP_A:
                 return self._finish(
                     test,

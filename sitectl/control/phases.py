@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sitectl.config import GRID, Config
 
-__all__ = ["QUIET_A", "STEP_A", "VOTES_TO_DECIDE", "PhaseFinding", "PhaseWatch"]
+__all__ = ["QUIET_A", "QUIET_SHARE", "STEP_A", "VOTES_TO_DECIDE", "PhaseFinding", "PhaseWatch"]
 
 Phases = tuple[float, float, float]
 

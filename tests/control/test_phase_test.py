@@ -8,6 +8,7 @@ from sitectl.config import GRID
 from sitectl.control.phase_test import Outcome, PhaseTestBusy, PhaseTests, Stage
 from sitectl.control.phases import PhaseWatch
 from sitectl.state import SiteState
+from sitectl.uplink.commands import handle_command
 from tests.control.test_snapshot import MONO, config, plug
 
 
@@ -100,3 +101,49 @@ def test_a_miswired_single_phase_draw_is_decided_through_the_watch() -> None:
     assert test is not None and test.outcome is Outcome.MISMATCH, test.text
     assert test.observed == {"L1": "L2"} and test.votes == 3
     assert [f.charger_id for f in found] == ["A"] and not found[0].matches
+
+
+def test_the_command_starts_reports_and_refuses_like_every_command() -> None:
+    cfg, state = site()
+    tests = PhaseTests(cfg, state)
+
+    def command(payload, phase_tests=tests):
+        return handle_command(state, cfg, "detect_phases", payload, phase_tests=phase_tests)
+
+    refused = command({"charger": "NOPE"})
+    assert not refused["ok"] and refused["field"] == "charger"
+    assert "not available" in command({"charger": "A"}, phase_tests=None)["error"]
+    assert command({"charger": "A", "action": "status"}) == {
+        "ok": True,
+        "command": "detect_phases",
+        "test": None,
+    }
+    assert command({"charger": "A", "colour": "red"})["field"] == "colour"
+    plug(state, "A")
+    plug(state, "B")
+    started = command({"charger": "A", "timeout_s": 60})
+    assert started["ok"] and started["test"]["state"] == "running"
+    assert started["test"]["requested_at"].endswith("Z") and started["test"]["timeout_s"] == 60
+    busy = command({"charger": "B"})
+    assert not busy["ok"] and busy["conflict"] and "same meter" in busy["error"]
+    assert command({"charger": "A", "action": "status"})["test"]["state"] == "running"
+
+
+def test_a_test_without_fresh_measurements_ends_at_its_timeout_saying_why() -> None:
+    cfg, state = site()
+    plug(state, "A", amps=(20.0, 0.0, 0.0))
+    plug(state, "B")
+    tests = PhaseTests(cfg, state)
+    watch = PhaseWatch(cfg)
+    tests.start("A", timeout_s=10)
+    held = {"A": 20.0, "B": 16.0}
+    measured = {GRID: (40.0, 60.0, 40.0)}
+    # B's reports have stopped (absent from the draws): it could be moving, no evidence.
+    for k in range(30):
+        now = MONO + 0.5 * k
+        state.chargers["A"].connectors[1].current_mono = now
+        tests.cycle(watch, {"A": (20.0, 0.0, 0.0)}, measured, held, ("A", "B"), now)
+    test = tests.get("A")
+    assert test is not None and test.outcome is Outcome.UNDECIDABLE
+    assert "no answer within 10 s" in test.text and "fresh measurement of B" in test.text
+    assert tests.bound(limits(A=25.0, B=30.0)) == limits(A=25.0, B=30.0)  # released
