@@ -19,6 +19,7 @@ from sitectl.cli import main
 from sitectl.http.server import HttpServer
 from sitectl.sim.charger import SimEv
 from sitectl.sim.site import Site
+from sitectl.state import Severity
 from sitectl.uplink.commands import handle_command
 from tests.helpers import wait_for
 from tests.scenarios.conftest import RAMP_S, scenario_config
@@ -178,4 +179,25 @@ async def test_a_balanced_three_phase_vehicle_cannot_tell_and_says_so(tmp_path, 
         result = await answer(http, f"{url}/api/chargers/A/detect-phases", timeout=30)
     assert result["state"] == "undecidable", result
     assert "balanced" in result["text"] and "single-phase vehicle" in result["text"]
+    assert ("phase_rotation_mismatch", "A") not in site.state.alarms
+
+
+async def test_a_correctly_wired_charger_is_confirmed_and_its_alarm_cleared(
+    tmp_path, make_site, serve
+):
+    # An earlier finding (the installer has since fixed the wiring): the test clears it.
+    config = scenario_config(
+        tmp_path, [{"id": "A", "phases": 1, "phase_rotation": "L3"}], http={"token": TOKEN}
+    )
+    site = await make_site(config)
+    url = await serve(site)
+    site.state.raise_alarm("phase_rotation_mismatch", "A", Severity.WARNING, "an old finding")
+    await site.depot.plug_in("A", SimEv(phases=1, max_a=32))
+    await wait_for(lambda: site.draw("A") > 25, timeout=10, message="A charging")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/chargers/A/detect-phases", headers=AUTH) as reply:
+            assert reply.status == 202
+        result = await answer(http, f"{url}/api/chargers/A/detect-phases", timeout=30)
+    assert result["state"] == "matches", result
+    assert result["observed"] == {"L1": "L3"} and result["text"].startswith("wired as configured")
     assert ("phase_rotation_mismatch", "A") not in site.state.alarms
