@@ -63,6 +63,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     then the OCPP side closes the chargers' sockets, and the uplink, last, reports ``offline``.
     """
     from sitectl.control.loop import ControlLoop
+    from sitectl.control.phase_test import PhaseTests
     from sitectl.firmware import FanoutListener, FirmwareTracker
     from sitectl.http.server import HttpServer
     from sitectl.ocpp.csms_guard import CsmsProfileGuard
@@ -90,11 +91,13 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     firmware = _firmware_components(config, state, store, ocpp_server, tracker)
     rollouts = firmware.rollouts if firmware is not None else None
     components: list[Component] = []
+    # On-demand phase detection: started by the commands, run by the control loop.
+    phase_tests = PhaseTests(config, state) if config.chargers else None
     uplink = None
     if config.mqtt.enabled:
         from sitectl.uplink.uplink import Uplink
 
-        uplink = Uplink(config, state, store, rollouts=rollouts)
+        uplink = Uplink(config, state, store, rollouts=rollouts, phase_tests=phase_tests)
         components.append(uplink)
     if config.http.enabled:
         extra: dict[str, tuple[str, Callable[[], float]]] = {}
@@ -114,7 +117,13 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         def commands(name: str, payload: dict[str, Any]) -> dict[str, Any]:
             republish = uplink.republish if uplink is not None else None
             return handle_command(
-                state, config, name, payload, republish=republish, rollouts=rollouts
+                state,
+                config,
+                name,
+                payload,
+                republish=republish,
+                rollouts=rollouts,
+                phase_tests=phase_tests,
             )
 
         components.append(
@@ -129,6 +138,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 cache=firmware.cache if firmware is not None else None,
                 rollouts=rollouts,
                 raw_frames=observer.raw_frames,
+                phase_tests=phase_tests,
             )
         )
     if config.devices:
@@ -160,6 +170,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 store=store,
                 on_not_supported=probe.record_not_supported,
                 call=ocpp_server.call,
+                phase_tests=phase_tests,
             )
         )
     else:

@@ -6,10 +6,12 @@
     sitectl demo                   run a simulated depot (sitectl/sim/demo.yaml)
     sitectl probe -c FILE          read every Modbus device once
     sitectl firmware ACTION -c FILE  local firmware rollouts (list, start, status, stop)
+    sitectl detect-phases -c FILE ID  check a charger's phase rotation now (running sitectl)
     sitectl backup FILE -c FILE    copy the store (while running); restore: put a copy back
     sitectl quirks [NAME]          list the charger quirk files (or show one)
 
-Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors.
+Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors
+(detect-phases also: 3 wired otherwise than configured, 4 no answer; see sitectl.phase_cli).
 Errors an installer can cause end in one clear message, never a traceback.
 """
 
@@ -27,6 +29,7 @@ from sitectl.backup import add_parsers as add_backup_parsers
 from sitectl.config import Config, ConfigError, load_config, secret_values
 from sitectl.firmware_cli import add_parser as add_firmware_parser
 from sitectl.logs import set_secrets, setup_logging
+from sitectl.phase_cli import add_parser as add_phase_parser
 from sitectl.store import StoreError
 from sitectl.summary import render_summary
 
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     quirks.add_argument("name", nargs="?", help="show only this one")
 
     add_firmware_parser(commands, common)
+    add_phase_parser(commands, common)
     add_backup_parsers(commands, common)
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
@@ -240,6 +244,15 @@ def _cmd_firmware(args: argparse.Namespace) -> int:
     return run(args, config)
 
 
+def _cmd_detect_phases(args: argparse.Namespace) -> int:
+    from sitectl.phase_cli import run
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return run(args, config)
+
+
 def _cmd_backup(args: argparse.Namespace) -> int:
     from sitectl.backup import run_command
 
@@ -271,6 +284,7 @@ COMMANDS = {
     "quirks": _cmd_quirks,
     "demo": _cmd_demo,
     "firmware": _cmd_firmware,
+    "detect-phases": _cmd_detect_phases,
     "backup": _cmd_backup,
     "restore": _cmd_backup,
 }

@@ -35,6 +35,7 @@ from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.draw import Draw
 from sitectl.control.memory_store import ControlMemoryStore
 from sitectl.control.meters import MeterState, MeterSupervisor
+from sitectl.control.phase_test import PhaseTests
 from sitectl.control.phases import PhaseWatch
 from sitectl.control.plans import PlanWatch
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
@@ -78,6 +79,7 @@ _TRIGGERS = frozenset(
         "charger_booted",
         "session_needs",
         "firmware_status",  # a charger starting or ending its install (local rollouts)
+        "phase_test",  # an installer asked for a phase test: it starts at once
     }
 )
 
@@ -98,6 +100,7 @@ class ControlLoop:
         on_not_supported: told of a permanent NotImplemented/NotSupported answer (the probe).
         call: sends one of sitectl's calls to a charger (the OCPP server's); with it, the
             closed-loop check asks chargers what they apply (`AppliedCheck`).
+        phase_tests: the on-demand phase tests the commands start (made here if not given).
         wall_clock: UTC now; monotonic: seconds (both injectable for tests).
     """
 
@@ -115,6 +118,7 @@ class ControlLoop:
         store: Store | None = None,
         on_not_supported: Callable[[str, str, str], None] | None = None,
         call: Callable[..., Any] | None = None,
+        phase_tests: PhaseTests | None = None,
     ) -> None:
         self.config = config
         self.control = config.control
@@ -171,6 +175,7 @@ class ControlLoop:
         self.limits_a = config.circuit_limits_a()
         self.phase_watch = PhaseWatch(config)
         self.plan_watch = PlanWatch(state, self.builder.horizon.zone)  # forecasts, late alarm
+        self.phase_tests = phase_tests if phase_tests is not None else PhaseTests(config, state)
         self._wake = asyncio.Event()
         self.last: tuple[Built, Allocation, DispatchReport] | None = None
         self.cycle_done = asyncio.Event()  # set after every cycle (tests wait on it)
@@ -245,7 +250,7 @@ class ControlLoop:
             ):
                 self.trigger()  # overload: act now, not at the next period
 
-    def _phases(self, draws: dict[str, dict[int, Draw]], built: Built) -> None:
+    def _phases(self, draws: dict[str, dict[int, Draw]], built: Built, now_mono: float) -> None:
         """Feed the phase watch; alarm on a charger wired unlike its configuration."""
         per_charger: dict[str, tuple[float, float, float]] = {}
         for charger_id, connectors in draws.items():
@@ -263,7 +268,13 @@ class ControlLoop:
                 for k in range(3):
                     total[k] += draw.est[k]
             per_charger[charger_id] = (total[0], total[1], total[2])
-        for finding in self.phase_watch.observe(per_charger, built.measured):
+        tests = self.phase_tests
+        findings = self.phase_watch.observe(per_charger, built.measured, tests.running())
+        held = {c: mem.commanded_a for c, mem in self.memory.items()}
+        findings += tests.cycle(
+            self.phase_watch, per_charger, built.measured, held, built.steerable, now_mono
+        )
+        for finding in findings:
             if finding.matches:
                 log.info(
                     "%s: wiring confirmed by the meter (%s)",
@@ -373,11 +384,12 @@ class ControlLoop:
         for circuit in built.implausible:
             self._meter_changed(circuit, MeterState.FAILED)
         self._unmatched(built, now_mono)
-        self._phases(draws, built)
+        self._phases(draws, built, now_mono)
         self.dispatcher.voltage_v = built.voltage_v
         self._clocks()
         allocation = await self._solve(built)
-        limits = self._limits(built, allocation, now_mono, secured)
+        # A phase test's bounds only lower limits (sitectl.control.phase_test).
+        limits = self.phase_tests.bound(self._limits(built, allocation, now_mono, secured))
         commands = self.dispatcher.plan(limits, self.memory, now_mono)
         report = await self.dispatcher.send(commands, self.memory, now, now_mono)
         self._after_dispatch(report)

@@ -15,12 +15,12 @@ as configured, or not (the loop raises ``phase_rotation_mismatch``). Pure: no I/
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from sitectl.config import GRID, Config
 
-__all__ = ["VOTES_TO_DECIDE", "PhaseFinding", "PhaseWatch"]
+__all__ = ["QUIET_A", "QUIET_SHARE", "STEP_A", "VOTES_TO_DECIDE", "PhaseFinding", "PhaseWatch"]
 
 Phases = tuple[float, float, float]
 
@@ -78,11 +78,84 @@ class PhaseWatch:
                     break
         self._rotation = {c.id: c.site_phases for c in self.config.chargers}
 
+    def meter_of(self, charger_id: str) -> str | None:
+        """The nearest metered circuit above a charger (``None``: nothing measures it)."""
+        return self._meter_of.get(charger_id)
+
+    def under(self, circuit: str) -> list[str]:
+        """The chargers judged against a metered circuit."""
+        return [c for c, m in self._meter_of.items() if m == circuit]
+
+    def judge(
+        self, circuit: str, steps: Mapping[str, Phases], meter_step: Phases
+    ) -> tuple[str, int, int] | str:
+        """Judge one step seen by a circuit's meter.
+
+        Args:
+            circuit: the metered circuit.
+            steps: per charger under it, its draw's change (charger phases); a charger
+                missing here is unknown and counts as moving.
+            meter_step: the meter's change over the same time (site phases).
+
+        Returns:
+            ``(charger, charger phase, site phase)`` for a clean unbalanced step of one
+            charger, else why the step is no evidence.
+        """
+        under = self.under(circuit)
+        moving = [c for c in under if c not in steps or max(map(abs, steps[c])) >= QUIET_A]
+        if not moving:
+            return "no charger under the meter moved"
+        if len(moving) != 1:
+            return f"several chargers moved or were not measured ({', '.join(sorted(moving))})"
+        charger_id = moving[0]
+        if charger_id not in steps:
+            return f"{charger_id} has no fresh measurement"
+        step = steps[charger_id]
+        k = max(range(3), key=lambda i: abs(step[i]))
+        size = step[k]
+        if abs(size) < STEP_A:
+            return f"{charger_id} moved by {abs(size):.1f} A only (at least {STEP_A:g} A needed)"
+        if any(abs(step[i]) >= QUIET_A for i in range(3) if i != k):
+            return f"{charger_id} moved on more than one of its phases (a balanced step)"
+        p = max(range(3), key=lambda i: abs(meter_step[i]))
+        if meter_step[p] * size <= 0 or abs(meter_step[p]) < (1 - QUIET_SHARE) * abs(size):
+            return (
+                f"the meter did not follow (its largest change {meter_step[p]:+.1f} A on "
+                f"L{p + 1} for a step of {size:+.1f} A)"
+            )
+        if any(abs(meter_step[i]) >= QUIET_SHARE * abs(size) for i in range(3) if i != p):
+            return "the meter moved on more than one phase (other load changed too)"
+        return charger_id, k, p
+
+    def vote(self, charger_id: str, k: int, p: int) -> PhaseFinding | None:
+        """Count one clean step: charger phase `k` seen on site phase `p`.
+
+        Returns the finding when this vote decides it (each charger phase is decided once,
+        until `forget`); conflicting evidence starts that charger phase over.
+        """
+        votes = self._votes.setdefault((charger_id, k), Counter())
+        votes[p] += 1
+        if votes[p] == VOTES_TO_DECIDE and len(votes) == 1:
+            return PhaseFinding(charger_id, {k: p}, self._rotation[charger_id])
+        if len(votes) > 1:
+            self._votes[(charger_id, k)] = Counter({p: 1})
+        return None
+
+    def forget(self, charger_id: str) -> None:
+        """Drop a charger's votes (an on-demand test starts from no evidence)."""
+        for key in [key for key in self._votes if key[0] == charger_id]:
+            del self._votes[key]
+
     def observe(
-        self, draws: Mapping[str, Phases], measured: Mapping[str, Phases]
+        self,
+        draws: Mapping[str, Phases],
+        measured: Mapping[str, Phases],
+        skip: Collection[str] = (),
     ) -> list[PhaseFinding]:
         """One cycle: `draws` per charger (charger phases, fresh only), `measured` per circuit.
 
+        Chargers in `skip` get no votes from here (an on-demand test judges its own steps,
+        `sitectl.control.phase_test`; its steps counted twice would be double evidence).
         Returns the findings decided in this cycle (each charger phase is decided once).
         """
         decided: list[PhaseFinding] = []
@@ -103,26 +176,10 @@ class PhaseWatch:
         self._last_draw = dict(draws)
         self._last_meter = dict(measured)
         for circuit, meter_step in meter_steps.items():
-            under = [c for c, m in self._meter_of.items() if m == circuit]
-            moving = [c for c in under if c not in steps or max(map(abs, steps[c])) >= QUIET_A]
-            if len(moving) != 1 or moving[0] not in steps:
-                continue  # nothing, several, or one without a fresh draw: no evidence
-            charger_id = moving[0]
-            step = steps[charger_id]
-            k = max(range(3), key=lambda i: abs(step[i]))
-            size = step[k]
-            if abs(size) < STEP_A or any(abs(step[i]) >= QUIET_A for i in range(3) if i != k):
-                continue  # balanced or small: says nothing about rotation
-            p = max(range(3), key=lambda i: abs(meter_step[i]))
-            if meter_step[p] * size <= 0 or abs(meter_step[p]) < (1 - QUIET_SHARE) * abs(size):
+            judged = self.judge(circuit, steps, meter_step)
+            if isinstance(judged, str) or judged[0] in skip:
                 continue
-            if any(abs(meter_step[i]) >= QUIET_SHARE * abs(size) for i in range(3) if i != p):
-                continue  # the building moved too
-            votes = self._votes.setdefault((charger_id, k), Counter())
-            votes[p] += 1
-            if votes[p] == VOTES_TO_DECIDE and len(votes) == 1:
-                decided.append(PhaseFinding(charger_id, {k: p}, self._rotation[charger_id]))
-            elif len(votes) > 1:
-                # Conflicting evidence: start this charger phase over.
-                self._votes[(charger_id, k)] = Counter({p: 1})
+            finding = self.vote(*judged)
+            if finding is not None:
+                decided.append(finding)
         return decided

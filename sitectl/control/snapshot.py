@@ -50,6 +50,7 @@ from sitectl.control.draw import Draw, connector_draw, phases_in_use
 from sitectl.control.horizon import Horizon
 from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
+from sitectl.control.power import MeasuredPower, lowered, trusted_power_kw
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
 from sitectl.ocpp.observe import IN_SESSION_STATUSES, hash_id_tag
 from sitectl.state import ChargerState, ConnectorState, SiteState
@@ -162,6 +163,8 @@ class Built:
     #: Circuit -> why its meter was found implausible this cycle (the loop alarms on it).
     implausible: dict[str, str] = field(default_factory=dict)
     voltage_v: float = 230.0  # the lowest measured phase voltage (or nominal): DC conversion
+    #: Node -> kW taken off its kW limit: measured non-EV power above U · Σ I (control/power.py).
+    kw_cuts: dict[str, float] = field(default_factory=dict)
 
 
 class ProblemBuilder:
@@ -195,6 +198,7 @@ class ProblemBuilder:
             for tag in vehicle.id_tags
         }
         self.hold = PeakHold(config.control.effective_non_ev_hold_s)
+        self.power = MeasuredPower(config, config.control.effective_non_ev_hold_s)
         self.horizon = Horizon(config)
         self._implausible_since: dict[str, float] = {}
         self.failsafe_under: dict[str, Phases] = {node: ZERO for node in self.parents}
@@ -257,9 +261,17 @@ class ProblemBuilder:
             for node, phases in self._non_ev(measured, ev_lo).items()
         }
         limits = self.effective_limits(state, now)
-        nodes = [Node(GRID, None, limits[GRID], self.kw_limits[GRID])]
+        # kW rows: U · Σ I at the highest measured voltage, and no less than the measured active
+        # power (control/power.py); DC power limits use the lowest (most current per watt).
+        nominal = self.config.site.nominal_voltage_v
+        volts_high, volts_low = max([nominal, *voltages]), min([nominal, *voltages])
+        power = trusted_power_kw((node, meters.measured(node)) for node in measured)
+        non_ev_kw = self.power.non_ev_kw(power, ev_lo, volts_low, now_mono)
+        cuts = self.power.kw_cuts(non_ev, non_ev_kw, volts_high)
+        kw = {node: lowered(limit, cuts.get(node, 0.0)) for node, limit in self.kw_limits.items()}
+        nodes = [Node(GRID, None, limits[GRID], kw[GRID])]
         for circuit in self.config.circuits:
-            nodes.append(Node(circuit.id, circuit.parent, limits[circuit.id], circuit.limit_kw))
+            nodes.append(Node(circuit.id, circuit.parent, limits[circuit.id], kw[circuit.id]))
         for charger in self.config.chargers:
             cap = charger.max_current_a
             limit_kw = None
@@ -311,10 +323,6 @@ class ProblemBuilder:
                             ),
                         )
                     )
-        # The kW rows take power as U · Σ I: with the highest measured voltage (and the measured
-        # power is never below that estimate for PF ≤ 1), a high grid voltage cannot overrun a
-        # kW limit; DC power limits use the lowest, which gives the most current per watt.
-        nominal = self.config.site.nominal_voltage_v
         problem = Problem(
             nodes=tuple(nodes),
             sessions=tuple(sessions),
@@ -322,7 +330,7 @@ class ProblemBuilder:
             step_s=durations if len(set(durations)) > 1 else durations[0],
             loads=tuple(loads),
             tariff=self.horizon.tariff(now),
-            voltage_ln_v=max([nominal, *voltages]),
+            voltage_ln_v=volts_high,
         )
         return Built(
             problem,
@@ -335,7 +343,8 @@ class ProblemBuilder:
             info=info,
             overdraw=overdraw,
             implausible=implausible,
-            voltage_v=min([nominal, *voltages]),
+            voltage_v=volts_low,
+            kw_cuts=cuts,
         )
 
     def effective_limits(self, state: SiteState, now: datetime) -> dict[str, Phases]:

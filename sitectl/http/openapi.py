@@ -22,12 +22,14 @@ from sitectl.http.views import (
     ErrorView,
     FirmwareView,
     HistoryView,
+    PhaseTestView,
     SessionPlanView,
     SessionRecord,
     SiteView,
 )
 from sitectl.uplink.commands import (
     ClearOverrideCommand,
+    DetectPhasesCommand,
     FirmwareCommand,
     ModelTarget,
     OverrideCommand,
@@ -66,6 +68,7 @@ _ERRORS = {
     "401": _ok(_ref("ErrorView"), "A valid bearer token is required."),
     "403": _ok(_ref("ErrorView"), "No token is configured: the endpoint is disabled."),
     "404": _ok(_ref("ErrorView"), "No such resource."),
+    "409": _ok(_ref("ErrorView"), "It clashes with an operation under way."),
     "422": _ok(_ref("ErrorView"), "A field is invalid; `field` names it."),
     "503": _ok(_ref("ErrorView"), "Commands are not available."),
 }
@@ -111,6 +114,13 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
         "required": True,
         "schema": {"type": "integer", "minimum": 1},
     }
+    detect = _command_schema(DetectPhasesCommand, drop=("charger", "action"))
+    charger_id = {
+        "name": "charger_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
     secured = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -130,6 +140,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                 SessionPlanView,
                 HistoryView,
                 FirmwareView,
+                PhaseTestView,
                 ModelTarget,
                 ErrorView,
             ),
@@ -184,6 +195,35 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                         "403": _ERRORS["403"],
                     },
                 }
+            },
+            "/api/chargers/{charger_id}/detect-phases": {
+                "get": {
+                    "summary": "The charger's latest on-demand phase test",
+                    "parameters": [charger_id],
+                    "responses": {
+                        "200": _ok(_ref("PhaseTestView"), "The test ('none' if never run)."),
+                        **{k: _ERRORS[k] for k in ("401", "403", "404", "503")},
+                    },
+                },
+                "post": {
+                    "summary": "Check the charger's phase rotation now: steps its limit down "
+                    "and back while the others under its meter hold, and judges the meter",
+                    "security": secured,
+                    "parameters": [charger_id],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": detect}},
+                    },
+                    "responses": {
+                        "202": _ok(_ref("PhaseTestView"), "Running: GET it for the answer."),
+                        "200": _ok(
+                            _ref("PhaseTestView"),
+                            "Answered at once: it cannot run (offline, no session, no meter).",
+                        ),
+                        **{k: _ERRORS[k] for k in ("400", "401", "403", "404", "409", "422")},
+                        "503": _ERRORS["503"],
+                    },
+                },
             },
             "/api/sessions": {
                 "get": {

@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from sitectl.config import Config
+from sitectl.control.phase_test import PhaseTests
 from sitectl.firmware.cache import FirmwareCache, safe_url
 from sitectl.firmware.rollout import RolloutManager
 from sitectl.firmware.tracker import FirmwareTracker
@@ -44,6 +45,7 @@ from sitectl.http.views import (
     ErrorView,
     FirmwareView,
     HistoryView,
+    PhaseTestView,
     RolloutView,
     SessionRecord,
     charger_view,
@@ -118,6 +120,12 @@ def _wants_raw(request: web.Request) -> bool:
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
     body = ErrorView(error=message, field=field).model_dump_json(exclude_none=True)
     return web.Response(status=status, text=body, content_type="application/json")
+
+
+def _refused(reply: dict[str, Any]) -> web.Response:
+    """A command's refusal: 409 for a clash, 422 for a named field, else 400."""
+    status = 409 if reply.get("conflict") else 422 if reply.get("field") else 400
+    return _error(status, str(reply.get("error", "refused")), reply.get("field"))
 
 
 def _json(model: Any) -> web.Response:
@@ -246,6 +254,8 @@ class HttpServer:
         ssl_context: serve HTTPS (default: from the site certificate when ``http.tls``).
         raw_frames: unredacted frames per charger (`StateObserver.raw_frames`), served by
             ``/api/chargers/{id}?raw=true`` to the token's holder only.
+        phase_tests: the on-demand phase tests, for ``/api/chargers/{id}/detect-phases``
+            (started through `commands`, like the MQTT ``detect_phases`` command).
     """
 
     name = "http"
@@ -267,8 +277,10 @@ class HttpServer:
         max_connections: int | None = None,
         max_connections_per_client: int = 16,
         head_timeout_s: float = HEAD_TIMEOUT_S,
+        phase_tests: PhaseTests | None = None,
     ) -> None:
         self.config = config
+        self.phase_tests = phase_tests
         self.raw_frames = raw_frames
         self.connections = ConnectionGuard(
             max_connections or default_max_connections(), max_connections_per_client
@@ -307,6 +319,8 @@ class HttpServer:
         app.router.add_get("/api/site", self._site)
         app.router.add_get("/api/chargers", self._chargers)
         app.router.add_get("/api/chargers/{charger_id}", self._charger)
+        app.router.add_get("/api/chargers/{charger_id}/detect-phases", self._phase_test)
+        app.router.add_post("/api/chargers/{charger_id}/detect-phases", self._phase_test_start)
         app.router.add_get("/api/sessions", self._sessions)
         app.router.add_get("/api/alarms", self._alarms)
         app.router.add_get("/api/history", self._history)
@@ -569,11 +583,30 @@ class HttpServer:
         reply = self.commands(name, payload)
         if reply.get("ok"):
             return web.json_response(reply)
-        return _error(
-            422 if reply.get("field") else 400,
-            str(reply.get("error", "refused")),
-            reply.get("field"),
-        )
+        return _refused(reply)
+
+    async def _phase_test_start(self, request: web.Request) -> web.Response:
+        charger_id = request.match_info["charger_id"]
+        if charger_id not in self.state.chargers:
+            return _error(404, f"no charger {charger_id[:64]!r}", "charger_id")
+        payload: dict[str, Any] | web.Response = {}
+        if request.body_exists:
+            payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        for field in ("charger", "action"):
+            if field in payload:
+                return _error(422, f"unknown field '{field}'", field)
+        if self.commands is None:
+            return _error(503, "commands are not available")
+        reply = self.commands("detect_phases", {**payload, "charger": charger_id})
+        if not reply.get("ok"):
+            return _refused(reply)
+        # Running: 202 (ask GET for the answer); answered at once (no session...): 200.
+        test = PhaseTestView.model_validate(reply["test"])
+        response = _json(test)
+        response.set_status(202 if test.state == "running" else 200)
+        return response
 
     async def _override(self, request: web.Request) -> web.Response:
         payload = await self._payload(request)
@@ -618,6 +651,24 @@ class HttpServer:
                     }
                     return self._command("session_needs", payload)
         return _error(404, f"no session {session_id!r} in progress", "session_id")
+
+    async def _phase_test(self, request: web.Request) -> web.Response:
+        charger_id = request.match_info["charger_id"]
+        if charger_id not in self.state.chargers:
+            return _error(404, f"no charger {charger_id[:64]!r}", "charger_id")
+        if self.phase_tests is None:
+            return _error(503, "phase tests are not available (no control loop)")
+        test = self.phase_tests.get(charger_id)
+        if test is None:
+            return _json(
+                PhaseTestView(
+                    charger=charger_id,
+                    state="none",
+                    done=True,
+                    text="no phase test of this charger since sitectl started",
+                )
+            )
+        return _json(PhaseTestView.model_validate(test.view()))
 
     # Running.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -36,6 +36,7 @@ __all__ = [
     "FirmwareView",
     "FrameView",
     "HistoryView",
+    "PhaseTestView",
     "PlanStepView",
     "PlanView",
     "RolloutChargerView",
@@ -390,6 +391,37 @@ class HistoryView(BaseModel):
     at: list[datetime]
     power_kw: list[Kilowatts | None]
     limit_kw: list[Kilowatts]
+
+
+class PhaseTestView(BaseModel):
+    """An on-demand phase test of one charger (`sitectl.control.phase_test`)."""
+
+    charger: str
+    state: Literal[
+        "none",
+        "running",
+        "matches",
+        "mismatch",
+        "undecidable",
+        "no_session",
+        "not_charging",
+        "offline",
+        "no_meter",
+        "not_steered",
+    ] = Field(description="'none': no test since sitectl started; 'running'; or the answer.")
+    done: bool
+    text: str = Field(description="What it found, or why it cannot tell, in words.")
+    meter: str | None = Field(None, description="The metered circuit that judges the steps.")
+    configured: str | None = Field(None, description="The configured phase_rotation.")
+    observed: dict[str, str] = Field(
+        default_factory=dict, description="Charger phase -> site phase, as the meter saw it."
+    )
+    stage: Literal["base", "low", "high"] | None = None
+    steps: int = 0
+    votes: int = Field(0, description="Steps that were clean evidence.")
+    requested_at: datetime | None = None
+    finished_at: datetime | None = None
+    timeout_s: float | None = None
 
 
 class ErrorView(BaseModel):

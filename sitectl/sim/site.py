@@ -70,6 +70,7 @@ def scenario_config(
     control: dict[str, Any] | None = None,
     meter: dict[str, Any] | None = None,
     csms_url: str | None = None,
+    http: dict[str, Any] | None = None,
 ) -> Config:
     """A depot with a metered grid connection (SDM630 on Modbus TCP) and the given chargers."""
     meter_port, ocpp_port = free_ports(2)
@@ -110,7 +111,8 @@ def scenario_config(
         },
         "control": {**CONTROL, **(control or {})},
         "mqtt": {"enabled": False},
-        "http": {"enabled": False},
+        # sitectl's HTTP server is not started by `start_site`; a test may serve it itself.
+        "http": {"enabled": False, "listen_host": "127.0.0.1", **(http or {})},
         "storage": {"path": str(tmp_path / "scenario.sqlite")},
     }
     path = tmp_path / "site.yaml"

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from sitectl.config import Config
+from sitectl.control.phase_test import PhaseTestBusy, PhaseTests
 from sitectl.firmware.rollout import RolloutError
 from sitectl.state import LimitOverride, SiteState
 from sitectl.uplink.messages import iso
@@ -45,7 +46,9 @@ __all__ = [
     "MAX_AHEAD",
     "MAX_COMMAND_BYTES",
     "ClearOverrideCommand",
+    "CommandConflict",
     "CommandError",
+    "DetectPhasesCommand",
     "FirmwareCommand",
     "ModelTarget",
     "OverrideCommand",
@@ -79,6 +82,10 @@ class CommandError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+class CommandConflict(CommandError):
+    """A command that clashes with one under way (HTTP 409); the reply has ``conflict``."""
 
 
 class _Command(BaseModel):
@@ -181,12 +188,28 @@ class FirmwareCommand(_Command):
     rollout_id: int | None = Field(None, ge=1, le=2**63 - 1, description="For stop and status.")
 
 
+class DetectPhasesCommand(_Command):
+    """``detect_phases``: check a charger's phase rotation now, or see how the check went.
+
+    ``start`` steps the charger's limit down and back (other chargers under the same meter
+    held) until the meter shows which site phase its vehicle draws on; the reply is the test
+    at once, its answer comes with ``status`` (or the alarm ``phase_rotation_mismatch``).
+    """
+
+    charger: ChargerId
+    action: Literal["start", "status"] = "start"
+    timeout_s: float | None = Field(
+        None, ge=5, le=3600, description="Give up after this (default: from the control timing)."
+    )
+
+
 _MODELS: dict[str, type[_Command]] = {
     "override": OverrideCommand,
     "clear_override": ClearOverrideCommand,
     "session_needs": SessionNeedsCommand,
     "republish": RepublishCommand,
     "firmware": FirmwareCommand,
+    "detect_phases": DetectPhasesCommand,
 }
 #: The command names, as they appear in ``<prefix>/cmd/<name>``.
 COMMANDS = tuple(_MODELS)
@@ -227,6 +250,7 @@ def handle_command(
     *,
     republish: Callable[[], Mapping[str, Any]] | None = None,
     rollouts: Rollouts | None = None,
+    phase_tests: PhaseTests | None = None,
 ) -> dict[str, Any]:
     """Validate and carry out one command; never raises.
 
@@ -239,6 +263,8 @@ def handle_command(
             transport cannot republish (the command is then refused).
         rollouts: the firmware rollouts; ``None`` if this site has none (``firmware`` is then
             refused).
+        phase_tests: the on-demand phase tests (the control loop's); ``None`` refuses
+            ``detect_phases``.
 
     Returns:
         ``{"ok": true, "command": name, ...}`` or
@@ -249,7 +275,16 @@ def handle_command(
         if model is None:
             raise CommandError(f"unknown command '{name}' (known: {', '.join(COMMANDS)})")
         command = model.model_validate_json(_text(payload))
-        result = _HANDLERS[name](state, config, command, Services(republish, rollouts))
+        services = Services(republish, rollouts, phase_tests)
+        result = _HANDLERS[name](state, config, command, services)
+    except CommandConflict as exc:
+        return {
+            "ok": False,
+            "command": name,
+            "error": exc.message,
+            "field": exc.field,
+            "conflict": True,
+        }
     except CommandError as exc:
         return {"ok": False, "command": name, "error": exc.message, "field": exc.field}
     except ValidationError as exc:
@@ -327,6 +362,7 @@ class Services:
 
     republish: Callable[[], Mapping[str, Any]] | None = None
     rollouts: Rollouts | None = None
+    phase_tests: PhaseTests | None = None
 
 
 def _nodes(config: Config) -> dict[str, tuple[float, float, float]]:
@@ -496,10 +532,36 @@ def _firmware(
     return {"rollout": rollouts.status(command.rollout_id)}
 
 
+def _detect_phases(
+    state: SiteState, config: Config, command: DetectPhasesCommand, services: Services
+) -> dict[str, Any]:
+    tests = services.phase_tests
+    if tests is None:
+        raise CommandError("phase tests are not available: this sitectl runs no control loop")
+    if command.charger not in state.chargers:
+        raise CommandError(f"unknown charger '{command.charger}'", "charger")
+    if command.action == "status":
+        test = tests.get(command.charger)
+        if test is None:
+            return {"test": None}
+    else:
+        try:
+            test = tests.start(command.charger, command.timeout_s)
+        except PhaseTestBusy as exc:
+            raise CommandConflict(str(exc)) from None
+        log.info("phase test of %s: %s (%s)", command.charger, test.outcome, test.text)
+        state.notify("phase_test", command.charger)
+    view = test.view()
+    for key in ("requested_at", "finished_at"):
+        view[key] = iso(view[key])
+    return {"test": view}
+
+
 _HANDLERS: dict[str, Callable[[SiteState, Config, Any, Services], dict[str, Any]]] = {
     "override": _override,
     "clear_override": _clear_override,
     "session_needs": _session_needs,
     "republish": _republish,
     "firmware": _firmware,
+    "detect_phases": _detect_phases,
 }

@@ -46,6 +46,7 @@ from paho.mqtt.properties import Properties
 
 from sitectl import __version__
 from sitectl.config import Config
+from sitectl.control.phase_test import PhaseTests
 from sitectl.state import Alarm, Change, SessionState, Severity, SiteState
 from sitectl.store import Store
 from sitectl.uplink.client import Acked, Connected, Disconnected, Event, MqttConnection, Received
@@ -129,9 +130,11 @@ class Uplink:
         takeover_backoff_s: tuple[float, float] = TAKEOVER_BACKOFF_S,
         window: int = WINDOW,
         rollouts: Rollouts | None = None,
+        phase_tests: PhaseTests | None = None,
     ) -> None:
         self.config = config
         self.rollouts = rollouts
+        self.phase_tests = phase_tests
         self.mqtt = config.mqtt
         self.state = state
         self.store = store
@@ -623,6 +626,7 @@ class Uplink:
                 message.payload,
                 republish=self.republish,
                 rollouts=self.rollouts,
+                phase_tests=self.phase_tests,
             )
         reply["ts"] = iso(self.state.clock())
         if reply["ok"]:

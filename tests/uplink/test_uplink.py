@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from sitectl.control.phase_test import PhaseTests
 from sitectl.firmware import FirmwareCache, FirmwareServer, RolloutManager
 from sitectl.state import SessionState, Severity
 from sitectl.uplink.client import Received
@@ -317,6 +318,19 @@ async def test_command_firmware_reaches_the_rollouts(commanding, tmp_path) -> No
     assert stopped["rollout"]["state"] == "stopped"
 
 
+async def test_command_detect_phases_reaches_the_phase_tests(commanding) -> None:
+    running, requester = commanding
+    running.uplink.phase_tests = PhaseTests(running.config, running.state)
+    running.state.chargers["CP1"].connected = True
+    reply = await requester.reply(requester.send("detect_phases", {"charger": "CP1"}))
+    assert reply["ok"] is True, reply
+    assert reply["test"]["state"] == "no_session" and reply["test"]["done"] is True
+    status = await requester.reply(
+        requester.send("detect_phases", {"charger": "CP1", "action": "status"})
+    )
+    assert status["test"]["requested_at"] == reply["test"]["requested_at"]
+
+
 @pytest.mark.parametrize(
     ("name", "payload", "kwargs", "field", "words"),
     [
@@ -327,6 +341,7 @@ async def test_command_firmware_reaches_the_rollouts(commanding, tmp_path) -> No
         ("override", b"{" + b" " * 20_000 + b"}", {}, None, "at most"),
         ("reboot", {}, {}, None, "unknown command 'reboot'"),
         ("firmware", {"action": "list"}, {}, None, "not available"),
+        ("detect_phases", {"charger": "CP1"}, {}, None, "not available"),
         (
             "override",
             {"node": "grid", "limit_a": 1, "expires_in_s": 9},
