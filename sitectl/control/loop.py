@@ -31,6 +31,7 @@ from optimizer.lp import Allocator
 from optimizer.verify import verify
 from sitectl.config import Config
 from sitectl.control.applied import AppliedCheck
+from sitectl.control.compliance import ComplianceCheck
 from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.draw import Draw
 from sitectl.control.memory_store import ControlMemoryStore
@@ -147,6 +148,7 @@ class ControlLoop:
         self.builder.held_minimum_a = self.dispatcher.held_minimum_a
         self.on_not_supported = on_not_supported
         self.memory: dict[str, ChargerMemory] = {c.id: ChargerMemory() for c in config.chargers}
+        self.compliance = ComplianceCheck(self.control, state, self.memory, self.builder.chargers)
         # The limits in force from the last run (issue #17.6): budgets and decrease-first hold
         # from the first cycle after a restart.
         self.kept = ControlMemoryStore(store) if store is not None else None
@@ -379,7 +381,7 @@ class ControlLoop:
         # background, so the flag may change before the dispatch): only these get limits.
         secured = {c for c, mem in self.memory.items() if mem.failsafe_installed}
         draws = self.builder.draws(self.state, now_mono)
-        self._compliance(draws, now_mono)
+        self.compliance.check(draws, now_mono)
         built = self.builder.build(self.state, self.meters, self.memory, now, now_mono, draws)
         for circuit in built.implausible:
             self._meter_changed(circuit, MeterState.FAILED)
@@ -680,79 +682,6 @@ class ControlLoop:
             if charger.compliance == "uncontrollable":
                 charger.compliance = "ok"
                 self.state.clear_alarm("charger_uncontrollable", command.charger_id)
-
-    # Compliance and resumes.
-
-    def _compliance(self, draws: dict[str, dict[int, Draw]], now_mono: float) -> None:
-        for charger_id, charger in self.state.chargers.items():
-            mem = self.memory[charger_id]
-            if not charger.connected or mem.commanded_a is None or mem.unavailable:
-                continue
-            found = draws.get(charger_id) or {}
-            if not found:
-                continue
-            # The best estimate on its most loaded phase, summed over its connectors.
-            draw = max(sum(d.est[k] for d in found.values()) for k in range(3))
-            sessions = [c.session for c in charger.connectors.values() if c.session]
-            configured = self.builder.chargers[charger_id]
-            if len(charger.connectors) == 1 and sessions and not mem.noncompliant:
-                mem.learn_ev(
-                    sessions[0].session_id,
-                    draw,
-                    now_mono,
-                    self.control.ev_learn_s,
-                    configured.max_current_a,
-                    configured.min_current_a,
-                )
-            # Judged against the highest limit in force during the grace window: a charger has
-            # the grace to follow a decrease, however often its limit changes, but not longer.
-            allowed = mem.highest_limit_since(now_mono - self.control.compliance_grace_s)
-            over = draw > allowed + self.control.compliance_tolerance_a
-            if over:
-                if mem.over_limit_since is None:
-                    mem.over_limit_since = now_mono
-                if (
-                    not mem.noncompliant
-                    and now_mono - mem.over_limit_since > self.control.compliance_grace_s
-                ):
-                    mem.noncompliant = True
-                    charger.compliance = "noncompliant"
-                    log.warning(
-                        "%s draws %.1f A above its %.1f A limit: budgeted at its measured draw",
-                        charger_id,
-                        draw,
-                        mem.commanded_a,
-                    )
-                    self.state.raise_alarm(
-                        "charger_noncompliant",
-                        charger_id,
-                        Severity.WARNING,
-                        f"draws {draw:.1f} A with a limit of {mem.commanded_a:.1f} A",
-                    )
-            else:
-                mem.over_limit_since = None
-                if mem.noncompliant:
-                    mem.noncompliant = False
-                    charger.compliance = "ok"
-                    self.state.clear_alarm("charger_noncompliant", charger_id)
-            for connector_id, resumed in list(mem.resumed_at.items()):
-                if now_mono - resumed < self.control.resume_check_s:
-                    continue
-                del mem.resumed_at[connector_id]
-                connector = charger.connectors.get(connector_id)
-                if (
-                    connector is not None
-                    and connector.session is not None
-                    and connector.current_a is not None
-                    and max(a or 0.0 for a in connector.current_a) < 1.0
-                ):
-                    self.state.raise_alarm(
-                        "resume_failed",
-                        f"{charger_id}/{connector_id}",
-                        Severity.INFO,
-                        f"resumed {self.control.resume_check_s:g} s ago but draws nothing "
-                        "(vehicle asleep?)",
-                    )
 
     # Status for the uplink and the API.
 
