@@ -253,7 +253,9 @@ async def level_zero_only(tmp: Path) -> tuple[Site, Watch, set[str], Any]:
     await _plug(site, "AB")
 
     async def grow() -> None:
-        await asyncio.sleep(4)
+        await asyncio.sleep(3)
+        building["a"] = 26.0
+        await asyncio.sleep(2)
         building["a"] = 42.0  # 18 A left: both at their minimum or a little more
 
     return site, Watch(site), set(), asyncio.create_task(grow())

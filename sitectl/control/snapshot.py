@@ -441,7 +441,8 @@ class ProblemBuilder:
 
         "Decreases first" orders acknowledgements, not currents: a charger applies a lower
         limit within seconds. Until ``ramp_down_s`` has passed, or a measurement taken after
-        the change shows the draw at the new limit, its previous limit still counts.
+        the change says what it draws (then its excess over the limit counts), its previous
+        limit still counts.
         """
         if not mem.limit_history or mem.commanded_a is None:
             return 0.0
@@ -457,8 +458,12 @@ class ProblemBuilder:
             or (c.power_mono is not None and c.power_mono > changed_at)
             for c in charger_state.connectors.values()
         )
-        if seen_after and max(est) <= mem.commanded_a + OVERDRAW_NOISE_A:
-            return 0.0  # measured down already
+        if seen_after:
+            # Measured since: after a decrease its draw only falls, so what it drew then is
+            # the most it still draws — budgeted as its over-draw (`est` above its limit), not
+            # the whole previous limit: holding that would pause neighbours one after another
+            # while nothing draws it (a lowered charger's ramp freeing nothing for a cycle).
+            return 0.0
         return ramp
 
     def _held_budget(self, charger: ChargerConfig, mem: ChargerMemory, now_mono: float) -> Phases:
