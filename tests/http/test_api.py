@@ -412,7 +412,8 @@ async def test_connectors_show_what_the_control_loop_assumed_and_gave(client) ->
     plan = detail["connectors"][0]["plan"]
     (why,) = plan["limited_by"]
     assert (why["kind"], why["node"], why["phase"], why["limit"]) == ("circuit", "feeder", "L1", 32)
-    assert why["measured"] == 31.0 and why["shared_with"] == [{"session": "CP2/1", "current_a": 16.0}]
+    assert why["measured"] == 31.0
+    assert why["shared_with"] == [{"session": "CP2/1", "current_a": 16.0}]
     assert why["short"] == feeder["short"] and why["dual"] == 0.086337 and "step" not in why
     assert plan["departure"] == "2026-11-27T07:00:00Z" and plan["departure_source"] == "command"
     assert (plan["need_kwh"], plan["need_source"], plan["capped"]) == (18.33, "command", True)
