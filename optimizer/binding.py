@@ -1,8 +1,9 @@
 """Why each session's step-0 current is what it is: the limits that hold it (issue #19.2).
 
 Rule 1: a session is *held* when its step-0 current is below its ``max_a`` (by more than
-`HELD_TOL_A`); only held sessions get holds. A session at its ``max_a`` is limited by whatever
-set that maximum, which only the caller knows (charger, vehicle, CSMS, a learned cap).
+`HELD_TOL_A`), or its ``max_a`` is 0 (blocked); only held sessions get holds. A session at its
+``max_a`` is limited by whatever set that maximum, which only the caller knows (charger,
+vehicle, CSMS, a learned cap).
 
 Rule 2: a limit holds a session when it is *tight on step 0* on the session's path — a node
 above it (its own charger node included) with no headroom left (`TIGHT_A`) on a phase it draws,
@@ -208,7 +209,7 @@ def step0_binding(
     a = arrays if arrays is not None else compile_problem(problem)
     plan = np.asarray(allocation.plan_a, dtype=float).reshape(S, problem.steps)
     x0 = plan[:, 0]
-    held = np.flatnonzero(x0 < a.max_a - HELD_TOL_A)
+    held = np.flatnonzero((x0 < a.max_a - HELD_TOL_A) | (a.max_a <= 0))
     if held.size == 0:
         return Binding({}, allocation.method)
     # Every session's path as (session, node) pairs, then the EV current through each node.
