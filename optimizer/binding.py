@@ -30,6 +30,7 @@ sessions sharing a tight limit are named up to `SHARE_MAX`, largest current firs
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,8 +98,10 @@ class Hold:
         dual: the LP's step-0 dual of that limit (currency per A, or per kW; for DEFERRED the
             reduced cost of the step-0 current), NaN when unknown (fallback).
         step: DEFERRED: the first later step that carries its energy.
-        sharing: other sessions drawing through the same limit (largest first).
+        sharing: other sessions drawing through the same limit (largest first), on ``phase``.
         sharing_n: how many there are in all.
+        phases: PHASE: every phase of the session that is tight there, tightest first
+            (``phase`` is the first; ``dual`` is their sum: one A more on each of them).
     """
 
     kind: str
@@ -112,6 +115,7 @@ class Hold:
     step: int | None = None
     sharing: tuple[str, ...] = ()
     sharing_n: int = 0
+    phases: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,45 +213,89 @@ def step0_binding(
     a = arrays if arrays is not None else compile_problem(problem)
     plan = np.asarray(allocation.plan_a, dtype=float).reshape(S, problem.steps)
     x0 = plan[:, 0]
-    held = np.flatnonzero((x0 < a.max_a - HELD_TOL_A) | (a.max_a <= 0))
-    if held.size == 0:
+    held_mask = (x0 < a.max_a - HELD_TOL_A) | (a.max_a <= 0)
+    if not held_mask.any():
         return Binding({}, allocation.method)
-    # Every session's path as (session, node) pairs, then the EV current through each node.
+    M = len(a.ancestors)
+    # Every session's path as (session, node) pairs, grouped by session, then the EV current
+    # through each node and what is left there.
     lens = a.anc_len[a.node_of]
+    first_pair = np.cumsum(lens) - lens
     pair_s = np.repeat(np.arange(S), lens)
-    offsets = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-    pair_n = a.anc_flat[np.repeat(a.anc_start[a.node_of], lens) + offsets]
-    through = np.zeros((len(a.ancestors), 3))
-    np.add.at(through, pair_n, a.phase_mask[pair_s] * x0[pair_s, None])
+    pair_n = a.anc_flat[
+        np.repeat(a.anc_start[a.node_of], lens)
+        + np.arange(int(lens.sum()))
+        - np.repeat(first_pair, lens)
+    ]
+    drawn = a.phase_mask[pair_s]  # (P, 3)
+    through = np.stack(
+        [np.bincount(pair_n, weights=drawn[:, p] * x0[pair_s], minlength=M) for p in range(3)],
+        axis=1,
+    )
     room = a.headroom_a[:, :, 0] - through
-    kw_pos = np.full(len(a.ancestors), -1, dtype=np.intp)
+    kw_pos = np.full(M, -1, dtype=np.intp)
     kw_pos[a.kw_nodes] = np.arange(len(a.kw_nodes))
     kw_room = a.headroom_sum_a[:, 0] - through[a.kw_nodes].sum(axis=1)
+    # Per pair: its phases' room (inf on phases not drawn), tight phases, a tight kW row.
+    pair_room = np.where(drawn, room[pair_n], np.inf)
+    tight_phase = pair_room < TIGHT_A
+    pair_kw = kw_pos[pair_n]
+    nph_pair = a.nph[pair_s]
+    pair_kw_room = np.append(kw_room, np.inf)[pair_kw]  # -1 (no kW row) picks the inf
+    tight_kw = pair_kw_room < TIGHT_A * nph_pair
+    held_pair = held_mask[pair_s]
+    tight_pairs = np.flatnonzero(held_pair & (tight_phase.any(axis=1) | tight_kw))
+    # Least room per session on its path (per phase drawn; a kW row shared out per phase).
+    least = np.minimum(pair_room.min(axis=1), pair_kw_room / nph_pair)
+    least_s = np.minimum.reduceat(least, first_pair)
+    later = plan[:, 1:] > TIGHT_A
+    later_step = np.where(later.any(axis=1), later.argmax(axis=1) + 1, 0)
+    got = (plan * a.kwh_per_a).sum(axis=1)
+
     volt_kw = a.voltage / 1000.0
     ids = [s.id for s in sessions]
-    paused = set(allocation.paused)
     node_ids = [n.id for n in problem.nodes]
     shares: dict[tuple[int, int | None], tuple[list[int], int]] = {}
 
-    def sharing(n: int, p: int | None) -> tuple[list[int], int]:
-        """Sessions drawing through node n (on phase p), largest current first."""
+    def named(n: int, p: int | None, k: int) -> tuple[tuple[str, ...], int]:
+        """Other sessions drawing through node n (on phase p), largest current first."""
         key = (n, p)
         if key not in shares:
-            on = pair_s[(pair_n == n)]
+            on = pair_s[pair_n == n]
             if p is not None:
                 on = on[a.phase_mask[on, p]]
             on = on[x0[on] > TIGHT_A]
             top = on[np.argsort(-x0[on], kind="stable")[: SHARE_MAX + 1]]
             shares[key] = (top.tolist(), int(on.size))
-        return shares[key]
+        top, count = shares[key]
+        others = tuple(ids[j] for j in top if j != k)[:SHARE_MAX]
+        return others, count - (1 if x0[k] > TIGHT_A else 0)
 
-    def named(n: int, p: int | None, k: int) -> tuple[tuple[str, ...], int]:
-        top, count = sharing(n, p)
-        others = [ids[j] for j in top if j != k][:SHARE_MAX]
-        return tuple(others), count - (1 if x0[k] > TIGHT_A else 0)
-
-    def phase_hold(kind: str, n: int, p: int, k: int) -> Hold:
+    def node_hold(kind: str, n: int, k: int, phases: tuple[int, ...]) -> Hold:
+        """A hold on node n: per phase (``phases`` its tight ones, tightest first) or kW."""
+        if not phases:
+            j = int(kw_pos[n])
+            others, count = named(n, None, k)
+            dual = math.nan
+            if duals is not None and kind == KW:
+                dual = duals.limit(n, None, k) / volt_kw  # per kW, not per Σ A
+            return Hold(
+                kind,
+                node_ids[n],
+                None,
+                limit=float(a.kw_limit_sum_a[j] * volt_kw),
+                load=float(a.load0_a[n].sum() * volt_kw),
+                ev=float(through[n].sum() * volt_kw),
+                room=float(kw_room[j] * volt_kw),
+                dual=dual,
+                sharing=others,
+                sharing_n=count,
+            )
+        p = phases[0]
         others, count = named(n, p, k)
+        dual = math.nan
+        if duals is not None and kind == PHASE:
+            dual = sum(duals.limit(n, q, k) for q in phases)
         return Hold(
             kind,
             node_ids[n],
@@ -256,91 +304,91 @@ def step0_binding(
             load=float(a.load0_a[n, p]),
             ev=float(through[n, p]),
             room=float(room[n, p]),
-            dual=duals.limit(n, p, k) if duals is not None and kind == PHASE else math.nan,
-            sharing=others,
-            sharing_n=count,
-        )
-
-    def kw_hold(kind: str, n: int, k: int) -> Hold:
-        j = int(kw_pos[n])
-        others, count = named(n, None, k)
-        dual = math.nan
-        if duals is not None and kind == KW:
-            dual = duals.limit(n, None, k) / volt_kw  # per kW, not per Σ A
-        return Hold(
-            kind,
-            node_ids[n],
-            None,
-            limit=float(a.kw_limit_sum_a[j] * volt_kw),
-            load=float(a.load0_a[n].sum() * volt_kw),
-            ev=float(through[n].sum() * volt_kw),
-            room=float(kw_room[j] * volt_kw),
             dual=dual,
             sharing=others,
             sharing_n=count,
+            phases=phases,
         )
 
+    made: dict[tuple[str, int, tuple[int, ...]], Hold] = {}
+
+    def cached(kind: str, n: int, k: int, phases: tuple[int, ...]) -> Hold:
+        """`node_hold`, made once per limit: only the sharing list differs between the
+        sessions under it (a BOUND group's dual is per session, but it has one session)."""
+        key = (kind, n, phases)
+        hold = made.get(key)
+        if hold is None:
+            hold = made[key] = node_hold(kind, n, k, phases)
+            return hold
+        top, _ = shares[(n, phases[0] if phases else None)]
+        if k in top:  # it is among the named ones: name the others
+            others, count = named(n, phases[0] if phases else None, k)
+            return dataclasses.replace(hold, sharing=others, sharing_n=count)
+        count = hold.sharing_n + (1 if x0[hold_owner[key]] > TIGHT_A else 0)
+        return dataclasses.replace(
+            hold,
+            sharing=tuple(ids[j] for j in top)[:SHARE_MAX],
+            sharing_n=count - (1 if x0[k] > TIGHT_A else 0),
+        )
+
+    hold_owner: dict[tuple[str, int, tuple[int, ...]], int] = {}
+    out: dict[str, list[Hold]] = {}
+    rooms = pair_room[tight_pairs].tolist()
+    tight_ph = tight_phase[tight_pairs].tolist()
+    tight_kws = tight_kw[tight_pairs].tolist()
+    for q, q_room, q_ph, q_kw in zip(tight_pairs.tolist(), rooms, tight_ph, tight_kws, strict=True):
+        k, n = int(pair_s[q]), int(pair_n[q])
+        holds = out.setdefault(ids[k], [])
+        if any(q_ph):
+            phases = tuple(p for p in sorted(range(3), key=q_room.__getitem__) if q_ph[p])
+            hold_owner.setdefault((PHASE, n, phases), k)
+            holds.append(cached(PHASE, n, k, phases))
+        if q_kw:
+            hold_owner.setdefault((KW, n, ()), k)
+            holds.append(cached(KW, n, k, ()))
     tariff = problem.tariff
     peak_a = tariff.peak_so_far_kw / volt_kw
     root_total = float(a.load0_a[a.root].sum() + through[a.root].sum())
     peak_holds = tariff.demand_charge_per_kw > 0 and root_total >= peak_a - TIGHT_A
-    out: dict[str, tuple[Hold, ...]] = {}
-    for k in held.tolist():
-        s = sessions[k]
+    paused = set(allocation.paused)
+    for k in np.flatnonzero(held_mask).tolist():
+        sid = ids[k]
         if a.max_a[k] <= 0:
-            out[ids[k]] = (Hold(BLOCKED),)
+            out[sid] = [Hold(BLOCKED)]
             continue
         if not a.window[k, 0]:
             if a.departure[k] <= 0:
-                out[ids[k]] = (Hold(DEPARTED),)
+                out[sid] = [Hold(DEPARTED)]
             elif a.arrival[k] > 0:
-                out[ids[k]] = (Hold(NOT_ARRIVED, step=int(a.arrival[k])),)
+                out[sid] = [Hold(NOT_ARRIVED, step=int(a.arrival[k]))]
             else:
-                out[ids[k]] = (Hold(NEED),)
+                out[sid] = [Hold(NEED)]
             continue
-        path = a.anc_flat[a.anc_start[a.node_of[k]] : a.anc_start[a.node_of[k]] + lens[k]]
-        phases = s.phases
-        holds: list[Hold] = []
-        for n in path.tolist():
-            for p in phases:
-                if room[n, p] < TIGHT_A:
-                    holds.append(phase_hold(PHASE, n, p, k))
-            if kw_pos[n] >= 0 and kw_room[kw_pos[n]] < TIGHT_A * len(phases):
-                holds.append(kw_hold(KW, n, k))
-        if x0[k] <= TIGHT_A and (ids[k] in paused or not holds) and a.min_a[k] > 0:
-            # Paused: the node with least room on its path, if that is below the minimum.
-            need = a.min_a[k]
-            best: tuple[float, int, int | None] | None = None
-            for n in path.tolist():
-                for p in phases:
-                    if best is None or room[n, p] < best[0]:
-                        best = (float(room[n, p]), n, p)
-                if kw_pos[n] >= 0:
-                    per_phase = float(kw_room[kw_pos[n]]) / len(phases)
-                    if best is None or per_phase < best[0]:
-                        best = (per_phase, n, None)
-            if best is not None and (best[0] < need - TIGHT_A or ids[k] in paused):
-                _, n, p = best
-                holds.insert(
-                    0,
-                    phase_hold(MIN_CURRENT, n, p, k)
-                    if p is not None
-                    else kw_hold(MIN_CURRENT, n, k),
-                )
-        if not holds:
-            if peak_holds:
-                holds.append(Hold(PEAK, node_ids[a.root], limit=tariff.peak_so_far_kw))
-            later = np.flatnonzero(plan[k, 1:] > TIGHT_A)
-            if later.size:
-                holds.append(
-                    Hold(
-                        DEFERRED,
-                        step=int(later[0]) + 1,
-                        dual=duals.column(k) if duals is not None else math.nan,
-                    )
-                )
-            elif not peak_holds:
-                got = float(plan[k] @ a.kwh_per_a[k])
-                holds.append(Hold(NEED if got >= s.energy_kwh - 1e-3 else NONE))
-        out[ids[k]] = tuple(holds)
-    return Binding(out, allocation.method)
+        holds = out.get(sid)
+        if (
+            x0[k] <= TIGHT_A
+            and a.min_a[k] > 0
+            and (sid in paused or (not holds and least_s[k] < a.min_a[k] - TIGHT_A))
+        ):
+            # Paused: the node with least room on its path (below the minimum, or the one the
+            # 6 A rounding found too full).
+            q0 = int(first_pair[k])
+            q = q0 + int(np.argmin(least[q0 : q0 + lens[k]]))
+            n = int(pair_n[q])
+            if pair_room[q].min() <= pair_kw_room[q] / nph_pair[q]:
+                hold = node_hold(MIN_CURRENT, n, k, (int(np.argmin(pair_room[q])),))
+            else:
+                hold = node_hold(MIN_CURRENT, n, k, ())
+            holds = out.setdefault(sid, [])
+            holds.insert(0, hold)
+        if holds:
+            continue
+        holds = out[sid] = []
+        if peak_holds:
+            holds.append(Hold(PEAK, node_ids[a.root], limit=tariff.peak_so_far_kw))
+        if later_step[k]:
+            dual = duals.column(k) if duals is not None else math.nan
+            holds.append(Hold(DEFERRED, step=int(later_step[k]), dual=dual))
+        elif not peak_holds:
+            holds.append(Hold(NEED if got[k] >= sessions[k].energy_kwh - 1e-3 else NONE))
+    return Binding({sid: tuple(h) for sid, h in out.items()}, allocation.method)

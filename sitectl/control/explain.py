@@ -99,6 +99,8 @@ class _Context:
         for d in durations[:-1].tolist():
             self.step_start.append(self.step_start[-1] + timedelta(seconds=d))
         self.fallback = allocation.method == "fallback"
+        self.deferred: dict[int, dict[str, Any]] = {}  # step -> its item (texts made once)
+        self.context: dict[tuple, list[dict[str, Any]]] = {}  # tight node -> what is behind it
 
     def current(self, session_id: str) -> float:
         return self.dispatch.get(session_id, 0.0) + self.built.floors.get(session_id, 0.0)
@@ -228,7 +230,8 @@ def _tight_items(ctx: _Context, session_id: str, hold: b.Hold) -> list[dict]:
         kind = "site_kw" if node == GRID else "kw"
     else:
         kind = "charger" if node.startswith(_CHARGER_PREFIX) else "circuit"
-    where = _node_words(node) + ("" if kw else f" {_phase_name(hold.phase)}")
+    phases = [_phase_name(p) for p in (hold.phases or (() if kw else (hold.phase,)))]
+    where = _node_words(node) + ("" if kw else " " + ", ".join(phases))
     planned = hold.load + hold.ev
     measured = None
     if not kw and node in ctx.built.measured:
@@ -263,6 +266,7 @@ def _tight_items(ctx: _Context, session_id: str, hold: b.Hold) -> list[dict]:
         "kind": kind,
         "node": node.removeprefix(_CHARGER_PREFIX),
         "phase": _phase_name(hold.phase),
+        "phases": phases,
         "unit": unit,
         "limit": _r(hold.limit),
         "measured": _r(measured),
@@ -289,12 +293,18 @@ def _tight_items(ctx: _Context, session_id: str, hold: b.Hold) -> list[dict]:
             }
         )
     limit = hold.limit if not kw else math.nan
-    items += _context_items(ctx, node, hold.phase, limit)
-    return items
+    key = (node, hold.phase, limit)
+    context = ctx.context.get(key)
+    if context is None:  # the same for every session under the node
+        context = ctx.context[key] = _context_items(ctx, node, hold.phase, limit)
+    return items + context
 
 
 def _deferred_item(ctx: _Context, hold: b.Hold) -> dict[str, Any]:
     step = hold.step or 0
+    cached = ctx.deferred.get(step)
+    if cached is not None:  # many vehicles wait for the same cheap hour
+        return {**cached, "dual": _r(hold.dual, 6)}
     at = ctx.step_start[step] if step < len(ctx.step_start) else ctx.now
     when = ctx.local(at)
     prices = ctx.prices
@@ -318,6 +328,7 @@ def _deferred_item(ctx: _Context, hold: b.Hold) -> dict[str, Any]:
     else:
         item["text"] = f"deferred to {when}: the plan charges it later at no higher price"
         item["short"] = f"deferred to {when}"
+    ctx.deferred[step] = item
     return item
 
 

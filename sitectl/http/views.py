@@ -160,7 +160,12 @@ class LimitView(BaseModel):
     node: str | None = Field(
         None, description="The circuit, 'grid', or the charger id (charger, ev_cap, csms...)."
     )
-    phase: str | None = Field(None, description="L1, L2 or L3 where the limit is per phase.")
+    phase: str | None = Field(
+        None, description="L1, L2 or L3 where the limit is per phase: the tightest one."
+    )
+    phases: list[str] = Field(
+        default_factory=list, description="Every phase of the session that is full there."
+    )
     unit: str | None = Field(None, description="A (per phase) or kW: of limit, planned, headroom.")
     limit: Amps | None = Field(None, description="The limit in force on this cycle.")
     measured: Amps | None = Field(None, description="Measured current there, where trusted.")

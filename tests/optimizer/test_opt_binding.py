@@ -44,13 +44,9 @@ def test_a_feeder_full_on_every_phase_holds_both_cars_and_names_the_other():
     # 20 A between them (fairness leaves equal cars within one piece of each other).
     assert sum(allocation.dispatch_a.values()) == pytest.approx(20.0)
     for me, other in (("a", "b"), ("b", "a")):
-        phase_holds = [h for h in found[me] if h.kind == b.PHASE]
-        assert {(h.node, h.phase) for h in phase_holds} == {
-            ("feeder", 0),
-            ("feeder", 1),
-            ("feeder", 2),
-        }
-        hold = phase_holds[0]
+        (hold,) = found[me]  # one hold per tight node, with every tight phase
+        assert (hold.kind, hold.node) == (b.PHASE, "feeder")
+        assert sorted(hold.phases) == [0, 1, 2] and hold.phase == hold.phases[0]
         assert hold.limit == 20.0 and hold.ev == pytest.approx(20.0)
         assert hold.room == pytest.approx(0.0, abs=1e-6)
         assert hold.sharing == (other,) and hold.sharing_n == 1
@@ -63,7 +59,7 @@ def test_only_the_phase_the_building_fills_holds():
     allocation, found = holds(p)
     assert allocation.dispatch_a["a"] == pytest.approx(8.0)
     (hold,) = found["a"]
-    assert (hold.kind, hold.node, hold.phase) == (b.PHASE, "feeder", 0)
+    assert (hold.kind, hold.node, hold.phase, hold.phases) == (b.PHASE, "feeder", 0, (0,))
     assert hold.load == 12.0 and hold.sharing == () and hold.sharing_n == 0
     # Alone under the feeder the car's column bound is that limit: its dual is the reduced cost.
     assert hold.dual > 0
