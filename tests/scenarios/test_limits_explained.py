@@ -111,3 +111,52 @@ async def test_a_non_compliant_neighbour_is_named_as_what_fills_the_feeder(tmp_p
     assert site.draw("A") > 30  # it really takes its 32 A
     await site.cycles(4)
     assert site.depot.seconds_over(since=mark).get("feeder", 0.0) <= RAMP_S
+
+
+async def test_a_cheaper_hour_defers_the_vehicle_and_says_until_when(tmp_path, make_site):
+    # Expensive now, cheap from the next quarter hour on (times of day from the real clock:
+    # the site runs on it); the vehicle's small default need fits in the cheap steps.
+    now = datetime.now(UTC)
+    cheap = (now + timedelta(minutes=15)).replace(second=0, microsecond=0)
+    expensive = now - timedelta(minutes=5)
+    tariff = {
+        "periods": [
+            {"start": expensive.strftime("%H:%M"), "eur_per_kwh": 0.40},
+            {"start": cheap.strftime("%H:%M"), "eur_per_kwh": 0.10},
+        ]
+    }
+    config = scenario_config(
+        tmp_path, [{"id": "A"}], tariff=tariff, control={"default_energy_kwh": 2}
+    )
+    site = await make_site(config)
+    await site.depot.plug_in("A", SimEv(max_a=32))
+    await wait_for(
+        lambda: first(site, "A/1", "tariff") is not None,
+        timeout=10,
+        message=lambda: f"reasons {reasons(site, 'A/1')}",
+    )
+    item = first(site, "A/1", "tariff")
+    assert item["short"].startswith("deferred to ") and item["short"].endswith(", cheaper")
+    # A step the price change falls into may get a mean price: cheaper, not always 0.10.
+    assert item["price_now"] == 0.4 and 0.1 <= item["price_then"] < 0.4
+    at = datetime.fromisoformat(item["at"])
+    assert now < at <= cheap + timedelta(minutes=5)  # the first cheap step of the plan
+    await site.cycles(3)
+    assert site.draw("A") < 1.0  # and it really waits
+
+
+async def test_a_vehicle_drawing_less_than_offered_is_capped_at_what_it_takes(tmp_path, make_site):
+    # A vehicle that never draws more than 12 A: sitectl learns it (ev_learn_s) and plans it
+    # at its peak plus 2 A, and says so.
+    config = scenario_config(tmp_path, [{"id": "A"}])
+    site = await make_site(config)
+    await site.depot.plug_in("A", SimEv(max_a=12))
+    await wait_for(
+        lambda: first(site, "A/1", "ev_cap") is not None,
+        timeout=15,
+        message=lambda: f"reasons {reasons(site, 'A/1')}",
+    )
+    item = first(site, "A/1", "ev_cap")
+    assert item["node"] == "A" and item["connector_max"] == 32.0
+    assert 12.0 <= item["limit"] <= 15.0
+    assert site.draw("A") <= 12.5
