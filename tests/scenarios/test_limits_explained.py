@@ -160,3 +160,55 @@ async def test_a_vehicle_drawing_less_than_offered_is_capped_at_what_it_takes(tm
     assert item["node"] == "A" and item["connector_max"] == 32.0
     assert 12.0 <= item["limit"] <= 15.0
     assert site.draw("A") <= 12.5
+
+
+async def test_no_room_for_a_second_minimum_pauses_one_and_says_so(tmp_path, make_site):
+    # 10 A for two vehicles of 6 A minimum (fail-safes of 0 A, so the config holds).
+    chargers = [{"id": c, "failsafe_current_a": 0} for c in "AB"]
+    config = scenario_config(tmp_path, chargers, feeders=[{"id": "feeder", "limit_a": 10}])
+    site = await make_site(config)
+    for charger_id in "AB":
+        await site.depot.plug_in(charger_id, SimEv(max_a=32))
+
+    def paused() -> str | None:
+        return next((k for k in ("A/1", "B/1") if first(site, k, "min_current")), None)
+
+    await wait_for(
+        lambda: paused() is not None,
+        timeout=10,
+        message=lambda: f"A: {reasons(site, 'A/1')}, B: {reasons(site, 'B/1')}",
+    )
+    key = paused()
+    item = first(site, key, "min_current")
+    assert item["node"] == "feeder" and "below its minimum 6 A" in item["short"]
+    other = "B/1" if key == "A/1" else "A/1"
+    assert [s["session"] for s in item["shared_with"]] == [other]
+    await site.cycles(2)
+    assert site.draw(key[0]) < 1.0 and site.draw(other[0]) > 8  # one charges, one waits
+
+
+async def test_a_frozen_meter_puts_the_connection_on_its_fail_safe_budget_and_says_so(
+    tmp_path, make_site
+):
+    config = scenario_config(tmp_path, [{"id": "A"}, {"id": "B"}, {"id": "C"}])
+    site = await make_site(config, {"feeder": lambda t: (20.0,) * 3})
+    await wait_for(
+        lambda: site.state.control.circuits["grid"].measured_a is not None,
+        message="the meter to be trusted",
+    )
+    site.depot.frozen.add("grid-meter")
+    for charger_id in "ABC":
+        await site.depot.plug_in(charger_id, SimEv(max_a=32))
+    await wait_for(
+        lambda: (
+            ("meter_failed", "grid") in site.state.alarms
+            and first(site, "A/1", "meter_failed") is not None
+        ),
+        timeout=15,
+        message=lambda: f"alarms {list(site.state.alarms)}; A: {reasons(site, 'A/1')}",
+    )
+    failed = first(site, "A/1", "meter_failed")
+    assert failed["node"] == "grid" and failed["budget_a"] == 40.0  # its non_ev_max_a
+    circuit = first(site, "A/1", "circuit")
+    assert circuit is not None and circuit["node"] == "grid" and circuit["limit"] == 100.0
+    assert {s["session"] for s in circuit["shared_with"]} == {"B/1", "C/1"}
