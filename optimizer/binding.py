@@ -249,7 +249,9 @@ def step0_binding(
     least = np.minimum(pair_room.min(axis=1), pair_kw_room / nph_pair)
     least_s = np.minimum.reduceat(least, first_pair)
     later = plan[:, 1:] > TIGHT_A
-    later_step = np.where(later.any(axis=1), later.argmax(axis=1) + 1, 0)
+    later_step = np.zeros(S, dtype=np.intp)  # 0: nothing planned later (or no later step)
+    if later.shape[1]:
+        later_step = np.where(later.any(axis=1), later.argmax(axis=1) + 1, 0)
     got = (plan * a.kwh_per_a).sum(axis=1)
 
     volt_kw = a.voltage / 1000.0

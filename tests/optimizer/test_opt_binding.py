@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from optimizer import binding as b
 from optimizer.fallback import allocate
 from optimizer.lp import solve
 from optimizer.problem import Load, Node, Problem, Tariff
 from optimizer.verify import verify
-from tests.optimizer.cases import car, one_circuit
+from tests.optimizer.cases import car, one_circuit, problems
 
 
 def holds(problem: Problem):
@@ -141,3 +142,27 @@ def test_a_blocked_session_and_one_that_left_are_told_apart():
     _, found = holds(p)
     assert [h.kind for h in found["a"]] == [b.BLOCKED]
     assert [h.kind for h in found["b"]] == [b.DEPARTED]
+
+
+SETTINGS = settings(
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+@SETTINGS
+@given(problems())
+def test_every_held_session_has_a_reason_lp_and_fallback(problem):
+    # "Every capped session explained": no held session without a hold, none of kind NONE,
+    # and nobody at its maximum is held.
+    for allocation in (solve(problem, budget_s=30.0), allocate(problem)):
+        found = allocation.binding or b.step0_binding(problem, allocation)
+        for s in problem.sessions:
+            x0 = allocation.dispatch_a[s.id]
+            held = x0 < s.max_a - b.HELD_TOL_A or s.max_a <= 0
+            assert (s.id in found.holds) == held, (allocation.method, s, x0)
+            if held:
+                kinds = [h.kind for h in found.holds[s.id]]
+                assert kinds and b.NONE not in kinds, (allocation.method, s, x0, kinds)
