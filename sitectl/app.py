@@ -153,8 +153,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
 
     recovery = SessionRecovery(state, ocpp_server.call, observer.end_restored)
     from sitectl.ocpp.probe import CapabilityProbe  # what each charger declares (issue #17)
+    from sitectl.ocpp.sampling import SamplingSetup  # draws reported often enough (#16)
 
-    probe = CapabilityProbe(state, ocpp_server.call, store=store)
+    sampling = SamplingSetup(config, state, ocpp_server.call)
+    probe = CapabilityProbe(state, ocpp_server.call, store=store, sampling=sampling)
     components += [ocpp_server, keeper, recovery, probe, ClockMonitor(state)]
     if firmware is not None:
         components += firmware.components

@@ -204,3 +204,18 @@ def test_a_short_secret_in_a_shared_file_is_one_warning(tmp_path: Path) -> None:
     (tmp_path / "secrets" / "charger.pass").write_text("Xk93-fq2P\n")
     [warning] = about(warnings_of(path), "characters: use at least 16")
     assert warning.startswith("charger_defaults.password_file (line 4): this password has 9")
+
+
+@pytest.mark.parametrize(("interval", "warned"), [(20, True), (15, False), (0, False)])
+def test_a_meter_values_interval_longer_than_half_the_trust_is_warned(
+    write_config, interval: int, warned: bool
+) -> None:
+    text = MINIMAL_CONFIG.replace(
+        "ocpp:\n", f"ocpp:\n  meter_values_interval_s: {interval}\n"
+    )
+    found = about(warnings_of(write_config(text)), "meter_values_interval_s")
+    if warned:
+        [warning] = found
+        assert f"{interval} s: a draw is trusted for control.ev_measurement_max_age_s" in warning
+    else:
+        assert found == []

@@ -309,6 +309,17 @@ def _cross_check(cfg: Config) -> list[Problem]:
                 warning=True,
             )
         )
+    interval = cfg.ocpp.meter_values_interval_s
+    if interval and 2 * interval > control.ev_measurement_max_age_s:
+        add(
+            Problem(
+                ("ocpp", "meter_values_interval_s"),
+                f"{interval} s: a draw is trusted for control.ev_measurement_max_age_s "
+                f"({control.ev_measurement_max_age_s:g} s), less than two reports; between "
+                "them a vehicle's draw counts as building load and vehicles are held back",
+                warning=True,
+            )
+        )
     for index, circuit in enumerate(cfg.circuits):
         if not any(circuit.non_ev_max_a) and not circuit.chargers_only:
             where = "unmetered" if circuit.meter is None else "whenever its meter fails"

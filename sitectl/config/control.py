@@ -46,6 +46,14 @@ class ControlConfig(_Model):
     profile_validity_s: float = Field(
         30.0, gt=0, description="Duration of dynamic limits; the charger falls back after it."
     )
+    low_limit_validity_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Duration of a dynamic limit at or below the charger's fail-safe (a pause, a "
+        "low share): a charger holding it after sitectl is gone draws no more than its fail-safe, "
+        "so it is written again only this often (flash wear, rate limits). At most "
+        "profile_validity_s: every limit is refreshed as often.",
+    )
     min_pause_s: float = Field(60.0, ge=0)
     min_charge_s: float = Field(60.0, ge=0)
     meter_grace_s: float = Field(15.0, ge=0)

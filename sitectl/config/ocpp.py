@@ -61,6 +61,15 @@ class OcppConfig(_Model):
     profile_id_base: int = Field(
         900_000, ge=1, description="sitectl's charging profile ids start here (reserved range)."
     )
+    meter_values_interval_s: int = Field(
+        10,
+        ge=0,
+        description="Each charger's MeterValues interval during a transaction (1.6 "
+        "MeterValueSampleInterval, 2.0.1 SampledDataCtrlr.TxUpdatedInterval) is lowered to this "
+        "at every connection when it is longer or unset: a draw older than "
+        "control.ev_measurement_max_age_s is not trusted, and an untrusted draw counts as "
+        "building load. 0: leave the chargers' own setting alone.",
+    )
     offline: OfflineConfig = Field(default_factory=OfflineConfig)
 
     _paths = field_validator(

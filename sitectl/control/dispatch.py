@@ -9,7 +9,10 @@ Rules (DESIGN.md safety model; reference D3, S20, S26–S28):
   maximum until it accepts again.
 - **Deadband and rate.** An increase smaller than ``deadband_a`` is skipped (keeping the lower,
   verified limit is always safe); an unchanged limit is re-sent only when its validity would
-  otherwise lapse within two control periods. At most one profile per charger per cycle.
+  otherwise lapse within two control periods. A limit at or below the charger's fail-safe is
+  given ``low_limit_validity_s`` (1 h) instead of ``profile_validity_s``: outliving sitectl it
+  is no worse than the fail-safe, and a paused charger is not written every 20 s (flash wear).
+  At most one profile per charger per cycle.
 - **Limits** are rounded down to 0.1 A, and are 0 or at least the charger's minimum.
 - **Fail-safe** profiles are installed once per connection, before any dynamic limit.
 - **Quirks** (`sitectl.quirks`, when the loop sets `Dispatcher.quirks`): a charger's own minimum
@@ -129,7 +132,6 @@ class Dispatcher:
     ) -> list[Command]:
         """Commands for this cycle from the wanted limits (charger-wide, per connector)."""
         commands = []
-        refresh_after = self.control.profile_validity_s - 2 * self.control.period_s
         for charger_id, (wanted, connectors) in limits.items():
             charger = self.chargers[charger_id]
             min_a = self._min_a(charger)
@@ -162,7 +164,11 @@ class Dispatcher:
                 and not recent
             ):
                 kind = "increase"
-            elif mem.commanded_at is None or now_mono - mem.commanded_at >= refresh_after:
+            elif (
+                mem.commanded_at is None
+                or now_mono - mem.commanded_at
+                >= self.validity_s(charger, previous) - 2 * self.control.period_s
+            ):
                 limit = previous
                 kind = "refresh"
             else:
@@ -307,6 +313,19 @@ class Dispatcher:
                 return f"refused ({answer.get('status')})"
         return None
 
+    def validity_s(self, charger: ChargerConfig, amps: float) -> float:
+        """How long a dynamic limit of `amps` is given for (s).
+
+        A limit at or below the charger's fail-safe may outlive sitectl: the charger then draws
+        no more than the fail-safe proof already allows for. So it is written rarely (issue
+        #17.8: a paused charger got a profile every 20 s, 4,300 flash writes a day); a limit
+        above it keeps the short validity that makes it a dead man's switch.
+        """
+        short = self.control.profile_validity_s
+        if amps <= charger.failsafe_current_a + 1e-9:
+            return max(short, self.control.low_limit_validity_s)
+        return short
+
     def single_level(self, charger_id: str) -> int | None:
         """The one stack level a charger honours, when it is not sitectl's dynamic level.
 
@@ -336,7 +355,7 @@ class Dispatcher:
             level = single
         else:
             level = self.dynamic_level if dynamic else self.failsafe_level
-        duration = int(self.control.profile_validity_s) if dynamic else None
+        duration = int(self.validity_s(charger, amps)) if dynamic else None
         then = (
             self._value(charger, charger.failsafe_current_a)
             if dynamic and single is not None

@@ -5,8 +5,9 @@ is dispatched. This module reads the rest of that plan (issue #19.1):
 
 - **Energy is counted as the LP counts it**: ``current · phases · Problem.voltage_ln_v · Δt``
   per step, the floor of a connector without a known transaction added. For a DC charger that
-  is its AC input (the snapshot asks the LP for the remaining need at the input), so the
-  prediction says what the plan will do, in the terms in which it decides.
+  is its AC input (the snapshot asks the LP for the remaining need divided by the charger's
+  efficiency, and so does the forecast), so the prediction says what the plan will do, in the
+  terms in which it decides; a DC shortfall is at the input too (more than at the vehicle).
 - **A step's current is its mean over the step**: a car leaving part-way through a step
   (`Session.last_step_share`) gets that energy in the part it is still there, at
   ``current / share``; on step 0 (dispatched as is) it gets the current until it leaves.
@@ -42,6 +43,7 @@ import numpy as np
 
 from optimizer.allocation import Allocation
 from optimizer.problem import Problem
+from sitectl.control.snapshot import efficiency
 from sitectl.state import PlanForecast, PlanStep, Severity, SiteState
 
 __all__ = [
@@ -250,6 +252,7 @@ class PlanWatch:
         self, state: SiteState, zone: ZoneInfo, after_cycles: int = ALARM_AFTER_CYCLES
     ) -> None:
         self.state = state
+        self._chargers = {c.id: c for c in state.config.chargers}
         self.zone = zone
         self.after_cycles = after_cycles
         self._tracks: dict[str, _Track] = {}
@@ -301,6 +304,9 @@ class PlanWatch:
             remaining = None
             if plan.capped and plan.need_kwh is not None:
                 remaining = max(0.0, plan.need_kwh - delivered[key])
+                configured = self._chargers.get(charger_id or "")
+                if configured is not None and configured.kind == "dc":
+                    remaining /= efficiency(configured)  # at its AC input, as the LP plans
             needs[key] = Need(plan.departure, remaining, floors.get(key, 0.0))
         forecasts = forecast(problem, allocation, now, needs)
         for key, found in forecasts.items():

@@ -553,6 +553,11 @@ class ProblemBuilder:
             # Not a cap: whatever it is assumed to need, it wants at least one more step at its
             # maximum, so it charges until the vehicle itself stops drawing.
             remaining = max(need - delivered, step_kwh)
+        if charger.kind == "dc":
+            # A DC vehicle's need (and its charger's energy register) is what reaches the
+            # vehicle; the LP plans the AC input, more by 1/η (issue #19: ready times were 7 %
+            # optimistic and the vehicle left 7 % short).
+            remaining /= efficiency(charger)
         seconds_left = (departure - now).total_seconds()
         departure_step, share = self.horizon.departure_step(seconds_left)
         if 0 < seconds_left < self.control.step_s:

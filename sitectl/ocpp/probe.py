@@ -82,6 +82,8 @@ class CapabilityProbe:
         call_timeout_s: how long to wait for each answer.
         grace_s: how long after a connection without a boot to wait before asking anyway.
         reconnect_grace_s: the same after a reconnect when this process saw it boot.
+        sampling: lowers each charger's MeterValues interval at every connection, behind the
+            same gate (`sitectl.ocpp.sampling.SamplingSetup`); optional.
     """
 
     name = "capability-probe"
@@ -94,6 +96,7 @@ class CapabilityProbe:
         call_timeout_s: float = 10.0,
         grace_s: float = 30.0,
         reconnect_grace_s: float = 5.0,
+        sampling: Any = None,
     ) -> None:
         self.state = state
         self.call = call
@@ -101,6 +104,7 @@ class CapabilityProbe:
         self.call_timeout_s = call_timeout_s
         self.grace_s = grace_s
         self.reconnect_grace_s = reconnect_grace_s
+        self.sampling = sampling
         self._pending: asyncio.Queue[str] = asyncio.Queue()
         self._booted: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -147,10 +151,13 @@ class CapabilityProbe:
             grace = self.reconnect_grace_s if charger.boot_accepted else self.grace_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event(identity).wait(), grace)
-        if not charger.connected or self.known(identity):
+        if not charger.connected:
             return
         try:
-            await self.probe(identity)
+            if not self.known(identity):
+                await self.probe(identity)
+            if self.sampling is not None and charger.connected:
+                await self.sampling.ensure(identity)  # at every connection: a CSMS may reset it
         except asyncio.CancelledError:
             raise
         except Exception:  # one charger's odd answer must not stop the others' probes

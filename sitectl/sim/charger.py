@@ -71,6 +71,11 @@ def _min_limit_a(profile: dict[str, Any], voltage_v: float) -> float | None:
     return lowest
 
 
+def _interval(report_s: float) -> str:
+    """Its MeterValues period as OCPP says it: whole seconds (a faster one shows as 1)."""
+    return str(max(1, round(report_s)))
+
+
 def _refuses(sim: SimCharger, profile: dict[str, Any]) -> bool:
     ceiling = sim.quirks.max_stack_level
     if (
@@ -105,6 +110,7 @@ class _Point16(_MuteStack, ChargePoint16):
     @on("GetConfiguration")
     def get_configuration(self, **kwargs: Any) -> Any:
         self.sim.handled.calls.append(("GetConfiguration", kwargs))
+        self.sim.config_keys["MeterValueSampleInterval"] = _interval(self.sim.report_s)
         keys = [
             {"key": k, "readonly": True, "value": v}
             for k, v in self.sim.config_keys.items()
@@ -115,6 +121,10 @@ class _Point16(_MuteStack, ChargePoint16):
     @on("ChangeConfiguration")
     def change_configuration(self, key: str, value: str, **kwargs: Any) -> Any:
         self.sim.handled.calls.append(("ChangeConfiguration", {"key": key, "value": value}))
+        if key == "MeterValueSampleInterval":
+            if self.sim.quirks.keeps_sampling_interval:
+                return result16.ChangeConfiguration(status="Rejected")
+            self.sim.report_s = float(value)  # the MeterValues period from now on
         self.sim.config_keys[key] = value
         return result16.ChangeConfiguration(status="Accepted")
 
@@ -223,6 +233,7 @@ class _Point201(_MuteStack, ChargePoint201):
     @on("GetVariables")
     def get_variables(self, get_variable_data: list, **kwargs: Any) -> Any:
         self.sim.handled.calls.append(("GetVariables", {"get_variable_data": get_variable_data}))
+        self.sim.config_keys["SampledDataCtrlr.TxUpdatedInterval"] = _interval(self.sim.report_s)
         results = []
         for item in get_variable_data:
             name = f"{item['component']['name']}.{item['variable']['name']}"
@@ -236,6 +247,29 @@ class _Point201(_MuteStack, ChargePoint201):
                 }
             )
         return result201.GetVariables(get_variable_result=results)
+
+    @on("SetVariables")
+    def set_variables(self, set_variable_data: list, **kwargs: Any) -> Any:
+        self.sim.handled.calls.append(("SetVariables", {"set_variable_data": set_variable_data}))
+        results = []
+        for item in set_variable_data:
+            name = f"{item['component']['name']}.{item['variable']['name']}"
+            status = "Accepted"
+            if name == "SampledDataCtrlr.TxUpdatedInterval":
+                if self.sim.quirks.keeps_sampling_interval:
+                    status = "Rejected"
+                else:
+                    self.sim.report_s = float(item["attribute_value"])
+            if status == "Accepted":
+                self.sim.config_keys[name] = str(item["attribute_value"])
+            results.append(
+                {
+                    "attribute_status": status,
+                    "component": item["component"],
+                    "variable": item["variable"],
+                }
+            )
+        return result201.SetVariables(set_variable_result=results)
 
     @on("RequestStartTransaction")
     def request_start(self, **kwargs: Any) -> Any:
@@ -792,15 +826,15 @@ class SimCharger:
         """
         self.report_s = report_s
         loop = asyncio.get_running_loop()
-        last = loop.time()
-        next_report = last + report_s
+        last = reported = loop.time()
         while True:
             await asyncio.sleep(tick_s)
             now = loop.time()
             self.step(now - last, energy_factor)
             last = now
-            if now >= next_report and self.plugs:
-                next_report = now + self.report_s
+            # Against the period now in force: a shorter one (ChangeConfiguration) counts at once.
+            if now >= reported + self.report_s and self.plugs:
+                reported = now
                 with contextlib.suppress(Exception):
                     await self.report()
 

@@ -43,6 +43,7 @@ class Quirks:
             composite schedule or its current tells).
         ignores_limit_after_zero: after a pause at 0 A, the next higher limit is ignored and
             it runs at its maximum until it is given another profile (go-e).
+        keeps_sampling_interval: refuses a new MeterValues interval (its firmware's fixed one).
     """
 
     reports: str = "per_phase"
@@ -56,6 +57,7 @@ class Quirks:
     max_stack_level: int | None = None
     above_max_level: str = "reject"
     ignores_limit_after_zero: bool = False
+    keeps_sampling_interval: bool = False
 
     def __post_init__(self) -> None:
         if self.above_max_level not in ("reject", "ignore"):

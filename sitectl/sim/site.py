@@ -24,7 +24,9 @@ from sitectl.control.loop import ControlLoop
 from sitectl.ocpp.csms_guard import CsmsProfileGuard
 from sitectl.ocpp.keeper import ProfileKeeper
 from sitectl.ocpp.observe import StateObserver
+from sitectl.ocpp.probe import CapabilityProbe
 from sitectl.ocpp.recovery import SessionRecovery
+from sitectl.ocpp.sampling import SamplingSetup
 from sitectl.ocpp.server import OcppServer
 from sitectl.sessions import ActiveSessions
 from sitectl.sim.depot import SimDepot
@@ -109,6 +111,7 @@ def scenario_config(
             "listen_port": ocpp_port,
             "upstream_url": csms_url,
             "offline": {"local_id_tags": ["FLEET"]},
+            "meter_values_interval_s": 1,  # within ev_measurement_max_age_s below
         },
         "control": {**CONTROL, **(control or {})},
         "mqtt": {"enabled": False},
@@ -151,8 +154,24 @@ class Site:
         recovery = SessionRecovery(
             state, server.call, self.observer.end_restored, confirm_s=self.confirm_s
         )
+        # As `sitectl run` wires them: the probe (and the sampling interval behind its gate)
+        # with a short grace, as a charger reconnecting to a restarted sitectl is registered.
+        probe = CapabilityProbe(
+            state,
+            server.call,
+            store=self.store,
+            grace_s=3.0,
+            reconnect_grace_s=1.0,
+            sampling=SamplingSetup(config, state, server.call),
+        )
+        self.probe = probe
         self.loop = ControlLoop(
-            config, state, keeper.set_profile, store=self.store, call=server.call
+            config,
+            state,
+            keeper.set_profile,
+            store=self.store,
+            call=server.call,
+            on_not_supported=probe.record_not_supported,
         )
         pool = MeterPool(
             [d.to_spec() for d in config.devices],
@@ -162,6 +181,7 @@ class Site:
             asyncio.create_task(server.run()),
             asyncio.create_task(keeper.run()),
             asyncio.create_task(recovery.run()),
+            asyncio.create_task(probe.run()),
             asyncio.create_task(pool.run()),
         ]
         await asyncio.wait_for(server.ready.wait(), 10)

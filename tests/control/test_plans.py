@@ -18,8 +18,8 @@ from sitectl.config import Config
 from sitectl.control.plans import ALARM_CODE, READY_TOL_KWH, Need, PlanWatch, forecast
 from sitectl.state import SessionPlan, SessionState, SiteState
 
-#: A fixed origin for the arithmetic (never compared with the real clock).
-NOW = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
+#: An origin for the arithmetic: today's 20:00 UTC (never a literal date the clock overtakes).
+NOW = datetime.now(UTC).replace(hour=20, minute=0, second=0, microsecond=0)
 FINE, COARSE = 900.0, 3600.0
 STEPS_S = (FINE,) * 8 + (COARSE,) * 4  # 2 h fine, then 4 h coarse
 VOLT = 230.0

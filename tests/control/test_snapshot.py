@@ -312,6 +312,19 @@ def test_unknown_need_never_caps_and_a_stated_one_does() -> None:
     assert built.info["A/1"].capped and built.info["A/1"].need_source == "vehicle"
 
 
+def test_a_dc_vehicles_stated_need_is_planned_at_the_chargers_ac_input() -> None:
+    # The need (and the charger's energy register) is what reaches the vehicle; the LP plans
+    # the AC input, more by 1/efficiency, or the vehicle leaves 7 % short.
+    dc = {"id": "A", "kind": "dc", "max_power_kw": 50, "max_current_a": 80, "efficiency": 0.9}
+    cfg = config(chargers=[dc, {"id": "B"}])
+    state = SiteState(cfg)
+    plug(state, "A", energy_wh=10_000)
+    session = state.chargers["A"].connectors[1].session
+    session.energy_wanted_kwh, session.need_source = 40.0, "vehicle"
+    built = build(cfg, state, trusted((0.0, 0.0, 0.0)))
+    assert built.problem.sessions[0].energy_kwh == pytest.approx(30.0 / 0.9)
+
+
 def test_a_meter_reading_less_than_the_chargers_under_it_is_distrusted() -> None:
     cfg = config()
     state = SiteState(cfg)

@@ -100,3 +100,36 @@ async def test_a_simulated_charger_that_refuses_below_8_a(csms, start_server) ->
         report = await dispatcher.send([pause], memory, now, 3.0)
         assert report.failed == {} and not memory["A"].uncontrollable
         assert sim.limit_a(0) == 8.0  # the charger holds sitectl's profile
+
+
+async def test_a_limit_at_or_below_the_failsafe_is_written_rarely() -> None:
+    # Issue #17.8: a paused charger got a fresh profile every validity - 2 periods (20 s by
+    # default, 4,300 flash writes a day). Holding 0 A (or anything up to its fail-safe) after
+    # sitectl is gone is no worse than its fail-safe: it is given an hour.
+    cfg = config(period_s=5, profile_validity_s=30, low_limit_validity_s=3600)
+    sent = []
+
+    async def accept(identity, payload):
+        sent.append(payload)
+        return {"status": "Accepted"}
+
+    dispatcher = Dispatcher(cfg, accept, lambda c: "1.6")
+    failsafe = cfg.chargers[0].failsafe_current_a
+    memory = {"A": ChargerMemory(commanded_a=16.0, commanded_at=0.0)}
+    now = datetime.now(UTC)
+    # Paused: a decrease to 0 A, with the long duration.
+    commands = dispatcher.plan({"A": (0.0, {})}, memory, 1.0)
+    await dispatcher.send(commands, memory, now, 1.0)
+    schedule = sent[-1]["csChargingProfiles"]["chargingSchedule"]
+    assert schedule["duration"] == 3600 + 300  # + the start margin in the past
+    # Unchanged: not written again at 25 s, nor at 30 minutes; refreshed before the hour ends.
+    assert dispatcher.plan({"A": (0.0, {})}, memory, 26.0) == []
+    assert dispatcher.plan({"A": (0.0, {})}, memory, 1801.0) == []
+    assert [c.kind for c in dispatcher.plan({"A": (0.0, {})}, memory, 3592.0)] == ["refresh"]
+    # Above the fail-safe the short validity holds: written again within 30 s.
+    commands = dispatcher.plan({"A": (failsafe + 10.0, {})}, memory, 3592.0)
+    await dispatcher.send(commands, memory, now, 3592.0)
+    assert sent[-1]["csChargingProfiles"]["chargingSchedule"]["duration"] == 30 + 300
+    assert [c.kind for c in dispatcher.plan({"A": (failsafe + 10.0, {})}, memory, 3613.0)] == [
+        "refresh"
+    ]
