@@ -48,6 +48,14 @@ class Arrays:
     ancestors: list[list[int]]  # per node: itself and its ancestors
     parents: list[int]
     root: int
+    # The same paths flat, so step-0 sums over every node above a session need no Python loop
+    # (`optimizer.binding`): node k's path is anc_flat[anc_start[k] : anc_start[k] + anc_len[k]].
+    anc_flat: np.ndarray  # (Σ path lengths,) node positions
+    anc_start: np.ndarray  # (M,)
+    anc_len: np.ndarray  # (M,)
+    limit_a: np.ndarray  # (M, 3) configured limit per node and phase
+    load0_a: np.ndarray  # (M, 3) non-EV current through each node on step 0
+    kw_limit_sum_a: np.ndarray  # (J,) kW limit as a sum of phase currents
 
 
 def kwh_per_amp(voltage_ln_v: float, nph: np.ndarray, dt_h: np.ndarray) -> np.ndarray:
@@ -98,6 +106,10 @@ def compile_problem(problem: Problem) -> Arrays:
     headroom_sum_a = np.maximum(kw_limit_sum_a[:, None] - load[kw_nodes].sum(axis=1), 0.0)
     parents = problem.parents()
     root = parents.index(-1)
+    ancestors = problem.ancestors()
+    anc_len = np.fromiter((len(a) for a in ancestors), dtype=np.intp, count=len(ancestors))
+    anc_start = np.concatenate(([0], np.cumsum(anc_len)[:-1])).astype(np.intp)
+    anc_flat = np.fromiter((n for a in ancestors for n in a), dtype=np.intp, count=anc_len.sum())
     return Arrays(
         steps=T,
         dt_h=dt_h,
@@ -119,7 +131,13 @@ def compile_problem(problem: Problem) -> Arrays:
         kw_nodes=kw_nodes,
         headroom_sum_a=headroom_sum_a.reshape(len(kw_nodes), T),
         load_root_sum_a=load[root].sum(axis=0),
-        ancestors=problem.ancestors(),
+        ancestors=ancestors,
         parents=parents,
         root=root,
+        anc_flat=anc_flat,
+        anc_start=anc_start,
+        anc_len=anc_len,
+        limit_a=limits,
+        load0_a=load[:, :, 0].copy(),
+        kw_limit_sum_a=kw_limit_sum_a,
     )

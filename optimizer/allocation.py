@@ -5,8 +5,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from optimizer.binding import Binding
 
 __all__ = ["Allocation", "Status"]
 
@@ -47,6 +51,9 @@ class Allocation:
         solve_s: Wall time spent producing it (s), model update and rounding included.
         paused: Sessions the LP wanted at ``0 < i < min_a`` on step 0 and the 6 A rule paused.
         detail: Free text for logs: the solver's status, the first violation, an exception.
+        binding: Why each held session's step-0 current is what it is (`optimizer.binding`);
+            the LP fills it with its duals, ``None`` elsewhere (`step0_binding` computes it
+            for any allocation).
     """
 
     dispatch_a: Mapping[str, float]
@@ -58,6 +65,7 @@ class Allocation:
     solve_s: float = 0.0
     paused: tuple[str, ...] = ()
     detail: str = ""
+    binding: Binding | None = None
 
     @property
     def total_energy_kwh(self) -> float:

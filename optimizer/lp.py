@@ -44,6 +44,7 @@ benchmark's figures (direct HiGHS warm 0.031 s vs cvxpy re-solve 0.58 s at 500 Ã
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ from optimizer._arrays import Arrays, compile_problem
 from optimizer._highs import new_highs
 from optimizer._structure import Structure
 from optimizer.allocation import Allocation, Status
+from optimizer.binding import LpDuals, step0_binding
 from optimizer.problem import Problem
 from optimizer.verify import verify
 
@@ -358,6 +360,7 @@ class Allocator:
         self._kw_hr = np.zeros((0, 0))  # and kW headroom per group (G, T), inf if none
         #: How many times the model was built from scratch (tests and the benchmark read it).
         self.builds = 0
+        self._t0 = 0.0  # start of the solve under way (its time includes the holds)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -382,7 +385,7 @@ class Allocator:
             The allocation; ``status is Status.OPTIMAL`` when it comes from the LP. Its
             ``objective`` is the LP optimum before the 6 A rule (currency units).
         """
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         deadline = t0 + budget_s
         if not problem.sessions:
             empty = np.zeros((0, problem.steps))
@@ -399,6 +402,7 @@ class Allocator:
             info = relaxed.highs.getInfo()
             objective = info.objective_function_value / _OBJ_SCALE
             plan = self._plan(relaxed, arrays, slot_of)
+            last = relaxed  # the model whose solution the plan is (its duals explain it)
             paused: list[int] = []
             frac = _fractional(arrays, plan)
             if frac.size:
@@ -414,6 +418,7 @@ class Allocator:
                     if failure is not None:
                         return self._failed(problem, t0, failure)
                     plan = self._plan(fixed, arrays, slot_of)
+                    last = fixed
                     frac = _fractional(arrays, plan)
                     if frac.size == 0:
                         break
@@ -424,7 +429,30 @@ class Allocator:
             violations = verify(problem, allocation)
             if violations:
                 return self._fallback(problem, t0, Status.VERIFY_FAILED, str(violations[0]))
-        return allocation
+        return self._explained(problem, allocation, arrays, last, slot_of)
+
+    def _explained(
+        self,
+        problem: Problem,
+        allocation: Allocation,
+        arrays: Arrays,
+        model: _Model,
+        slot_of: np.ndarray,
+    ) -> Allocation:
+        """The allocation with its step-0 holds (`optimizer.binding`); without them if that
+        fails (an explanation must never cost the answer)."""
+        assert self._layout is not None and self._matrix is not None
+        lay = self._layout
+        duals = LpDuals(
+            model.highs, self._matrix.structure, lay.f0, lay.r_kw, lay.T, slot_of, _OBJ_SCALE
+        )
+        try:
+            binding = step0_binding(problem, allocation, arrays, duals)
+        except Exception as exc:  # the answer stands without its reasons
+            return dataclasses.replace(allocation, detail=f"binding: {exc!r}")
+        return dataclasses.replace(
+            allocation, binding=binding, solve_s=time.perf_counter() - self._t0
+        )
 
     # Building and updating the models.
 

@@ -274,6 +274,9 @@ class SessionPlan:
     forecast: PlanForecast | None = None  # what its plan predicts (None before one is made)
     delivered_kwh: float = 0.0  # energy the session had delivered at the cycle
     planned_at: datetime | None = None  # the cycle's time
+    #: Why it gets less than the vehicle and charger could take (`control.explain`): plain
+    #: dicts with kind, node, text, short and the numbers behind them; empty when it does not.
+    limited_by: tuple[dict[str, Any], ...] = ()
 
 
 #: Upper bounds (s) of the solve-time histogram that /metrics exposes.

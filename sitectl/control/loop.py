@@ -34,6 +34,7 @@ from sitectl.control.applied import AppliedCheck
 from sitectl.control.compliance import ComplianceCheck
 from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.draw import Draw
+from sitectl.control.explain import Explainer
 from sitectl.control.memory_store import ControlMemoryStore
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.phase_test import PhaseTests
@@ -177,6 +178,7 @@ class ControlLoop:
         self.limits_a = config.circuit_limits_a()
         self.phase_watch = PhaseWatch(config)
         self.plan_watch = PlanWatch(state, self.builder.horizon.zone)  # forecasts, late alarm
+        self.explainer = Explainer(state)  # why each limited session gets what it gets
         self.phase_tests = phase_tests if phase_tests is not None else PhaseTests(config, state)
         self._wake = asyncio.Event()
         self.last: tuple[Built, Allocation, DispatchReport] | None = None
@@ -715,6 +717,14 @@ class ControlLoop:
                 node = self.builder.chargers[node.removeprefix("charger:")].circuit
             add_up(node, (load.current_a[0][0], load.current_a[1][0], load.current_a[2][0]))
         plans: dict[str, SessionPlan] = {}
+        why = self.explainer(
+            built,
+            allocation,
+            memory=self.memory,
+            builder=self.builder,
+            now=now,
+            now_mono=self.monotonic(),
+        )
         for session in built.problem.sessions:
             amps = allocation.dispatch_a.get(session.id, 0.0)
             info = built.info.get(session.id)
@@ -726,6 +736,7 @@ class ControlLoop:
                     info.need_source,
                     info.capped,
                     amps + built.floors.get(session.id, 0.0),
+                    limited_by=why.get(session.id, ()),
                 )
             phases = [0.0, 0.0, 0.0]
             for p in session.phases:

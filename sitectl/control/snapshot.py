@@ -143,6 +143,9 @@ class SessionInfo:
     need_kwh: float | None  # the stated or assumed total need; None: a floor-only connector
     need_source: str  # vehicle | command | fleet | default | unknown
     capped: bool  # whether the need bounds the energy (stated) or only guides the plan
+    #: What set its maximum, lowest last: (source, A) from "connector" (charger or connector
+    #: hardware), "vehicle" (2.0.1 needs), "ev_cap" (learnt), "csms", "applied" (closed loop).
+    max_by: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -516,20 +519,22 @@ class ProblemBuilder:
         if session is None:
             phases = tuple(sorted(rotation))
         max_a = self._connector_max(charger)
+        max_by = [("connector", max_a)]
         if session is not None and session.ev_max_current_a:
-            max_a = min(max_a, session.ev_max_current_a)
+            max_by.append(("vehicle", session.ev_max_current_a))
         if (
             session is not None
             and mem.ev_session == session.session_id
             and mem.ev_cap_a is not None
         ):
-            max_a = min(max_a, mem.ev_cap_a)
+            max_by.append(("ev_cap", mem.ev_cap_a))
         csms = self._csms_bound(charger, charger_state, connector, now)
         if csms is not None:
-            max_a = min(max_a, csms)
+            max_by.append(("csms", csms))
         applied = mem.applied_cap_a(now_mono)  # it applies less than sent (closed loop, #17)
         if applied is not None:
-            max_a = min(max_a, applied)
+            max_by.append(("applied", applied))
+        max_a = min(amps for _, amps in max_by)
         min_a = charger.min_current_a
         if session is not None and session.ev_min_current_a:
             min_a = max(min_a, session.ev_min_current_a)
@@ -588,7 +593,9 @@ class ProblemBuilder:
             priority=priority,
             last_step_share=share,
         )
-        info = SessionInfo(departure, departure_source, need, need_source or "unknown", capped)
+        info = SessionInfo(
+            departure, departure_source, need, need_source or "unknown", capped, tuple(max_by)
+        )
         return problem_session, floor, info
 
     def _connector_max(self, charger: ChargerConfig) -> float:

@@ -36,6 +36,7 @@ __all__ = [
     "FirmwareView",
     "FrameView",
     "HistoryView",
+    "LimitView",
     "PhaseTestView",
     "PlanStepView",
     "PlanView",
@@ -45,6 +46,7 @@ __all__ = [
     "SessionPlanView",
     "SessionRecord",
     "SessionView",
+    "SharedView",
     "SiteView",
     "charger_view",
     "plan_view",
@@ -134,6 +136,65 @@ class SessionView(BaseModel):
     priority: int
 
 
+class SharedView(BaseModel):
+    """Another session drawing through the same limit."""
+
+    session: str = Field(description='Its "charger/connector".')
+    current_a: Amps | None = Field(description="What it was given this cycle.")
+
+
+class LimitView(BaseModel):
+    """One reason a session gets less than the vehicle and the charger could take."""
+
+    kind: str = Field(
+        description="circuit (a circuit or the grid, per phase), charger (a charger's own "
+        "maximum shared by its connectors), site_kw / kw (a kW limit), override (an operator "
+        "override lowers that node), fixed_load (a neighbour sitectl cannot steer, budgeted at "
+        "its maximum or what it holds), meter_failed (a circuit on its fail-safe budget), "
+        "priority (sessions of higher priority share the limit), min_current (paused: less "
+        "than its minimum left), tariff (deferred to a cheaper step), deferred (planned "
+        "later), peak (demand charge), ev_cap (learnt vehicle cap), vehicle_max, csms (the "
+        "CSMS's profile), applied (the charger applies less), pause_dwell, need, blocked, "
+        "departed, unexplained."
+    )
+    node: str | None = Field(
+        None, description="The circuit, 'grid', or the charger id (charger, ev_cap, csms...)."
+    )
+    phase: str | None = Field(
+        None, description="L1, L2 or L3 where the limit is per phase: the tightest one."
+    )
+    phases: list[str] = Field(
+        default_factory=list, description="Every phase of the session that is full there."
+    )
+    unit: str | None = Field(None, description="A (per phase) or kW: of limit, planned, headroom.")
+    limit: Amps | None = Field(None, description="The limit in force on this cycle.")
+    measured: Amps | None = Field(None, description="Measured current there, where trusted.")
+    planned: Amps | None = Field(
+        None, description="Planned on step 0: non-EV and fixed loads plus every vehicle."
+    )
+    headroom: Amps | None = Field(None, description="limit - planned (about 0 when it holds).")
+    shared_with: list[SharedView] = Field(
+        default_factory=list, description="Other sessions drawing through it (largest first)."
+    )
+    sessions: list[str] = Field(default_factory=list, description="priority: those sessions.")
+    dual: float | None = Field(
+        None,
+        description="The LP's step-0 dual of the limit (currency per A or kW more), or for "
+        "tariff/deferred the reduced cost of its step-0 current; null for the fallback.",
+    )
+    source: str | None = Field(None, description="override: who set it (operator, mqtt, api).")
+    until: datetime | None = Field(None, description="override: when it expires.")
+    configured: Amps | None = Field(None, description="override: the configured limit.")
+    charger: str | None = Field(None, description="fixed_load: the neighbour.")
+    budget_a: Amps | None = Field(None, description="fixed_load, meter_failed: the budget (A).")
+    at: datetime | None = Field(None, description="tariff/deferred: when the plan charges it.")
+    price_now: float | None = None
+    price_then: float | None = None
+    connector_max: Amps | None = Field(None, description="What the connector could take (A).")
+    text: str = Field(description="The reason in words, with its numbers.")
+    short: str = Field(description="The same without numbers that move every cycle (MQTT).")
+
+
 class PlanView(BaseModel):
     """What the control loop assumed and gave for a connector in its last cycle."""
 
@@ -168,6 +229,11 @@ class PlanView(BaseModel):
     late_min: float | None = Field(None, description="Minutes more it would need (see plan).")
     planned_kwh: KilowattHours | None = Field(
         None, description="Energy planned to the departure (or the end of the plan)."
+    )
+    limited_by: list[LimitView] = Field(
+        default_factory=list,
+        description="Why it gets less than the vehicle and the charger could take (step 0); "
+        "empty when it gets that.",
     )
 
 
@@ -590,6 +656,7 @@ def _plan_fields(plan: SessionPlan) -> dict[str, Any]:
         "need_source": plan.need_source,
         "capped": plan.capped,
         "dispatched_a": plan.dispatched_a,
+        "limited_by": [LimitView.model_validate(item) for item in plan.limited_by],
     }
     found = plan.forecast
     if found is not None:

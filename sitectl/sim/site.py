@@ -73,6 +73,7 @@ def scenario_config(
     meter: dict[str, Any] | None = None,
     csms_url: str | None = None,
     http: dict[str, Any] | None = None,
+    tariff: dict[str, Any] | None = None,
 ) -> Config:
     """A depot with a metered grid connection (SDM630 on Modbus TCP) and the given chargers."""
     meter_port, ocpp_port = free_ports(2)
@@ -118,6 +119,8 @@ def scenario_config(
         "http": {"enabled": False, "listen_host": "127.0.0.1", **(http or {})},
         "storage": {"path": str(tmp_path / "scenario.sqlite")},
     }
+    if tariff is not None:
+        data["tariff"] = tariff
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(data))
     config, _ = load_config(path, environ={})

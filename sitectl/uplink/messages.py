@@ -239,6 +239,17 @@ def _plan_brief(plan: SessionPlan | None) -> dict[str, Any] | None:
     }
 
 
+def _limited_brief(plan: SessionPlan | None) -> list[dict[str, Any]]:
+    """Why the connector gets less than it could take: kinds, nodes and short texts only (the
+    numbers are on the local API, ``GET /api/chargers/{id}``), so it changes with the reason."""
+    if plan is None:
+        return []
+    return [
+        {"kind": item["kind"], "node": item.get("node"), "text": item["short"]}
+        for item in plan.limited_by
+    ]
+
+
 def charger_body(
     charger: ChargerState, now: datetime, plans: Mapping[str, SessionPlan] | None = None
 ) -> dict[str, Any]:
@@ -269,6 +280,7 @@ def charger_body(
                 "measured_at": iso(connector.measured_at),
                 "session": _session_brief(connector.session) if connector.session else None,
                 "plan": _plan_brief(plans.get(f"{charger.charger_id}/{number}")),
+                "limited_by": _limited_brief(plans.get(f"{charger.charger_id}/{number}")),
             }
         )
     return {

@@ -388,12 +388,33 @@ async def test_connectors_show_what_the_control_loop_assumed_and_gave(client) ->
         "shortfall_kwh": None,
         "late_min": None,
         "planned_kwh": 27.6,
+        "limited_by": [],  # it gets what it could take
+    }
+    feeder = {
+        "kind": "circuit",
+        "node": "feeder",
+        "phase": "L1",
+        "unit": "A",
+        "limit": 32.0,
+        "measured": 31.04,
+        "planned": 32.0,
+        "headroom": 0.0,
+        "shared_with": [{"session": "CP2/1", "current_a": 16.04}],
+        "dual": 0.086337,
+        "text": "feeder L1's limit holds it",
+        "short": "feeder L1 at its limit 32 A, shared with 1 other",
+        "step": 3,  # not in the view: only what LimitView declares goes out
     }
     state.control.sessions["CP1/1"] = SessionPlan(
-        NOW + timedelta(hours=4), "command", 55.0 / 3, "command", True, 31.96
+        NOW + timedelta(hours=4), "command", 55.0 / 3, "command", True, 31.96, limited_by=(feeder,)
     )
     detail = await (await c.get("/api/chargers/CP1")).json()
     plan = detail["connectors"][0]["plan"]
+    (why,) = plan["limited_by"]
+    assert (why["kind"], why["node"], why["phase"], why["limit"]) == ("circuit", "feeder", "L1", 32)
+    assert why["measured"] == 31.0
+    assert why["shared_with"] == [{"session": "CP2/1", "current_a": 16.0}]
+    assert why["short"] == feeder["short"] and why["dual"] == 0.086337 and "step" not in why
     assert plan["departure"] == "2026-11-27T07:00:00Z" and plan["departure_source"] == "command"
     assert (plan["need_kwh"], plan["need_source"], plan["capped"]) == (18.33, "command", True)
     assert plan["dispatched_a"] == 32.0

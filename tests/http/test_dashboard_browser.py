@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import shutil
 from collections.abc import AsyncIterator
@@ -442,3 +443,45 @@ async def test_the_plan_view_draws_a_row_per_connector_red_where_short(tmp_path:
     assert box is not None and box["width"] > 200 and box["height"] > 5
     assert (tmp_path / "plan.png").stat().st_size > 2_000
     assert after == ""
+
+
+async def test_why_a_charger_gets_less_shows_on_hover_and_on_tap(tmp_path: Path) -> None:
+    cfg = fixed_config()
+    state = with_plans(fixed_state(cfg))
+    feeder = {
+        "kind": "circuit",
+        "node": "feeder-a",
+        "phase": "L1",
+        "text": "feeder-a L1's limit holds it: limit 120.0 A; shared with CP201/1 (16 A)",
+        "short": "feeder-a L1 at its limit 120 A, shared with 1 other",
+    }
+    override = {
+        "kind": "override",
+        "node": "feeder-a",
+        "text": "an override (mqtt) lowers feeder-a L1 from 160 A to 120 A until 22:00",
+        "short": "override (mqtt) to 120 A until 22:00",
+    }
+    plan = state.control.sessions["CP16/1"]
+    state.control.sessions["CP16/1"] = dataclasses.replace(plan, limited_by=(feeder, override))
+    async with dashboard(cfg, state) as page:
+        badge = page.locator('#chargers tr[data-charger="CP16"] td.limit .why')
+        await badge.wait_for()
+        label = await badge.inner_text()
+        title = await badge.get_attribute("title")
+        none201 = await page.locator('#chargers tr[data-charger="CP201"] .why').count()
+        await badge.click()  # a tap: the reasons open under the limit, and stay open
+        pop = page.locator('#chargers tr[data-charger="CP16"] .why-pop')
+        await pop.wait_for()
+        first = await page.evaluate("document.body.dataset.updated")
+        await wait_js(page, f"document.body.dataset.updated !== {first!r}")
+        still = await pop.count()
+        lines = await pop.locator("div").all_inner_texts()
+        await page.locator("#chargers-section").screenshot(path=str(tmp_path / "why.png"))
+        await page.locator('#chargers tr[data-charger="CP16"] td.limit .why').click()
+        await wait_js(page, "!document.querySelector('#chargers .why-pop')")
+        await wait_js(page, "Number(document.body.dataset.planRows || 0) === 2")
+        row = await page.locator('#plan g[data-plan="CP16/1"] > title').text_content()
+    assert label == "why: circuit +1" and none201 == 0
+    assert title == f"{feeder['text']}\n{override['text']}"
+    assert still == 1 and lines == [feeder["text"], override["text"]]
+    assert row is not None and "limited by: feeder-a L1's limit holds it" in row

@@ -221,6 +221,32 @@ def test_the_plan_in_brief_per_connector(config) -> None:
     assert comparable(charger_body(state.chargers["CP1"], NOW, state.control.sessions)) == before
 
 
+def test_why_a_connector_gets_less_in_brief(config) -> None:
+    state = with_plans(rich_state(config, NOW))
+    reason = {
+        "kind": "circuit",
+        "node": "feeder",
+        "phase": "L1",
+        "planned": 119.7,
+        "shared_with": [{"session": "CP2/1", "current_a": 16.0}],
+        "text": "feeder L1's limit holds it: limit 120.0 A, planned 119.7 A; shared with CP2/1",
+        "short": "feeder L1 at its limit 120 A, shared with 1 other",
+    }
+    plan = state.control.sessions["CP1/1"]
+    state.control.sessions["CP1/1"] = dataclasses.replace(plan, limited_by=(reason,))
+    body = wire(charger_body(state.chargers["CP1"], NOW, state.control.sessions))
+    assert not list(validator("charger").iter_errors(body)), body
+    assert body["connectors"][0]["limited_by"] == [
+        {"kind": "circuit", "node": "feeder", "text": reason["short"]}
+    ]
+    assert body["connectors"][1]["limited_by"] == []
+    # The numbers that move every cycle stay on the local API: no republish for them.
+    before = comparable(charger_body(state.chargers["CP1"], NOW, state.control.sessions))
+    moved = {**reason, "planned": 118.2, "text": reason["text"].replace("119.7", "118.2")}
+    state.control.sessions["CP1/1"] = dataclasses.replace(plan, limited_by=(moved,))
+    assert comparable(charger_body(state.chargers["CP1"], NOW, state.control.sessions)) == before
+
+
 def test_comparable_ignores_time_stamps(config) -> None:
     state = rich_state(config, NOW)
     charger = state.chargers["CP1"]

@@ -107,6 +107,36 @@ function needText(k) {
     "charging until the vehicle stops";
 }
 
+// Why a connector gets less than it could take (the API's `limited_by`): a badge beside the
+// limit, its reasons on hover (title) and, for touch screens, on tap (kept open across
+// redraws until tapped again).
+const openWhy = new Set();
+
+function whyReasons(c) {
+  return c.connectors.flatMap((k) => (k.plan?.limited_by ?? []).map((r) =>
+    (c.connectors.length > 1 ? `${k.connector_id}: ` : "") + r.text));
+}
+
+function whyBadge(c) {
+  const reasons = whyReasons(c);
+  if (reasons.length === 0) return "";
+  const kinds = [...new Set(c.connectors.flatMap((k) => (k.plan?.limited_by ?? []).map((r) => r.kind)))];
+  const open = openWhy.has(c.id);
+  return ` <span class="why badge warn" tabindex="0" role="button" data-why="${esc(c.id)}"` +
+    ` aria-expanded="${open}" title="${esc(reasons.join("\n"))}">why: ${esc(kinds[0])}` +
+    `${kinds.length > 1 ? ` +${kinds.length - 1}` : ""}</span>` +
+    (open ? `<div class="why-pop">${reasons.map((r) => `<div>${esc(r)}</div>`).join("")}</div>` : "");
+}
+
+document.addEventListener("click", (event) => {
+  const badge = event.target.closest?.("[data-why]");
+  if (!badge) return;
+  const id = badge.dataset.why;
+  if (openWhy.has(id)) openWhy.delete(id); else openWhy.add(id);
+  if (lastChargers) renderChargers(lastChargers);
+});
+let lastChargers = null;
+
 // Firmware statuses that say nothing is under way (1.6 §7.25, 2.0.1 FirmwareStatusEnumType).
 const FIRMWARE_AT_REST = ["Idle", "Installed"];
 
@@ -136,6 +166,7 @@ function renderVersions(chargers) {
 }
 
 function renderChargers(chargers) {
+  lastChargers = chargers;
   const rows = chargers.map((c) => {
     const status = c.connectors.map(connectorState).join(" · ");
     const draw = c.connectors.map((k) => (k.current_a ?? [null, null, null])
@@ -155,7 +186,7 @@ function renderChargers(chargers) {
     return `<tr data-charger="${esc(c.id)}"><td class="id">${esc(c.id)} ${online}</td>` +
       `<td class="circuit">${esc(c.circuit)}</td><td class="firmware">${firmwareCell(c)}</td>` +
       `<td class="status">${status}</td>` +
-      `<td class="limit">${c.limit_a == null ? "–" : c.limit_a.toFixed(1) + " A"}</td>` +
+      `<td class="limit">${c.limit_a == null ? "–" : c.limit_a.toFixed(1) + " A"}${whyBadge(c)}</td>` +
       `<td class="draw">${draw}</td><td class="session">${energy}</td>` +
       `<td class="need">${esc(need)}</td><td class="departure">${esc(departure)}</td>` +
       `<td class="compliance">${compliance}</td>` +
@@ -240,7 +271,8 @@ function planTitle(p) {
     parts.push(p.reason);
   }
   if (p.planned_kwh != null) parts.push(`${p.planned_kwh.toFixed(1)} kWh planned`);
-  return parts.join(" · ");
+  const why = (p.limited_by ?? []).map((r) => r.text);
+  return parts.join(" · ") + (why.length ? `\nlimited by: ${why.join("; ")}` : "");
 }
 
 function renderPlan(plans) {
