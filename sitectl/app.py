@@ -86,7 +86,9 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
 
     ocpp_server = OcppServer(config, FanoutListener(observer, tracker), store=store, alarm=alarm)
     # The CSMS's charger-wide profiles go below sitectl's stack levels (issue #17.1).
-    ocpp_server.csms_rewriters.append(CsmsProfileGuard(config.ocpp.profile_stack_levels).rewrite)
+    guard = CsmsProfileGuard(config.ocpp.profile_stack_levels)
+    ocpp_server.csms_rewriters.append(guard.rewrite)
+    ocpp_server.charger_rewriters.append(guard.report)
     keeper = ProfileKeeper(state, ocpp_server.call)
     firmware = _firmware_components(config, state, store, ocpp_server, tracker)
     rollouts = firmware.rollouts if firmware is not None else None

@@ -13,8 +13,9 @@ CSMS sent it, and the allocator never gives more): on the charger min(CSMS, site
 What reaches the charger unchanged: every other CSMS profile. A ``TxDefaultProfile`` or
 ``TxProfile`` of the CSMS may replace sitectl's per-connector ``TxDefaultProfile``, but the
 composite schedule is the minimum with the station-max profile, which stays sitectl's: the
-charger's total never exceeds what sitectl budgets. Left for later: a CSMS's
-``GetChargingProfiles`` (2.0.1) reports the rewritten stack level.
+charger's total never exceeds what sitectl budgets. A charger's
+``ReportChargingProfiles`` (2.0.1, the answer to the CSMS's ``GetChargingProfiles``) is given
+back the CSMS's own stack level for every profile moved (`CsmsProfileGuard.report`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class CsmsProfileGuard:
 
     def __init__(self, stack_levels: tuple[int, int]) -> None:
         lowest = min(stack_levels)
+        #: (charger, profile id) -> the stack level the CSMS gave a profile moved below.
+        self.moved: dict[tuple[str, int], int] = {}
         #: Where a CSMS station-max profile goes; None when sitectl's fail-safe is at level 0.
         self.below: int | None = lowest - 1 if lowest > 0 else None
         if self.below is None:
@@ -61,6 +64,9 @@ class CsmsProfileGuard:
             return None
         if not isinstance(level, int) or isinstance(level, bool) or level <= self.below:
             return None
+        profile_id = profile.get("chargingProfileId", profile.get("id"))
+        if isinstance(profile_id, int):
+            self.moved[(identity, profile_id)] = level
         log.info(
             "%s: the CSMS's charger-wide profile %s at stack level %d is installed at level %d, "
             "below sitectl's; sitectl keeps within its limit",
@@ -70,3 +76,29 @@ class CsmsProfileGuard:
             self.below,
         )
         return {**payload, key: {**profile, "stackLevel": self.below}}
+
+    def report(
+        self, identity: str, version: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A charger-call rewriter: ReportChargingProfiles (2.0.1) shows the CSMS its own level.
+
+        The CSMS asked what is installed (GetChargingProfiles); its station-max profiles sit
+        below sitectl's, and the charger reports them there. The CSMS is told the level it set,
+        so its view of its own profiles stays what it sent.
+        """
+        if action != "ReportChargingProfiles" or not self.moved:
+            return None
+        profiles = payload.get("chargingProfile")
+        if not isinstance(profiles, list):
+            return None
+        changed = False
+        restored = []
+        for profile in profiles:
+            level = (
+                self.moved.get((identity, profile.get("id"))) if isinstance(profile, dict) else None
+            )
+            if level is not None and profile.get("stackLevel") != level:
+                profile = {**profile, "stackLevel": level}
+                changed = True
+            restored.append(profile)
+        return {**payload, "chargingProfile": restored} if changed else None

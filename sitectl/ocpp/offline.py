@@ -137,6 +137,7 @@ class OfflineAgent:
         alarm: Callable[[str, str], None] = lambda code, text: None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rewriters: list[CsmsRewriter] | None = None,
+        charger_rewriters: list[CsmsRewriter] | None = None,
     ) -> None:
         self.identity = identity
         self.version = version
@@ -158,6 +159,9 @@ class OfflineAgent:
         #: Called with (identity, version, action, payload) for every CSMS call; a returned
         #: payload replaces the forwarded one (the firmware cache rewrites UpdateFirmware).
         self.rewriters: list[CsmsRewriter] = list(rewriters or [])
+        #: The same for the charger's calls to the CSMS (the profile guard restores the stack
+        #: levels it moved in ReportChargingProfiles).
+        self.charger_rewriters: list[CsmsRewriter] = list(charger_rewriters or [])
         router.divert = self
 
     # Divert policy: pure, in memory.
@@ -165,6 +169,9 @@ class OfflineAgent:
     def charger_call(self, call: PendingCall) -> Decision:
         if self.standalone or (self.hold and not self.online):
             return HOLD
+        rewritten = self._rewrite_charger_call(call)
+        if rewritten is not None:
+            return rewritten
         if not self.hold:
             return FORWARD
         if self._transactional(call) and self.journal.pending(self.identity) > 0:
@@ -180,6 +187,20 @@ class OfflineAgent:
                     Route.FORWARD, Call(call.message_id, call.action, payload).serialize()
                 )
         return FORWARD
+
+    def _rewrite_charger_call(self, call: PendingCall) -> Decision | None:
+        """A charger call some rewriter changes (never a transactional one), forwarded."""
+        payload = call.payload
+        for rewrite in self.charger_rewriters:
+            try:
+                payload = rewrite(self.identity, self.version, call.action, payload) or payload
+            except Exception:  # a rewriter's bug must not stop the charger's call
+                log.exception(
+                    "%s: rewriting %s failed; forwarding it unchanged", self.identity, call.action
+                )
+        if payload is call.payload:
+            return None
+        return Decision(Route.FORWARD, Call(call.message_id, call.action, payload).serialize())
 
     def csms_call(self, call: PendingCall) -> Decision:
         payload = call.payload

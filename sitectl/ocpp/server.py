@@ -167,6 +167,8 @@ class OcppServer:
                 self.journal = Journal(store, offline.journal_max_messages)
         #: Rewriters of CSMS calls (e.g. the firmware cache's UpdateFirmware location).
         self.csms_rewriters: list[CsmsRewriter] = []
+        #: Rewriters of the chargers' calls to the CSMS (not transactional ones).
+        self.charger_rewriters: list[CsmsRewriter] = []
         # Hold mode needs somewhere to journal; without a store sitectl is a plain proxy.
         self.hold = offline.mode == "hold" and store is not None
         self._port = self.ocpp.listen_port if port is None else port
@@ -491,6 +493,7 @@ class OcppServer:
                 self.ocpp.offline,
                 alarm=lambda code, text: self._alarm(code, identity, text),
                 rewriters=self.csms_rewriters,
+                charger_rewriters=self.charger_rewriters,
             )
         link = ChargerLink(
             pending.identity,

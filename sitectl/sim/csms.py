@@ -168,6 +168,10 @@ class _Csms201(ChargePoint201):
     def notify_report(self, **kwargs: Any) -> Any:
         return result201.NotifyReport()
 
+    @on("ReportChargingProfiles")
+    def report_profiles(self, **kwargs: Any) -> Any:
+        return result201.ReportChargingProfiles()
+
     @on("NotifyEVChargingNeeds")
     def charging_needs(self, **kwargs: Any) -> Any:
         return result201.NotifyEVChargingNeeds(status="Accepted")

@@ -148,7 +148,9 @@ class Site:
         self.observer = StateObserver(state)
         ActiveSessions(self.store, state)
         server = OcppServer(config, self.observer, store=self.store)
-        server.csms_rewriters.append(CsmsProfileGuard(config.ocpp.profile_stack_levels).rewrite)
+        guard = CsmsProfileGuard(config.ocpp.profile_stack_levels)
+        server.csms_rewriters.append(guard.rewrite)
+        server.charger_rewriters.append(guard.report)
         self.server = server
         keeper = ProfileKeeper(state, server.call)
         recovery = SessionRecovery(

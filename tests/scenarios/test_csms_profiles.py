@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 
+from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call as call16
 from ocpp.v201 import call as call201
 
@@ -11,6 +13,11 @@ from sitectl.sim.charger import SimEv
 from sitectl.sim.csms import StubCsms
 from tests.helpers import wait_for
 from tests.scenarios.conftest import RAMP_S, scenario_config
+
+
+def held_profile_snake(profile: dict) -> dict:
+    """A profile as the charger holds it, in the library's snake_case (for a call payload)."""
+    return camel_to_snake_case(profile)
 
 
 def station_max_16(limit: float, level: int, profile_id: int) -> call16.SetChargingProfile:
@@ -91,6 +98,25 @@ async def test_a_csms_station_max_above_sitectls_levels_does_not_lift_its_limits
         )
         kept = site.depot.chargers["A"].handled.profiles[11]
         assert kept.stack_level == 6  # moved below sitectl's fail-safe at 7
+        # The CSMS asks B what is installed (GetChargingProfiles): B reports the profile at
+        # the level it holds it (6); the CSMS is shown the level it set (9).
+        sim_b = site.depot.chargers["B"]
+        held = sim_b.handled.profiles[12]
+        assert held.stack_level == 6
+        await sim_b.call(
+            call201.ReportChargingProfiles(
+                request_id=1,
+                charging_limit_source="CSO",
+                evse_id=0,
+                charging_profile=[held_profile_snake(held.profile)],
+            )
+        )
+        reports = [
+            json.loads(raw)
+            for direction, raw in csms.sessions["B"].frames
+            if direction == "in" and '"ReportChargingProfiles"' in raw
+        ]
+        assert [r[3]["chargingProfile"][0]["stackLevel"] for r in reports] == [9]
     finally:
         await csms.stop()
 
