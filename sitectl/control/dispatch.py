@@ -164,6 +164,13 @@ class Dispatcher:
                 and not recent
             ):
                 kind = "increase"
+            elif any(
+                per_connector.get(c, 0.0) < amps - 1e-9
+                for c, amps in mem.commanded_connectors.items()
+            ):
+                # Same total, but one connector's share lowered (issue #17.9: only the total
+                # was compared): a decrease, with the total kept where it is.
+                limit, kind = min(limit, previous), "decrease"
             elif (
                 mem.commanded_at is None
                 or now_mono - mem.commanded_at
@@ -260,6 +267,7 @@ class Dispatcher:
             mem = memory[command.charger_id]
             if problem is None:
                 mem.record_limit(command.limit_a, now_mono)
+                mem.commanded_connectors = dict(command.connectors)
                 mem.uncontrollable = False
                 report.sent.append(command)
             elif self._rate_limited(command, mem, problem, now_mono):

@@ -394,6 +394,9 @@ class ControlLoop:
         allocation = await self._solve(built)
         # A phase test's bounds only lower limits (sitectl.control.phase_test).
         limits = self.phase_tests.bound(self._limits(built, allocation, now_mono, secured))
+        # One that reconnected while this cycle was solved holds no fail-safe yet: its limit
+        # waits for the next cycle, after its fail-safe (issue #17.9).
+        limits = {c: v for c, v in limits.items() if self.memory[c].failsafe_installed}
         commands = self.dispatcher.plan(limits, self.memory, now_mono)
         report = await self.dispatcher.send(commands, self.memory, now, now_mono)
         self._after_dispatch(report)

@@ -48,6 +48,8 @@ class ChargerMemory:
 
     commanded_a: float | None = None  # the dynamic limit the charger last accepted
     commanded_at: float | None = None  # monotonic time it was last accepted (or refreshed)
+    #: Per connector, the shares last accepted (chargers with several connectors).
+    commanded_connectors: dict[int, float] = field(default_factory=dict)
     #: (monotonic time, limit) of every accepted change, oldest first (compliance window).
     limit_history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
     disconnected_at: float | None = None

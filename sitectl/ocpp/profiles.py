@@ -52,15 +52,20 @@ FAILSAFE_START = "2000-01-01T00:00:00Z"
 def round_limit(current_a: float, min_a: float) -> float:
     """Round a current down to the 0.1 A OCPP resolution, keeping 0 or at least `min_a`.
 
-    Rounding down never raises a limit above what was verified; a value that lands in
-    (0, min_a) is raised back to min_a, which the allocation already allowed (it was ≥ min_a).
+    Rounding down never raises a limit above what was verified; a value that would land in
+    (0, min_a) is 0 (never rounded up to a minimum that is not a tenth: that would be more than
+    the allocation verified).
     """
     if current_a < min_a - 1e-6 or current_a <= 0:
         # Never send a value in (0, min): no AC current flows there (IEC 61851-1 Annex A).
         return 0.0
     # The epsilon keeps 16.0 as 16.0 when the float is 15.999999999.
     rounded = math.floor(current_a * 10 + 1e-6) / 10
-    return max(rounded, math.ceil(min_a * 10 - 1e-6) / 10)
+    if rounded < min_a - 1e-6:
+        # No tenth of an amp lies in [min_a, current_a] (a minimum such as 6.05 A): rounding
+        # up to the minimum would send more than was verified (issue #17.9); pause instead.
+        return 0.0
+    return rounded
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from sitectl.control.snapshot import ChargerMemory, ProblemBuilder
 from sitectl.state import LimitOverride, SessionState, SiteState
 
 #: A fixed origin for the arithmetic (never compared with the real clock).
-NOW = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)
+NOW = datetime.now(UTC).replace(hour=20, minute=0, second=0, microsecond=0)  # never a literal date
 MONO = 100.0
 
 
@@ -122,7 +122,9 @@ def test_an_operator_override_is_named_with_its_source_and_expiry() -> None:
     _, allocation, why = cycle(cfg, state)
     assert allocation.dispatch_a["A/1"] == pytest.approx(20.0)
     override = next(item for item in why["A/1"] if item["kind"] == "override")
-    assert override["source"] == "mqtt" and override["until"] == "2026-12-07T21:00:00+00:00"
+    assert (
+        override["source"] == "mqtt" and override["until"] == (NOW + timedelta(hours=1)).isoformat()
+    )
     assert (override["limit"], override["configured"]) == (20.0, 100.0)
     assert "until 21:00" in override["text"] and override["node"] == "feeder"
 
@@ -167,7 +169,7 @@ def test_a_cheaper_hour_defers_the_vehicle_and_says_until_when() -> None:
     _, allocation, why = cycle(cfg, state)
     assert allocation.dispatch_a["A/1"] == 0.0
     (item,) = why["A/1"]
-    assert item["kind"] == "tariff" and item["at"] == "2026-12-07T21:00:00+00:00"
+    assert item["kind"] == "tariff" and item["at"] == (NOW + timedelta(hours=1)).isoformat()
     assert item["text"].startswith("deferred to 21:00, cheaper")
     assert (item["price_now"], item["price_then"]) == (0.4, 0.1)
     assert item["short"] == "deferred to 21:00, cheaper"

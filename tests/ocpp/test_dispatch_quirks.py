@@ -133,3 +133,20 @@ async def test_a_limit_at_or_below_the_failsafe_is_written_rarely() -> None:
     assert [c.kind for c in dispatcher.plan({"A": (failsafe + 10.0, {})}, memory, 3613.0)] == [
         "refresh"
     ]
+
+
+def test_a_lowered_connector_share_goes_out_though_the_total_is_unchanged() -> None:
+    # Issue #17.9: a twin charger's shares were compared only by their total.
+    cfg = depot_config([{"id": "A", "connectors": 2}], None)
+    dispatcher = Dispatcher(cfg, reject, lambda c: "1.6")
+    memory = {
+        "A": ChargerMemory(
+            commanded_a=32.0, commanded_at=100.0, commanded_connectors={1: 16.0, 2: 16.0}
+        )
+    }
+    (command,) = dispatcher.plan({"A": (32.0, {1: 24.0, 2: 8.0})}, memory, 101.0)
+    assert command.kind == "decrease" and command.limit_a == 32.0
+    assert dict(command.connectors) == {1: 24.0, 2: 8.0}
+    # The same shares again: nothing to send.
+    memory["A"].commanded_connectors = {1: 24.0, 2: 8.0}
+    assert dispatcher.plan({"A": (32.0, {1: 24.0, 2: 8.0})}, memory, 102.0) == []

@@ -39,13 +39,15 @@ def spec(limit: float, dynamic: bool, connector: int = 0, phases: int = 3, unit:
         (0.0, 6, 0.0),
         (-1.0, 6, 0.0),
         (31.97, 6, 31.9),
+        (6.07, 6.05, 0.0),  # no tenth in [6.05, 6.07]: 6.1 would exceed what was verified
+        (6.15, 6.05, 6.1),
     ],
 )
 def test_limits_round_down_to_a_tenth_and_never_land_between_0_and_min(
     current, minimum, sent
 ) -> None:
     assert round_limit(current, minimum) == sent
-    assert sent == 0 or sent >= minimum
+    assert sent == 0 or minimum <= sent <= current + 1e-6
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])

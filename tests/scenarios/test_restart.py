@@ -62,7 +62,11 @@ async def test_every_session_is_found_again_and_charged_after_a_restart(tmp_path
         timeout=10,
         message=lambda: f"intervals {[s.report_s for s in site.depot.chargers.values()]}",
     )
-    assert site.state.chargers["C"].capabilities["sampling"]["was"] == 60
+    await wait_for(
+        lambda: site.state.chargers["C"].capabilities.get("sampling", {}).get("was") == 60,
+        timeout=5,
+        message="the interval found recorded",
+    )
     # The physical result: every bus draws again as much as before the restart, within limits.
     await wait_for(
         lambda: all(site.draw(c, n) > 12 for c, n in slots),
