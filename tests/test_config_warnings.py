@@ -210,12 +210,35 @@ def test_a_short_secret_in_a_shared_file_is_one_warning(tmp_path: Path) -> None:
 def test_a_meter_values_interval_longer_than_half_the_trust_is_warned(
     write_config, interval: int, warned: bool
 ) -> None:
-    text = MINIMAL_CONFIG.replace(
-        "ocpp:\n", f"ocpp:\n  meter_values_interval_s: {interval}\n"
-    )
+    text = MINIMAL_CONFIG.replace("ocpp:\n", f"ocpp:\n  meter_values_interval_s: {interval}\n")
     found = about(warnings_of(write_config(text)), "meter_values_interval_s")
     if warned:
         [warning] = found
         assert f"{interval} s: a draw is trusted for control.ev_measurement_max_age_s" in warning
     else:
         assert found == []
+
+
+@pytest.mark.parametrize(
+    ("host", "profile", "warned"),
+    [("0.0.0.0", 1, True), ("10.0.0.5", 1, True), ("127.0.0.1", 1, False), ("0.0.0.0", 0, False)],
+)
+def test_basic_auth_over_ws_on_the_lan_is_warned(write_config, host, profile, warned) -> None:
+    extra = f"ocpp:\n  listen_host: {host}\n  security_profile: {profile}\n"
+    text = MINIMAL_CONFIG.replace("ocpp:\n  listen_host: 127.0.0.1\n", extra)
+    found = about(warnings_of(write_config(text)), "crosses the depot network in clear")
+    assert bool(found) == warned
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("ws://csms.example.com/ocpp", True),
+        ("wss://csms.example.com/ocpp", False),
+        ("ws://127.0.0.1:9100/ocpp", False),
+    ],
+)
+def test_an_unencrypted_upstream_is_warned(write_config, url, warned) -> None:
+    text = MINIMAL_CONFIG.replace("ocpp:\n", f"ocpp:\n  upstream_url: {url}\n")
+    found = about(warnings_of(write_config(text)), "forwards each charger's credentials")
+    assert bool(found) == warned

@@ -348,7 +348,31 @@ def _cross_check(cfg: Config) -> list[Problem]:
                 warning=True,
             )
         )
+    if cfg.ocpp.security_profile == 1 and not _loopback(cfg.ocpp.listen_host):
+        add(
+            Problem(
+                ("ocpp", "security_profile"),
+                f"1 on {cfg.ocpp.listen_host}: every charger's password crosses the depot "
+                "network in clear (Basic auth over ws://); use 2 (TLS) where the chargers can",
+                warning=True,
+            )
+        )
+    upstream = cfg.ocpp.upstream_url
+    if upstream and upstream.startswith("ws://") and not _loopback(urlsplit(upstream).hostname):
+        add(
+            Problem(
+                ("ocpp", "upstream_url"),
+                f"{upstream}: unencrypted; sitectl forwards each charger's credentials and "
+                "traffic to the CSMS in clear over that network; use wss://",
+                warning=True,
+            )
+        )
     return problems
+
+
+def _loopback(host: str | None) -> bool:
+    """A host only this machine reaches (localhost, 127.0.0.0/8, ::1)."""
+    return host in ("localhost", "::1") or (host or "").startswith("127.")
 
 
 # Line-to-line voltages of low-voltage networks (380/400/415/440/480 V) typed where sitectl wants
