@@ -716,6 +716,15 @@ class FirmwareCache:
             url, headers=headers, allow_redirects=True, max_redirects=5
         ) as resp:
             status = resp.status
+            if url.lower().startswith("https:") and any(
+                r.url.scheme != "https" for r in (*resp.history, resp)
+            ):
+                # An https origin redirecting to http would hand the image (and the charger's
+                # trust in it) to anyone on the path (issue #22.6): refused, not followed.
+                raise DownloadError(
+                    f"{safe_url(url)}: the origin redirected from https to {resp.url.scheme}; "
+                    "refusing the downgrade"
+                )
             if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
                 raise DownloadError(
                     f"{safe_url(url)}: the origin sent Content-Encoding "

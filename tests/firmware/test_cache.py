@@ -232,3 +232,38 @@ async def test_import_file(tmp_path, make_cache) -> None:
     image = await cache.import_file(source, "http://vendor.example/fw.bin")
     assert cache.lookup("http://vendor.example/fw.bin") == image
     assert image.path.read_bytes() == data and source.exists()
+
+
+async def test_an_https_origin_redirecting_to_http_is_refused(
+    origin: Origin, make_cache, tmp_path
+) -> None:
+    # Issue #22.6: the redirect was followed, so an image asked for over TLS came in clear.
+    import ssl
+
+    from aiohttp import web
+
+    from tests.ocpp.certs import Pki
+
+    plain = origin.add("fw.bin", image_bytes(50_000, seed=61))
+    pki = Pki(tmp_path)
+    issued = pki.issue("127.0.0.1", server=True)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(issued.cert, issued.key)
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(plain)
+
+    app = web.Application()
+    app.router.add_get("/fw.bin", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_context).start()
+    try:
+        client = ssl.create_default_context(cafile=str(pki.ca.cert))
+        cache = make_cache(ssl_context=client)
+        with pytest.raises(DownloadError, match="redirected from https to http"):
+            await cache.ensure(f"https://127.0.0.1:{port}/fw.bin")
+        assert cache.image(sha256(origin.files["fw.bin"])) is None  # nothing kept
+    finally:
+        await runner.cleanup()
