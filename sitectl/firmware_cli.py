@@ -5,7 +5,8 @@ The rollouts live in the running controller, so this command is a client of its 
 types only what differs. Output is a short table; ``--json`` prints the API's answer as is.
 
     sitectl firmware list   -c FILE
-    sitectl firmware start  -c FILE URL (--all | --charger ID ... | --model MODEL) [--md5 HEX]
+    sitectl firmware start  -c FILE URL (--all | --charger ID ... | --model MODEL)
+                            [--md5 HEX] [--sha256 HEX]
     sitectl firmware status -c FILE ROLLOUT_ID
     sitectl firmware stop   -c FILE ROLLOUT_ID
 """
@@ -114,6 +115,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     targets.add_argument("--model", help="every charger of this model")
     start.add_argument("--md5", help="the image's MD5, checked before any charger gets it")
+    start.add_argument("--sha256", help="the image's SHA-256 (preferred to the MD5), checked too")
     start.add_argument("--signature-file", type=Path, help="signed firmware: the signature")
     start.add_argument(
         "--certificate-file", type=Path, help="signed firmware: the signing certificate (PEM)"
@@ -156,6 +158,8 @@ def _start_body(args: argparse.Namespace) -> dict[str, Any]:
         body["targets"] = args.charger
     if args.md5:
         body["md5"] = args.md5
+    if args.sha256:
+        body["sha256"] = args.sha256
     if args.signature_file is not None:
         body["signature"] = args.signature_file.read_text().strip()
     if args.certificate_file is not None:

@@ -74,6 +74,7 @@ SCHEMES = ("http", "https", "ftp")
 USER_AGENT = f"sitectl/{__version__} firmware-cache"
 
 _CHUNK = 1 << 20
+_SHA256_ASKED = re.compile(r"[0-9a-fA-F]{64}")
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -405,13 +406,17 @@ class FirmwareCache:
 
     # Fetching.
 
-    async def ensure(self, url: str, md5: str | None = None, pin: str | None = None) -> CachedImage:
+    async def ensure(
+        self, url: str, md5: str | None = None, pin: str | None = None, sha256: str | None = None
+    ) -> CachedImage:
         """The verified image for `url`, downloading it (once, shared) if needed.
 
         Args:
             url: ``http://``, ``https://`` or ``ftp://`` URL of the image.
             md5: the checksum the request carries (32 hex digits), if any.
             pin: pin the image for this holder before returning (no eviction in between).
+            sha256: the image's SHA-256 (64 hex digits), if known: preferred to the MD5 (which
+                proves no integrity against anyone who can choose the file, issue #22.6).
 
         Returns:
             The cached, verified image.
@@ -419,7 +424,8 @@ class FirmwareCache:
         Raises:
             UnsupportedSource: the URL cannot be fetched (scheme, syntax) or `md5` is malformed.
             DownloadError: the origin failed (status, network, length).
-            ChecksumMismatch: the image's MD5 differs from `md5`.
+            ChecksumMismatch: the image's MD5 differs from `md5`, or its SHA-256 from `sha256`
+                (the downloaded image is then not kept, unless something else holds it).
             CacheFull: the image does not fit.
         """
         check_url(url)
@@ -427,8 +433,18 @@ class FirmwareCache:
             if not isinstance(md5, str) or not _MD5.fullmatch(md5):
                 raise UnsupportedSource(f"checksum {str(md5)[:40]!r} is not 32 hex digits (MD5)")
             md5 = md5.lower()
+        if sha256 is not None:
+            if not isinstance(sha256, str) or not _SHA256_ASKED.fullmatch(sha256):
+                raise UnsupportedSource(
+                    f"checksum {str(sha256)[:80]!r} is not 64 hex digits (SHA-256)"
+                )
+            sha256 = sha256.lower()
         image = await self._cached(url)
-        if image is None or (md5 is not None and image.md5 != md5):
+        stale = image is not None and (
+            (md5 is not None and image.md5 != md5)
+            or (sha256 is not None and image.sha256 != sha256)
+        )
+        if image is None or stale:
             if image is not None:
                 log.warning(
                     "cached %s has MD5 %s, the request says %s: downloading it again",
@@ -437,7 +453,15 @@ class FirmwareCache:
                     md5,
                 )
             image = await self._download_shared(url)
+        if sha256 is not None and image.sha256 != sha256:
+            if not self.pinned(image.sha256):
+                self._evict(image.sha256, "its SHA-256 is not the one asked for")
+            raise ChecksumMismatch(
+                f"{safe_url(url)}: the image's SHA-256 is {image.sha256}, the request says {sha256}"
+            )
         if md5 is not None and image.md5 != md5:
+            if not self.pinned(image.sha256):
+                self._evict(image.sha256, "its MD5 is not the one asked for")
             raise ChecksumMismatch(
                 f"{safe_url(url)}: the image's MD5 is {image.md5}, the request says {md5}"
             )

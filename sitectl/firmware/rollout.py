@@ -278,6 +278,7 @@ class RolloutManager:
         targets: Any,
         md5: str | None = None,
         *,
+        sha256: str | None = None,
         signature: str | None = None,
         signing_certificate: str | None = None,
     ) -> int:
@@ -289,6 +290,8 @@ class RolloutManager:
                 (model as the charger reported it at boot, or as configured) or
                 ``{"all": true}``.
             md5: the image's MD5 (32 hex digits), checked before any charger is asked.
+            sha256: the image's SHA-256 (64 hex digits), the same and preferred (an MD5 can be
+                forged by whoever chooses the file).
             signature: base64 signature for signed firmware (1.6 SignedUpdateFirmware, 2.0.1).
             signing_certificate: PEM certificate that goes with `signature`.
 
@@ -307,6 +310,10 @@ class RolloutManager:
             raise RolloutError(str(exc), "url") from None
         if md5 is not None and not (isinstance(md5, str) and _MD5.fullmatch(md5)):
             raise RolloutError(f"md5 {str(md5)[:40]!r} is not 32 hex digits", "md5")
+        if sha256 is not None and not (
+            isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)
+        ):
+            raise RolloutError(f"sha256 {str(sha256)[:80]!r} is not 64 hex digits", "sha256")
         if (signature is None) != (signing_certificate is None):
             raise RolloutError("signature and signing_certificate go together", "signature")
         if signature is not None and (
@@ -333,6 +340,7 @@ class RolloutManager:
             "session_wait_max_s": fw.session_wait_max_s,
             "signature": signature,
             "signing_certificate": signing_certificate,
+            "sha256": sha256.lower() if sha256 else None,
         }
         now = self.state.clock()
         md5 = md5.lower() if md5 else None
@@ -579,7 +587,12 @@ class RolloutManager:
 
     async def _cache(self, rollout: _Rollout) -> None:
         try:
-            image = await self.cache.ensure(rollout.url, rollout.md5, pin=f"rollout:{rollout.id}")
+            image = await self.cache.ensure(
+                rollout.url,
+                rollout.md5,
+                pin=f"rollout:{rollout.id}",
+                sha256=rollout.options.get("sha256"),
+            )
         except FirmwareError as exc:
             if rollout.state is RolloutState.CACHING:
                 now = self.state.clock()

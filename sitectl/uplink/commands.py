@@ -182,6 +182,11 @@ class FirmwareCommand(_Command):
     md5: str | None = Field(
         None, pattern="^[0-9a-fA-F]{32}$", description="The image's MD5, checked before use."
     )
+    sha256: str | None = Field(
+        None,
+        pattern="^[0-9a-fA-F]{64}$",
+        description="The image's SHA-256, checked before use (preferred to the MD5).",
+    )
     # Lengths: OCPP 1.6 security whitepaper SignedUpdateFirmware, 2.0.1 FirmwareType (F3, F4).
     signature: str | None = Field(None, min_length=1, max_length=800)
     signing_certificate: str | None = Field(None, min_length=1, max_length=5500)
@@ -345,6 +350,7 @@ class Rollouts(Protocol):
         targets: Any,
         md5: str | None = None,
         *,
+        sha256: str | None = None,
         signature: str | None = None,
         signing_certificate: str | None = None,
     ) -> int: ...
@@ -514,6 +520,7 @@ def _firmware(
                 command.url,
                 targets,
                 command.md5,
+                sha256=command.sha256,
                 signature=command.signature,
                 signing_certificate=command.signing_certificate,
             )

@@ -103,6 +103,26 @@ async def test_wrong_checksum_is_refused(origin: Origin, make_cache) -> None:
     assert (await cache.ensure(url, md5(data).upper())).md5 == md5(data)
 
 
+async def test_a_sha256_is_checked_and_a_failed_image_is_not_kept(
+    origin: Origin, make_cache
+) -> None:
+    data = image_bytes(MB, seed=16)
+    url = origin.add("fw.bin", data)
+    cache = make_cache()
+    with pytest.raises(ChecksumMismatch, match="SHA-256 is"):
+        await cache.ensure(url, sha256="ab" * 32)
+    assert cache.lookup(url) is None and cache.images() == []  # issue #22.6: not kept
+    with pytest.raises(UnsupportedSource, match="64 hex digits"):
+        await cache.ensure(url, sha256="ab" * 16)
+    image = await cache.ensure(url, sha256=sha256(data).upper())
+    assert image.sha256 == sha256(data)
+    # An image another holder pins is kept though one request names another checksum.
+    cache.pin(image.sha256, "rollout:1")
+    with pytest.raises(ChecksumMismatch):
+        await cache.ensure(url, sha256="cd" * 32)
+    assert cache.image(image.sha256) is not None
+
+
 async def test_corrupted_file_is_detected_evicted_and_fetched_again(origin, make_cache) -> None:
     data = image_bytes(MB, seed=7)
     url = origin.add("fw.bin", data)

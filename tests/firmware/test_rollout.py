@@ -229,6 +229,12 @@ async def test_stop_and_operator_mistakes(depot, tmp_path) -> None:
     await wait_for(lambda: d.rollouts.status(wrong)["state"] == "failed")
     assert "MD5" in d.rollouts.status(wrong)["reason"]
     assert ("firmware_rollout_halted", f"rollout-{wrong}") in d.state.alarms
+    # A SHA-256 (preferred to the MD5, issue #22.6) is checked the same way.
+    with pytest.raises(RolloutError, match="64 hex"):
+        d.rollouts.start(url, ["CP01"], sha256="0" * 32)
+    wrong = d.rollouts.start(url, ["CP01"], sha256="0" * 64)
+    await wait_for(lambda: d.rollouts.status(wrong)["state"] == "failed")
+    assert "SHA-256" in d.rollouts.status(wrong)["reason"]
 
 
 def test_update_requests_per_version() -> None:
