@@ -29,6 +29,12 @@ class FirmwareConfig(_Model):
     halt_failure_share: float = Field(0.2, ge=0, le=1)
     session_wait_max_s: float = Field(12 * 3600, ge=0)
     allow_https_downgrade: bool = False
+    token_lifetime_s: float = Field(
+        7 * 24 * 3600,
+        ge=60,
+        description="How long a charger's download URL stays valid (s): long enough for its "
+        "retries and a retrieveDate in the next days, not a key for ever (issue #22.6).",
+    )
 
     _paths = field_validator("cache_dir")(classmethod(lambda cls, v: _resolve_path(v)))
 

@@ -3,7 +3,8 @@
 Rules:
 
 - **URLs.** ``<firmware.base_url>/firmware/<sha256>/<token>/<file name>``. The token is
-  ``c.<identity>.<mac>`` for one charger and one image (identity in unpadded base64url), or
+  ``c.<identity>.<expiry>.<mac>`` for one charger and one image (identity in unpadded base64url,
+  expiry in Unix seconds, ``firmware.token_lifetime_s`` ahead rounded up to the hour), or
   ``p.<mac>`` for an image published on sitectl's own identity (2.0.1 PublishFirmware, reference
   F12), where ``mac`` is 128 bits of HMAC-SHA256 with a secret kept in the store (``meta``), so URLs
   handed out survive a restart. The file name is the origin's, cleaned: some chargers look at the
@@ -32,10 +33,13 @@ import email.utils
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -56,7 +60,9 @@ PUBLISHED = "*published*"
 
 _PREFIX = "/firmware/"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_TOKEN = re.compile(r"c\.([A-Za-z0-9_-]{2,400})\.([A-Za-z0-9_-]{22})|p\.([A-Za-z0-9_-]{22})")
+_TOKEN = re.compile(
+    r"c\.([A-Za-z0-9_-]{2,400})\.([0-9]{1,12})\.([A-Za-z0-9_-]{22})|p\.([A-Za-z0-9_-]{22})"
+)
 _TOKEN_IN_PATH = re.compile(r"/[cp]\.[A-Za-z0-9_.-]+")
 _TOKEN_IN_URL = re.compile(r"(/firmware/[0-9a-f]{64})/[cp]\.[A-Za-z0-9_.-]+")
 _BAD_SEQUENCES = ("%2f", "%5c", "%2e", "%00", "\\", "\0", "//")
@@ -150,11 +156,15 @@ class FirmwareServer:
 
     Args:
         cache: the image cache (its store keeps the token secret and the publications).
-        config: the configuration (``firmware.base_url``).
+        config: the configuration (``firmware.base_url``, ``token_lifetime_s``).
+        clock: Unix time (injectable for tests).
     """
 
-    def __init__(self, cache: FirmwareCache, config: Config) -> None:
+    def __init__(
+        self, cache: FirmwareCache, config: Config, clock: Callable[[], float] = time.time
+    ) -> None:
         self.cache = cache
+        self._clock = clock  # wall seconds: a token outlives a restart, its expiry too
         self.config = config
         self.base_url = config.firmware.base_url
         store = cache.store
@@ -178,30 +188,44 @@ class FirmwareServer:
 
     # URLs and tokens.
 
-    def _mac(self, kind: bytes, holder: str, sha256: str) -> str:
+    def _mac(self, kind: bytes, holder: str, sha256: str, expires: int | None = None) -> str:
         message = (
             b"sitectl-firmware-v1\0" + kind + b"\0" + holder.encode() + b"\0" + sha256.encode()
         )
+        if expires is not None:
+            message += b"\0" + str(expires).encode()
         return _b64(hmac.new(self._secret, message, hashlib.sha256).digest()[:16])
 
     def token(self, identity: str, sha256: str) -> str:
-        """The token of one charger for one image."""
-        return f"c.{_b64(identity.encode())}.{self._mac(b'c', identity, sha256)}"
+        """The token of one charger for one image, valid for ``firmware.token_lifetime_s``.
+
+        The expiry is in the token and under its MAC: a URL handed to a charger (or leaked from
+        its logs) stops working after the lifetime (issue #22.6); a new one is issued with the
+        next UpdateFirmware.
+        """
+        # Rounded up to the hour: one charger gets the same URL for an image within an hour
+        # (a retry of the same UpdateFirmware, a CSMS repeating it, a test comparing them).
+        expires = math.ceil((self._clock() + self.config.firmware.token_lifetime_s) / 3600) * 3600
+        mac = self._mac(b"c", identity, sha256, expires)
+        return f"c.{_b64(identity.encode())}.{expires}.{mac}"
 
     def _holder(self, token: str, sha256: str) -> str | None:
         """Who a token was issued to (a charger identity or `PUBLISHED`), or None."""
         found = _TOKEN.fullmatch(token)
         if found is None:
             return None
-        if found.group(3) is not None:
+        if found.group(4) is not None:
             expected = self._mac(b"p", "", sha256)
-            return PUBLISHED if hmac.compare_digest(found.group(3), expected) else None
+            return PUBLISHED if hmac.compare_digest(found.group(4), expected) else None
         try:
             identity = _unb64(found.group(1)).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             return None
-        expected = self._mac(b"c", identity, sha256)
-        return identity if hmac.compare_digest(found.group(2), expected) else None
+        expires = int(found.group(2))
+        expected = self._mac(b"c", identity, sha256, expires)
+        if not hmac.compare_digest(found.group(3), expected):
+            return None
+        return identity if self._clock() < expires else None
 
     def local_url(self, identity: str, image: CachedImage) -> str | None:
         """The URL `identity` downloads `image` from, or None when ``base_url`` is not set."""

@@ -240,3 +240,25 @@ async def test_mounted_in_the_local_http_server(origin: Origin, make_cache, tmp_
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_download_url_expires_after_its_lifetime(served: Served) -> None:
+    # Issue #22.6: tokens never expired; a URL from a charger's log was a key for ever.
+    files = served.files
+    now = {"t": 1_000_000.0}
+    files._clock = lambda: now["t"]  # the server's clock, moved by the test
+    url = served.url("CP1")
+    status, _, body = await fetch(url)
+    assert status == 200 and body == served.data
+    now["t"] += files.config.firmware.token_lifetime_s + 3600  # past it, whatever the rounding
+    status, _, _ = await fetch(url)
+    assert status == 404
+    assert files.image_of(url) is None
+    # A fresh URL works again; a forged expiry does not verify.
+    status, _, _ = await fetch(served.url("CP1"))
+    assert status == 200
+    token = url.rsplit("/", 2)[-2]
+    kind, who, expires, mac = token.split(".")
+    forged = f"{kind}.{who}.{int(expires) + 10**6}.{mac}"
+    status, _, _ = await fetch(url.replace(token, forged))
+    assert status == 404
