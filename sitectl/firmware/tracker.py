@@ -18,11 +18,32 @@ from typing import Any
 from sitectl.ocpp.link import ChargerLink, LinkListener
 from sitectl.ocpp.router import Event, RequestSeen, ResponseSeen, Side
 
-__all__ = ["FanoutListener", "FirmwareEvent", "FirmwareTracker", "SecurityEvent"]
+__all__ = [
+    "CRITICAL_SECURITY_EVENTS",
+    "FanoutListener",
+    "FirmwareEvent",
+    "FirmwareTracker",
+    "SecurityEvent",
+]
 
 log = logging.getLogger(__name__)
 
 _STATUS_ACTIONS = ("FirmwareStatusNotification", "SignedFirmwareStatusNotification")
+#: Security events the OCPP security whitepaper (1.6, appendix "Security events") and 2.0.1
+#: (part 2, appendix 1) mark critical: kept apart, so a flood of minor ones (InvalidMessages,
+#: failed logins) cannot push them out of the bounded record (issue #22.10).
+CRITICAL_SECURITY_EVENTS = frozenset(
+    {
+        "FirmwareUpdated",
+        "SettingSystemTime",
+        "StartupOfTheDevice",
+        "ResetOrReboot",
+        "SecurityLogWasCleared",
+        "MemoryExhaustion",
+        "TamperDetectionActivated",
+        "MaintenanceLoginAccepted",
+    }
+)
 _UPDATE_ACTIONS = ("UpdateFirmware", "SignedUpdateFirmware")
 
 
@@ -65,14 +86,16 @@ class FirmwareTracker:
         self._keep = keep
         self._firmware: dict[str, deque[FirmwareEvent]] = {}
         self._security: dict[str, deque[SecurityEvent]] = {}
+        self._critical: dict[str, deque[SecurityEvent]] = {}
 
     def firmware(self, identity: str) -> list[FirmwareEvent]:
         """Firmware events of a charger, oldest first."""
         return list(self._firmware.get(identity, ()))
 
     def security(self, identity: str) -> list[SecurityEvent]:
-        """Security events of a charger, oldest first."""
-        return list(self._security.get(identity, ()))
+        """Security events of a charger, oldest first (the critical ones kept apart)."""
+        events = [*self._critical.get(identity, ()), *self._security.get(identity, ())]
+        return sorted(events, key=lambda e: e.at)
 
     def last_status(self, identity: str) -> FirmwareEvent | None:
         """The charger's latest firmware status notification."""
@@ -139,7 +162,12 @@ class FirmwareTracker:
             )
         elif isinstance(event, RequestSeen) and event.action == "SecurityEventNotification":
             payload = event.payload
-            queue = self._security.setdefault(identity, deque(maxlen=self._keep))
+            kept = (
+                self._critical
+                if payload.get("type") in CRITICAL_SECURITY_EVENTS
+                else self._security
+            )
+            queue = kept.setdefault(identity, deque(maxlen=self._keep))
             queue.append(
                 SecurityEvent(
                     self._clock(),
