@@ -14,8 +14,9 @@ Theory of operation. A charger's traffic flows in two directions, each modelled 
 
 OCPP-J forbids a second CALL on a connection while one is unanswered (2.0.1 Part 4 §4.1.1 SHALL
 NOT; 1.6 §4.1.1 SHOULD NOT). sitectl and the CSMS share the lane toward the charger, so each lane
-is a FIFO with one call in flight: calls are queued in arrival order, never dropped, and a
-timeout frees the slot. The slot's states and transitions are the table `_TRANSITIONS`.
+is a FIFO with one call in flight: calls are queued in arrival order (except that a CSMS call
+goes ahead of sitectl's queued ones), never dropped, and a timeout frees the slot. The slot's
+states and transitions are the table `_TRANSITIONS`.
 
 Forwarded frames keep their original text byte for byte (T1 in the reference: the CSMS cannot
 tell sitectl is there), unless a `Divert` policy rewrites one (1.6 transaction ids issued while
@@ -550,7 +551,17 @@ class Router:
 
     def _enqueue(self, toward: Side, call: PendingCall, now: float) -> None:
         lane = self.lanes[toward]
-        lane.queue.append(call)
+        if call.origin is Origin.CSMS:
+            # The CSMS's calls go ahead of sitectl's queued ones (never of one in flight): our
+            # fail-safes, probes and checks must not delay the operator's (issue #17: a CSMS
+            # SetChargingProfile waited 21-24 s behind them on a slow station).
+            ahead = next(
+                (i for i, queued in enumerate(lane.queue) if queued.origin is Origin.LOCAL),
+                len(lane.queue),
+            )
+            lane.queue.insert(ahead, call)
+        else:
+            lane.queue.append(call)
         self._pump(lane, now)
 
     def _pump(self, lane: Lane, now: float) -> None:

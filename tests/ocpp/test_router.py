@@ -94,6 +94,24 @@ def test_local_and_csms_calls_never_overlap_toward_the_charger() -> None:
     assert [json.loads(f)[1] for f in h.to_charger()] == ["L2"]
 
 
+def test_a_csms_call_goes_ahead_of_sitectls_queued_calls() -> None:
+    # Issue #17: sitectl's own calls (fail-safe, probe, composite checks) delayed the CSMS's.
+    h = Harness()
+    h.local("SetChargingProfile", PROFILE)
+    h.to_charger()
+    h.local("GetConfiguration", {})
+    h.local("GetConfiguration", {})
+    h.csms('[2,"c1","RemoteStartTransaction",{"idTag":"T1"}]')
+    h.csms('[2,"c2","RemoteStartTransaction",{"idTag":"T2"}]')
+    assert h.to_charger() == [], "the call in flight is never overtaken"
+    h.charger('[3,"L1",{"status":"Accepted"}]')
+    assert [json.loads(f)[1] for f in h.to_charger()] == ["c1"]
+    h.charger('[3,"c1",{"status":"Accepted"}]')
+    assert [json.loads(f)[1] for f in h.to_charger()] == ["c2"]  # the CSMS's own order kept
+    h.charger('[3,"c2",{"status":"Accepted"}]')
+    assert [json.loads(f)[1] for f in h.to_charger()] == ["L2"]
+
+
 def test_timeout_frees_the_slot_and_reports() -> None:
     h = Harness(charger_timeout_s=10)
     h.local("GetConfiguration", {})
