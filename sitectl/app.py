@@ -80,6 +80,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     session_log = SessionLog(store, state)
     ActiveSessions(store, state)
     tracker = FirmwareTracker()
+    from sitectl.control.fleet import Fleet
+
+    # Binds sessions to vehicles and turns SoC targets into energy (issue #19).
+    fleet = Fleet(config, state)  # noqa: F841
 
     def alarm(code: str, subject: str, text: str) -> None:
         state.raise_alarm(code, subject, Severity.WARNING, text)
