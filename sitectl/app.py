@@ -83,7 +83,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     from sitectl.control.fleet import Fleet
 
     # Binds sessions to vehicles and turns SoC targets into energy (issue #19).
-    fleet = Fleet(config, state)  # noqa: F841
+    fleet = Fleet(config, state)
 
     def alarm(code: str, subject: str, text: str) -> None:
         state.raise_alarm(code, subject, Severity.WARNING, text)
@@ -160,6 +160,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
 
     probe = CapabilityProbe(state, ocpp_server.call, store=store)
     components += [ocpp_server, keeper, recovery, probe, ClockMonitor(state)]
+    if config.fleet.vdv463.enabled:
+        from sitectl.vdv.server import VdvServer  # the depot system's interface (issue #19.3)
+
+        components.append(VdvServer(config, state, fleet))
     if firmware is not None:
         components += firmware.components
     if config.chargers:
