@@ -143,6 +143,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 rollouts=rollouts,
                 raw_frames=observer.raw_frames,
                 phase_tests=phase_tests,
+                fleet=fleet,
             )
         )
     if config.devices:

@@ -105,6 +105,8 @@ class VehicleRequest:
     charging_process_id: str | None = None
     presystem_id: str | None = None
     received_at: datetime | None = None
+    #: An energy target instead of a SoC one (the CSV timetable's "250 kWh"): the session's need.
+    energy_kwh: float | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -203,9 +205,11 @@ class Fleet:
     def targets(self, session: SessionState, soc: float | None) -> Targets:
         """A session's SoC targets as session energy (what it must have delivered)."""
         vehicle = self.index.config_of(session)
+        request = self.requests.get(vehicle.id) if vehicle is not None else None
+        if request is not None and request.energy_kwh is not None:
+            return Targets(None, request.energy_kwh, None, None)
         if vehicle is None or vehicle.battery_kwh is None:
             return Targets(None, None, None, None)
-        request = self.requests.get(vehicle.id)
         low = request.min_target_soc if request and request.min_target_soc is not None else None
         high = request.max_target_soc if request and request.max_target_soc is not None else None
         low = vehicle.min_target_soc if low is None else low
