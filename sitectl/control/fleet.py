@@ -178,10 +178,8 @@ class Fleet:
     def request(self, request: VehicleRequest) -> None:
         """Take a depot system's request for a vehicle (already validated and resolved)."""
         vehicle = self.index.by_id[request.vehicle_id]
-        if request.instruction == "Terminate":
-            self.requests.pop(vehicle.id, None)
-        else:
-            self.requests[vehicle.id] = request
+        # A Terminate is kept (until the session ends) so that no SoC report revives the need.
+        self.requests[vehicle.id] = request
         if request.charging_point is not None:
             charger_id, _, connector_id = request.charging_point.partition("/")
             connector = self._connector(charger_id, int(connector_id or 0))
@@ -206,6 +204,8 @@ class Fleet:
         """A session's SoC targets as session energy (what it must have delivered)."""
         vehicle = self.index.config_of(session)
         request = self.requests.get(vehicle.id) if vehicle is not None else None
+        if request is not None and request.instruction == "Terminate":
+            return Targets(None, None, None, None)
         if request is not None and request.energy_kwh is not None:
             return Targets(None, request.energy_kwh, None, None)
         if vehicle is None or vehicle.battery_kwh is None:
@@ -239,6 +239,8 @@ class Fleet:
         if vehicle is None:
             return
         request = self.requests.get(vehicle.id)
+        if request is not None and request.instruction == "Terminate":
+            return  # withdrawn: its need stays at what was delivered
         changed = force
         if request is not None:
             if request.priority is not None and session.vehicle_priority != request.priority:
@@ -283,8 +285,14 @@ class Fleet:
             known = session is not None and self.index.config_of(session) is not None
             if known and connector.soc_percent is not None:
                 self.refresh(charger_id, connector.connector_id)
+        elif change.kind == "vehicle_bound":  # the session_needs command named a vehicle
+            charger_id, _, connector_id = change.subject.partition("/")
+            self.refresh(charger_id, int(connector_id or 0), force=True)
         elif change.kind == "session_ended":
             self._announced.pop(change.subject, None)
+            for vehicle_id, request in list(self.requests.items()):
+                if request.instruction == "Terminate" and self.session_of(vehicle_id) is None:
+                    del self.requests[vehicle_id]  # the next charging process starts afresh
 
     def _bind_by_tag(self, charger_id: str, connector_id: int, session: SessionState) -> None:
         vehicle = self.index.by_tag.get(session.id_tag_hash or "")

@@ -130,3 +130,38 @@ def test_predicted_reads_the_time_a_target_is_reached_off_the_plan() -> None:
     assert predicted(found, NOW, 5.0, 30.0) == NOW + timedelta(minutes=37.5)
     assert predicted(found, NOW, 5.0, 4.0) == NOW
     assert predicted(found, NOW, 0.0, 100.0) is None  # not within the plan, no ready time
+
+
+def test_the_session_needs_command_binds_a_vehicle(config: Config) -> None:
+    from sitectl.uplink.commands import handle_command
+
+    state = SiteState(config, clock=lambda: NOW)
+    Fleet(config, state)
+    session = start(state, 2, None)
+    state.chargers["CP1"].connectors[2].soc_percent = 50.0
+    reply = handle_command(
+        state, config, "session_needs", {"charger": "CP1", "connector": 2, "vehicle": "bus-17"}
+    )
+    assert reply["ok"] and reply["vehicle"] == "bus-17", reply
+    assert session.vehicle_id == "bus-17"
+    assert session.energy_wanted_kwh == pytest.approx(160.0)  # (90 − 50) % of 400 kWh
+    refused = handle_command(
+        state, config, "session_needs", {"charger": "CP1", "connector": 2, "vehicle": "bus-99"}
+    )
+    assert not refused["ok"] and refused["field"] == "vehicle"
+    assert "unknown vehicle 'bus-99'" in refused["error"]
+
+
+def test_a_terminated_request_is_not_revived_by_a_soc_report(config: Config) -> None:
+    state = SiteState(config, clock=lambda: NOW)
+    fleet = Fleet(config, state)
+    session = start(state, 1, "TAG17")
+    connector = state.chargers["CP1"].connectors[1]
+    connector.soc_percent = 30.0
+    state.notify("measurement", "CP1/1")
+    assert session.energy_wanted_kwh == pytest.approx(240.0)
+    session.energy_wh = 12_000.0
+    fleet.request(VehicleRequest("bus-17", "urn:req:2", instruction="Terminate"))
+    connector.soc_percent = 33.0
+    state.notify("measurement", "CP1/1")
+    assert session.energy_wanted_kwh == pytest.approx(12.0)
