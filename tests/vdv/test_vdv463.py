@@ -460,3 +460,18 @@ async def test_a_bad_handshake_is_refused(
     assert info.value.response.status_code == status
     if status == 401:
         assert "Basic" in info.value.response.headers["WWW-Authenticate"]
+
+
+def test_sitectl_run_builds_the_vdv_server_when_enabled(config: Config, tmp_path: Path) -> None:
+    from sitectl.app import build_components
+    from sitectl.store import Store
+
+    store = Store(tmp_path / "s.sqlite")
+    try:
+        names = [c.name for c in build_components(config, SiteState(config), store)]
+        assert "vdv463" in names
+        off = config.model_copy(deep=True)
+        off.fleet.vdv463.enabled = False
+        assert "vdv463" not in [c.name for c in build_components(off, SiteState(off), store)]
+    finally:
+        store.close()
