@@ -80,6 +80,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     session_log = SessionLog(store, state)
     ActiveSessions(store, state)
     tracker = FirmwareTracker()
+    from sitectl.control.fleet import Fleet
+
+    # Binds sessions to vehicles and turns SoC targets into energy (issue #19).
+    fleet = Fleet(config, state)
 
     def alarm(code: str, subject: str, text: str) -> None:
         state.raise_alarm(code, subject, Severity.WARNING, text)
@@ -141,6 +145,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 rollouts=rollouts,
                 raw_frames=observer.raw_frames,
                 phase_tests=phase_tests,
+                fleet=fleet,
             )
         )
     if config.devices:
@@ -160,6 +165,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     sampling = SamplingSetup(config, state, ocpp_server.call)
     probe = CapabilityProbe(state, ocpp_server.call, store=store, sampling=sampling)
     components += [ocpp_server, keeper, recovery, probe, ClockMonitor(state)]
+    if config.fleet.vdv463.enabled:
+        from sitectl.vdv.server import VdvServer  # the depot system's interface (issue #19.3)
+
+        components.append(VdvServer(config, state, fleet))
     if firmware is not None:
         components += firmware.components
     if config.chargers:

@@ -28,6 +28,7 @@ from sitectl import __version__
 from sitectl.backup import add_parsers as add_backup_parsers
 from sitectl.config import Config, ConfigError, load_config, secret_values
 from sitectl.firmware_cli import add_parser as add_firmware_parser
+from sitectl.fleet_cli import add_parser as add_fleet_parser
 from sitectl.logs import set_secrets, setup_logging
 from sitectl.phase_cli import add_parser as add_phase_parser
 from sitectl.store import StoreError
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_firmware_parser(commands, common)
     add_phase_parser(commands, common)
+    add_fleet_parser(commands, common)
     add_backup_parsers(commands, common)
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
@@ -253,6 +255,15 @@ def _cmd_detect_phases(args: argparse.Namespace) -> int:
     return run(args, config)
 
 
+def _cmd_fleet(args: argparse.Namespace) -> int:
+    from sitectl.fleet_cli import run
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return run(args, config)
+
+
 def _cmd_backup(args: argparse.Namespace) -> int:
     from sitectl.backup import run_command
 
@@ -285,6 +296,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "firmware": _cmd_firmware,
     "detect-phases": _cmd_detect_phases,
+    "fleet": _cmd_fleet,
     "backup": _cmd_backup,
     "restore": _cmd_backup,
 }

@@ -93,6 +93,10 @@ class SessionState:
     #: How sitectl learnt of it: "observed" (its start), "restored" (from the store after a
     #: restart, confirmed by the charger) or "adopted" (a transaction seen mid-way, start unknown).
     origin: str = "observed"
+    #: The fleet vehicle it is bound to (by id tag, VDV 463 or command; `control/fleet.py`),
+    #: and the priority its depot system asked for (``None``: the vehicle's configured one).
+    vehicle_id: str | None = None
+    vehicle_priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,17 +29,11 @@ from __future__ import annotations
 
 from sitectl.config.base import ENV_DELIMITER, ENV_PREFIX, GRID, PHASE_NAMES, parse_phase_rotation
 from sitectl.config.chargers import ChargerConfig
-from sitectl.config.control import (
-    ControlConfig,
-    FleetConfig,
-    ObjectiveWeights,
-    TariffConfig,
-    TariffPeriod,
-    VehicleConfig,
-)
+from sitectl.config.control import ControlConfig, ObjectiveWeights, TariffConfig, TariffPeriod
 from sitectl.config.devices import DeviceConfig
 from sitectl.config.env import apply_env_overrides
 from sitectl.config.errors import ConfigError, Problem
+from sitectl.config.fleet import FleetConfig, VdvConfig, VehicleConfig
 from sitectl.config.loading import load_config, secret_values
 from sitectl.config.model import Config
 from sitectl.config.ocpp import OcppConfig, OfflineConfig
@@ -69,6 +63,7 @@ __all__ = [
     "StorageConfig",
     "TariffConfig",
     "TariffPeriod",
+    "VdvConfig",
     "VehicleConfig",
     "apply_env_overrides",
     "load_config",

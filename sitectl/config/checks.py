@@ -274,6 +274,7 @@ def _cross_check(cfg: Config) -> list[Problem]:
             )
         )
 
+    problems += _fleet_check(cfg)
     tags: dict[str, int] = {}
     for index, vehicle in enumerate(cfg.fleet.vehicles):
         for tag in vehicle.id_tags:
@@ -499,3 +500,23 @@ def _fmt_phases(values: tuple[float, float, float]) -> str:
 def _suggest(value: str, candidates: set[str]) -> str:
     close = difflib.get_close_matches(value, sorted(candidates), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _fleet_check(cfg: Config) -> list[Problem]:
+    """Vehicle ids and VDV 463 vehicleIds name one vehicle each (a request must find one)."""
+    out: list[Problem] = []
+    for field, label in (("id", "vehicle id"), ("vdv_vehicle_id", "VDV vehicleId")):
+        seen: dict[str, int] = {}
+        for index, vehicle in enumerate(cfg.fleet.vehicles):
+            value = getattr(vehicle, field)
+            if value is None:
+                continue
+            if value in seen:
+                out.append(
+                    Problem(
+                        ("fleet", "vehicles", index, field),
+                        f"duplicate {label} '{value}' (also fleet.vehicles[{seen[value]}])",
+                    )
+                )
+            seen.setdefault(value, index)
+    return out

@@ -1,4 +1,4 @@
-"""The control loop's settings, and what it plans for: fleet schedule and tariff."""
+"""The control loop's settings, and what it plans for: the tariff (the fleet: `fleet`)."""
 
 from __future__ import annotations
 
@@ -137,29 +137,6 @@ class ControlConfig(_Model):
                 f"control periods ({2 * self.period_s:g} s) or limits lapse between refreshes"
             )
         return self
-
-
-class VehicleConfig(_Model):
-    """A fleet vehicle, recognised by its id tag, with its usual need."""
-
-    id: str
-    id_tags: list[str] = Field(min_length=1)
-    departure: str | None = None
-    energy_kwh: float | None = Field(None, ge=0)
-    priority: int = Field(1, ge=0, le=10)
-
-    @field_validator("departure")
-    @classmethod
-    def _departure(cls, value: str | None) -> str | None:
-        if value is not None:
-            _parse_time_of_day(value)
-        return value
-
-
-class FleetConfig(_Model):
-    """Optional fleet schedule: which vehicle needs what by when."""
-
-    vehicles: list[VehicleConfig] = Field(default_factory=list)
 
 
 class TariffPeriod(_Model):

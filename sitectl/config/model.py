@@ -10,10 +10,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from sitectl.config.base import _ENVIRON, ENV_DELIMITER, ENV_PREFIX, GRID
 from sitectl.config.chargers import ChargerConfig
 from sitectl.config.checks import _cross_check
-from sitectl.config.control import ControlConfig, FleetConfig, TariffConfig
+from sitectl.config.control import ControlConfig, TariffConfig
 from sitectl.config.devices import DeviceConfig
 from sitectl.config.env import _env, _PreparedSource, apply_env_overrides
 from sitectl.config.errors import _CrossCheckError
+from sitectl.config.fleet import FleetConfig
 from sitectl.config.ocpp import OcppConfig
 from sitectl.config.services import FirmwareConfig, HttpConfig, MqttConfig, StorageConfig
 from sitectl.config.site import CircuitConfig, SiteConfig

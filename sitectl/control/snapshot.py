@@ -47,12 +47,13 @@ from datetime import datetime
 from optimizer.problem import Load, Node, Problem, Session
 from sitectl.config import GRID, ChargerConfig, Config
 from sitectl.control.draw import Draw, connector_draw, phases_in_use
+from sitectl.control.fleet import FleetIndex
 from sitectl.control.horizon import Horizon
 from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
 from sitectl.control.power import MeasuredPower, lowered, trusted_power_kw
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
-from sitectl.ocpp.observe import IN_SESSION_STATUSES, hash_id_tag
+from sitectl.ocpp.observe import IN_SESSION_STATUSES
 from sitectl.state import ChargerState, ConnectorState, SiteState
 
 __all__ = [
@@ -195,11 +196,7 @@ class ProblemBuilder:
         #: The least a charger that refuses 0 A must be held at (the loop sets the
         #: dispatcher's `Dispatcher.held_minimum_a`); ``None``: it can be paused.
         self.held_minimum_a: Callable[[str], float | None] = lambda charger_id: None
-        self.fleet = {
-            hash_id_tag(config.site.id, tag): vehicle
-            for vehicle in config.fleet.vehicles
-            for tag in vehicle.id_tags
-        }
+        self.fleet = FleetIndex(config)  # by binding, else id tag (control/fleet.py)
         self.hold = PeakHold(config.control.effective_non_ev_hold_s)
         self.power = MeasuredPower(config, config.control.effective_non_ev_hold_s)
         self.horizon = Horizon(config)
@@ -538,7 +535,7 @@ class ProblemBuilder:
         min_a = charger.min_current_a
         if session is not None and session.ev_min_current_a:
             min_a = max(min_a, session.ev_min_current_a)
-        vehicle = self.fleet.get(session.id_tag_hash or "") if session is not None else None
+        vehicle = self.fleet.vehicle(session)
         departure, departure_source = self._departure(session, vehicle, now)
         step_kwh = (
             max_a * len(phases) * self.config.site.nominal_voltage_v * self.control.step_s / 3.6e6

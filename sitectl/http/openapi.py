@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from sitectl import __version__
 from sitectl.config import GRID, Config
+from sitectl.control.timetable import TimetableEntry, TimetableUpload
 from sitectl.http.views import (
     PRECISION,
     AlarmView,
@@ -106,6 +107,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
     """The whole OpenAPI document (with the site's circuits as the override nodes, if given)."""
     nodes = [GRID, *(c.id for c in config.circuits)] if config is not None else None
     needs = _command_schema(SessionNeedsCommand, drop=("charger", "connector", "session_id"))
+    timetable = _command_schema(TimetableUpload)
     rollout = _command_schema(FirmwareCommand, drop=("action", "rollout_id"))
     rollout["required"] = ["url", "targets"]
     rollout_id = {
@@ -142,6 +144,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                 FirmwareView,
                 PhaseTestView,
                 ModelTarget,
+                TimetableEntry,
                 ErrorView,
             ),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -366,6 +369,23 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": _override_body(nodes)}},
+                    },
+                    "responses": {
+                        "200": _ok({"type": "object"}, "Applied."),
+                        **{k: _ERRORS[k] for k in ("400", "401", "403", "422", "503")},
+                    },
+                }
+            },
+            "/api/fleet/timetable": {
+                "post": {
+                    "summary": "Import a fleet timetable: per vehicle its departure and target",
+                    "description": "All or nothing: a bad row refuses the upload, naming it "
+                    "(entries.3.target). A row applies at once to a vehicle charging now, "
+                    "else when it plugs in (`sitectl fleet import FILE.csv`).",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": timetable}},
                     },
                     "responses": {
                         "200": _ok({"type": "object"}, "Applied."),

@@ -32,7 +32,9 @@ from typing import Any
 from aiohttp import web
 
 from sitectl.config import Config
+from sitectl.control.fleet import Fleet
 from sitectl.control.phase_test import PhaseTests
+from sitectl.control.timetable import apply_timetable
 from sitectl.firmware.cache import FirmwareCache, safe_url
 from sitectl.firmware.rollout import RolloutManager
 from sitectl.firmware.tracker import FirmwareTracker
@@ -256,6 +258,7 @@ class HttpServer:
             ``/api/chargers/{id}?raw=true`` to the token's holder only.
         phase_tests: the on-demand phase tests, for ``/api/chargers/{id}/detect-phases``
             (started through `commands`, like the MQTT ``detect_phases`` command).
+        fleet: the fleet vehicles, for ``POST /api/fleet/timetable`` (``sitectl fleet import``).
     """
 
     name = "http"
@@ -278,8 +281,10 @@ class HttpServer:
         max_connections_per_client: int = 16,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         phase_tests: PhaseTests | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.config = config
+        self.fleet = fleet
         self.phase_tests = phase_tests
         self.raw_frames = raw_frames
         self.connections = ConnectionGuard(
@@ -332,6 +337,7 @@ class HttpServer:
         app.router.add_post("/api/sessions/{session_id:.+}/needs", self._needs)
         app.router.add_get("/api/sessions/{session_id:.+}/plan", self._session_plan)
         app.router.add_get("/api/plans", self._plans)
+        app.router.add_post("/api/fleet/timetable", self._timetable)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_static(
             "/static", str(resources.files("sitectl.http") / "static"), append_version=False
@@ -651,6 +657,17 @@ class HttpServer:
                     }
                     return self._command("session_needs", payload)
         return _error(404, f"no session {session_id!r} in progress", "session_id")
+
+    async def _timetable(self, request: web.Request) -> web.Response:
+        payload = await self._payload(request)
+        if isinstance(payload, web.Response):
+            return payload
+        if self.fleet is None:
+            return _error(503, "the fleet is not available")
+        reply = apply_timetable(self.fleet, self.config, payload, self.state.clock())
+        if reply.get("ok"):
+            return web.json_response(reply)
+        return _refused(reply)
 
     async def _phase_test(self, request: web.Request) -> web.Response:
         charger_id = request.match_info["charger_id"]

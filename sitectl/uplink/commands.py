@@ -153,6 +153,12 @@ class SessionNeedsCommand(_Command):
     )
     departure: AwareDatetime | None = None
     energy_kwh: float | None = Field(None, gt=0, le=10_000)
+    vehicle: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Bind the session to this fleet.vehicles id (its SoC targets, priority).",
+    )
 
 
 class RepublishCommand(_Command):
@@ -455,8 +461,16 @@ def _session_needs(
             f"the session on that connector is '{session.session_id}', not '{command.session_id}'",
             "session_id",
         )
-    if command.departure is None and command.energy_kwh is None:
-        raise CommandError("give departure, energy_kwh or both", "departure")
+    if command.departure is None and command.energy_kwh is None and command.vehicle is None:
+        raise CommandError("give departure, energy_kwh, vehicle or several", "departure")
+    if command.vehicle is not None:
+        known = [v.id for v in config.fleet.vehicles]
+        if command.vehicle not in known:
+            raise CommandError(
+                f"unknown vehicle '{command.vehicle}' (fleet.vehicles: "
+                f"{', '.join(known) or 'none'})",
+                "vehicle",
+            )
     now = state.clock()
     departure: datetime | None = command.departure
     if departure is not None:
@@ -477,13 +491,21 @@ def _session_needs(
         iso(session.departure),
         session.energy_wanted_kwh,
     )
+    key = f"{command.charger}/{command.connector}"
+    if command.vehicle is not None:
+        session.vehicle_id = command.vehicle
+        log.info("session %s bound to vehicle %s", session.session_id, command.vehicle)
+        state.notify("vehicle_bound", key)  # the fleet works out its need (control/fleet.py)
     # The same notification the OCPP observer sends for 2.0.1 charging needs.
-    state.notify("session_needs", f"{command.charger}/{command.connector}")
-    return {
+    state.notify("session_needs", key)
+    reply = {
         "session_id": session.session_id,
         "departure": iso(session.departure),
         "energy_kwh": session.energy_wanted_kwh,
     }
+    if command.vehicle is not None:
+        reply["vehicle"] = session.vehicle_id
+    return reply
 
 
 def _republish(

@@ -11,6 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
+from sitectl.control.fleet import Fleet
 from sitectl.http.openapi import openapi_document
 from sitectl.http.server import HttpServer
 from sitectl.sessions import SESSIONS_MIGRATION, SessionLog
@@ -42,6 +43,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             sessions=SessionLog(store, state),
             port=0,
             commands=lambda n, p: handle_command(state, cfg, n, p),
+            fleet=Fleet(cfg, state),
         )
         holder["server"] = server
 
