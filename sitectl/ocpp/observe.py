@@ -381,6 +381,10 @@ class StateObserver:
                 session.departure_source = "vehicle"
         session.ev_min_current_a = _number(ac.get("evMinCurrent"))
         session.ev_max_current_a = _number(ac.get("evMaxCurrent"))
+        soc = _number(dc.get("stateOfCharge"))
+        if soc is not None and 0 <= soc <= 100:
+            # A DC vehicle's SoC (2.0.1 DCChargingParameters): the fleet's SoC targets use it.
+            connector.soc_percent = soc
         self.state.notify("session_needs", f"{charger.charger_id}/{connector.connector_id}")
 
     # Meter values.

@@ -512,6 +512,7 @@ def test_201_charging_needs_of_a_dc_vehicle_and_its_departure(observed) -> None:
                         "evMaxCurrent": 300,
                         "evMaxVoltage": 800,
                         "energyAmount": 250_000,
+                        "stateOfCharge": 35,
                     },
                 },
             },
@@ -520,6 +521,7 @@ def test_201_charging_needs_of_a_dc_vehicle_and_its_departure(observed) -> None:
     session = state.chargers["CP2"].connectors[1].session
     assert session.energy_wanted_kwh == 250 and session.need_source == "vehicle"
     assert session.departure == LEAVES and session.departure_source == "vehicle"
+    assert state.chargers["CP2"].connectors[1].soc_percent == 35  # for the fleet's SoC targets
 
 
 def test_sampled_values_read_every_way_chargers_report() -> None:
