@@ -12,7 +12,7 @@ from sitectl.control.fleet import Fleet, VehicleRequest, predicted
 from sitectl.ocpp.observe import hash_id_tag
 from sitectl.state import Change, PlanForecast, PlanStep, SessionState, SiteState
 
-NOW = datetime(2030, 1, 7, 20, 0, tzinfo=UTC)  # injected clock
+NOW = datetime.now(UTC).replace(hour=20, minute=0, second=0, microsecond=0)  # injected clock
 
 CONFIG = """\
 site: {id: depot, limit_kw: 500, phase_limit_a: 400}

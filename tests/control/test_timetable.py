@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,10 @@ from sitectl.http.server import HttpServer
 from sitectl.ocpp.observe import hash_id_tag
 from sitectl.state import SessionState, SiteState
 
-NOW = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)  # injected clock
+NOW = datetime.now(UTC).replace(
+    hour=20, minute=0, second=0, microsecond=0
+)  # injected clock: today 20:00 UTC, never a literal date
+TODAY, TOMORROW = NOW.date().isoformat(), (NOW + timedelta(days=1)).date().isoformat()
 TOKEN = "timetable-test-token-0001"
 
 CONFIG = f"""\
@@ -101,18 +104,18 @@ def test_an_imported_timetable_plans_a_charging_bus_and_one_still_to_come(
     path = tmp_path / "timetable.csv"
     path.write_text(
         "vehicle;departure;target;note\nbus-17;05:10;90%;x\n\n"
-        "bus-18;2026-12-08T06:00:00+01:00;250 kWh;\n"
+        f"bus-18;{TOMORROW}T06:00:00+01:00;250 kWh;\n"
     )
     code, out = cli(server, config, path, capsys)
     assert code == 0, out
     assert "2 vehicle(s) planned: bus-17, bus-18" in out
     # bus-17 charges now: (90 − 40) % of 400 kWh, leaving at the next 05:10 (UTC site).
     assert session.energy_wanted_kwh == pytest.approx(200.0)
-    assert session.departure == datetime(2026, 12, 8, 5, 10, tzinfo=UTC)
+    assert session.departure == (NOW + timedelta(days=1)).replace(hour=5, minute=10)
     assert session.departure_source == "fleet"
     # bus-18 is not here yet: its request waits for it.
     assert fleet.requests["bus-18"].energy_kwh == 250.0
-    assert fleet.requests["bus-18"].departure == datetime(2026, 12, 8, 5, 0, tzinfo=UTC)
+    assert fleet.requests["bus-18"].departure == (NOW + timedelta(days=1)).replace(hour=5, minute=0)
 
 
 @pytest.mark.parametrize(
@@ -120,8 +123,8 @@ def test_an_imported_timetable_plans_a_charging_bus_and_one_still_to_come(
     [
         ("bus-99,05:10,90%", "row 1: unknown vehicle 'bus-99' (entries.0.vehicle)"),
         ("bus-17,25:10,90%", "neither 'HH:MM' nor a date-time (entries.0.departure)"),
-        ("bus-17,2026-12-08T06:00:00,90%", "needs a UTC offset"),
-        ("bus-17,2026-12-07T19:00:00Z,90%", "not within the next 7 days"),
+        (f"bus-17,{TOMORROW}T06:00:00,90%", "needs a UTC offset"),
+        (f"bus-17,{TODAY}T19:00:00Z,90%", "not within the next 7 days"),
         ("bus-17,05:10,120%", "is not a SoC (entries.0.target)"),
         ("bus-18,05:10,80%", "needs battery_kwh"),
         ("bus-17,05:10,lots", "neither '90%' nor '250 kWh'"),

@@ -29,7 +29,10 @@ from sitectl.ocpp.observe import hash_id_tag
 from sitectl.state import PlanForecast, PlanStep, SessionPlan, SessionState, SiteState
 from sitectl.vdv.server import VdvServer
 
-NOW = datetime(2026, 12, 7, 20, 0, tzinfo=UTC)  # injected clock
+NOW = datetime.now(UTC).replace(
+    hour=20, minute=0, second=0, microsecond=0
+)  # injected clock: today 20:00 UTC, never a literal date
+TODAY, TOMORROW = NOW.date().isoformat(), (NOW + timedelta(days=1)).date().isoformat()
 SCHEMAS = Path(__file__).resolve().parents[2] / "sitectl" / "vdv" / "schemas"
 PRESYSTEM = "urn:example:bms:depot-north"
 PASSWORD = "presystem-password-1"
@@ -261,11 +264,11 @@ async def test_a_depot_system_drives_a_need_and_receives_the_prediction(
     # Minimum: (50 − 20) % of 400 = 120 kWh at 10 kWh a step: 3 h; final: 280 kWh, 7 h.
     assert prediction["chargingPredictionDataMinSoc"] == {
         "requestedMinSoc": 50,
-        "predictedTime": "2026-12-07T23:00:00.000Z",
+        "predictedTime": f"{TODAY}T23:00:00.000Z",
     }
     assert prediction["chargingPredictionDataFinalSoc"] == {
         "predictedFinalSoc": 90,
-        "predictedTime": "2026-12-08T03:00:00.000Z",
+        "predictedTime": f"{TOMORROW}T03:00:00.000Z",
     }
     # The free connector is reported too, without a vehicle.
     assert station["chargingPointInfoList"][1]["chargingPointStatus"] in (
@@ -279,7 +282,7 @@ BAD_FRAMES = [
     (
         "six-slots",
         json.dumps(
-            [1, "BMS", PRESYSTEM, "2026-12-07T20:00:00Z", str(uuid.uuid4()), "BootNotification"]
+            [1, "BMS", PRESYSTEM, f"{TODAY}T20:00:00Z", str(uuid.uuid4()), "BootNotification"]
         ),
         "MessageStructure",
     ),
@@ -290,7 +293,7 @@ BAD_FRAMES = [
                 4,
                 "BMS",
                 PRESYSTEM,
-                "2026-12-07T20:00:00Z",
+                f"{TODAY}T20:00:00Z",
                 str(uuid.uuid4()),
                 "BootNotification",
                 {"presystem": "BMS"},
@@ -305,7 +308,7 @@ BAD_FRAMES = [
                 1,
                 "BMS",
                 PRESYSTEM,
-                "2026-12-07T20:00:00Z",
+                f"{TODAY}T20:00:00Z",
                 "17",
                 "BootNotification",
                 {"presystem": "BMS"},
@@ -320,7 +323,7 @@ BAD_FRAMES = [
                 1,
                 "BMS",
                 PRESYSTEM,
-                "2026-12-07T20:00:00Z",
+                f"{TODAY}T20:00:00Z",
                 str(uuid.uuid4()),
                 "BootNotification",
                 {"presystem": "ERP"},
@@ -335,7 +338,7 @@ BAD_FRAMES = [
                 1,
                 "BMS",
                 PRESYSTEM,
-                "2026-12-07T20:00:00Z",
+                f"{TODAY}T20:00:00Z",
                 str(uuid.uuid4()),
                 "ProvideChargingRequests",
                 {
@@ -358,7 +361,7 @@ BAD_FRAMES = [
                 1,
                 "BMS",
                 PRESYSTEM,
-                "2026-12-07T20:00:00Z",
+                f"{TODAY}T20:00:00Z",
                 str(uuid.uuid4()),
                 "ProvideChargingInformation",
                 {
@@ -411,7 +414,7 @@ async def test_a_malformed_frame_gets_an_error_and_the_connection_lives(
         ("bus-18", {}, "no battery capacity"),
         ("V17", {"minTargetSoc": 95}, "minTargetSoc 95 is above maxTargetSoc 90"),
         ("V17", {"maxTargetSoc": 150}, "not a SoC"),
-        ("V17", {"requestedTimeForDeparture": "2026-12-07T19:00:00Z"}, "in the past"),
+        ("V17", {"requestedTimeForDeparture": f"{TODAY}T19:00:00Z"}, "in the past"),
     ],
 )
 async def test_a_request_sitectl_cannot_plan_is_refused_whole(
