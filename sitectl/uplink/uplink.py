@@ -36,6 +36,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -51,6 +52,7 @@ from sitectl.state import Alarm, Change, SessionState, Severity, SiteState
 from sitectl.store import Store
 from sitectl.uplink.client import Acked, Connected, Disconnected, Event, MqttConnection, Received
 from sitectl.uplink.commands import Rollouts, handle_command
+from sitectl.uplink.guard import ReplyTopics, RepublishGate
 from sitectl.uplink.messages import (
     EnergyToday,
     Kind,
@@ -139,6 +141,10 @@ class Uplink:
         self.state = state
         self.store = store
         self.topics = Topics(config.topic_prefix)
+        self.reply_topics = ReplyTopics(
+            self.topics.prefix, self.mqtt.reply_topic_prefixes, time.monotonic
+        )
+        self.republish_gate = RepublishGate(self.mqtt.republish_min_interval_s, time.monotonic)
         self.outbox = Outbox(
             store, config.site.id, self.mqtt.outbox_max_messages, self.mqtt.outbox_max_bytes
         )
@@ -309,7 +315,23 @@ class Uplink:
         return sum(self._charger(charger_id, force) for charger_id in self.state.chargers)
 
     def republish(self) -> dict[str, Any]:
-        """The ``republish`` command: the status, every charger state, a summary."""
+        """The ``republish`` command: the status, every charger state, a summary.
+
+        At most one per ``republish_min_interval_s`` (guard.py): one asked for sooner is done
+        once at the end of the interval, however many were asked for.
+        """
+        delay = self.republish_gate.request()
+        if delay is None:
+            return self._republish_now()
+        if self.republish_gate.needs_timer() and self._loop is not None:
+            self._loop.call_later(delay, self._deferred_republish)
+        return {"coalesced": True, "in_s": round(delay, 1)}
+
+    def _deferred_republish(self) -> None:
+        self.republish_gate.done()
+        self._republish_now()
+
+    def _republish_now(self) -> dict[str, Any]:
         self._flush()
         status = self._publish_status(online=True) is not None
         chargers = self.publish_chargers(force=True)
@@ -616,6 +638,10 @@ class Uplink:
                 "needs one)",
                 message.topic,
             )
+            return
+        refused = self.reply_topics.why_refused(message.response_topic)
+        if refused is not None:
+            self.reply_topics.refuse(message.topic, message.response_topic, refused)
             return
         if reply is None:
             assert name is not None

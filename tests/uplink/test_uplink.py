@@ -180,7 +180,7 @@ class Requester:
 
     def __init__(self, host: str, port: int, prefix: str) -> None:
         self.prefix = prefix
-        self.reply_topic = f"replies/{prefix}"
+        self.reply_topic = f"{prefix}/reply/test"  # under the default allowed reply prefix
         self.replies: dict[bytes, dict] = {}
         self.lock = threading.Lock()
         subscribed = threading.Event()
