@@ -10,7 +10,9 @@ outbox (outbox.py) and feeds the broker connection (client.py) from there; it ta
   one event-loop tick are committed in one transaction; acknowledgements are deleted, and the
   next messages numbered, in one transaction per burst of acknowledgements.
 - After every CONNACK: first the messages numbered before (in flight when the connection or
-  the process died), then the birth (``…/status`` ``online``, retained), then the rest in order.
+  the process died), then the birth (``…/status`` ``online``, retained), then the rest in order;
+  after a reconnect, every charger's retained state again at the end of it (a broker restarted
+  without persistence has lost them).
   The status carries the next ``seq`` like any message, so ``seq`` on the wire only grows.
 - At most `window` messages are handed to paho at a time (and no more than the broker's
   Receive Maximum); the rest waits on disk.
@@ -171,6 +173,7 @@ class Uplink:
         # Our own status came back through the watch: from then on the retained status was
         # ours, and another one found on a reconnect was published by someone else.
         self._own_status_seen = False
+        self._connects = 0  # CONNACKs in this process
         # What was published.
         self._chargers: dict[str, dict[str, Any]] = {}  # comparable() of the last state sent
         self._alarms: dict[tuple[str, str], Alarm] = dict(state.alarms)
@@ -511,6 +514,12 @@ class Uplink:
             self.connection.watch(event.generation, self.topics.status)
         if self.mqtt.commands_enabled and self.connection is not None:
             self.connection.subscribe(event.generation, self.topics.commands)
+        if self._connects:
+            # The broker may have lost its retained store (restarted without persistence, a
+            # cluster failover): every charger's state again, after what was queued (#22.11).
+            # The first connection sends the states `run` queued at the start.
+            self.publish_chargers(force=True)
+        self._connects += 1
         if self.outbox.count:
             log.info("MQTT: sending %d queued messages", self.outbox.count)
         if (TAKEOVER_ALARM, "mqtt") in self.state.alarms:
