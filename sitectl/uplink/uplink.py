@@ -602,7 +602,9 @@ class Uplink:
         if connection is None or not self.connected:
             return None
         now = self.state.clock()
-        body = status_body(online, __version__, self.state.started_at, now, reason)
+        body = status_body(
+            online, __version__, self.state.started_at, now, reason, self.store.epoch
+        )
         seq = self.outbox.take_seq()
         mid = connection.publish(
             self._generation,
@@ -623,7 +625,12 @@ class Uplink:
     def _will_payload(self) -> bytes:
         # Composed before the fact and published by the broker: it cannot have a seq.
         body = status_body(
-            False, __version__, self.state.started_at, self.state.clock(), "connection lost"
+            False,
+            __version__,
+            self.state.started_at,
+            self.state.clock(),
+            "connection lost",
+            self.store.epoch,
         )
         return encode(body).encode()
 

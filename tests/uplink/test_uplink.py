@@ -69,6 +69,7 @@ async def test_birth_then_summaries_with_consecutive_seq(config, capture, captur
         status = capture.on("status")[0].data
         assert status["status"] == "online"
         assert status["version"] and status["started_at"].endswith("Z")
+        assert status["epoch"] == running.store.epoch  # issue #22.13: resets are visible
         unique = assert_gapless(capture.all())
         assert unique[0].topic.endswith("/status")  # the birth comes first
         assert [seq for seq in (m.data["seq"] for m in unique)] == list(range(1, len(unique) + 1))
