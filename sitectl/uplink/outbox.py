@@ -109,6 +109,9 @@ class Outbox:
             if found["name"] in self.counters:
                 self.counters[found["name"]] = int(found["value"])
         self._over_bound_warned = False
+        #: Messages lost because the store could not write them, since this start (kept in
+        #: memory: the store is what failed).
+        self.lost = 0
         self._clock = clock
         self._unlogged = {"dropped_summaries": 0, "dropped_charger_states": 0}
         self._logged_at: float | None = None
@@ -139,6 +142,7 @@ class Outbox:
             "dropped_charger_states": self.counters["dropped_charger_states"],
             "thinned_summaries": self.counters["thinned_summaries"],
             "rejected": self.counters["rejected"],
+            "lost": self.lost,
         }
 
     # Writing.

@@ -85,6 +85,8 @@ RECONNECT_DELAY_S = (1.0, 60.0)
 TAKEOVER_BACKOFF_S = (10.0, 600.0)
 #: The alarm raised when another client takes over our session.
 TAKEOVER_ALARM = "mqtt_session_taken_over"
+#: The alarm raised on the first failed store write (issue #22.12).
+STORE_FAILED_ALARM = "store_failed"
 #: How long an orderly stop waits for the broker to acknowledge the ``offline`` status.
 OFFLINE_ACK_TIMEOUT_S = 2.0
 #: How long an orderly stop waits for paho's network thread to end.
@@ -259,6 +261,8 @@ class Uplink:
         while True:
             try:
                 self.tick()
+            except sqlite3.Error as exc:  # alarmed once; not a traceback every period
+                self._store_failed(exc, "the summary tick")
             except Exception:  # a bad value somewhere must not end the uplink
                 log.exception("MQTT summary failed")
             next_at += period
@@ -433,9 +437,30 @@ class Uplink:
                 self.outbox.append(pending)
             except sqlite3.Error as exc:
                 # A store that cannot write (disk full, I/O error) must not stop charging;
-                # say exactly what is lost.
-                log.error("MQTT outbox write failed (%s): %d messages lost", exc, len(pending))
+                # say exactly what is lost, and count it.
+                self.outbox.lost += len(pending)
+                log.error(
+                    "MQTT outbox write failed (%s): %d messages lost (%d since the start)",
+                    exc,
+                    len(pending),
+                    self.outbox.lost,
+                )
+                self._store_failed(exc, "the MQTT outbox")
         self._pump()
+
+    def _store_failed(self, exc: sqlite3.Error, what: str) -> None:
+        """Raise the ``store_failed`` alarm once (the state keeps it until a restart)."""
+        if (STORE_FAILED_ALARM, "store") in self.state.alarms:
+            return
+        log.critical("the store %s cannot write (%s: %s)", self.store.path, what, exc)
+        self.state.raise_alarm(
+            STORE_FAILED_ALARM,
+            "store",
+            Severity.CRITICAL,
+            f"the store {self.store.path} cannot write ({exc}): MQTT messages are lost "
+            "(counted as outbox.lost in the summary); check the disk (full, read-only, "
+            "failing) and restart sitectl",
+        )
 
     def _pump(self) -> None:
         """Delete what was acknowledged and hand the next messages to paho."""

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from sitectl.state import Severity
 from tests.helpers import free_port, wait_for
-from tests.uplink.support import Mosquitto, assert_gapless, depot_config, run_uplink
+from tests.uplink.support import (
+    Mosquitto,
+    assert_gapless,
+    depot_config,
+    run_uplink,
+    unique_prefix,
+)
 
 
 async def test_everything_queued_arrives_in_order_after_an_outage(
@@ -138,3 +144,33 @@ async def test_retained_charger_states_come_back_after_a_broker_lost_them(
             )
     finally:
         broker.stop()
+
+
+async def test_a_failing_store_raises_store_failed_once_and_counts_what_is_lost(
+    tmp_path, mosquitto, caplog
+) -> None:
+    """Issue #22.12: the first failed write is a critical alarm; lost messages are counted."""
+    import logging
+    import sqlite3
+
+    config = depot_config(tmp_path, mosquitto.host, mosquitto.port, unique_prefix())
+    async with run_uplink(config) as running:
+        await running.connected()
+        await running.drained()
+
+        def failing(messages):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        running.uplink.outbox.append = failing  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="sitectl.uplink"):
+            for n in range(5):
+                running.state.raise_alarm("tick", str(n), Severity.INFO, f"tick {n}")
+            await wait_for(
+                lambda: ("store_failed", "store") in running.state.alarms, message="alarm"
+            )
+            await wait_for(lambda: running.uplink.outbox.lost >= 6, message="counted")
+        alarm = running.state.alarms[("store_failed", "store")]
+        assert alarm.severity is Severity.CRITICAL and "disk I/O error" in alarm.text
+        assert running.uplink.outbox.stats()["lost"] == running.uplink.outbox.lost
+        critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert len(critical) == 1
