@@ -17,6 +17,7 @@ history all live here (DESIGN.md). Rules:
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -126,6 +127,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         """,
     ),
 )
+
+
+#: The meta key of the store epoch (`Store.epoch`).
+EPOCH_META_KEY = "store.epoch"
 
 
 class StoreError(Exception):
@@ -257,6 +262,25 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    @property
+    def epoch(self) -> str:
+        """This installation's store epoch: a random id made with the store, kept in ``meta``.
+
+        A store that was replaced or reset (a new installation, a damaged file moved away)
+        has another epoch, so a cloud that sees ``seq`` start again at 1 can tell a reset from
+        duplicates (issue #22.13). A store from before epochs gets one on first use.
+        """
+        cached = getattr(self, "_epoch", None)
+        if cached is not None:
+            return cached
+        with self._lock:
+            epoch = self.get_meta(EPOCH_META_KEY)
+            if epoch is None:
+                epoch = secrets.token_hex(8)
+                self.set_meta(EPOCH_META_KEY, epoch)
+        self._epoch: str = epoch
+        return epoch
 
     def integrity_ok(self) -> bool:
         """Whether SQLite's own integrity check passes."""

@@ -179,3 +179,18 @@ def test_a_damaged_store_is_a_critical_alarm_at_start(tmp_path: Path) -> None:
         assert "sitectl restore" in alarm.text and str(alarm.severity) == "critical"
     finally:
         store.close()
+
+
+def test_the_epoch_is_made_with_the_store_and_kept(tmp_path: Path) -> None:
+    """Issue #22.13: a new (or reset) store has a new epoch; a reopened one keeps its own."""
+    store = Store(tmp_path / "a.sqlite")
+    epoch = store.epoch
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+    store.close()
+    again = Store(tmp_path / "a.sqlite")
+    assert again.epoch == epoch
+    again.close()
+    (tmp_path / "a.sqlite").unlink()
+    reset = Store(tmp_path / "a.sqlite")
+    assert reset.epoch != epoch
+    reset.close()

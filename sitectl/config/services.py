@@ -71,6 +71,25 @@ class MqttConfig(_Model):
     outbox_max_messages: int = Field(100_000, ge=100)
     outbox_max_bytes: int = Field(64 * 1024 * 1024, ge=65536)
     commands_enabled: bool = True
+    reply_topic_prefixes: list[str] | None = Field(
+        None,
+        description="Command replies go only to a ResponseTopic equal to or below one of these "
+        "(others are refused: sitectl must not be made to publish on someone else's topics). "
+        "Default: <topic_prefix>/reply.",
+    )
+    republish_min_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="At most one `republish` per this many seconds; requests in between are "
+        "coalesced into one at the end of the interval.",
+    )
+    max_packet_size: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=268_435_455,
+        description="MQTT 5 Maximum Packet Size sent on CONNECT: the broker drops larger "
+        "messages for sitectl instead of delivering them.",
+    )
 
     _paths = field_validator("ca_file", "cert_file", "key_file", "password_file")(
         classmethod(lambda cls, v: _resolve_path(v))
@@ -88,6 +107,21 @@ class MqttConfig(_Model):
             raise ValueError(
                 "topic_prefix must be non-empty, without '+', '#' or a leading or trailing '/'"
             )
+        return value
+
+    @field_validator("reply_topic_prefixes")
+    @classmethod
+    def _reply_prefixes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("reply_topic_prefixes needs at least one prefix (or leave it unset)")
+        for prefix in value:
+            if not prefix or any(c in prefix for c in "+#\0") or prefix.endswith("/"):
+                raise ValueError(
+                    f"reply topic prefix '{prefix}' must be non-empty, without '+', '#' or a "
+                    "trailing '/'"
+                )
         return value
 
     @model_validator(mode="after")

@@ -312,6 +312,9 @@ class MqttConnection:
         """Connect in the background and keep reconnecting; returns at once."""
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = 0
+        # MQTT 5 §3.1.2.11.4: the broker must not send us anything larger (it drops it), so a
+        # huge command costs the broker, not the depot controller.
+        properties.MaximumPacketSize = self.config.max_packet_size
         self.client.connect_async(
             self.config.host,
             self.config.port,

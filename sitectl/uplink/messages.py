@@ -187,6 +187,7 @@ def status_body(
     started_at: datetime,
     now: datetime,
     reason: str | None = None,
+    epoch: str | None = None,
 ) -> dict[str, Any]:
     """The retained ``…/status`` payload: the birth (``online``) or an ``offline``.
 
@@ -196,6 +197,7 @@ def status_body(
         started_at: when this sitectl process started.
         now: composition time (for the Last Will: when the connection it guards was opened).
         reason: for ``offline``: ``shutdown`` (orderly stop) or ``connection lost`` (the Will).
+        epoch: the store epoch (`Store.epoch`): changes when ``seq`` starts again.
     """
     body: dict[str, Any] = {
         "ts": iso(now),
@@ -203,6 +205,8 @@ def status_body(
         "version": version,
         "started_at": iso(started_at),
     }
+    if epoch is not None:
+        body["epoch"] = epoch
     if reason is not None:
         body["reason"] = reason
     return body

@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sitectl.store import Store
+from sitectl.store import Store, StoreError
 from sitectl.uplink.messages import Message, encode, with_seq
 
 __all__ = ["COUNTERS", "Outbox", "Outgoing"]
@@ -90,16 +90,28 @@ class Outbox:
         self.site_id = site_id
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        row = store.query("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox")[0]
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        try:
+            row = store.query("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox")[0]
+            counters = store.query(
+                "SELECT name, value FROM uplink_counters WHERE site = ?", (site_id,)
+            )
+        except sqlite3.DatabaseError as exc:
+            # A damaged page or a failing disk: say what it is and what to do, not a traceback.
+            raise StoreError(
+                f"{store.path}: the MQTT outbox cannot be read ({exc}): the store is damaged "
+                "or its disk fails. Restore a backup of the store, or move the file away to "
+                "start with a new one (MQTT seq then starts again at 1 under a new epoch)"
+            ) from None
         self._count = int(row[0])
         self._bytes = int(row[1])
-        self.counters = dict.fromkeys(COUNTERS, 0)
-        for found in store.query(
-            "SELECT name, value FROM uplink_counters WHERE site = ?", (site_id,)
-        ):
+        for found in counters:
             if found["name"] in self.counters:
                 self.counters[found["name"]] = int(found["value"])
         self._over_bound_warned = False
+        #: Messages lost because the store could not write them, since this start (kept in
+        #: memory: the store is what failed).
+        self.lost = 0
         self._clock = clock
         self._unlogged = {"dropped_summaries": 0, "dropped_charger_states": 0}
         self._logged_at: float | None = None
@@ -130,6 +142,7 @@ class Outbox:
             "dropped_charger_states": self.counters["dropped_charger_states"],
             "thinned_summaries": self.counters["thinned_summaries"],
             "rejected": self.counters["rejected"],
+            "lost": self.lost,
         }
 
     # Writing.

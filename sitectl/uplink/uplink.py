@@ -10,7 +10,9 @@ outbox (outbox.py) and feeds the broker connection (client.py) from there; it ta
   one event-loop tick are committed in one transaction; acknowledgements are deleted, and the
   next messages numbered, in one transaction per burst of acknowledgements.
 - After every CONNACK: first the messages numbered before (in flight when the connection or
-  the process died), then the birth (``…/status`` ``online``, retained), then the rest in order.
+  the process died), then the birth (``…/status`` ``online``, retained), then the rest in order;
+  after a reconnect, every charger's retained state again at the end of it (a broker restarted
+  without persistence has lost them).
   The status carries the next ``seq`` like any message, so ``seq`` on the wire only grows.
 - At most `window` messages are handed to paho at a time (and no more than the broker's
   Receive Maximum); the rest waits on disk.
@@ -36,6 +38,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -51,6 +54,7 @@ from sitectl.state import Alarm, Change, SessionState, Severity, SiteState
 from sitectl.store import Store
 from sitectl.uplink.client import Acked, Connected, Disconnected, Event, MqttConnection, Received
 from sitectl.uplink.commands import Rollouts, handle_command
+from sitectl.uplink.guard import ReplyTopics, RepublishGate
 from sitectl.uplink.messages import (
     EnergyToday,
     Kind,
@@ -81,6 +85,8 @@ RECONNECT_DELAY_S = (1.0, 60.0)
 TAKEOVER_BACKOFF_S = (10.0, 600.0)
 #: The alarm raised when another client takes over our session.
 TAKEOVER_ALARM = "mqtt_session_taken_over"
+#: The alarm raised on the first failed store write (issue #22.12).
+STORE_FAILED_ALARM = "store_failed"
 #: How long an orderly stop waits for the broker to acknowledge the ``offline`` status.
 OFFLINE_ACK_TIMEOUT_S = 2.0
 #: How long an orderly stop waits for paho's network thread to end.
@@ -139,6 +145,10 @@ class Uplink:
         self.state = state
         self.store = store
         self.topics = Topics(config.topic_prefix)
+        self.reply_topics = ReplyTopics(
+            self.topics.prefix, self.mqtt.reply_topic_prefixes, time.monotonic
+        )
+        self.republish_gate = RepublishGate(self.mqtt.republish_min_interval_s, time.monotonic)
         self.outbox = Outbox(
             store, config.site.id, self.mqtt.outbox_max_messages, self.mqtt.outbox_max_bytes
         )
@@ -165,6 +175,7 @@ class Uplink:
         # Our own status came back through the watch: from then on the retained status was
         # ours, and another one found on a reconnect was published by someone else.
         self._own_status_seen = False
+        self._connects = 0  # CONNACKs in this process
         # What was published.
         self._chargers: dict[str, dict[str, Any]] = {}  # comparable() of the last state sent
         self._alarms: dict[tuple[str, str], Alarm] = dict(state.alarms)
@@ -250,6 +261,8 @@ class Uplink:
         while True:
             try:
                 self.tick()
+            except sqlite3.Error as exc:  # alarmed once; not a traceback every period
+                self._store_failed(exc, "the summary tick")
             except Exception:  # a bad value somewhere must not end the uplink
                 log.exception("MQTT summary failed")
             next_at += period
@@ -309,7 +322,23 @@ class Uplink:
         return sum(self._charger(charger_id, force) for charger_id in self.state.chargers)
 
     def republish(self) -> dict[str, Any]:
-        """The ``republish`` command: the status, every charger state, a summary."""
+        """The ``republish`` command: the status, every charger state, a summary.
+
+        At most one per ``republish_min_interval_s`` (guard.py): one asked for sooner is done
+        once at the end of the interval, however many were asked for.
+        """
+        delay = self.republish_gate.request()
+        if delay is None:
+            return self._republish_now()
+        if self.republish_gate.needs_timer() and self._loop is not None:
+            self._loop.call_later(delay, self._deferred_republish)
+        return {"coalesced": True, "in_s": round(delay, 1)}
+
+    def _deferred_republish(self) -> None:
+        self.republish_gate.done()
+        self._republish_now()
+
+    def _republish_now(self) -> dict[str, Any]:
         self._flush()
         status = self._publish_status(online=True) is not None
         chargers = self.publish_chargers(force=True)
@@ -408,9 +437,30 @@ class Uplink:
                 self.outbox.append(pending)
             except sqlite3.Error as exc:
                 # A store that cannot write (disk full, I/O error) must not stop charging;
-                # say exactly what is lost.
-                log.error("MQTT outbox write failed (%s): %d messages lost", exc, len(pending))
+                # say exactly what is lost, and count it.
+                self.outbox.lost += len(pending)
+                log.error(
+                    "MQTT outbox write failed (%s): %d messages lost (%d since the start)",
+                    exc,
+                    len(pending),
+                    self.outbox.lost,
+                )
+                self._store_failed(exc, "the MQTT outbox")
         self._pump()
+
+    def _store_failed(self, exc: sqlite3.Error, what: str) -> None:
+        """Raise the ``store_failed`` alarm once (the state keeps it until a restart)."""
+        if (STORE_FAILED_ALARM, "store") in self.state.alarms:
+            return
+        log.critical("the store %s cannot write (%s: %s)", self.store.path, what, exc)
+        self.state.raise_alarm(
+            STORE_FAILED_ALARM,
+            "store",
+            Severity.CRITICAL,
+            f"the store {self.store.path} cannot write ({exc}): MQTT messages are lost "
+            "(counted as outbox.lost in the summary); check the disk (full, read-only, "
+            "failing) and restart sitectl",
+        )
 
     def _pump(self) -> None:
         """Delete what was acknowledged and hand the next messages to paho."""
@@ -489,6 +539,12 @@ class Uplink:
             self.connection.watch(event.generation, self.topics.status)
         if self.mqtt.commands_enabled and self.connection is not None:
             self.connection.subscribe(event.generation, self.topics.commands)
+        if self._connects:
+            # The broker may have lost its retained store (restarted without persistence, a
+            # cluster failover): every charger's state again, after what was queued (#22.11).
+            # The first connection sends the states `run` queued at the start.
+            self.publish_chargers(force=True)
+        self._connects += 1
         if self.outbox.count:
             log.info("MQTT: sending %d queued messages", self.outbox.count)
         if (TAKEOVER_ALARM, "mqtt") in self.state.alarms:
@@ -571,7 +627,9 @@ class Uplink:
         if connection is None or not self.connected:
             return None
         now = self.state.clock()
-        body = status_body(online, __version__, self.state.started_at, now, reason)
+        body = status_body(
+            online, __version__, self.state.started_at, now, reason, self.store.epoch
+        )
         seq = self.outbox.take_seq()
         mid = connection.publish(
             self._generation,
@@ -592,7 +650,12 @@ class Uplink:
     def _will_payload(self) -> bytes:
         # Composed before the fact and published by the broker: it cannot have a seq.
         body = status_body(
-            False, __version__, self.state.started_at, self.state.clock(), "connection lost"
+            False,
+            __version__,
+            self.state.started_at,
+            self.state.clock(),
+            "connection lost",
+            self.store.epoch,
         )
         return encode(body).encode()
 
@@ -616,6 +679,10 @@ class Uplink:
                 "needs one)",
                 message.topic,
             )
+            return
+        refused = self.reply_topics.why_refused(message.response_topic)
+        if refused is not None:
+            self.reply_topics.refuse(message.topic, message.response_topic, refused)
             return
         if reply is None:
             assert name is not None

@@ -196,6 +196,8 @@ class Capture:
             client.subscribe(self.topic_filter, qos=1)
 
     def _on_message(self, client, userdata, message) -> None:
+        if message.topic.startswith(f"{self.prefix}/reply/"):
+            return  # command replies (no seq); the tests' requesters read them
         with self.lock:
             self.messages.append(
                 Captured(message.topic, bytes(message.payload), message.retain, message.properties)

@@ -7,8 +7,14 @@ message the uplink sends before the subscriber is back is queued for it, not los
 from __future__ import annotations
 
 from sitectl.state import Severity
-from tests.helpers import wait_for
-from tests.uplink.support import assert_gapless, depot_config, run_uplink
+from tests.helpers import free_port, wait_for
+from tests.uplink.support import (
+    Mosquitto,
+    assert_gapless,
+    depot_config,
+    run_uplink,
+    unique_prefix,
+)
 
 
 async def test_everything_queued_arrives_in_order_after_an_outage(
@@ -106,3 +112,65 @@ async def test_full_outbox_drops_summaries_first_and_says_so(
     assert states[-1]["connectors"][0]["status"] == "Status59"  # the latest state survived
     reported = [m.data["outbox"] for m in unique if m.topic.endswith("/summary")][-1]
     assert reported["dropped_summaries"] > 0 and reported["dropped_charger_states"] > 0
+
+
+async def test_retained_charger_states_come_back_after_a_broker_lost_them(
+    tmp_path, capture_factory
+) -> None:
+    """Issue #22.11: mosquitto restarted without persistence has no retained message left."""
+    workdir = tmp_path / "volatile-broker"
+    workdir.mkdir()
+    broker = Mosquitto(workdir, free_port(), persistence=False)
+    broker.start()
+    try:
+        config = depot_config(tmp_path, broker.host, broker.port)
+        async with run_uplink(config) as running:
+            await running.connected()
+            await running.drained()
+            generation = running.uplink._generation
+            broker.stop()
+            await wait_for(lambda: not running.uplink.connected, message="outage noticed")
+            broker.start()
+            await wait_for(
+                lambda: running.uplink.connected and running.uplink._generation != generation,
+                message="reconnected",
+            )
+            await running.drained()
+            late = capture_factory(broker.host, broker.port, prefix=config.topic_prefix)
+            chargers = {f"{config.topic_prefix}/chargers/{c}" for c in ("CP1", "CP%2B2")}
+            await wait_for(
+                lambda: chargers <= {m.topic for m in late.all() if m.retain},
+                message="every charger's retained state",
+            )
+    finally:
+        broker.stop()
+
+
+async def test_a_failing_store_raises_store_failed_once_and_counts_what_is_lost(
+    tmp_path, mosquitto, caplog
+) -> None:
+    """Issue #22.12: the first failed write is a critical alarm; lost messages are counted."""
+    import logging
+    import sqlite3
+
+    config = depot_config(tmp_path, mosquitto.host, mosquitto.port, unique_prefix())
+    async with run_uplink(config) as running:
+        await running.connected()
+        await running.drained()
+
+        def failing(messages):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        running.uplink.outbox.append = failing  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="sitectl.uplink"):
+            for n in range(5):
+                running.state.raise_alarm("tick", str(n), Severity.INFO, f"tick {n}")
+            await wait_for(
+                lambda: ("store_failed", "store") in running.state.alarms, message="alarm"
+            )
+            await wait_for(lambda: running.uplink.outbox.lost >= 6, message="counted")
+        alarm = running.state.alarms[("store_failed", "store")]
+        assert alarm.severity is Severity.CRITICAL and "disk I/O error" in alarm.text
+        assert running.uplink.outbox.stats()["lost"] == running.uplink.outbox.lost
+        critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert len(critical) == 1

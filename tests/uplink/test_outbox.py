@@ -266,3 +266,21 @@ def test_a_failed_write_leaves_the_counts_as_they_were(tmp_path) -> None:
         outbox.append([message(Kind.SESSION, 1)])
     assert (outbox.count, outbox.bytes, dict(outbox.counters)) == before
     assert numbers(outbox.claim(0, 10)) == [0]
+
+
+def test_a_damaged_store_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch) -> None:
+    """Issue #22.13: a StoreError naming the file and what to do (the CLI logs it, exits 1)."""
+    from sitectl.store import StoreError
+
+    store = Store(tmp_path / "s.sqlite")
+
+    def damaged(*args, **kwargs):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(store, "query", damaged)
+    with pytest.raises(StoreError) as raised:
+        Outbox(store, "site", 1000, 10**7)
+    text = str(raised.value)
+    assert "s.sqlite" in text and "malformed" in text and "Restore a backup" in text
+    monkeypatch.undo()
+    store.close()

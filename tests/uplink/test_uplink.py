@@ -69,6 +69,7 @@ async def test_birth_then_summaries_with_consecutive_seq(config, capture, captur
         status = capture.on("status")[0].data
         assert status["status"] == "online"
         assert status["version"] and status["started_at"].endswith("Z")
+        assert status["epoch"] == running.store.epoch  # issue #22.13: resets are visible
         unique = assert_gapless(capture.all())
         assert unique[0].topic.endswith("/status")  # the birth comes first
         assert [seq for seq in (m.data["seq"] for m in unique)] == list(range(1, len(unique) + 1))
@@ -180,7 +181,7 @@ class Requester:
 
     def __init__(self, host: str, port: int, prefix: str) -> None:
         self.prefix = prefix
-        self.reply_topic = f"replies/{prefix}"
+        self.reply_topic = f"{prefix}/reply/test"  # under the default allowed reply prefix
         self.replies: dict[bytes, dict] = {}
         self.lock = threading.Lock()
         subscribed = threading.Event()
