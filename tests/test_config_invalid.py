@@ -293,6 +293,13 @@ CASES = [
         "less than or equal to 1",
     ),
     (
+        "bad-http-listen-host",
+        BASE + "http:\n  listen_host: 'not a host!'\n",
+        "http.listen_host",
+        "listen_host: 'not a host!'",
+        "is neither an IP address nor a host name",
+    ),
+    (
         "duplicate-yaml-key",
         edit("  limit_kw: 200\n", "  limit_kw: 200\n  limit_kw: 300\n"),
         "line",

@@ -7,6 +7,7 @@ directory of that file (`_BASE_DIR`), set by `load_config` for the duration of t
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import math
 import os
 import re
@@ -121,6 +122,16 @@ def _check_identity(value: str) -> str:
         raise ValueError("charge point identity must not contain ':' (it is the Basic-auth user)")
     if "/" in value:
         raise ValueError("charge point identity must not contain '/' (it is one URL segment)")
+    return value
+
+
+def _check_host(value: str) -> str:
+    """A listen address: an IP address or a host name (a validator for ``listen_host``)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", value):
+            raise ValueError(f"'{value}' is neither an IP address nor a host name") from None
     return value
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from sitectl.config.base import FilePath, _Model, _parse_time_of_day, _resolve_path
+from sitectl.config.base import FilePath, _check_host, _Model, _parse_time_of_day, _resolve_path
 from sitectl.config.errors import FieldError
 
 __all__ = ["FleetConfig", "VdvConfig", "VehicleConfig"]
@@ -93,15 +90,7 @@ class VdvConfig(_Model):
 
     _paths = field_validator("password_file")(classmethod(lambda cls, v: _resolve_path(v)))
 
-    @field_validator("listen_host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if not re.fullmatch(r"[A-Za-z0-9.-]+", value):
-                raise ValueError(f"'{value}' is neither an IP address nor a host name") from None
-        return value
+    _host = field_validator("listen_host")(classmethod(lambda cls, v: _check_host(v)))
 
     @field_validator("path")
     @classmethod

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from sitectl.config.base import FilePath, _Model, _resolve_path
+from sitectl.config.base import FilePath, _check_host, _Model, _resolve_path
 
 
 class FirmwareConfig(_Model):
@@ -153,15 +151,7 @@ class HttpConfig(_Model):
 
     _paths = field_validator("token_file")(classmethod(lambda cls, v: _resolve_path(v)))
 
-    @field_validator("listen_host")
-    @classmethod
-    def _host(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if not re.fullmatch(r"[A-Za-z0-9.-]+", value):
-                raise ValueError(f"'{value}' is neither an IP address nor a host name") from None
-        return value
+    _host = field_validator("listen_host")(classmethod(lambda cls, v: _check_host(v)))
 
     @model_validator(mode="after")
     def _secret(self) -> HttpConfig:

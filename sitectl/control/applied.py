@@ -39,6 +39,7 @@ from typing import Any
 from sitectl.config import ChargerConfig, Config
 from sitectl.control.memory import AppliedFinding, ChargerMemory
 from sitectl.control.snapshot import efficiency
+from sitectl.ocpp.composite import parse_time
 from sitectl.ocpp.link import CallErrorResponse
 from sitectl.quirks import ChargerQuirks
 from sitectl.state import Severity, SiteState
@@ -87,7 +88,7 @@ def composite_now(answer: dict[str, Any], now: datetime) -> tuple[bool, float | 
     if not periods:
         return True, None, unit, 3
     elapsed = 0.0
-    start = _time(start_text)
+    start = parse_time(start_text)
     if start is not None:
         elapsed = (now - start).total_seconds()
     in_force = periods[0]
@@ -95,15 +96,6 @@ def composite_now(answer: dict[str, Any], now: datetime) -> tuple[bool, float | 
         if float(period.get("startPeriod", 0)) <= elapsed:
             in_force = period
     return True, float(in_force["limit"]), unit, int(in_force.get("numberPhases") or 3)
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class AppliedCheck:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-__all__ = ["InstalledProfile", "composite_limit_a", "profile_limit_a"]
+__all__ = ["InstalledProfile", "composite_limit_a", "parse_time", "profile_limit_a"]
 
 _STATION_PURPOSES = (
     "ChargePointMaxProfile",
@@ -70,7 +70,8 @@ class InstalledProfile:
         return float(schedule["chargingSchedulePeriod"][0]["limit"])
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
+    """An OCPP date-time (``Z`` or an offset) as a datetime; ``None`` when it is not one."""
     if not isinstance(value, str):
         return None
     try:
@@ -88,7 +89,7 @@ def profile_limit_a(
 ) -> float | None:
     """The limit (A per phase) one profile imposes at `at`, or ``None`` if it is not active."""
     profile = installed.profile
-    valid_from, valid_to = _time(profile.get("validFrom")), _time(profile.get("validTo"))
+    valid_from, valid_to = parse_time(profile.get("validFrom")), parse_time(profile.get("validTo"))
     if (valid_from and at < valid_from) or (valid_to and at >= valid_to):
         return None
     schedule = profile.get("chargingSchedule")
@@ -97,7 +98,7 @@ def profile_limit_a(
     if not isinstance(schedule, dict):
         return None
     kind = profile.get("chargingProfileKind", "Absolute")
-    start = _time(schedule.get("startSchedule"))
+    start = parse_time(schedule.get("startSchedule"))
     if kind == "Relative":
         start = transaction_start or installed.installed_at
     elif kind == "Recurring" and start is not None:

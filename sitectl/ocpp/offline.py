@@ -189,30 +189,35 @@ class OfflineAgent:
         return FORWARD
 
     def _rewrite_charger_call(self, call: PendingCall) -> Decision | None:
-        """A charger call some rewriter changes (never a transactional one), forwarded."""
-        payload = call.payload
-        for rewrite in self.charger_rewriters:
-            try:
-                payload = rewrite(self.identity, self.version, call.action, payload) or payload
-            except Exception:  # a rewriter's bug must not stop the charger's call
-                log.exception(
-                    "%s: rewriting %s failed; forwarding it unchanged", self.identity, call.action
-                )
+        """A charger call a rewriter changes, forwarded; ``None`` for the usual policy.
+
+        Transactional calls are never rewritten: they keep the journal's order and replay.
+        """
+        if not self.charger_rewriters or self._transactional(call):
+            return None
+        payload = self._rewritten(self.charger_rewriters, call.action, call.payload)
         if payload is call.payload:
             return None
         return Decision(Route.FORWARD, Call(call.message_id, call.action, payload).serialize())
+
+    def _rewritten(
+        self, rewriters: list[CsmsRewriter], action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """`payload` through every rewriter (the same object when none changed it)."""
+        for rewrite in rewriters:
+            try:
+                payload = rewrite(self.identity, self.version, action, payload) or payload
+            except Exception:  # a rewriter's bug must not stop the call
+                log.exception(
+                    "%s: rewriting %s failed; forwarding it unchanged", self.identity, action
+                )
+        return payload
 
     def csms_call(self, call: PendingCall) -> Decision:
         payload = call.payload
         if self.version == "1.6" and self._tx:
             payload = self._local_for(call) or payload
-        for rewrite in self.rewriters:
-            try:
-                payload = rewrite(self.identity, self.version, call.action, payload) or payload
-            except Exception:  # a rewriter's bug must not stop the CSMS's call
-                log.exception(
-                    "%s: rewriting %s failed; forwarding it unchanged", self.identity, call.action
-                )
+        payload = self._rewritten(self.rewriters, call.action, payload)
         if payload is not call.payload:
             return Decision(Route.FORWARD, Call(call.message_id, call.action, payload).serialize())
         if (
