@@ -73,6 +73,10 @@ def composite_now(answer: dict[str, Any], now: datetime) -> tuple[bool, float | 
     not compute one (status Rejected); ``limit`` is ``None`` when it answered without a
     schedule (nothing limits it); ``unit`` "A" (per phase) or "W"; ``phases`` the period's
     numberPhases (3 when not given).
+
+    Raises:
+        ValueError, KeyError, TypeError: a schedule that cannot be read (no usable period, a
+            limit that is not a number): the caller takes it as not answered.
     """
     if answer.get("status") != "Accepted":
         return False, None, "A", 3
@@ -84,9 +88,11 @@ def composite_now(answer: dict[str, Any], now: datetime) -> tuple[bool, float | 
     if not isinstance(schedule, dict):
         return True, None, "A", 3
     unit = "W" if schedule.get("chargingRateUnit") == "W" else "A"
-    periods = [p for p in schedule.get("chargingSchedulePeriod") or () if isinstance(p, dict)]
+    listed = schedule.get("chargingSchedulePeriod")
+    periods = [p for p in listed if isinstance(p, dict)] if isinstance(listed, list) else []
     if not periods:
-        return True, None, unit, 3
+        # A schedule without a usable period is not an answer (the schema needs one or more).
+        raise ValueError(f"no usable chargingSchedulePeriod in {str(listed)[:80]}")
     elapsed = 0.0
     start = parse_time(start_text)
     if start is not None:
@@ -214,6 +220,9 @@ class AppliedCheck:
                     "%s: no composite schedule (%s): judged by its current", charger_id, exc.code
                 )
                 self._record(charger_id, "composite", sent, "unsupported")
+            else:
+                log.info("%s: composite schedule refused: %s", charger_id, exc)
+                self._record(charger_id, "composite", sent, "unanswered")
             return
         except Exception as exc:  # offline, timeout, a bad answer: this charger only
             log.info("%s: composite schedule not answered: %s", charger_id, exc)

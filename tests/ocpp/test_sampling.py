@@ -66,3 +66,18 @@ async def test_an_offline_charger_is_recorded_not_raised(start_server) -> None:
     found = await SamplingSetup(cfg, state, server.call).ensure("A")
     assert found["status"].startswith("not answered")
     assert ("meter_values_slow", "A") in state.alarms
+
+
+async def test_garbage_answers_give_an_alarm_not_a_crash() -> None:
+    # A value that is not a number, an answer without a status: recorded, said, nothing raised.
+    cfg = depot_config([{"id": "A"}], None)
+    state = SiteState(cfg)
+
+    async def call(identity, action, payload, timeout):
+        if action == "GetConfiguration":
+            return {"configurationKey": [{"key": "MeterValueSampleInterval", "value": "often"}]}
+        return {}
+
+    found = await SamplingSetup(cfg, state, call).ensure("A")
+    assert found["was"] is None and found["now"] is None and found["status"] == "None"
+    assert ("meter_values_slow", "A") in state.alarms
