@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sitectl.config import Config
+from sitectl.limits import LimitBoard
 
 __all__ = [
     "SOLVE_BUCKETS_S",
@@ -351,6 +352,8 @@ class SiteState:
         self.ended_sessions: deque[SessionState] = deque(maxlen=1000)
         #: Operator limit overrides by node; the control loop applies the unexpired ones.
         self.overrides: dict[str, LimitOverride] = {}
+        #: Every time-windowed limit source (OpenADR, §14a, ...): `sitectl.limits.LimitBoard`.
+        self.limits = LimitBoard()
         #: Sessions that were active when sitectl last stopped, by (charger, connector), until
         #: the charger confirms or ends them (`sitectl.sessions.ActiveSessions`).
         self.restored_sessions: dict[tuple[str, int], SessionState] = {}
