@@ -26,6 +26,10 @@ infeasible. Every LP answer passes :func:`optimizer.verify.verify` before it is 
 LP times out (HiGHS ``time_limit`` = what is left of the budget), fails or does not verify, the
 answer comes from :func:`optimizer.fallback.allocate` (least laxity first under every headroom,
 always feasible) and ``Allocation.status`` says why. The control loop verifies again anyway.
+A node's limit on a step is its own lowered by every hard :class:`~optimizer.problem.NodeCap`
+covering the step (a time-windowed limit: an operator override, an OpenADR event, §14a
+dimming); a soft cap is a penalty in the LP (:mod:`optimizer._soft`: exceeded only to save a
+departure) and a limit for the fallback.
 
 Rule 5: the IEC 61851-1 floor. A dispatched current is 0 (pause) or at least ``min_a`` — there is
 no AC charging between 0 and 6 A. The LP is solved as a relaxation; sessions it gives

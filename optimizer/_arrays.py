@@ -53,9 +53,16 @@ class Arrays:
     anc_flat: np.ndarray  # (Σ path lengths,) node positions
     anc_start: np.ndarray  # (M,)
     anc_len: np.ndarray  # (M,)
-    limit_a: np.ndarray  # (M, 3) configured limit per node and phase
+    limit_a: np.ndarray  # (M, 3) limit per node and phase on step 0 (caps included)
     load0_a: np.ndarray  # (M, 3) non-EV current through each node on step 0
-    kw_limit_sum_a: np.ndarray  # (J,) kW limit as a sum of phase currents
+    kw_limit_sum_a: np.ndarray  # (J,) kW limit on step 0 as a sum of phase currents
+    # Soft caps (`optimizer._soft`): Q nodes with one, their EV headroom under it (inf where
+    # none covers a step) and their step-0 soft limits.
+    soft_nodes: np.ndarray  # (Q,) node positions
+    soft_headroom_a: np.ndarray  # (Q, 3, T) per phase, >= 0
+    soft_headroom_sum_a: np.ndarray  # (Q, T) kW as a sum of phase currents, >= 0
+    soft_limit0_a: np.ndarray  # (Q, 3) step-0 soft limit per phase (A), inf if none
+    soft_kw0_sum_a: np.ndarray  # (Q,) step-0 soft kW limit as Σ phase A, inf if none
 
 
 def kwh_per_amp(voltage_ln_v: float, nph: np.ndarray, dt_h: np.ndarray) -> np.ndarray:
@@ -93,17 +100,23 @@ def compile_problem(problem: Problem) -> Arrays:
     window = cap_a > 0  # in its window, wanting energy, with a current above 0
     volt = problem.voltage_ln_v
     load = problem.load_through_a()
-    limits = np.array([n.limit_a for n in problem.nodes], dtype=float).reshape(-1, 3)
+    # Per step: the nodes' own limits lowered by the hard caps over the steps they cover.
+    limits = problem.limits_a()
     # A node whose non-EV load alone exceeds its limit leaves 0 for EVs, never a negative
     # headroom: the LP stays feasible (everyone below it at 0) instead of failing.
-    headroom_a = np.maximum(limits[:, :, None] - load, 0.0)
-    kw_nodes = np.array(
-        [k for k, n in enumerate(problem.nodes) if n.limit_kw is not None], dtype=np.intp
-    )
-    kw_limit_sum_a = np.array(
-        [problem.nodes[k].limit_kw * _W_PER_KW / volt for k in kw_nodes], dtype=float
-    )
-    headroom_sum_a = np.maximum(kw_limit_sum_a[:, None] - load[kw_nodes].sum(axis=1), 0.0)
+    headroom_a = np.maximum(limits - load, 0.0)
+    kw_nodes = np.flatnonzero(problem.kw_limited()).astype(np.intp)
+    kw_sum_a = problem.limits_kw()[kw_nodes] * (_W_PER_KW / volt)  # (J, T)
+    load_sum = load.sum(axis=1)  # (M, T)
+    headroom_sum_a = np.maximum(kw_sum_a - load_sum[kw_nodes], 0.0)
+    soft_nodes = np.flatnonzero(problem.soft_capped()).astype(np.intp)
+    if soft_nodes.size:
+        soft_a = problem.limits_a(soft=True)[soft_nodes]
+        soft_sum = problem.limits_kw(soft=True)[soft_nodes] * (_W_PER_KW / volt)
+    else:
+        soft_a, soft_sum = np.zeros((0, 3, T)), np.zeros((0, T))
+    soft_headroom_a = np.maximum(soft_a - load[soft_nodes], 0.0)
+    soft_headroom_sum_a = np.maximum(soft_sum - load_sum[soft_nodes], 0.0)
     parents = problem.parents()
     root = parents.index(-1)
     ancestors = problem.ancestors()
@@ -137,7 +150,12 @@ def compile_problem(problem: Problem) -> Arrays:
         anc_flat=anc_flat,
         anc_start=anc_start,
         anc_len=anc_len,
-        limit_a=limits,
+        limit_a=limits[:, :, 0].copy(),
         load0_a=load[:, :, 0].copy(),
-        kw_limit_sum_a=kw_limit_sum_a,
+        kw_limit_sum_a=kw_sum_a[:, 0].copy(),
+        soft_nodes=soft_nodes,
+        soft_headroom_a=soft_headroom_a,
+        soft_headroom_sum_a=soft_headroom_sum_a,
+        soft_limit0_a=soft_a[:, :, 0].copy(),
+        soft_kw0_sum_a=soft_sum[:, 0].copy(),
     )

@@ -14,6 +14,7 @@ import highspy
 import numpy as np
 
 from optimizer._arrays import Arrays
+from optimizer._soft import soft_parts, soft_transfer
 from optimizer._structure import Structure
 
 
@@ -27,6 +28,7 @@ class _Layout:
     A: int  # aggregated groups (3·T flow columns each)
     J: int  # aggregated groups with a kW row
     K: int  # fairness pieces
+    Q: int = 0  # aggregated groups with soft rows (4·T rows and excess columns each)
 
     @property
     def f0(self) -> int:
@@ -41,8 +43,12 @@ class _Layout:
         return self.peak + 1
 
     @property
-    def ncol(self) -> int:
+    def x0(self) -> int:
         return self.a0 + self.S * self.K
+
+    @property
+    def ncol(self) -> int:
+        return self.x0 + self.Q * 4 * self.T
 
     @property
     def r_kw(self) -> int:
@@ -61,8 +67,12 @@ class _Layout:
         return self.r_energy + self.S
 
     @property
-    def nrow(self) -> int:
+    def r_soft(self) -> int:
         return self.r_fair + self.S
+
+    @property
+    def nrow(self) -> int:
+        return self.r_soft + self.Q * 4 * self.T
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -121,6 +131,7 @@ def _build_matrix(
     parts.append((lay.r_peak + t, np.full(T, lay.peak), -np.ones(T)))  # peak column
     s_idx = np.repeat(np.arange(lay.S), lay.K)  # fairness pieces: +1 in their slot's row
     parts.append((lay.r_fair + s_idx, lay.a0 + np.arange(lay.S * lay.K), np.ones(len(s_idx))))
+    parts.extend(soft_parts(lay, st))
     rows = np.concatenate([np.asarray(p[0], dtype=np.int64) for p in parts])
     cols = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
     vals = np.concatenate([np.asarray(p[2], dtype=float) for p in parts])
@@ -166,6 +177,7 @@ def _transfer_basis(
         row[nlay.r_fair + k] = orow[olay.r_fair + ko]
     col[nlay.peak] = ocol[olay.peak]
     row[nlay.r_peak : nlay.r_energy] = orow[olay.r_peak : olay.r_energy]
+    soft_transfer((olay, ost, ocol, orow), (nlay, nst, col, row))
     okey = {key: g for g, key in enumerate(ost.key)}
     for g, key in enumerate(nst.key):
         go = okey.get(key)

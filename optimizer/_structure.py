@@ -25,6 +25,8 @@ row is made, so the model grows with what can constrain, not with the number of 
   is never pruned, nor is one with a kW limit. Headroom moves with the non-EV load, so the
   check runs again every cycle (:func:`unpruned`); a pruned group that could now bind is kept
   from then on (the model is rebuilt with its rows, and the basis carried over).
+* **Soft caps need a flow.** A group with a soft-capped member is aggregated whatever its
+  size (even with one slot): its soft rows (`optimizer._soft`) are on its ``f``.
 
 Everything structural is decided here from the tree, the slots and the headroom at build time;
 per-cycle numbers (bounds, costs, row bounds) are filled by :mod:`optimizer.lp`.
@@ -75,6 +77,8 @@ class Structure:
     agg_pos: np.ndarray  # (G,) position in aggs, -1 if none
     kw_groups: np.ndarray  # AGG groups with a kW row, in row order
     kw_pos: np.ndarray  # (G,) position in kw_groups, -1 if none
+    soft_groups: np.ndarray  # AGG groups with soft rows (`optimizer._soft`), in block order
+    soft_pos: np.ndarray  # (G,) position in soft_groups, -1 if none
 
     @property
     def G(self) -> int:
@@ -121,6 +125,7 @@ def build(
     headroom_a: np.ndarray,
     keep: frozenset[str],
     node_ids: list[str],
+    soft_node: np.ndarray | None = None,
 ) -> Structure:
     """Group the tree and decide every group's kind.
 
@@ -131,6 +136,7 @@ def build(
         headroom_a: EV headroom per node, phase and step, ``(M, 3, T)``, for the pruning test.
         keep: Group keys never to prune (they could bind in an earlier cycle).
         node_ids: Node ids, for the group keys.
+        soft_node: Per node, whether it has soft rows (a soft cap, now or before).
 
     Returns:
         The structure.
@@ -182,6 +188,10 @@ def build(
     np.add.at(direct_slots, group_of_node[grouped], direct[grouped])
     has_kw = np.zeros(G, dtype=bool)
     np.logical_or.at(has_kw, group_of_node[grouped], np.asarray(kw_node, dtype=bool)[grouped])
+    has_soft = np.zeros(G, dtype=bool)
+    if soft_node is not None:
+        soft_mask = np.asarray(soft_node, dtype=bool)[grouped]
+        np.logical_or.at(has_soft, group_of_node[grouped], soft_mask)
 
     hr = np.minimum.reduceat(headroom_a[node_order], group_starts, axis=0)
     below, _ = _caps(parent, levels, direct_slots, nslots, hr)
@@ -192,7 +202,7 @@ def build(
     terms = direct_slots.astype(np.int64).copy()
     for level in reversed(levels):
         for g in level.tolist():
-            if g == 0:
+            if g == 0 or has_soft[g]:
                 kind[g] = AGG
             elif nslots[g] == 1:
                 kind[g] = BOUND
@@ -237,6 +247,9 @@ def build(
     kw_groups = np.flatnonzero((kind == AGG) & has_kw)
     kw_pos = np.full(G, -1, dtype=np.intp)
     kw_pos[kw_groups] = np.arange(len(kw_groups))
+    soft_groups = np.flatnonzero((kind == AGG) & has_soft)
+    soft_pos = np.full(G, -1, dtype=np.intp)
+    soft_pos[soft_groups] = np.arange(len(soft_groups))
     return Structure(
         T=T,
         group_of_node=group_of_node,
@@ -258,6 +271,8 @@ def build(
         agg_pos=agg_pos,
         kw_groups=kw_groups,
         kw_pos=kw_pos,
+        soft_groups=soft_groups,
+        soft_pos=soft_pos,
     )
 
 

@@ -15,6 +15,12 @@ or column dual, `LpDuals`) comes with it. The same test on the final currents se
 fallback, whose rule is "fill in order until a node runs out": for it the holds name the
 node that ran out and the sessions that took it.
 
+Rule 2b: a limit the caller capped for some steps (`optimizer.problem.NodeCap`) is named as
+such: when the node's step-0 limit is a cap's, not its own, the hold's ``cap`` is that cap's
+position in ``Problem.caps`` (the least one covering step 0), so the caller can say whose limit
+it is. A session held by nothing hard but a soft cap tight on step 0 on its path is held by
+``SOFT`` (the LP kept to it rather than pay its penalty: its energy is later or not needed).
+
 Rule 3: without a tight limit, a held session at 0 A whose path has less than ``min_a`` left
 (or that the 6 A rounding paused, ``Allocation.paused``) is held by the minimum current
 (IEC 61851-1); one whose energy the plan puts on a later step was *deferred* (the cheaper or
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +61,7 @@ __all__ = [
     "PEAK",
     "PHASE",
     "SHARE_MAX",
+    "SOFT",
     "TIGHT_A",
     "Binding",
     "Hold",
@@ -65,6 +72,7 @@ __all__ = [
 #: Hold kinds.
 PHASE = "phase"  # a node's per-phase current limit (a circuit, the grid, a charger's own max)
 KW = "kw"  # a node's kW limit
+SOFT = "soft"  # a soft cap on a node, kept to rather than paid for (phase, or None: kW)
 MIN_CURRENT = "min_current"  # paused: less than min_a left (the 6 A rule)
 DEFERRED = "deferred"  # the plan gives it its energy on a later step
 PEAK = "peak"  # held at the peak so far (demand charge)
@@ -102,6 +110,8 @@ class Hold:
         sharing_n: how many there are in all.
         phases: PHASE: every phase of the session that is tight there, tightest first
             (``phase`` is the first; ``dual`` is their sum: one A more on each of them).
+        cap: PHASE, KW, MIN_CURRENT, SOFT: position in ``Problem.caps`` of the cap that sets
+            the node's step-0 limit there (Rule 2b), ``None`` when it is the node's own.
     """
 
     kind: str
@@ -116,6 +126,7 @@ class Hold:
     sharing: tuple[str, ...] = ()
     sharing_n: int = 0
     phases: tuple[int, ...] = ()
+    cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +266,17 @@ def step0_binding(
     got = (plan * a.kwh_per_a).sum(axis=1)
 
     volt_kw = a.voltage / 1000.0
+    caps_found: dict[tuple[int, int | None, bool], int | None] = {}
+
+    def cap_of(n: int, p: int | None, hard: bool = True) -> int | None:
+        """The cap that sets node n's step-0 limit (Rule 2b), once per node and phase."""
+        if not problem.caps:
+            return None
+        key = (n, p, hard)
+        if key not in caps_found:
+            caps_found[key] = problem.cap_at(n, p, 0, hard)
+        return caps_found[key]
+
     ids = [s.id for s in sessions]
     node_ids = [n.id for n in problem.nodes]
     shares: dict[tuple[int, int | None], tuple[list[int], int]] = {}
@@ -292,6 +314,7 @@ def step0_binding(
                 dual=dual,
                 sharing=others,
                 sharing_n=count,
+                cap=cap_of(n, None),
             )
         p = phases[0]
         others, count = named(n, p, k)
@@ -310,6 +333,7 @@ def step0_binding(
             sharing=others,
             sharing_n=count,
             phases=phases,
+            cap=cap_of(n, p),
         )
 
     made: dict[tuple[str, int, tuple[int, ...]], Hold] = {}
@@ -348,6 +372,9 @@ def step0_binding(
         if q_kw:
             hold_owner.setdefault((KW, n, ()), k)
             holds.append(cached(KW, n, k, ()))
+    soft_holds = _soft_holds(
+        a, node_ids, held_mask, (pair_s, pair_n, drawn, nph_pair), through, cap_of
+    )
     tariff = problem.tariff
     peak_a = tariff.peak_so_far_kw / volt_kw
     root_total = float(a.load0_a[a.root].sum() + through[a.root].sum())
@@ -385,12 +412,72 @@ def step0_binding(
             holds.insert(0, hold)
         if holds:
             continue
-        holds = out[sid] = []
+        soft = soft_holds.get(k, [])
+        holds = out[sid] = list(soft)
         if peak_holds:
             holds.append(Hold(PEAK, node_ids[a.root], limit=tariff.peak_so_far_kw))
-        if later_step[k]:
+        if later_step[k] and not soft:  # a soft cap holding it says more than "later"
             dual = duals.column(k) if duals is not None else math.nan
             holds.append(Hold(DEFERRED, step=int(later_step[k]), dual=dual))
-        elif not peak_holds:
+        elif not peak_holds and not soft:
             holds.append(Hold(NEED if got[k] >= sessions[k].energy_kwh - 1e-3 else NONE))
     return Binding({sid: tuple(h) for sid, h in out.items()}, allocation.method)
+
+
+def _soft_holds(
+    a: Arrays,
+    node_ids: list[str],
+    held_mask: np.ndarray,
+    pairs_of: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    through: np.ndarray,
+    cap_of: Callable[[int, int | None, bool], int | None],
+) -> dict[int, list[Hold]]:
+    """Per held session, the soft caps tight on step 0 on its path (Rule 2b), by position."""
+    if not a.soft_nodes.size:
+        return {}
+    pair_s, pair_n, drawn, nph_pair = pairs_of
+    M = len(a.ancestors)
+    soft_pos = np.full(M, -1, dtype=np.intp)
+    soft_pos[a.soft_nodes] = np.arange(len(a.soft_nodes))
+    room = a.soft_limit0_a - a.load0_a[a.soft_nodes] - through[a.soft_nodes]  # (Q, 3)
+    kw_room = (
+        a.soft_kw0_sum_a - a.load0_a[a.soft_nodes].sum(axis=1) - through[a.soft_nodes].sum(axis=1)
+    )
+    q = soft_pos[pair_n]
+    pairs = np.flatnonzero((q >= 0) & held_mask[pair_s])
+    volt_kw = a.voltage / 1000.0
+    out: dict[int, list[Hold]] = {}
+    for j in pairs.tolist():
+        k, n, qj = int(pair_s[j]), int(pair_n[j]), int(q[j])
+        phase_room = np.where(drawn[j], room[qj], np.inf)
+        holds = out.setdefault(k, [])
+        if (phase_room < TIGHT_A).any():
+            p = int(np.argmin(phase_room))
+            tight = tuple(int(x) for x in np.argsort(phase_room) if phase_room[x] < TIGHT_A)
+            holds.append(
+                Hold(
+                    SOFT,
+                    node_ids[n],
+                    p,
+                    limit=float(a.soft_limit0_a[qj, p]),
+                    load=float(a.load0_a[n, p]),
+                    ev=float(through[n, p]),
+                    room=float(room[qj, p]),
+                    phases=tight,
+                    cap=cap_of(n, p, False),
+                )
+            )
+        if kw_room[qj] < TIGHT_A * nph_pair[j]:
+            holds.append(
+                Hold(
+                    SOFT,
+                    node_ids[n],
+                    None,
+                    limit=float(a.soft_kw0_sum_a[qj] * volt_kw),
+                    load=float(a.load0_a[n].sum() * volt_kw),
+                    ev=float(through[n].sum() * volt_kw),
+                    room=float(kw_room[qj] * volt_kw),
+                    cap=cap_of(n, None, False),
+                )
+            )
+    return {k: v for k, v in out.items() if v}

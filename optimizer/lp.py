@@ -15,6 +15,10 @@ circuit limits become rows is decided by :mod:`optimizer._structure`, issue #18)
   n_phases)``, in A·h so the phase count never enters the matrix), one fairness row per slot
   (``Σ_k a[s,k] ≤ i[s,0]``). A circuit with one slot below it (a one-connector charger node)
   is only a bound on that slot's ``i``; chains merge; limits that can never bind have no rows;
+* time-windowed limits (`optimizer.problem.NodeCap`): a hard cap lowers its node's headroom
+  on the steps it covers (the row bound is the least of the node's own limit and every cap,
+  less the non-EV load); a soft cap adds a block of rows with priced excess columns
+  (`optimizer._soft`), once per aggregated group, kept while the allocator lives;
 * the non-EV load, limits, windows, energy wanted, prices and priorities all live in column
   bounds, row upper bounds and costs. Between cycles only those change (``changeColsBounds``,
   ``changeRowsBounds``, ``changeColsCost``; only entries that differ), so HiGHS re-solves from
@@ -54,6 +58,7 @@ from optimizer import _structure, fallback
 from optimizer._arrays import Arrays, compile_problem
 from optimizer._highs import new_highs
 from optimizer._layout import _build_matrix, _Layout, _Matrix, _transfer_basis, _Vectors
+from optimizer._soft import soft_vectors
 from optimizer.allocation import Allocation, Status
 from optimizer.binding import LpDuals, step0_binding
 from optimizer.problem import Problem
@@ -281,6 +286,9 @@ class Allocator:
         self._fixed: _Model | None = None  # the LP with step-0 bounds from the 6 A rule
         #: Groups once found able to bind: never pruned again (`optimizer._structure`).
         self._keep: set[str] = set()
+        #: Nodes once kW-limited or soft-capped: their rows stay (`_prepare`).
+        self._kw_seen: set[str] = set()
+        self._soft_seen: set[str] = set()
         self._hr = np.zeros((0, 3, 0))  # this cycle's headroom per group (G, 3, T)
         self._kw_hr = np.zeros((0, 0))  # and kW headroom per group (G, T), inf if none
         #: How many times the model was built from scratch (tests and the benchmark read it).
@@ -384,7 +392,14 @@ class Allocator:
     def _prepare(self, problem: Problem, arrays: Arrays) -> _Model:
         """Rebuild if the tree, the grid, the slot set or the rows needed changed; bring phase
         rows up to date. Leaves this cycle's group headroom in ``self._hr``/``self._kw_hr``."""
-        nodes = tuple((n.id, n.parent, n.limit_kw is not None) for n in problem.nodes)
+        # A node once kW-limited or soft-capped keeps its rows (inf when nothing limits it):
+        # a window coming and going does not rebuild the model each time.
+        ids = [n.id for n in problem.nodes]
+        self._kw_seen.update(np.asarray(ids, dtype=object)[problem.kw_limited()].tolist())
+        self._soft_seen.update(np.asarray(ids, dtype=object)[problem.soft_capped()].tolist())
+        nodes = tuple(
+            (n.id, n.parent, n.id in self._kw_seen, n.id in self._soft_seen) for n in problem.nodes
+        )
         key = (nodes, problem.steps, tuple(problem.durations_s.tolist()))
         if key == self._key:
             slots = dict(zip(self._slots, self._slot_node, strict=True))
@@ -430,7 +445,8 @@ class Allocator:
         phases_by_slot = {s.slot: s.phases for s in problem.sessions}
         phases = tuple(phases_by_slot.get(name, (0, 1, 2)) for name in names)
         node_pos = np.array([problem.node_index(n) for n in self._slot_node], dtype=np.intp)
-        kw_node = np.array([n.limit_kw is not None for n in problem.nodes], dtype=bool)
+        kw_node = np.array([n.id in self._kw_seen for n in problem.nodes], dtype=bool)
+        soft_node = np.array([n.id in self._soft_seen for n in problem.nodes], dtype=bool)
         st = _structure.build(
             arrays.parents,
             node_pos,
@@ -438,6 +454,7 @@ class Allocator:
             arrays.headroom_a,
             frozenset(self._keep),
             [n.id for n in problem.nodes],
+            soft_node,
         )
         lay = _Layout(
             S=len(names),
@@ -446,6 +463,7 @@ class Allocator:
             A=len(st.aggs),
             J=len(st.kw_groups),
             K=FAIRNESS_PIECES,
+            Q=len(st.soft_groups),
         )
         self._layout = lay
         self._matrix = _build_matrix(lay, st, arrays, phases)
@@ -545,11 +563,11 @@ class Allocator:
         widths[slot_of, 1:] = np.where(active0, (arrays.max_a - arrays.min_a) / (K - 1), 0.0)[
             :, None
         ]
-        col_hi[lay.a0 :] = widths.ravel()
+        col_hi[lay.a0 : lay.x0] = widths.ravel()
         eps_f = _FAIRNESS_OF_EARLINESS * EARLINESS_PER_KWH * float(arrays.dt_h.min()) / horizon_h
         a_cost = np.zeros((S, K))
         a_cost[slot_of] = -eps_f * arrays.kwh_per_a[:, :1] * ((K - np.arange(K)) / K)[None, :]
-        cost[lay.a0 :] = a_cost.ravel()
+        cost[lay.a0 : lay.x0] = a_cost.ravel()
 
         # Rows: direct groups their headroom, flow rows 0; kW rows their headroom; peak rows
         # minus the root's non-EV load.
@@ -562,6 +580,8 @@ class Allocator:
         energy_ah = np.zeros(S)
         energy_ah[slot_of] = arrays.energy_kwh * 1000.0 / (volt * arrays.nph)
         row_hi[lay.r_energy : lay.r_fair] = energy_ah
+        penalty = problem.soft_penalty * shortfall_weight(problem)
+        soft_vectors(lay, st, arrays, penalty, col_hi, cost, row_hi)
         return _Vectors(col_lo, col_hi, cost * _OBJ_SCALE, row_hi)
 
     # Reading the answer and the 6 A rule.

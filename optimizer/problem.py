@@ -23,6 +23,7 @@ __all__ = [
     "PHASES",
     "Load",
     "Node",
+    "NodeCap",
     "Problem",
     "Session",
     "Tariff",
@@ -84,6 +85,68 @@ class Node:
             if kw < 0:
                 raise ValueError(f"limit_kw: must be >= 0, got {kw}")
             object.__setattr__(self, "limit_kw", kw)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCap:
+    """A limit on one node over some steps: a time-windowed limit mapped onto the grid.
+
+    The node's own ``limit_a``/``limit_kw`` hold on every step; a cap lowers them on steps
+    ``first_step <= t < end_step`` (the caller maps a window onto every step it overlaps). A
+    hard cap is a constraint like the node's own limit, so the limit on a step is the least of
+    the node's and every hard cap's; a cap above the node's own limit changes nothing. A soft
+    cap may be exceeded at a price (``Problem.soft_penalty``, in the LP only; the fallback keeps
+    it like a hard one).
+
+    Args:
+        node: Id of the node.
+        first_step: First step it covers (>= 0).
+        end_step: First step after it (> first_step, <= ``Problem.steps``).
+        limit_a: Current limit per phase (A), a scalar or one per phase; ``None``: kW only.
+        limit_kw: Active-power limit (kW, all phases; ``U_LN × Σ phase currents`` like
+            ``Node.limit_kw``); ``None``: A only.
+        hard: Whether it is a constraint (True) or a penalty (False).
+        ref: The caller's name for it (its source), for messages.
+
+    Raises:
+        ValueError: No limit, a limit negative or not finite, steps out of order.
+    """
+
+    node: str
+    first_step: int
+    end_step: int
+    limit_a: tuple[float, float, float] | None = None
+    limit_kw: float | None = None
+    hard: bool = True
+    ref: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"(cap {self.ref or self.node!r})"
+        if not self.node:
+            raise ValueError(f"node: must be a non-empty string {where}")
+        for name in ("first_step", "end_step"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v:
+                raise ValueError(f"{name}: must be an integer, got {v!r} {where}")
+            object.__setattr__(self, name, int(v))
+        if not 0 <= self.first_step < self.end_step:
+            raise ValueError(
+                f"first_step/end_step: need 0 <= first < end, got {self.first_step}, "
+                f"{self.end_step} {where}"
+            )
+        if self.limit_a is None and self.limit_kw is None:
+            raise ValueError(f"limit_a/limit_kw: give at least one {where}")
+        if self.limit_a is not None:
+            limits = _per_phase(f"limit_a {where}", self.limit_a)
+            if min(limits) < 0:
+                raise ValueError(f"limit_a: must be >= 0, got {limits} {where}")
+            object.__setattr__(self, "limit_a", limits)
+        if self.limit_kw is not None:
+            kw = _finite(f"limit_kw {where}", self.limit_kw)
+            if kw < 0:
+                raise ValueError(f"limit_kw: must be >= 0, got {kw} {where}")
+            object.__setattr__(self, "limit_kw", kw)
+        object.__setattr__(self, "hard", bool(self.hard))
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +328,11 @@ class Problem:
         loads: Non-EV loads, each with ``steps`` values per phase.
         tariff: Prices; ``tariff.price_per_kwh`` is empty or has ``steps`` values.
         voltage_ln_v: Line-to-neutral voltage (V) used for every kW <-> A conversion.
+        caps: Time-windowed limits on nodes (:class:`NodeCap`), hard or soft.
+        soft_penalty: Price of a kWh over a soft cap, as a share of the weight of a
+            priority-0 kWh short at departure (`optimizer.lp.shortfall_weight`). Between
+            `BEYOND_HORIZON_FACTOR` (0.5) and 1, a soft cap is exceeded only to deliver energy
+            a car leaving within the horizon would otherwise miss, never to save cost.
 
     Raises:
         ValueError: Inconsistent input (unknown node, cycle, duplicate id or slot, wrong
@@ -278,6 +346,8 @@ class Problem:
     loads: tuple[Load, ...] = ()
     tariff: Tariff = field(default_factory=Tariff)
     voltage_ln_v: float = 230.0
+    caps: tuple[NodeCap, ...] = ()
+    soft_penalty: float = 0.75
     # Derived, filled by __post_init__ (slots and frozen rule out cached_property on fields).
     _node_index: dict[str, int] = field(init=False, repr=False, compare=False)
 
@@ -351,6 +421,20 @@ class Problem:
         n_prices = len(self.tariff.price_per_kwh)
         if n_prices not in (0, self.steps):
             raise ValueError(f"tariff.price_per_kwh: need {self.steps} prices, got {n_prices}")
+        object.__setattr__(self, "caps", tuple(self.caps))
+        for k, cap in enumerate(self.caps):
+            if not isinstance(cap, NodeCap):
+                raise ValueError(f"caps[{k}]: need a NodeCap, got {type(cap).__name__}")
+            if cap.node not in index:
+                raise ValueError(f"caps[{k}]: {cap.ref or 'cap'} on unknown node {cap.node!r}")
+            if cap.end_step > self.steps:
+                raise ValueError(
+                    f"caps[{k}]: end_step {cap.end_step} beyond the horizon ({self.steps} steps)"
+                )
+        penalty = _finite("soft_penalty", self.soft_penalty)
+        if penalty <= 0:
+            raise ValueError(f"soft_penalty: must be > 0, got {penalty}")
+        object.__setattr__(self, "soft_penalty", penalty)
 
     # Derived views. They are cheap, but the LP calls them every cycle, so keep them numpy.
 
@@ -393,6 +477,78 @@ class Problem:
         wanted, arrival, departure = f.T
         inside = (t >= arrival[:, None]) & (t < departure[:, None]) & (wanted[:, None] > 0)
         return np.where(inside, self.step_caps_a(), 0.0)
+
+    # Limits per step: the nodes' own, lowered by the caps over the steps they cover.
+
+    def limits_a(self, soft: bool = False) -> np.ndarray:
+        """Per-phase current limit of every node on every step, ``(nodes, 3, steps)`` (A).
+
+        ``soft=False``: the node's own limit lowered by every hard cap. ``soft=True``: the
+        least soft cap, ``inf`` where none covers the step.
+        """
+        M, T = len(self.nodes), self.steps
+        if soft:
+            out = np.full((M, 3, T), np.inf)
+        else:
+            own = np.array([n.limit_a for n in self.nodes], dtype=float).reshape(M, 3)
+            out = np.repeat(own[:, :, None], T, axis=2)
+        for cap in self.caps:
+            if cap.hard != soft and cap.limit_a is not None:
+                view = out[self._node_index[cap.node], :, cap.first_step : cap.end_step]
+                np.minimum(view, np.asarray(cap.limit_a)[:, None], out=view)
+        return out
+
+    def limits_kw(self, soft: bool = False) -> np.ndarray:
+        """Active-power limit of every node on every step, ``(nodes, steps)`` (kW), ``inf``
+        where there is none; ``soft`` as in `limits_a`."""
+        M, T = len(self.nodes), self.steps
+        out = np.full((M, T), np.inf)
+        if not soft:
+            for k, n in enumerate(self.nodes):
+                if n.limit_kw is not None:
+                    out[k] = n.limit_kw
+        for cap in self.caps:
+            if cap.hard != soft and cap.limit_kw is not None:
+                view = out[self._node_index[cap.node], cap.first_step : cap.end_step]
+                np.minimum(view, cap.limit_kw, out=view)
+        return out
+
+    def kw_limited(self) -> np.ndarray:
+        """Per node, whether it has a hard kW limit on some step (its own or a cap's)."""
+        out = np.array([n.limit_kw is not None for n in self.nodes], dtype=bool)
+        for cap in self.caps:
+            if cap.hard and cap.limit_kw is not None:
+                out[self._node_index[cap.node]] = True
+        return out
+
+    def soft_capped(self) -> np.ndarray:
+        """Per node, whether a soft cap covers it on some step."""
+        out = np.zeros(len(self.nodes), dtype=bool)
+        for cap in self.caps:
+            if not cap.hard:
+                out[self._node_index[cap.node]] = True
+        return out
+
+    def cap_at(self, node: int, phase: int | None, step: int, hard: bool = True) -> int | None:
+        """Position in ``caps`` of the cap that sets node ``node``'s limit on ``step`` (its
+        per-phase limit on ``phase``, its kW limit for ``None``): the least cap covering the
+        step, if it is below the node's own limit (for ``hard``); ``None`` otherwise."""
+        own = self.nodes[node]
+        if not hard:
+            best = np.inf
+        elif phase is None:
+            best = np.inf if own.limit_kw is None else own.limit_kw
+        else:
+            best = own.limit_a[phase]
+        found = None
+        node_id = own.id
+        for k, cap in enumerate(self.caps):
+            if cap.node != node_id or cap.hard != hard or not cap.first_step <= step < cap.end_step:
+                continue
+            value = cap.limit_kw if phase is None else (cap.limit_a or (None,) * 3)[phase]
+            if value is not None and value < best - 1e-9:
+                best, found = value, k
+        return found
 
     def node_index(self, node_id: str) -> int:
         """Position of a node in ``nodes``.

@@ -46,6 +46,7 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
     # Column bounds: max_a inside the window, less on a last step left part-way, else 0.
     upper = problem.session_caps_a()
     t = np.arange(T)
+    limits_a, limits_kw = problem.limits_a(), problem.limits_kw()  # hard caps per step included
 
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
@@ -53,7 +54,7 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
     row_upper: list[np.ndarray] = []
     n_rows = 0
     # Node current rows, one per node/phase/step: Σ sessions below on that phase.
-    for n, node in enumerate(problem.nodes):
+    for n in range(len(problem.nodes)):
         below = [k for k, s in enumerate(sessions) if n in ancestors[problem.node_index(s.node)]]
         for p in range(3):
             on_p = [k for k in below if p in sessions[k].phases]
@@ -61,14 +62,14 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
                 rows.append(n_rows + t)
                 cols.append(k * T + t)
                 vals.append(np.ones(T))
-            row_upper.append(np.maximum(node.limit_a[p] - load[n, p], 0.0))
+            row_upper.append(np.maximum(limits_a[n, p] - load[n, p], 0.0))
             n_rows += T
-        if node.limit_kw is not None:
+        if np.isfinite(limits_kw[n]).any():
             for k in below:
                 rows.append(n_rows + t)
                 cols.append(k * T + t)
                 vals.append(np.full(T, volt * nph[k] / 1000.0))
-            row_upper.append(np.maximum(node.limit_kw - volt * load[n].sum(axis=0) / 1000.0, 0.0))
+            row_upper.append(np.maximum(limits_kw[n] - volt * load[n].sum(axis=0) / 1000.0, 0.0))
             n_rows += T
     # Energy rows: Σ_t kWh-per-A · i ≤ wanted.
     for k, s in enumerate(sessions):

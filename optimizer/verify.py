@@ -8,8 +8,12 @@ What is checked, for every session, node, phase and step of the plan (step 0 is 
 
 * ``node_current``: EV current through a node on a phase ≤ ``max(0, limit_a − non-EV load)``.
   A node whose non-EV load alone is over its limit is not the allocation's fault; only EV
-  current above zero there is reported.
-* ``node_power``: ``U_LN · Σ phases (EV current) / 1000 ≤ max(0, limit_kw − non-EV power)``.
+  current above zero there is reported. The limit on a step is the node's own lowered by
+  every hard cap covering the step (`optimizer.problem.NodeCap`); soft caps may be exceeded
+  (at a price, in the LP) and are not checked.
+* ``node_power``: ``U_LN · Σ phases (EV current) / 1000 ≤ max(0, limit_kw − non-EV power)``,
+  with ``limit_kw`` per step in the same way (a hard kW cap on a node without one of its own
+  limits it on the steps it covers).
 * ``session_max``, ``negative``, ``not_finite``: ``0 ≤ i ≤ max_a`` (``× last_step_share`` on
   the last step of a car leaving part-way through it, unless that is step 0).
 * ``window``: nothing before ``arrival_step`` or from ``departure_step`` on.
@@ -112,16 +116,34 @@ def verify(problem: Problem, allocation: Allocation, tol: float = 1e-6) -> list[
         if parents[n] >= 0:
             ev[parents[n]] += ev[n]
     load = problem.load_through_a()
-    limits = np.array([node.limit_a for node in problem.nodes], dtype=float).reshape(M, 3)
-    allowed = np.maximum(limits[:, :, None] - load, 0.0)
+    # Per step, from the dataclasses: each node's own limit, then every hard cap over its steps.
+    limits = np.repeat(
+        np.array([node.limit_a for node in problem.nodes], dtype=float).reshape(M, 3)[:, :, None],
+        T,
+        axis=2,
+    )
+    limit_kw = np.full((M, T), np.inf)
+    for n, node in enumerate(problem.nodes):
+        if node.limit_kw is not None:
+            limit_kw[n] = node.limit_kw
+    for cap in problem.caps:
+        if not cap.hard:
+            continue
+        n = problem.node_index(cap.node)
+        steps = slice(cap.first_step, cap.end_step)
+        if cap.limit_a is not None:
+            for p in range(3):
+                limits[n, p, steps] = np.minimum(limits[n, p, steps], cap.limit_a[p])
+        if cap.limit_kw is not None:
+            limit_kw[n, steps] = np.minimum(limit_kw[n, steps], cap.limit_kw)
+    allowed = np.maximum(limits - load, 0.0)
     for n, p, t in zip(*np.nonzero(ev > allowed + tol), strict=True):
         excess = float(ev[n, p, t] - allowed[n, p, t])
         out.append(Violation(Kind.NODE_CURRENT, problem.nodes[n].id, int(p), int(t), excess))
-    kw = [n for n, node in enumerate(problem.nodes) if node.limit_kw is not None]
+    kw = [n for n in range(M) if np.isfinite(limit_kw[n]).any()]
     if kw:
-        limit_kw = np.array([problem.nodes[n].limit_kw for n in kw], dtype=float)
         ev_kw = volt * ev[kw].sum(axis=1) / 1000.0
-        allowed_kw = np.maximum(limit_kw[:, None] - volt * load[kw].sum(axis=1) / 1000.0, 0.0)
+        allowed_kw = np.maximum(limit_kw[kw] - volt * load[kw].sum(axis=1) / 1000.0, 0.0)
         for j, t in zip(*np.nonzero(ev_kw > allowed_kw + 3 * tol * volt / 1000.0), strict=True):
             excess = float(ev_kw[j, t] - allowed_kw[j, t])
             out.append(Violation(Kind.NODE_POWER, problem.nodes[kw[j]].id, None, int(t), excess))
