@@ -130,6 +130,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 republish=republish,
                 rollouts=rollouts,
                 phase_tests=phase_tests,
+                origin="http",
             )
 
         components.append(

@@ -15,15 +15,28 @@ alone, only by the source publishing again.
 
 Plain data, no I/O: the control loop reads `LimitBoard.windows(start, end)` for its horizon and
 the uplink/HTTP read `LimitBoard.in_force(now)`.
+
+Operator overrides (HTTP ``POST /api/overrides``, the MQTT ``override`` command) are a source
+like any other: `OperatorOverrides` keeps one `LimitOverride` per node, as before, and
+publishes them as the sources ``operator:http`` and ``operator:mqtt`` (windows from when they
+were set to when they expire), so the control loop reads every limit from one board.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+log = logging.getLogger(__name__)
 
 Phases = tuple[float, float, float]
+
+#: The start of an override's window when it does not say when it was set: before anything.
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+#: The board's source name of operator overrides, by the transport that set them.
+OPERATOR_PREFIX = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +113,21 @@ class LimitBoard:
     """Every limit source's current windows; sources publish, the loop and the API read.
 
     Not thread-safe: used from the event loop only, like `SiteState`.
+
+    Args:
+        nodes: the nodes a limit may be on ("grid" and the circuit ids); ``None`` accepts any.
+        on_change: told the source's name after every publish or withdraw (the site state
+            announces it, so the control loop runs a cycle at once).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[str] | None = None,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
         self._entries: dict[str, _Entry] = {}
+        self.nodes = frozenset(nodes) if nodes is not None else None
+        self.on_change = on_change
 
     def publish(
         self,
@@ -130,14 +154,41 @@ class LimitBoard:
         """
         limits = tuple(limits)
         fail_safe = tuple(fail_safe)
-        for limit in (*limits, *fail_safe):
-            if limit.source != source:
-                raise ValueError(f"limit from {limit.source!r} published as {source!r}")
+        try:
+            for limit in (*limits, *fail_safe):
+                if not isinstance(limit, GridLimit):
+                    raise ValueError(f"need GridLimit windows, got {type(limit).__name__}")
+                if limit.source != source:
+                    raise ValueError(f"limit from {limit.source!r} published as {source!r}")
+                if self.nodes is not None and limit.node not in self.nodes:
+                    raise ValueError(
+                        f"node: limit from {source!r} on unknown node {limit.node!r} "
+                        f"(known: {', '.join(sorted(self.nodes))})"
+                    )
+            if fail_safe_s is not None and not (fail_safe_s > 0):
+                raise ValueError(f"fail_safe_s: must be > 0, got {fail_safe_s!r}")
+            if valid_until is not None and valid_until.tzinfo is None:
+                raise ValueError("valid_until: timezone-aware datetime required")
+        except ValueError as exc:
+            log.warning("limits from %s refused (the last set stands): %s", source, exc)
+            raise
         self._entries[source] = _Entry(limits, now, valid_until, fail_safe, fail_safe_s)
+        self._changed(source)
+
+    def _changed(self, source: str) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(source)
+        except Exception:  # a listener must not undo a publish
+            log.exception("limit board listener failed on %s", source)
 
     def withdraw(self, source: str) -> bool:
         """Forget a source (its windows and its heartbeat); returns whether it was known."""
-        return self._entries.pop(source, None) is not None
+        known = self._entries.pop(source, None) is not None
+        if known:
+            self._changed(source)
+        return known
 
     def sources(self) -> list[str]:
         """Every source that has published, sorted."""
@@ -222,3 +273,188 @@ def tightest(
         if limit.limit_kw is not None:
             kw = limit.limit_kw if kw is None else min(kw, limit.limit_kw)
     return amps, kw
+
+
+# Operator overrides.
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOverride:
+    """A temporary lower limit on the site or a circuit (from an operator command).
+
+    Attributes:
+        node: "grid" or a circuit id.
+        limit_a: per-phase limit (A).
+        expires_at: when it ends (UTC, aware).
+        source: the transport that set it: "http", "mqtt" (or "operator" when unknown).
+        set_at: when it was set; ``None``: in force from before anything (its window starts
+            at `EPOCH`).
+    """
+
+    node: str
+    limit_a: tuple[float, float, float]
+    expires_at: datetime
+    source: str = "operator"
+    set_at: datetime | None = None
+
+    @property
+    def board_source(self) -> str:
+        """Its source on the board: ``operator:<transport>``."""
+        if self.source.startswith(OPERATOR_PREFIX):
+            return self.source
+        return f"{OPERATOR_PREFIX}:{self.source}"
+
+    def window(self) -> GridLimit:
+        """The board's window for it (raises ValueError for a bad value, naming the field)."""
+        start = self.set_at if self.set_at is not None else EPOCH
+        if self.expires_at <= start:
+            start = EPOCH  # set with a clock ahead of its expiry: in force until it expires
+        return GridLimit(
+            node=self.node,
+            source=self.board_source,
+            start=start,
+            end=self.expires_at,
+            limit_a=self.limit_a,
+            reason=f"operator override ({self.source})",
+            ref=f"override:{self.node}",
+        )
+
+
+class OperatorOverrides(MutableMapping[str, LimitOverride]):
+    """The operator overrides by node, published to the board as ``operator:<transport>``.
+
+    A mapping like the plain dict it replaces (``state.overrides[node] = LimitOverride(...)``,
+    ``del``, ``pop``, ``in``): every change republishes every operator source's whole set, so
+    the board always holds exactly these. One override per node, whichever transport set it
+    last. Expired ones are dropped by `expire` (the control loop calls it every cycle).
+
+    Args:
+        board: the limit board.
+        clock: UTC now, for the publish time.
+    """
+
+    def __init__(self, board: LimitBoard, clock: Callable[[], datetime]) -> None:
+        self._board = board
+        self._clock = clock
+        self._by_node: dict[str, LimitOverride] = {}
+        self._published: set[str] = set()
+
+    def __getitem__(self, node: str) -> LimitOverride:
+        return self._by_node[node]
+
+    def __setitem__(self, node: str, override: LimitOverride) -> None:
+        if override.node != node:
+            raise ValueError(f"node: override for {override.node!r} filed under {node!r}")
+        nodes = self._board.nodes
+        if nodes is not None and node not in nodes:
+            raise ValueError(f"node: unknown node {node!r} (known: {', '.join(sorted(nodes))})")
+        override.window()  # refuse a bad one before it replaces a good one
+        self._by_node[node] = override
+        self._publish()
+
+    def __delitem__(self, node: str) -> None:
+        del self._by_node[node]
+        self._publish()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(self._by_node))
+
+    def __len__(self) -> int:
+        return len(self._by_node)
+
+    def __repr__(self) -> str:
+        return f"OperatorOverrides({self._by_node!r})"
+
+    def clear(self) -> None:
+        self._by_node.clear()
+        self._publish()
+
+    def expire(self, now: datetime) -> list[LimitOverride]:
+        """Drop the overrides that have expired by `now`; returns them."""
+        gone = [o for o in self._by_node.values() if o.expires_at <= now]
+        for override in gone:
+            del self._by_node[override.node]
+        if gone:
+            self._publish()
+        return gone
+
+    def _publish(self) -> None:
+        by_source: dict[str, list[GridLimit]] = {}
+        for override in self._by_node.values():
+            by_source.setdefault(override.board_source, []).append(override.window())
+        now = self._clock()
+        for source, windows in sorted(by_source.items()):
+            self._board.publish(source, windows, now)
+        for source in sorted(self._published - set(by_source)):
+            self._board.withdraw(source)
+        self._published = set(by_source)
+
+
+# Interventions (audit).
+
+#: What happened to a window in force.
+STARTED, CHANGED, ENDED = "started", "changed", "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitEvent:
+    """A window in force starting, changing (value, end, reason) or ending (issue #20.4).
+
+    Attributes:
+        at: when sitectl saw it (UTC).
+        action: `STARTED`, `CHANGED` or `ENDED`.
+        limit: the window (for ENDED: as it was).
+        previous: CHANGED: the window before the change.
+        seq: its number in the store (0 when not stored).
+    """
+
+    at: datetime
+    action: str
+    limit: GridLimit
+    previous: GridLimit | None = None
+    seq: int = 0
+
+    def text(self) -> str:
+        """In words, for logs and the alarms stream."""
+        limit = self.limit
+        value = describe(limit)
+        until = f" until {limit.end.isoformat()}" if limit.end is not None else ""
+        kind = "hard" if limit.hard else "soft"
+        why = f" ({limit.reason})" if limit.reason else ""
+        if self.action == CHANGED and self.previous is not None:
+            return (
+                f"{kind} limit on {limit.node} from {limit.source} changed from "
+                f"{describe(self.previous)} to {value}{until}{why}"
+            )
+        head = f"{kind} limit on {limit.node} from {limit.source} {self.action}"
+        return f"{head}: {value}{until}{why}"
+
+
+def describe(limit: GridLimit) -> str:
+    """A window's value in words: ``"[16, 16, 16] A"``, ``"400 kW"`` or both."""
+    parts = []
+    if limit.limit_a is not None:
+        parts.append("[" + ", ".join(f"{a:g}" for a in limit.limit_a) + "] A")
+    if limit.limit_kw is not None:
+        parts.append(f"{limit.limit_kw:g} kW")
+    return " and ".join(parts)
+
+
+def window_key(limit: GridLimit) -> tuple[str, str, str]:
+    """A window's identity across publishes: source, node and its ref (else its start)."""
+    return (limit.source, limit.node, limit.ref or limit.start.isoformat())
+
+
+def window_dict(limit: GridLimit) -> dict[str, object]:
+    """A window as JSON-ready data (API, MQTT, store)."""
+    return {
+        "node": limit.node,
+        "source": limit.source,
+        "ref": limit.ref or None,
+        "hard": limit.hard,
+        "limit_a": list(limit.limit_a) if limit.limit_a is not None else None,
+        "limit_kw": limit.limit_kw,
+        "start": limit.start.isoformat(),
+        "end": limit.end.isoformat() if limit.end is not None else None,
+        "reason": limit.reason,
+    }

@@ -7,6 +7,7 @@ module does not depend on the packages that use it.
 
 from __future__ import annotations
 
+from sitectl.control.limit_watch import LIMIT_EVENTS_MIGRATION
 from sitectl.control.memory_store import CONTROL_MEMORY_MIGRATION
 from sitectl.firmware.schema import FIRMWARE_MIGRATION
 from sitectl.sessions import ACTIVE_SESSIONS_MIGRATION, SESSIONS_MIGRATION
@@ -21,4 +22,5 @@ SCHEMA: tuple[Migration, ...] = (
     SESSIONS_MIGRATION,
     ACTIVE_SESSIONS_MIGRATION,
     CONTROL_MEMORY_MIGRATION,
+    LIMIT_EVENTS_MIGRATION,
 )

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sitectl.config import Config
-from sitectl.limits import LimitBoard
+from sitectl.limits import LimitBoard, LimitOverride, OperatorOverrides
 
 __all__ = [
     "SOLVE_BUCKETS_S",
@@ -98,16 +98,6 @@ class SessionState:
     #: and the priority its depot system asked for (``None``: the vehicle's configured one).
     vehicle_id: str | None = None
     vehicle_priority: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LimitOverride:
-    """A temporary lower limit on the site or a circuit (from an operator command)."""
-
-    node: str  # "grid" or a circuit id
-    limit_a: tuple[float, float, float]
-    expires_at: datetime
-    source: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +302,8 @@ class ControlStatus:
     #: Solve times: their sum and a count per bucket of `SOLVE_BUCKETS_S`.
     solve_s_total: float = 0.0
     solve_buckets: list[int] = field(default_factory=lambda: [0] * len(SOLVE_BUCKETS_S))
+    #: Limit interventions seen (`sitectl.control.limit_watch`), by (action, source).
+    limit_events: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _utc_now() -> datetime:
@@ -350,10 +342,17 @@ class SiteState:
         self.control = ControlStatus()
         #: Sessions that ended, newest last (the uplink publishes them; bounded).
         self.ended_sessions: deque[SessionState] = deque(maxlen=1000)
-        #: Operator limit overrides by node; the control loop applies the unexpired ones.
-        self.overrides: dict[str, LimitOverride] = {}
-        #: Every time-windowed limit source (OpenADR, §14a, ...): `sitectl.limits.LimitBoard`.
-        self.limits = LimitBoard()
+        #: Every time-windowed limit source (operator overrides, OpenADR, §14a, ...):
+        #: `sitectl.limits.LimitBoard`. A publish is announced (``limits``), so the control
+        #: loop plans with it at once.
+        self.limits = LimitBoard(
+            nodes=config.circuit_limits_a(), on_change=lambda source: self.notify("limits", source)
+        )
+        #: Operator limit overrides by node, published to `limits` as ``operator:<transport>``.
+        self.overrides = OperatorOverrides(self.limits, clock)
+        #: Limit interventions (a window starting, changing, ending), newest last, for the
+        #: uplink's alarms/events stream (`sitectl.control.limit_watch`; bounded).
+        self.limit_events: deque[Any] = deque(maxlen=1000)
         #: Sessions that were active when sitectl last stopped, by (charger, connector), until
         #: the charger confirms or ends them (`sitectl.sessions.ActiveSessions`).
         self.restored_sessions: dict[tuple[str, int], SessionState] = {}

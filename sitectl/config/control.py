@@ -93,6 +93,24 @@ class ControlConfig(_Model):
     )
     default_energy_kwh: float = Field(60.0, ge=0)
     default_departure: str = Field("06:00", description="Local time vehicles leave by default.")
+    soft_limit_penalty: float = Field(
+        0.75,
+        gt=0,
+        le=64,
+        description="What a kWh over a soft grid limit (an OpenADR capacity request, a "
+        "congestion band) costs the plan, as a share of what a kWh a vehicle misses at its "
+        "departure costs it (priority 0). Between 0.5 and 1 a soft limit is exceeded only to "
+        "deliver energy a vehicle leaving within the horizon would otherwise miss, never to "
+        "save on price; above 1 only for higher priorities (each level weighs 4x). Hard "
+        "limits are never exceeded.",
+    )
+    limit_history_days: int = Field(
+        180,
+        ge=1,
+        le=3650,
+        description="How long the record of limit interventions (a window starting, changing "
+        "or ending) is kept in the store.",
+    )
 
     @field_validator("default_departure")
     @classmethod

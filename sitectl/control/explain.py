@@ -13,10 +13,15 @@ overrides, the chargers' memory), as a list of plain dicts, ``limited_by``, per 
   measured current where trusted, planned current — non-EV, fixed loads and EV — and
   headroom), ``charger`` (a charger's own maximum shared by its connectors), ``site_kw`` /
   ``kw`` (a kW limit); each names the other sessions drawing through it (``shared_with``),
-  and ``priority`` names those of them with a higher priority. Under it, sitectl adds what
-  made the node full: an operator ``override`` (source, until), a ``fixed_load`` (a neighbour
+  and ``priority`` names those of them with a higher priority. When a limit window sets the
+  node's limit (`optimizer.binding` Rule 2b), the item carries its ``source``, ``reason`` and
+  ``until``. Under it, sitectl adds what made the node full: the window itself — an operator
+  ``override`` or a ``grid_limit`` (OpenADR, §14a...: source, reason, until) — a
+  ``fixed_load`` (a neighbour
   sitectl cannot steer, budgeted at its maximum or at what it holds, and why), a
   ``meter_failed`` circuit on its fail-safe budget.
+- ``soft_limit``: a soft limit window tight on its path, kept to because no departure needs
+  more (exceeding it is priced, `optimizer._soft`).
 - **Otherwise**: ``min_current`` (paused: less than its minimum left), ``tariff`` (deferred to
   a cheaper later step: "deferred to 01:00, cheaper") or ``deferred`` (the plan charges it
   later at the same price), ``peak`` (demand charge), ``pause_dwell`` (it sits out its minimum
@@ -43,6 +48,7 @@ from optimizer.allocation import Allocation
 from sitectl.config import GRID
 from sitectl.control.memory import ChargerMemory
 from sitectl.control.snapshot import Built, ProblemBuilder
+from sitectl.limits import OPERATOR_PREFIX, GridLimit
 from sitectl.state import SiteState
 
 __all__ = ["Explainer", "explain", "mqtt_brief"]
@@ -148,30 +154,69 @@ def _why_fixed(ctx: _Context, charger_id: str) -> str:
     return "not yet holding sitectl's fail-safe: budgeted at what it may hold"
 
 
-def _context_items(ctx: _Context, node: str, phase: int | None, limit: float) -> list[dict]:
-    """What made a tight node full: an override, fixed loads, a failed meter."""
+def _window(ctx: _Context, hold: b.Hold) -> GridLimit | None:
+    """The limit window that sets the hold's limit (`Hold.cap`), if a window does."""
+    caps = ctx.built.caps
+    return caps[hold.cap] if hold.cap is not None and 0 <= hold.cap < len(caps) else None
+
+
+def _window_fields(ctx: _Context, window: GridLimit) -> dict[str, Any]:
+    """Whose limit it is: source, reason, until (also on the tight item itself)."""
+    return {
+        "source": window.source,
+        "reason": window.reason or None,
+        "until": window.end.isoformat() if window.end is not None else None,
+        "hard": window.hard,
+    }
+
+
+def _window_item(ctx: _Context, node: str, phase: int | None, window: GridLimit) -> dict:
+    """The window behind a tight node: ``override`` (an operator's) or ``grid_limit``."""
+    operator = window.source.startswith(OPERATOR_PREFIX)
+    kind = "override" if operator else "grid_limit"
+    if phase is None:
+        value, unit = window.limit_kw, "kW"
+        configured = ctx.builder.kw_limits.get(node)
+    else:
+        value, unit = (window.limit_a or (math.nan,) * 3)[phase], "A"
+        rating = ctx.builder.limits.get(node)
+        configured = rating[phase] if rating is not None else None
+    until = ctx.local(window.end) if window.end is not None else None
+    until_words = f" until {until}" if until else " until withdrawn"
+    where = _node_words(node) + ("" if phase is None else f" {_phase_name(phase)}")
+    who = window.reason or window.source
+    lowers = (
+        f"from {configured:g} {unit} to {value:g} {unit}"
+        if configured is not None and value is not None
+        else f"to {value:g} {unit}"
+    )
+    if operator:
+        text = f"an override ({window.source}) lowers {where} {lowers}{until_words}"
+        short = f"override ({window.source}) to {value:g} {unit}{until_words}"
+    else:
+        text = f"{who} ({window.source}) lowers {where} {lowers}{until_words}"
+        short = f"grid limit {window.source} to {value:g} {unit}{until_words}"
+    return {
+        "kind": kind,
+        "node": node,
+        "phase": _phase_name(phase),
+        "unit": unit,
+        "limit": _r(value),
+        "configured": _r(configured),
+        **_window_fields(ctx, window),
+        "text": text,
+        "short": short,
+    }
+
+
+def _context_items(
+    ctx: _Context, node: str, phase: int | None, window: GridLimit | None
+) -> list[dict]:
+    """What made a tight node full: a limit window (an override), fixed loads, a failed
+    meter."""
     items: list[dict[str, Any]] = []
-    override = ctx.state.overrides.get(node)
-    configured = ctx.builder.limits.get(node)
-    if override is not None and configured is not None and phase is not None:
-        lowered = override.limit_a[phase]
-        if lowered < configured[phase] - 1e-6 and abs(lowered - limit) < 1e-6:
-            until = ctx.local(override.expires_at)
-            items.append(
-                {
-                    "kind": "override",
-                    "node": node,
-                    "phase": _phase_name(phase),
-                    "limit": _r(lowered),
-                    "configured": _r(configured[phase]),
-                    "source": override.source,
-                    "until": override.expires_at.isoformat(),
-                    "text": f"an override ({override.source}) lowers {_node_words(node)} "
-                    f"{_phase_name(phase)} from {configured[phase]:g} A to {lowered:g} A "
-                    f"until {until}",
-                    "short": f"override ({override.source}) to {lowered:g} A until {until}",
-                }
-            )
+    if window is not None:
+        items.append(_window_item(ctx, node, phase, window))
     found = []
     chargers = ctx.chargers_under(node)
     for table, why in ((ctx.built.fixed, None), (ctx.built.overdraw, "over")):
@@ -292,12 +337,46 @@ def _tight_items(ctx: _Context, session_id: str, hold: b.Hold) -> list[dict]:
                 "short": f"higher priority: {', '.join(above)}",
             }
         )
-    limit = hold.limit if not kw else math.nan
-    key = (node, hold.phase, limit)
+    window = _window(ctx, hold)
+    if window is not None:
+        item.update(_window_fields(ctx, window))
+        until = f" until {ctx.local(window.end)}" if window.end is not None else ""
+        item["text"] += f"; the limit is {window.source}'s{until}"
+        if window.reason:
+            item["text"] += f" ({window.reason})"
+    key = (node, hold.phase, hold.cap)
     context = ctx.context.get(key)
     if context is None:  # the same for every session under the node
-        context = ctx.context[key] = _context_items(ctx, node, hold.phase, limit)
+        context = ctx.context[key] = _context_items(ctx, node, hold.phase, window)
     return items + context
+
+
+def _soft_item(ctx: _Context, hold: b.Hold) -> dict[str, Any]:
+    """Held at a soft limit: the plan keeps to it rather than pay to exceed it."""
+    node = hold.node or GRID
+    kw = hold.phase is None
+    unit = "kW" if kw else "A"
+    where = _node_words(node) + ("" if kw else f" {_phase_name(hold.phase)}")
+    window = _window(ctx, hold)
+    source = window.source if window is not None else "a soft limit"
+    until = f" until {ctx.local(window.end)}" if window is not None and window.end else ""
+    item: dict[str, Any] = {
+        "kind": "soft_limit",
+        "node": node.removeprefix(_CHARGER_PREFIX),
+        "phase": _phase_name(hold.phase),
+        "unit": unit,
+        "limit": _r(hold.limit),
+        "planned": _r(hold.load + hold.ev),
+        "headroom": _r(hold.room),
+        "text": f"{where} is at the soft limit {hold.limit:.1f} {unit} of {source}{until}: "
+        "the plan keeps to it, as no departure needs more",
+        "short": f"soft limit {source} on {where}{until}",
+    }
+    if window is not None:
+        item.update(_window_fields(ctx, window))
+        if window.reason:
+            item["text"] += f" ({window.reason})"
+    return item
 
 
 def _deferred_item(ctx: _Context, hold: b.Hold) -> dict[str, Any]:
@@ -344,6 +423,8 @@ def _session_items(
     for hold in holds:
         if hold.kind in (b.PHASE, b.KW, b.MIN_CURRENT):
             items += _tight_items(ctx, session_id, hold)
+        elif hold.kind == b.SOFT:
+            items.append(_soft_item(ctx, hold))
         elif hold.kind == b.DEFERRED:
             items.append(_deferred_item(ctx, hold))
         elif hold.kind == b.PEAK:

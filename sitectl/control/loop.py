@@ -35,6 +35,7 @@ from sitectl.control.compliance import ComplianceCheck
 from sitectl.control.dispatch import Dispatcher, DispatchReport
 from sitectl.control.draw import Draw
 from sitectl.control.explain import Explainer
+from sitectl.control.limit_watch import LimitWatch
 from sitectl.control.memory_store import ControlMemoryStore
 from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.phase_test import PhaseTests
@@ -82,6 +83,7 @@ _TRIGGERS = frozenset(
         "session_needs",
         "firmware_status",  # a charger starting or ending its install (local rollouts)
         "phase_test",  # an installer asked for a phase test: it starts at once
+        "limits",  # a limit source published (operator override, OpenADR, §14a...)
     }
 )
 
@@ -104,6 +106,10 @@ class ControlLoop:
             closed-loop check asks chargers what they apply (`AppliedCheck`).
         phase_tests: the on-demand phase tests the commands start (made here if not given).
         wall_clock: UTC now; monotonic: seconds (both injectable for tests).
+        plan_clock: the time the plan is made for (departures, tariffs, limit windows, their
+            audit), the wall clock unless given: a scenario runs it faster, with the simulated
+            vehicles' energy sped up to match, to play an hour of limit windows in a minute
+            while profiles stay timed on the chargers' real clocks.
     """
 
     name = "control"
@@ -121,6 +127,7 @@ class ControlLoop:
         on_not_supported: Callable[[str, str, str], None] | None = None,
         call: Callable[..., Any] | None = None,
         phase_tests: PhaseTests | None = None,
+        plan_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.config = config
         self.control = config.control
@@ -128,6 +135,7 @@ class ControlLoop:
         self.unavailable = unavailable
         self.on_cycle = on_cycle
         self.wall_clock = wall_clock
+        self.plan_clock = plan_clock or wall_clock
         self.monotonic = monotonic
         self.builder = ProblemBuilder(config)
         self.allocator = Allocator(known_slots=self.builder.slots())
@@ -179,6 +187,8 @@ class ControlLoop:
         self.phase_watch = PhaseWatch(config)
         self.plan_watch = PlanWatch(state, self.builder.horizon.zone)  # forecasts, late alarm
         self.explainer = Explainer(state)  # why each limited session gets what it gets
+        # Every limit window starting, changing, ending; silent sources (issue #20.4).
+        self.limit_watch = LimitWatch(state, store, self.control.limit_history_days)
         self.phase_tests = phase_tests if phase_tests is not None else PhaseTests(config, state)
         self._wake = asyncio.Event()
         self.last: tuple[Built, Allocation, DispatchReport] | None = None
@@ -244,13 +254,12 @@ class ControlLoop:
                 self._meter_changed(circuit, changed)
                 self.trigger()
             currents = getattr(reading, "current_a", None)
+            status = self.state.control.circuits.get(circuit)  # a lower window counts too
+            in_force = status.limit_a if status is not None else self.limits_a[circuit]
             if (
                 getattr(reading, "ok", False)
                 and currents is not None
-                and any(
-                    (a or 0.0) > limit
-                    for a, limit in zip(currents, self.limits_a[circuit], strict=True)
-                )
+                and any((a or 0.0) > limit for a, limit in zip(currents, in_force, strict=True))
             ):
                 self.trigger()  # overload: act now, not at the next period
 
@@ -372,8 +381,9 @@ class ControlLoop:
 
     async def cycle(self) -> None:
         """One control cycle."""
-        now, now_mono = self.wall_clock(), self.monotonic()
+        now, now_mono, plan_now = self.wall_clock(), self.monotonic(), self.plan_clock()
         self._mark_unavailable()
+        self.limit_watch.tick(plan_now)
         for circuit in self.meters.tracks:
             changed = self.meters.update(circuit, now_mono)
             if changed is not None:
@@ -384,7 +394,7 @@ class ControlLoop:
         secured = {c for c, mem in self.memory.items() if mem.failsafe_installed}
         draws = self.builder.draws(self.state, now_mono)
         self.compliance.check(draws, now_mono)
-        built = self.builder.build(self.state, self.meters, self.memory, now, now_mono, draws)
+        built = self.builder.build(self.state, self.meters, self.memory, plan_now, now_mono, draws)
         for circuit in built.implausible:
             self._meter_changed(circuit, MeterState.FAILED)
         self._unmatched(built, now_mono)
@@ -408,7 +418,7 @@ class ControlLoop:
         if self.kept is not None and report.sent:
             sent = [(c.charger_id, c.limit_a) for c in report.sent]
             self._keep(self.kept.limits_sent, sent, now, self.control.profile_validity_s)
-        self._publish(built, allocation, now)
+        self._publish(built, allocation, now, plan_now)
         self.last = (built, allocation, report)
 
     def _mark_unavailable(self) -> None:
@@ -690,7 +700,9 @@ class ControlLoop:
 
     # Status for the uplink and the API.
 
-    def _publish(self, built: Built, allocation: Allocation, now: datetime) -> None:
+    def _publish(
+        self, built: Built, allocation: Allocation, now: datetime, plan_now: datetime
+    ) -> None:
         status = self.state.control
         status.cycles += 1
         status.last_cycle_at = now
@@ -725,7 +737,7 @@ class ControlLoop:
             allocation,
             memory=self.memory,
             builder=self.builder,
-            now=now,
+            now=plan_now,
             now_mono=self.monotonic(),
         )
         for session in built.problem.sessions:
@@ -747,8 +759,8 @@ class ControlLoop:
             charger_id, _ = built.sessions[session.id]
             add_up(self.builder.chargers[charger_id].circuit, (phases[0], phases[1], phases[2]))
         status.sessions = plans
-        self.plan_watch.update(built.problem, allocation, now, built.sessions, built.floors)
-        for node, limit in self.builder.effective_limits(self.state, now).items():
+        self.plan_watch.update(built.problem, allocation, plan_now, built.sessions, built.floors)
+        for node, limit in self.builder.effective_limits(self.state, plan_now).items():
             meter = (
                 "none" if self.builder.meters.get(node) is None else self.meters.state(node).value
             )

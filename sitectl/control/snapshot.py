@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from optimizer.problem import Load, Node, Problem, Session
 from sitectl.config import GRID, ChargerConfig, Config
@@ -52,6 +52,8 @@ from sitectl.control.horizon import Horizon
 from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
 from sitectl.control.power import MeasuredPower, lowered, trusted_power_kw
+from sitectl.control.windows import horizon_caps, limits_in_force
+from sitectl.limits import GridLimit
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
 from sitectl.state import ChargerState, ConnectorState, SiteState
@@ -169,6 +171,8 @@ class Built:
     voltage_v: float = 230.0  # the lowest measured phase voltage (or nominal): DC conversion
     #: Node -> kW taken off its kW limit: measured non-EV power above U · Σ I (control/power.py).
     kw_cuts: dict[str, float] = field(default_factory=dict)
+    #: The limit window behind each of ``problem.caps`` (same order; `control/windows.py`).
+    caps: tuple[GridLimit, ...] = ()
 
 
 class ProblemBuilder:
@@ -260,7 +264,10 @@ class ProblemBuilder:
             node: self.hold(node, phases, now_mono)
             for node, phases in self._non_ev(measured, ev_lo).items()
         }
-        limits = self.effective_limits(state, now)
+        limits = self.limits  # the ratings; limit windows are caps over their steps
+        state.overrides.expire(now)
+        horizon_end = now + timedelta(seconds=self.horizon.ends_s[-1])
+        windows = state.limits.windows(now, horizon_end, now)
         # kW rows: U · Σ I at the highest measured voltage, and no less than the measured active
         # power (control/power.py); DC power limits use the lowest (most current per watt).
         nominal = self.config.site.nominal_voltage_v
@@ -269,6 +276,7 @@ class ProblemBuilder:
         non_ev_kw = self.power.non_ev_kw(power, ev_lo, volts_low, now_mono)
         cuts = self.power.kw_cuts(non_ev, non_ev_kw, volts_high)
         kw = {node: lowered(limit, cuts.get(node, 0.0)) for node, limit in self.kw_limits.items()}
+        caps, behind = horizon_caps(windows, now, self.horizon.ends_s, self.limits, cuts)
         nodes = [Node(GRID, None, limits[GRID], kw[GRID])]
         for circuit in self.config.circuits:
             nodes.append(Node(circuit.id, circuit.parent, limits[circuit.id], kw[circuit.id]))
@@ -331,6 +339,8 @@ class ProblemBuilder:
             loads=tuple(loads),
             tariff=self.horizon.tariff(now),
             voltage_ln_v=volts_high,
+            caps=tuple(caps),
+            soft_penalty=self.control.soft_limit_penalty,
         )
         return Built(
             problem,
@@ -345,23 +355,13 @@ class ProblemBuilder:
             implausible=implausible,
             voltage_v=volts_low,
             kw_cuts=cuts,
+            caps=tuple(behind),
         )
 
     def effective_limits(self, state: SiteState, now: datetime) -> dict[str, Phases]:
-        """Configured limits, lowered by unexpired operator overrides (never raised)."""
-        limits = dict(self.limits)
-        for node, override in list(state.overrides.items()):
-            if override.expires_at <= now:
-                del state.overrides[node]
-                continue
-            if node in limits:
-                base = limits[node]
-                limits[node] = (
-                    min(base[0], override.limit_a[0]),
-                    min(base[1], override.limit_a[1]),
-                    min(base[2], override.limit_a[2]),
-                )
-        return limits
+        """Configured limits, lowered by the hard windows in force at `now` (operator
+        overrides among them; never raised)."""
+        return limits_in_force(self.limits, state.limits.in_force(now), now)
 
     # Chargers.
 

@@ -10,9 +10,10 @@ it the same way. Rules:
   is not a number, times need a UTC offset (``Z`` or ``+01:00``).
 - Commands only change SiteState on the event-loop thread (the caller's), and announce the
   change with ``state.notify`` so that the control loop can react at once.
-- Overrides may only lower a limit: sitectl's control loop applies
-  ``min(configured, override)`` (control/snapshot.py), and a value above the configured rating
-  is refused rather than silently ignored.
+- Overrides may only lower a limit: they are windows on the limit board (source
+  ``operator:<transport>``, `sitectl.limits.OperatorOverrides`) and the control loop applies
+  the least of the configured rating and every window (control/snapshot.py); a value above
+  the configured rating is refused rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -262,6 +263,7 @@ def handle_command(
     republish: Callable[[], Mapping[str, Any]] | None = None,
     rollouts: Rollouts | None = None,
     phase_tests: PhaseTests | None = None,
+    origin: str = "mqtt",
 ) -> dict[str, Any]:
     """Validate and carry out one command; never raises.
 
@@ -276,6 +278,8 @@ def handle_command(
             refused).
         phase_tests: the on-demand phase tests (the control loop's); ``None`` refuses
             ``detect_phases``.
+        origin: the transport it came by ("mqtt", "http"): an override's limit source is
+            ``operator:<origin>``.
 
     Returns:
         ``{"ok": true, "command": name, ...}`` or
@@ -286,7 +290,7 @@ def handle_command(
         if model is None:
             raise CommandError(f"unknown command '{name}' (known: {', '.join(COMMANDS)})")
         command = model.model_validate_json(_text(payload))
-        services = Services(republish, rollouts, phase_tests)
+        services = Services(republish, rollouts, phase_tests, origin)
         result = _HANDLERS[name](state, config, command, services)
     except CommandConflict as exc:
         return {
@@ -375,6 +379,7 @@ class Services:
     republish: Callable[[], Mapping[str, Any]] | None = None
     rollouts: Rollouts | None = None
     phase_tests: PhaseTests | None = None
+    origin: str = "mqtt"  # the transport: "mqtt" or "http"
 
 
 def _nodes(config: Config) -> dict[str, tuple[float, float, float]]:
@@ -389,7 +394,7 @@ def _known_node(config: Config, node: str) -> tuple[float, float, float]:
 
 
 def _override(
-    state: SiteState, config: Config, command: OverrideCommand, _: Services
+    state: SiteState, config: Config, command: OverrideCommand, services: Services
 ) -> dict[str, Any]:
     rating = _known_node(config, command.node)
     value = command.limit_a
@@ -420,8 +425,16 @@ def _override(
             raise CommandError(
                 f"expires_at {iso(expires_at)} is beyond {MAX_AHEAD.days} days", "expires_at"
             )
-    state.overrides[command.node] = LimitOverride(command.node, limit, expires_at, source="mqtt")
-    log.info("limit override on %s: %s A until %s", command.node, list(limit), iso(expires_at))
+    state.overrides[command.node] = LimitOverride(
+        command.node, limit, expires_at, source=services.origin, set_at=now
+    )
+    log.info(
+        "limit override on %s by %s: %s A until %s",
+        command.node,
+        services.origin,
+        list(limit),
+        iso(expires_at),
+    )
     state.notify("override", command.node)
     return {"node": command.node, "limit_a": list(limit), "expires_at": iso(expires_at)}
 

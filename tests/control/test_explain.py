@@ -122,11 +122,14 @@ def test_an_operator_override_is_named_with_its_source_and_expiry() -> None:
     _, allocation, why = cycle(cfg, state)
     assert allocation.dispatch_a["A/1"] == pytest.approx(20.0)
     override = next(item for item in why["A/1"] if item["kind"] == "override")
-    assert (
-        override["source"] == "mqtt" and override["until"] == (NOW + timedelta(hours=1)).isoformat()
-    )
+    until = (NOW + timedelta(hours=1)).isoformat()
+    assert override["source"] == "operator:mqtt" and override["until"] == until
     assert (override["limit"], override["configured"]) == (20.0, 100.0)
     assert "until 21:00" in override["text"] and override["node"] == "feeder"
+    # The tight circuit itself says whose limit it is.
+    circuit = why["A/1"][0]
+    assert circuit["kind"] == "circuit" and circuit["source"] == "operator:mqtt"
+    assert circuit["until"] == until and "operator:mqtt" in circuit["text"]
 
 
 def test_a_non_compliant_neighbour_is_named_with_its_budget() -> None:

@@ -68,7 +68,7 @@ async def test_an_operator_override_is_named_with_who_and_until_when(tmp_path, m
         message=lambda: f"draws {site.draw('A'):.1f} A; reasons {reasons(site, 'A/1')}",
     )
     override = first(site, "A/1", "override")
-    assert override["node"] == "feeder" and override["source"] == "mqtt"
+    assert override["node"] == "feeder" and override["source"] == "operator:mqtt"
     assert override["until"] == until.isoformat() and override["limit"] == 16.0
     circuit = first(site, "A/1", "circuit")
     assert circuit is not None and circuit["node"] == "feeder" and circuit["limit"] == 16.0
