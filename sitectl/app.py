@@ -147,6 +147,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 raw_frames=observer.raw_frames,
                 phase_tests=phase_tests,
                 fleet=fleet,
+                store=store,
             )
         )
     if config.devices:

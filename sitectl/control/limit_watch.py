@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sitectl.limits import (
@@ -41,7 +41,7 @@ from sitectl.limits import (
 from sitectl.state import Severity, SiteState
 from sitectl.store import Migration, Store
 
-__all__ = ["LIMIT_EVENTS_MIGRATION", "SILENT_ALARM", "LimitWatch", "event_dict"]
+__all__ = ["LIMIT_EVENTS_MIGRATION", "SILENT_ALARM", "LimitWatch", "event_dict", "limit_history"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ def event_dict(event: LimitEvent) -> dict[str, Any]:
         "previous": window_dict(event.previous) if event.previous is not None else None,
         "text": event.text(),
     }
+
+
+def _utc(moment: datetime) -> str:
+    """UTC ISO 8601, so stored times compare as text."""
+    return moment.astimezone(UTC).isoformat()
 
 
 def _changed(a: GridLimit, b: GridLimit) -> bool:
@@ -166,7 +171,7 @@ class LimitWatch:
                     "limit_kw, window_start, window_end, reason, previous) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        event.at.isoformat(),
+                        _utc(event.at),
                         event.action,
                         limit.node,
                         limit.source,
@@ -198,21 +203,28 @@ class LimitWatch:
         self._pruned_at = now
         try:
             self.store.execute(
-                "DELETE FROM limit_events WHERE at < ?", ((now - self.retention).isoformat(),)
+                "DELETE FROM limit_events WHERE at < ?", (_utc(now - self.retention),)
             )
         except Exception as exc:
             log.warning("old limit events not deleted (%s: %s)", type(exc).__name__, exc)
 
     def history(self, limit: int = 500, since: datetime | None = None) -> list[dict[str, Any]]:
-        """The newest events first (from the store, else from memory)."""
-        if self.store is None:
-            events = [e for e in self.state.limit_events if since is None or e.at >= since]
-            return [event_dict(e) for e in reversed(events)][:limit]
-        rows = self.store.query(
-            "SELECT * FROM limit_events WHERE at >= ? ORDER BY seq DESC LIMIT ?",
-            ((since.isoformat() if since else ""), limit),
-        )
-        return [_row_dict(row) for row in rows]
+        """The newest events first (`limit_history`)."""
+        return limit_history(self.store, self.state, limit, since)
+
+
+def limit_history(
+    store: Store | None, state: SiteState, limit: int = 500, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Limit events, newest first: from the store, else from ``state.limit_events``."""
+    if store is None:
+        events = [e for e in state.limit_events if since is None or e.at >= since]
+        return [event_dict(e) for e in reversed(events)][:limit]
+    rows = store.query(
+        "SELECT * FROM limit_events WHERE at >= ? ORDER BY seq DESC LIMIT ?",
+        ((_utc(since) if since else ""), limit),
+    )
+    return [_row_dict(row) for row in rows]
 
 
 def _limit(data: Mapping[str, Any]) -> GridLimit:

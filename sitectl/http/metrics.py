@@ -171,8 +171,47 @@ class StateCollector:
         for alarm in list(state.alarms.values()):
             raised.add_metric([alarm.code, alarm.subject, str(alarm.severity)], 1.0)
         yield raised
+        yield from self._limits()
         for name, (help_text, read) in self.extra.items():
             yield GaugeMetricFamily(name, help_text, value=read())
+
+
+    def _limits(self) -> Iterator[Metric]:
+        """Limit windows in force, their sources' heartbeats, interventions (issue #20)."""
+        state = self.state
+        now = state.clock()
+        labels = ["node", "source", "hard"]
+        amps = GaugeMetricFamily(
+            "sitectl_limit_window_amperes",
+            "Per-phase current limit of each limit window in force (its lowest phase)",
+            labels=labels,
+        )
+        watts = GaugeMetricFamily(
+            "sitectl_limit_window_watts",
+            "Active-power limit of each limit window in force",
+            labels=labels,
+        )
+        for window in state.limits.in_force(now):
+            key = [window.node, window.source, str(window.hard).lower()]
+            if window.limit_a is not None:
+                amps.add_metric(key, min(window.limit_a))
+            if window.limit_kw is not None:
+                watts.add_metric(key, window.limit_kw * 1000.0)
+        silent = GaugeMetricFamily(
+            "sitectl_limit_source_silent",
+            "1 while a limit source's heartbeat has lapsed (its fail-safe applies)",
+            labels=["source"],
+        )
+        for status in state.limits.status(now):
+            silent.add_metric([status.source], float(status.silent))
+        events = CounterMetricFamily(
+            "sitectl_limit_events_total",
+            "Limit interventions: windows started, changed, ended, by source",
+            labels=["action", "source"],
+        )
+        for (action, source), count in sorted(state.control.limit_events.items()):
+            events.add_metric([action, source], count)
+        yield from (amps, watts, silent, events)
 
 
 def render_metrics(collector: StateCollector) -> bytes:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sitectl import __version__
 from sitectl.config import GRID, Config
 from sitectl.control.timetable import TimetableEntry, TimetableUpload
+from sitectl.http.limit_views import LimitHistoryView
 from sitectl.http.views import (
     PRECISION,
     AlarmView,
@@ -141,6 +142,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                 SessionRecord,
                 SessionPlanView,
                 HistoryView,
+                LimitHistoryView,
                 FirmwareView,
                 PhaseTestView,
                 ModelTarget,
@@ -295,11 +297,44 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
             },
             "/api/history": {
                 "get": {
-                    "summary": "Grid power and limit over the last hour",
+                    "summary": "Grid power and the kW limit in force over the last hour",
                     "responses": {
                         "200": _ok(_ref("HistoryView"), "One point per sample."),
                         "401": _ERRORS["401"],
                         "403": _ERRORS["403"],
+                    },
+                }
+            },
+            "/api/limits/history": {
+                "get": {
+                    "summary": "Limit interventions: every limit window (operator override, "
+                    "grid operator signal) starting, changing or ending, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "description": "At most this many events.",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 1000,
+                                "default": 200,
+                            },
+                        },
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "description": "Only events from this time on (ISO 8601, offset).",
+                            "schema": {"type": "string", "format": "date-time"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _ok(_ref("LimitHistoryView"), "Kept limit_history_days."),
+                        "401": _ERRORS["401"],
+                        "403": _ERRORS["403"],
+                        "422": _ERRORS["422"],
                     },
                 }
             },

@@ -33,11 +33,13 @@ from aiohttp import web
 
 from sitectl.config import Config
 from sitectl.control.fleet import Fleet
+from sitectl.control.limit_watch import limit_history
 from sitectl.control.phase_test import PhaseTests
 from sitectl.control.timetable import apply_timetable
 from sitectl.firmware.cache import FirmwareCache, safe_url
 from sitectl.firmware.rollout import RolloutManager
 from sitectl.firmware.tracker import FirmwareTracker
+from sitectl.http.limit_views import history_view
 from sitectl.http.metrics import StateCollector, render_metrics
 from sitectl.http.openapi import openapi_document
 from sitectl.http.views import (
@@ -51,12 +53,14 @@ from sitectl.http.views import (
     RolloutView,
     SessionRecord,
     charger_view,
+    grid_limit_kw,
     session_plan_view,
     site_view,
 )
 from sitectl.ocpp.budget import LogBudget, LoginGuard, quiet_accept_errors
 from sitectl.sessions import SessionLog
 from sitectl.state import Severity, SiteState
+from sitectl.store import Store
 
 __all__ = ["CommandHandler", "HttpServer", "PowerHistory"]
 
@@ -223,7 +227,9 @@ class PowerHistory:
     def sample(self) -> None:
         reading = self.state.readings.get(self.config.site.meter or "")
         power = reading.power_total_kw if getattr(reading, "ok", False) else None
-        self.samples.append((self.state.clock(), power, self.config.site.limit_kw))
+        now = self.state.clock()
+        # The limit in force (a grid operator's window lowers it), as the chart shows it.
+        self.samples.append((now, power, grid_limit_kw(self.state, self.config, now)))
 
     async def run(self) -> None:
         while True:
@@ -259,6 +265,7 @@ class HttpServer:
         phase_tests: the on-demand phase tests, for ``/api/chargers/{id}/detect-phases``
             (started through `commands`, like the MQTT ``detect_phases`` command).
         fleet: the fleet vehicles, for ``POST /api/fleet/timetable`` (``sitectl fleet import``).
+        store: the store, for ``/api/limits/history`` (without it: the events of this run).
     """
 
     name = "http"
@@ -282,8 +289,10 @@ class HttpServer:
         head_timeout_s: float = HEAD_TIMEOUT_S,
         phase_tests: PhaseTests | None = None,
         fleet: Fleet | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config
+        self.store = store
         self.fleet = fleet
         self.phase_tests = phase_tests
         self.raw_frames = raw_frames
@@ -329,6 +338,7 @@ class HttpServer:
         app.router.add_get("/api/sessions", self._sessions)
         app.router.add_get("/api/alarms", self._alarms)
         app.router.add_get("/api/history", self._history)
+        app.router.add_get("/api/limits/history", self._limit_history)
         app.router.add_get("/api/firmware", self._firmware)
         app.router.add_post("/api/firmware/rollouts", self._rollout_start)
         app.router.add_get("/api/firmware/rollouts/{rollout_id:[0-9]+}", self._rollout)
@@ -530,6 +540,21 @@ class HttpServer:
 
     async def _history(self, request: web.Request) -> web.Response:
         return _json(self.history.view())
+
+    async def _limit_history(self, request: web.Request) -> web.Response:
+        text = request.query.get("limit", "200")
+        if not text.isdigit() or not 1 <= int(text) <= 1000:
+            return _error(422, "limit must be a whole number from 1 to 1000", "limit")
+        since = None
+        if "since" in request.query:
+            try:
+                since = datetime.fromisoformat(request.query["since"][:40])
+            except ValueError:
+                return _error(422, "since must be an ISO 8601 time with offset", "since")
+            if since.tzinfo is None:
+                return _error(422, "since must be an ISO 8601 time with offset", "since")
+        events = limit_history(self.store, self.state, int(text), since)
+        return _json(history_view(events))
 
     async def _firmware(self, request: web.Request) -> web.Response:
         cache = None

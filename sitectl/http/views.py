@@ -9,15 +9,31 @@ digits than a meter or a charger resolves only look precise.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from sitectl.config import GRID, Config
 from sitectl.firmware.cache import safe_url
 from sitectl.firmware.server import hide_tokens
+from sitectl.http.limit_views import (
+    LimitSourceView,
+    LimitWindowView,
+    limit_sources,
+    limit_windows,
+)
+from sitectl.http.units import (
+    PRECISION,
+    Amps,
+    KilowattHours,
+    Kilowatts,
+    Milliseconds,
+    Percent,
+    Phases,
+    WattHours,
+)
 from sitectl.http.wording import ConnectorWording, connector_wording
 from sitectl.state import ChargerState, SessionPlan, SiteState
 
@@ -53,25 +69,6 @@ __all__ = [
     "session_plan_view",
     "site_view",
 ]
-
-#: Decimal places per unit in every response (the OpenAPI document states them too).
-PRECISION = {"A": 1, "kW": 2, "kWh": 2, "Wh": 0, "ms": 1, "%": 1}
-
-
-def _rounded(digits: int) -> Callable[[float], float]:
-    def rounded(value: float) -> float:
-        return round(value, digits) + 0.0  # + 0.0 turns -0.0 into 0.0 (no "-0.0" in JSON)
-
-    return rounded
-
-
-Amps = Annotated[float, AfterValidator(_rounded(PRECISION["A"]))]
-Kilowatts = Annotated[float, AfterValidator(_rounded(PRECISION["kW"]))]
-KilowattHours = Annotated[float, AfterValidator(_rounded(PRECISION["kWh"]))]
-WattHours = Annotated[float, AfterValidator(_rounded(PRECISION["Wh"]))]
-Milliseconds = Annotated[float, AfterValidator(_rounded(PRECISION["ms"]))]
-Percent = Annotated[float, AfterValidator(_rounded(PRECISION["%"]))]
-Phases = tuple[Amps, Amps, Amps]
 
 
 class CircuitView(BaseModel):
@@ -117,6 +114,23 @@ class SiteView(BaseModel):
     circuits: list[CircuitView]
     control: ControlView
     alarms: int = Field(description="Alarms currently raised.")
+    grid_limit_kw: Kilowatts = Field(
+        description="The grid connection's kW limit in force: the configured one or a lower "
+        "hard window's (per-phase windows are in `limits`)."
+    )
+    limits: list[LimitWindowView] = Field(
+        default_factory=list,
+        description="Every limit window in force (operator overrides, grid operator signals), "
+        "with its source and expiry; the configured ratings are in `circuits`.",
+    )
+    limits_announced: list[LimitWindowView] = Field(
+        default_factory=list,
+        description="Windows that start within the planning horizon: the plan already makes "
+        "room for them (vehicles are charged before).",
+    )
+    limit_sources: list[LimitSourceView] = Field(
+        default_factory=list, description="Every limit source, with its heartbeat state."
+    )
 
 
 class SessionView(BaseModel):
@@ -149,8 +163,10 @@ class LimitView(BaseModel):
     kind: str = Field(
         description="circuit (a circuit or the grid, per phase), charger (a charger's own "
         "maximum shared by its connectors), site_kw / kw (a kW limit), override (an operator "
-        "override lowers that node), fixed_load (a neighbour sitectl cannot steer, budgeted at "
-        "its maximum or what it holds), meter_failed (a circuit on its fail-safe budget), "
+        "override lowers that node), grid_limit (a grid operator's window lowers it: OpenADR, "
+        "§14a...), soft_limit (held at a soft limit no departure needs exceeded), fixed_load "
+        "(a neighbour sitectl cannot steer, budgeted at its maximum or what it holds), "
+        "meter_failed (a circuit on its fail-safe budget), "
         "priority (sessions of higher priority share the limit), min_current (paused: less "
         "than its minimum left), tariff (deferred to a cheaper step), deferred (planned "
         "later), peak (demand charge), ev_cap (learnt vehicle cap), vehicle_max, csms (the "
@@ -182,9 +198,17 @@ class LimitView(BaseModel):
         description="The LP's step-0 dual of the limit (currency per A or kW more), or for "
         "tariff/deferred the reduced cost of its step-0 current; null for the fallback.",
     )
-    source: str | None = Field(None, description="override: who set it (operator, mqtt, api).")
-    until: datetime | None = Field(None, description="override: when it expires.")
-    configured: Amps | None = Field(None, description="override: the configured limit.")
+    source: str | None = Field(
+        None,
+        description="When a limit window sets the limit (circuit, kw, override, grid_limit, "
+        "soft_limit...): its source, e.g. operator:http, operator:mqtt, openadr:<program>.",
+    )
+    reason: str | None = Field(None, description="The window's reason, in its source's words.")
+    hard: bool | None = Field(None, description="Whether the window is hard (or soft).")
+    until: datetime | None = Field(None, description="When the window expires (null: open).")
+    configured: Amps | None = Field(
+        None, description="override, grid_limit: the configured limit (A, or kW for kW)."
+    )
     charger: str | None = Field(None, description="fixed_load: the neighbour.")
     budget_a: Amps | None = Field(None, description="fixed_load, meter_failed: the budget (A).")
     at: datetime | None = Field(None, description="tariff/deferred: when the plan charges it.")
@@ -456,7 +480,10 @@ class HistoryView(BaseModel):
 
     at: list[datetime]
     power_kw: list[Kilowatts | None]
-    limit_kw: list[Kilowatts]
+    limit_kw: list[Kilowatts] = Field(
+        description="The grid kW limit in force at each sample: configured, or a lower hard "
+        "window's (`SiteView.grid_limit_kw`)."
+    )
 
 
 class PhaseTestView(BaseModel):
@@ -497,6 +524,16 @@ class ErrorView(BaseModel):
     field: str | None = None
 
 
+def grid_limit_kw(state: SiteState, config: Config, now: datetime) -> float:
+    """The grid connection's kW limit in force: configured, or a lower hard window's."""
+    kw = [
+        w.limit_kw
+        for w in state.limits.in_force(now)
+        if w.node == GRID and w.hard and w.limit_kw is not None
+    ]
+    return min([config.site.limit_kw, *kw])
+
+
 def site_view(state: SiteState, config: Config) -> SiteView:
     """The site now."""
     control = state.control
@@ -518,10 +555,17 @@ def site_view(state: SiteState, config: Config) -> SiteView:
     reading = state.readings.get(config.site.meter or "")
     if reading is not None and getattr(reading, "ok", False):
         power = reading.power_total_kw
+    now = state.clock()
+    ahead_s = sum(config.control.step_durations_s())
+    in_force, announced = limit_windows(state.limits, now, ahead_s)
     return SiteView(
         id=config.site.id,
         name=config.site.name,
         limit_kw=config.site.limit_kw,
+        grid_limit_kw=grid_limit_kw(state, config, now),
+        limits=in_force,
+        limits_announced=announced,
+        limit_sources=limit_sources(state.limits, now),
         power_kw=power,
         circuits=circuits,
         control=ControlView(

@@ -27,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sitectl.config import Config
+from sitectl.limits import GridLimit, LimitEvent
 from sitectl.state import Alarm, ChargerState, SessionPlan, SessionState, SiteState
 
 __all__ = [
@@ -39,10 +40,12 @@ __all__ = [
     "comparable",
     "encode",
     "iso",
+    "limit_event_body",
     "session_body",
     "status_body",
     "summary_body",
     "topic_segment",
+    "window_body",
     "with_seq",
 ]
 
@@ -368,6 +371,64 @@ def alarm_body(alarm: Alarm, raised: bool, now: datetime) -> dict[str, Any]:
     return body
 
 
+#: The ``…/alarms`` events of limit interventions (issue #20.4), by `LimitEvent.action`.
+LIMIT_EVENTS = {"started": "limit_started", "changed": "limit_changed", "ended": "limit_ended"}
+
+
+def window_body(limit: GridLimit) -> dict[str, Any]:
+    """A limit window on the wire."""
+    return {
+        "node": limit.node,
+        "source": limit.source,
+        "ref": limit.ref or None,
+        "hard": limit.hard,
+        "limit_a": _phases(limit.limit_a),
+        "limit_kw": _num(limit.limit_kw),
+        "start": iso(limit.start),
+        "end": iso(limit.end),
+        "reason": limit.reason,
+    }
+
+
+def limit_event_body(event: LimitEvent, now: datetime) -> dict[str, Any]:
+    """A limit intervention on ``…/alarms``: ``limit_started``, ``limit_changed`` or
+    ``limit_ended``, shaped like an alarm event (code ``grid_limit``, subject the node,
+    severity info) with the window (``limit``) and, for a change, the one before."""
+    body: dict[str, Any] = {
+        "ts": iso(now),
+        "event": LIMIT_EVENTS[event.action],
+        "code": "grid_limit",
+        "subject": event.limit.node,
+        "severity": "info",
+        "text": event.text(),
+        "raised_at": iso(event.at),
+        "limit": window_body(event.limit),
+    }
+    if event.previous is not None:
+        body["previous"] = window_body(event.previous)
+    return body
+
+
+def _limits_view(state: SiteState, config: Config, now: datetime) -> dict[str, Any]:
+    """The summary's ``limits``: the grid kW limit in force, every window in force, sources."""
+    in_force = state.limits.in_force(now)
+    kw = [w.limit_kw for w in in_force if w.node == "grid" and w.hard and w.limit_kw is not None]
+    return {
+        "grid_limit_kw": _num(min([config.site.limit_kw, *kw])),
+        "in_force": [window_body(w) for w in in_force],
+        "sources": [
+            {
+                "source": s.source,
+                "published_at": iso(s.published_at),
+                "valid_until": iso(s.valid_until),
+                "silent": s.silent,
+                "windows": len(s.limits),
+            }
+            for s in state.limits.status(now)
+        ],
+    }
+
+
 # ------------------------------------------------------------------------------------------------
 # Summary
 
@@ -531,4 +592,5 @@ def summary_body(
             for a in sorted(state.alarms.values(), key=lambda a: (a.raised_at, a.code, a.subject))
         ],
         "outbox": dict(outbox),
+        "limits": _limits_view(state, config, now),
     }

@@ -65,6 +65,7 @@ from sitectl.uplink.messages import (
     comparable,
     encode,
     iso,
+    limit_event_body,
     session_body,
     status_body,
     summary_body,
@@ -358,6 +359,11 @@ class Uplink:
             self._session_ended(change.subject)
         elif kind == "alarm":
             self._alarm(change.subject)
+        elif kind == "limit_event" and self.state.limit_events:
+            # Announced right after it is appended: the newest is this one.
+            event = self.state.limit_events[-1]
+            body = limit_event_body(event, self.state.clock())
+            self.publish(Message(Kind.ALARM, self.topics.alarms, body))
 
     def _charger(self, charger_id: str, force: bool = False) -> bool:
         charger = self.state.chargers.get(charger_id)

@@ -485,3 +485,43 @@ async def test_why_a_charger_gets_less_shows_on_hover_and_on_tap(tmp_path: Path)
     assert title == f"{feeder['text']}\n{override['text']}"
     assert still == 1 and lines == [feeder["text"], override["text"]]
     assert row is not None and "limited by: feeder-a L1's limit holds it" in row
+
+
+async def test_limits_in_force_show_with_source_expiry_and_on_the_power_chart() -> None:
+    from sitectl.limits import GridLimit
+
+    cfg = fixed_config()
+    state = fixed_state(cfg)
+    now = state.clock()
+    dso = GridLimit(
+        "grid",
+        "openadr:congestion",
+        now - timedelta(minutes=5),
+        now + timedelta(hours=1),
+        limit_kw=120.0,
+        reason="import capacity 120 kW",
+        ref="evt-1",
+    )
+    later = GridLimit(
+        "feeder-a",
+        "openadr:congestion",
+        now + timedelta(hours=2),
+        now + timedelta(hours=3),
+        limit_a=(60.0, 60.0, 60.0),
+        hard=False,
+        reason="evening peak",
+        ref="evt-2",
+    )
+    state.limits.publish("openadr:congestion", [dso, later], now)
+    state.limits.publish("14a:relay", [], now - timedelta(minutes=2), valid_until=now)
+    async with dashboard(cfg, state) as page:
+        await wait_js(page, "Number(document.body.dataset.limits || 0) === 1")
+        text = await page.locator("#limits").inner_text()
+        headline = await page.locator("#headline").inner_text()
+        history = await page.evaluate("fetch('/api/history').then((r) => r.json())")
+    assert "openadr:congestion" in text and "120 kW" in text and "hard" in text
+    assert "import capacity 120 kW" in text
+    assert "announced" in text and "60/60/60 A" in text and "soft" in text
+    assert "14a:relay: silent, fail-safe applies" in text
+    assert "120 / 120 kW" not in headline and "/ 120 kW" in headline and "lowered" in headline
+    assert history["limit_kw"] and history["limit_kw"][-1] == 120.0

@@ -387,6 +387,31 @@ def rich_state(config: Config, now: datetime | None = None) -> SiteState:
     state.overrides["grid"] = LimitOverride(
         "grid", (150.0, 150.0, 150.0), now + timedelta(hours=1), source="mqtt"
     )
+    # A grid operator's soft kW window in force, one announced, a silent source, and the
+    # interventions they made (issue #20).
+    from sitectl.limits import GridLimit, LimitEvent
+
+    dso = GridLimit(
+        "grid",
+        "openadr:p1",
+        now - timedelta(minutes=10),
+        now + timedelta(hours=2),
+        limit_kw=80.0,
+        hard=False,
+        reason="import capacity",
+        ref="evt-1",
+    )
+    later = GridLimit("grid", "openadr:p1", now + timedelta(hours=3), limit_a=(90.0, 90.0, 90.0))
+    state.limits.publish("openadr:p1", [dso, later], now - timedelta(minutes=10))
+    state.limits.publish("14a:relay", [], now - timedelta(minutes=5), valid_until=now)
+    changed = GridLimit(dso.node, dso.source, dso.start, dso.end, limit_kw=70.0, ref="evt-1")
+    state.limit_events.extend(
+        [
+            LimitEvent(now - timedelta(minutes=10), "started", dso, seq=1),
+            LimitEvent(now - timedelta(minutes=5), "changed", changed, dso, seq=2),
+            LimitEvent(now, "ended", changed, seq=3),
+        ]
+    )
     state.alarms[("charger_noncompliant", "CP1")] = Alarm(
         "charger_noncompliant", "CP1", Severity.WARNING, "draws 40 A over its 32 A limit", now
     )

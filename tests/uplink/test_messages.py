@@ -22,6 +22,8 @@ from sitectl.uplink.messages import (
     charger_body,
     comparable,
     encode,
+    iso,
+    limit_event_body,
     session_body,
     status_body,
     summary_body,
@@ -79,6 +81,8 @@ def every_message(config, state: SiteState) -> list[tuple[str, dict[str, Any]]]:
     for alarm in state.alarms.values():
         out.append(("alarm", wire(alarm_body(alarm, raised=True, now=NOW))))
         out.append(("alarm", wire(alarm_body(alarm, raised=False, now=NOW))))
+    for event in state.limit_events:
+        out.append(("alarm", wire(limit_event_body(event, NOW))))
     return out
 
 
@@ -323,3 +327,26 @@ def test_energy_today_does_not_recount_a_session_from_before_a_restart() -> None
     # A total from another day restarts at zero.
     stale = EnergyToday(ZoneInfo("UTC"), process_start, date(2026, 11, 26), wh=99_000.0)
     assert stale.kwh(process_start) == 0.0
+
+
+def test_limits_in_force_and_their_interventions(config) -> None:
+    state = rich_state(config, NOW)
+    limits = summary_body(state, config, NOW, 0.0, STATS)["limits"]
+    sources = {s["source"]: s for s in limits["sources"]}
+    assert set(sources) == {"14a:relay", "openadr:p1", "operator:mqtt"}
+    assert sources["14a:relay"]["silent"] and not sources["openadr:p1"]["silent"]
+    in_force = {(w["source"], w["node"]): w for w in limits["in_force"]}
+    assert set(in_force) == {("openadr:p1", "grid"), ("operator:mqtt", "grid")}
+    dso = in_force[("openadr:p1", "grid")]
+    assert (dso["limit_kw"], dso["hard"], dso["ref"]) == (80.0, False, "evt-1")
+    assert in_force[("operator:mqtt", "grid")]["end"] == iso(NOW + timedelta(hours=1))
+    assert limits["grid_limit_kw"] == config.site.limit_kw  # a soft window does not lower it
+    bodies = [limit_event_body(e, NOW) for e in state.limit_events]
+    assert [b["event"] for b in bodies] == ["limit_started", "limit_changed", "limit_ended"]
+    assert {b["code"] for b in bodies} == {"grid_limit"} and bodies[0]["subject"] == "grid"
+    assert bodies[1]["previous"]["limit_kw"] == 80.0 and bodies[1]["limit"]["limit_kw"] == 70.0
+    assert "changed from 80 kW to 70 kW" in bodies[1]["text"]
+    # An alarm event may not carry a window, nor a limit event lack one.
+    bad = dict(wire(bodies[0]))
+    del bad["limit"]
+    assert list(validator("alarm").iter_errors(bad))

@@ -59,8 +59,11 @@ function renderHeadline(site) {
   const control = site.control;
   const power = site.power_kw == null ? "?" : site.power_kw.toFixed(1);
   const solve = control.last_solve_ms == null ? "–" : `${control.last_solve_ms.toFixed(0)} ms ${esc(control.method)}`;
+  const limitKw = site.grid_limit_kw ?? site.limit_kw;
+  const lowered = limitKw < site.limit_kw - 0.005
+    ? ` <span class="badge warn" title="configured ${site.limit_kw.toFixed(0)} kW">grid limit lowered</span>` : "";
   document.getElementById("headline").innerHTML =
-    `${power} / ${site.limit_kw.toFixed(0)} kW · ${control.sessions_charging} charging, ` +
+    `${power} / ${limitKw.toFixed(0)} kW${lowered} · ${control.sessions_charging} charging, ` +
     `${control.sessions_paused} paused · solve ${solve} · fallbacks ${control.fallback_count} · ` +
     (control.method === "fallback"
       ? `<span class="badge warn" title="${esc(control.fallback_reason || "")}">fallback: ` +
@@ -203,6 +206,46 @@ function renderAlarms(alarms) {
         `${esc(a.text)} <span class="muted">${new Date(a.raised_at).toLocaleTimeString()}</span></li>`).join("");
 }
 
+// Every limit window in force (and those announced within the horizon), with its source,
+// expiry and reason; each source with its heartbeat.
+function limitValue(w) {
+  const parts = [];
+  if (w.limit_a) parts.push(`${w.limit_a.map((a) => a.toFixed(0)).join("/")} A`);
+  if (w.limit_kw != null) parts.push(`${w.limit_kw.toFixed(0)} kW`);
+  return parts.join(" and ");
+}
+
+function limitRow(w, announced) {
+  const until = w.end ? when(w.end) : "until withdrawn";
+  const kind = w.hard ? '<span class="badge bad">hard</span>' : '<span class="badge warn">soft</span>';
+  return `<tr data-limit="${esc(w.source)}|${esc(w.node)}"><td>${esc(w.node)}</td>` +
+    `<td>${esc(limitValue(w))} ${kind}</td><td class="source">${esc(w.source)}</td>` +
+    `<td>${announced ? `from ${esc(when(w.start))} ` : ""}${w.end ? "to " : ""}${esc(until)}</td>` +
+    `<td>${esc(w.reason)}</td></tr>`;
+}
+
+function renderLimits(site) {
+  const box = document.getElementById("limits");
+  const inForce = site.limits ?? [], announced = site.limits_announced ?? [];
+  const sources = site.limit_sources ?? [];
+  document.body.dataset.limits = String(inForce.length);
+  if (!inForce.length && !announced.length && !sources.length) {
+    box.className = "muted";
+    box.textContent = "none: the configured ratings apply";
+    return;
+  }
+  const rows = inForce.map((w) => limitRow(w, false)).join("") +
+    (announced.length ? `<tr><th colspan="5">announced</th></tr>` +
+      announced.map((w) => limitRow(w, true)).join("") : "");
+  const beats = sources.map((s) => `<span class="badge ${s.silent ? "bad" : "ok"}" ` +
+    `title="last published ${esc(when(s.published_at))}${s.valid_until ? `, due again ${esc(when(s.valid_until))}` : ""}">` +
+    `${esc(s.source)}${s.silent ? ": silent, fail-safe applies" : ""}</span>`).join(" ");
+  box.className = "";
+  box.innerHTML = (rows ? `<table><thead><tr><th>node</th><th>limit</th><th>source</th>` +
+    `<th>expires</th><th>reason</th></tr></thead><tbody>${rows}</tbody></table>` : "") +
+    (beats ? `<p class="sources">sources: ${beats}</p>` : "");
+}
+
 function renderChart(history) {
   const x = history.at.map((t) => Date.parse(t) / 1000);
   const data = [x, history.power_kw, history.limit_kw];
@@ -212,7 +255,7 @@ function renderChart(history) {
     chart = new uPlot({
       width, height: 240,
       series: [{}, { label: "power kW", stroke: "#4c6ef5", width: 2, spanGaps: false },
-               { label: "limit kW", stroke: "#c92a2a", dash: [6, 4] }],
+               { label: "limit in force kW", stroke: "#c92a2a", dash: [6, 4] }],
       axes: [{}, { label: "kW" }],
     }, data, box);
   } else {
@@ -350,6 +393,7 @@ async function refresh() {
       [get("/api/site"), get("/api/chargers"), get("/api/alarms"), get("/api/history")]);
     renderHeadline(site);
     renderTree(site.circuits);
+    renderLimits(site);
     renderChargers(chargers);
     renderAlarms(alarms);
     renderChart(history);
