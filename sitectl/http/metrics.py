@@ -175,7 +175,6 @@ class StateCollector:
         for name, (help_text, read) in self.extra.items():
             yield GaugeMetricFamily(name, help_text, value=read())
 
-
     def _limits(self) -> Iterator[Metric]:
         """Limit windows in force, their sources' heartbeats, interventions (issue #20)."""
         state = self.state
