@@ -21,6 +21,8 @@ from sitectl.config import load_config
 from tests.helpers import free_ports, wait_for
 from tests.uplink.support import Capture
 
+TOKEN = "wiring-http-token-0123456789"
+
 
 def _config_text(tmp_path: Path, broker_port: int) -> tuple[str, int]:
     http_port, ocpp_port, dead_meter_port = free_ports(3)
@@ -38,7 +40,7 @@ def _config_text(tmp_path: Path, broker_port: int) -> tuple[str, int]:
         ocpp: {{listen_host: 127.0.0.1, listen_port: {ocpp_port}}}
         control: {{period_s: 0.5, profile_validity_s: 2, meter_grace_s: 1}}
         storage: {{path: {tmp_path / "state.sqlite"}}}
-        http: {{listen_host: 127.0.0.1, listen_port: {http_port}}}
+        http: {{listen_host: 127.0.0.1, listen_port: {http_port}, token: {TOKEN}}}
         mqtt: {{host: 127.0.0.1, port: {broker_port}, topic_prefix: wiring/test,
                summary_period_s: 0.5}}
         """)
@@ -192,3 +194,58 @@ async def test_the_app_watches_the_clock(running_app) -> None:
         lambda: (("clock_unsynchronized", "site") in app.state.alarms) == expected,
         message="the clock alarm to match the kernel",
     )
+
+
+async def test_an_override_by_http_is_audited_on_mqtt_metrics_and_the_store(
+    running_app, mosquitto
+) -> None:
+    """Issue #20: the HTTP override is the limit source operator:http; its start and end are
+    interventions: on the MQTT alarms/events stream, counted on /metrics, kept in the store."""
+    capture = Capture(mosquitto.host, mosquitto.port, prefix="wiring/test")
+    _, port = running_app
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def limit_events(event: str) -> list:
+        return [m.data for m in capture.on("alarms") if m.data.get("event") == event]
+
+    try:
+        await _scrape_when_up(port)
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(
+                f"{base}/api/overrides",
+                json={"node": "feeder", "limit_a": 20, "expires_in_s": 600},
+            ) as response:
+                assert response.status == 200, await response.text()
+            await wait_for(
+                lambda: limit_events("limit_started"), timeout=10, message="limit_started on MQTT"
+            )
+            (started,) = limit_events("limit_started")
+            assert started["code"] == "grid_limit" and started["subject"] == "feeder"
+            assert started["limit"]["source"] == "operator:http"
+            assert started["limit"]["limit_a"] == [20.0, 20.0, 20.0]
+            async with http.get(f"{base}/api/site") as response:
+                site = await response.json()
+            assert [w["source"] for w in site["limits"]] == ["operator:http"]
+            feeder = next(c for c in site["circuits"] if c["id"] == "feeder")
+            assert feeder["limit_a"] == [20.0, 20.0, 20.0]  # the limit in force
+            async with http.post(
+                f"{base}/api/overrides", json={"node": "feeder", "clear": True}
+            ) as response:
+                assert response.status == 200
+            await wait_for(
+                lambda: limit_events("limit_ended"), timeout=10, message="limit_ended on MQTT"
+            )
+            async with http.get(f"{base}/api/limits/history") as response:
+                history = await response.json()
+        assert [e["action"] for e in history["events"]] == ["ended", "started"]
+        assert all(e["seq"] for e in history["events"])  # from the store
+        families = await _metrics(port)
+        counted = {
+            (s.labels["action"], s.labels["source"]): s.value
+            for s in families["sitectl_limit_events"]
+            if s.name.endswith("_total")
+        }
+        assert counted == {("started", "operator:http"): 1.0, ("ended", "operator:http"): 1.0}
+    finally:
+        capture.close()

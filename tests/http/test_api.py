@@ -441,3 +441,111 @@ async def test_charger_detail_shows_its_capabilities_and_effective_quirks(client
     assert detail["quirks"]["name"] == "abb-terra-ac"
     assert detail["quirks"]["max_stack_level"] == 0  # the file knows better than it says
     assert "https://github.com/evcc-io/evcc/issues/15493" in detail["quirks"]["sources"]
+
+
+async def test_an_override_by_http_is_the_limit_source_operator_http(client) -> None:
+    from sitectl.uplink.commands import handle_command
+
+    cfg = config()
+    state = populated(cfg)
+    c = await client(
+        cfg,
+        state,
+        commands=lambda name, payload: handle_command(state, cfg, name, payload, origin="http"),
+    )
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    ok = await c.post(
+        "/api/overrides",
+        headers=headers,
+        json={"node": "feeder", "limit_a": 90, "expires_in_s": 600},
+    )
+    body = await ok.json()  # the same answer as before the limit board
+    assert ok.status == 200 and set(body) == {"ok", "command", "node", "limit_a", "expires_at"}
+    (window,) = state.limits.in_force(NOW)
+    assert (window.source, window.node, window.limit_a) == ("operator:http", "feeder", (90.0,) * 3)
+    assert window.end == NOW + timedelta(seconds=600) and window.start == NOW
+    site = await (await c.get("/api/site")).json()
+    assert [(w["source"], w["node"], w["limit_a"]) for w in site["limits"]] == [
+        ("operator:http", "feeder", [90.0, 90.0, 90.0])
+    ]
+    assert site["limits"][0]["end"] == (NOW + timedelta(seconds=600)).isoformat().replace(
+        "+00:00", "Z"
+    )
+    assert [s["source"] for s in site["limit_sources"]] == ["operator:http"]
+    cleared = await c.post(
+        "/api/overrides", headers=headers, json={"node": "feeder", "clear": True}
+    )
+    assert cleared.status == 200 and state.limits.sources() == []
+
+
+async def test_site_lists_limits_in_force_announced_and_sources_with_heartbeats(client) -> None:
+    from sitectl.limits import GridLimit
+
+    cfg = config()
+    state = populated(cfg)
+    now_window = GridLimit(
+        "grid",
+        "openadr:p1",
+        NOW - timedelta(minutes=1),
+        NOW + timedelta(hours=1),
+        limit_kw=150.0,
+        reason="capacity",
+        ref="e1",
+    )
+    later = GridLimit("grid", "openadr:p1", NOW + timedelta(hours=2), limit_kw=100.0, hard=False)
+    state.limits.publish("openadr:p1", [now_window, later], NOW, valid_until=NOW + timedelta(1))
+    state.limits.publish("14a:relay", [], NOW - timedelta(minutes=5), valid_until=NOW)
+    c = await client(cfg, state)
+    site = await (await c.get("/api/site")).json()
+    assert site["grid_limit_kw"] == 150.0 and site["limit_kw"] == 200.0
+    (w,) = site["limits"]
+    assert (w["source"], w["ref"], w["hard"], w["limit_kw"], w["reason"]) == (
+        "openadr:p1",
+        "e1",
+        True,
+        150.0,
+        "capacity",
+    )
+    assert [(a["limit_kw"], a["hard"]) for a in site["limits_announced"]] == [(100.0, False)]
+    sources = {s["source"]: s for s in site["limit_sources"]}
+    assert sources["14a:relay"]["silent"] is True and sources["openadr:p1"]["silent"] is False
+    assert sources["openadr:p1"]["windows"] == 2
+
+
+async def test_limit_history_lists_interventions_and_refuses_bad_queries(client, tmp_path) -> None:
+    from sitectl.control.limit_watch import LIMIT_EVENTS_MIGRATION, LimitWatch
+    from sitectl.limits import GridLimit
+
+    cfg = config()
+    state = populated(cfg)
+    store = Store(tmp_path / "limits.sqlite", migrations=(*MIGRATIONS, LIMIT_EVENTS_MIGRATION))
+    watch = LimitWatch(state, store)
+    window = GridLimit("feeder", "14a:relay", NOW, limit_kw=42.0, reason="dimming", ref="in1")
+    state.limits.publish("14a:relay", [window], NOW)
+    watch.tick(NOW)
+    state.limits.publish("14a:relay", [], NOW + timedelta(minutes=3))
+    watch.tick(NOW + timedelta(minutes=3))
+    c = await client(cfg, state, store=store)
+    body = await (await c.get("/api/limits/history")).json()
+    assert [e["action"] for e in body["events"]] == ["ended", "started"]
+    first = body["events"][1]
+    assert (first["source"], first["node"], first["limit_kw"], first["ref"]) == (
+        "14a:relay",
+        "feeder",
+        42.0,
+        "in1",
+    )
+    assert "dimming" in first["text"] and first["seq"] == 1
+    since = (NOW + timedelta(minutes=1)).isoformat()
+    recent = await (await c.get("/api/limits/history", params={"since": since})).json()
+    assert [e["action"] for e in recent["events"]] == ["ended"]
+    one = await (await c.get("/api/limits/history?limit=1")).json()
+    assert len(one["events"]) == 1
+    for query, field in (("limit=0", "limit"), ("limit=x", "limit"), ("since=yesterday", "since")):
+        bad = await c.get(f"/api/limits/history?{query}")
+        assert bad.status == 422 and (await bad.json())["field"] == field
+    naive = await c.get(
+        "/api/limits/history", params={"since": NOW.replace(tzinfo=None).isoformat()}
+    )
+    assert naive.status == 422
+    store.close()

@@ -249,9 +249,14 @@ async def test_command_override_and_clear(commanding, caplog) -> None:
     assert reply["ts"].endswith("Z")
     assert running.state.overrides["feeder"].limit_a == (50.0, 50.0, 50.0)
     assert "MQTT command override: ok" in caplog.text
+    # On the limit board as the source operator:mqtt, until it expires.
+    (window,) = running.state.limits.in_force(running.state.clock())
+    assert (window.source, window.node, window.limit_a) == ("operator:mqtt", "feeder", (50.0,) * 3)
+    assert window.end == running.state.overrides["feeder"].expires_at
     reply = await requester.reply(requester.send("clear_override", {"node": "feeder"}))
     assert reply == {**reply, "ok": True, "cleared": True}
     assert "feeder" not in running.state.overrides
+    assert running.state.limits.sources() == []
 
 
 async def test_command_session_needs(commanding) -> None:
