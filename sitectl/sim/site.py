@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from sitectl.sim.ports import free_ports
 from sitectl.state import SiteState
 from sitectl.store import Store
 
-__all__ = ["CONTROL", "RAMP_S", "Site", "scenario_config", "start_site"]
+__all__ = ["CONTROL", "RAMP_S", "FastClock", "Site", "scenario_config", "start_site"]
 
 PASSWORD = "scenario-password-0001"
 
@@ -127,13 +130,48 @@ def scenario_config(
     return config
 
 
+class FastClock:
+    """A plan clock (`ControlLoop.plan_clock`) that runs `speed` times faster than real time.
+
+    It shows `origin` until `start`, then ``origin + speed × (monotonic − start)``. A scenario
+    gives the depot ``energy_factor=speed`` too, so the vehicles' energy follows the plan's
+    time: a two-hour limit window plays in four minutes at 30×, while profiles, validities and
+    ramps keep the real clocks (the chargers' own).
+    """
+
+    def __init__(self, origin: datetime, speed: float) -> None:
+        self.origin = origin
+        self.speed = speed
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+
+    def __call__(self) -> datetime:
+        if self._started is None:
+            return self.origin
+        return self.origin + timedelta(seconds=self.speed * (time.monotonic() - self._started))
+
+    def monotonic_at(self, moment: datetime) -> float:
+        """The monotonic time at which the clock shows `moment` (once started)."""
+        assert self._started is not None, "start the clock first"
+        return self._started + (moment - self.origin).total_seconds() / self.speed
+
+
 class Site:
     """sitectl (restartable) around a simulated depot."""
 
-    def __init__(self, config: Config, depot: SimDepot, confirm_s: float) -> None:
+    def __init__(
+        self,
+        config: Config,
+        depot: SimDepot,
+        confirm_s: float,
+        plan_clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.config = config
         self.depot = depot
         self.confirm_s = confirm_s
+        self.plan_clock = plan_clock
         self.tasks: list[asyncio.Task] = []
         self.store: Store | None = None
         self.state: SiteState
@@ -174,6 +212,7 @@ class Site:
             store=self.store,
             call=server.call,
             on_not_supported=probe.record_not_supported,
+            plan_clock=self.plan_clock,
         )
         pool = MeterPool(
             [d.to_spec() for d in config.devices],
@@ -234,10 +273,14 @@ async def start_site(
     confirm_s: float = 3.0,
     secured: tuple[str, ...] | None = None,
     timeout_s: float = 10.0,
+    plan_clock: Callable[[], datetime] | None = None,
     **depot_options: Any,
 ) -> Site:
     """A running site; returns once the chargers in `secured` (default all) hold their
-    fail-safe, with the samples taken before cleared. Stop it with `Site.stop`."""
+    fail-safe, with the samples taken before cleared. Stop it with `Site.stop`.
+
+    `plan_clock` is the control loop's (e.g. a `FastClock`, with ``energy_factor`` to match).
+    """
     options = {"tick_s": 0.05, "report_s": 0.25, "lag_s": 0.2, **depot_options}
     depot = SimDepot(
         config,
@@ -245,7 +288,7 @@ async def start_site(
         building=building or {},
         **options,
     )
-    site = Site(config, depot, confirm_s)
+    site = Site(config, depot, confirm_s, plan_clock)
     await depot.start_meters()
     await site.start_sitectl()
     await depot.start()
