@@ -82,3 +82,49 @@ def test_expire_drops_ended_windows_only():
     board.publish("s", [window("s", start=NOW, end=NOW + timedelta(minutes=1)), window("s")], NOW)
     board.expire(NOW + timedelta(minutes=2))
     assert len(board.status(NOW)[0].limits) == 1
+
+
+def test_the_board_refuses_unknown_nodes_and_tells_its_listener(caplog):
+    heard: list[str] = []
+    board = LimitBoard(nodes=["grid", "c1"], on_change=heard.append)
+    board.publish("openadr:p1", [window()], NOW)
+    with pytest.raises(ValueError, match=r"unknown node 'c9' \(known: c1, grid\)"):
+        board.publish("openadr:p1", [window(node="c9")], NOW)
+    assert "limits from openadr:p1 refused (the last set stands)" in caplog.text
+    assert len(board.windows(NOW, NOW + timedelta(hours=5), NOW)) == 1  # the last set stands
+    with pytest.raises(ValueError, match="need GridLimit"):
+        board.publish("openadr:p1", [{"node": "grid"}], NOW)  # type: ignore[list-item]
+    board.withdraw("openadr:p1")
+    assert heard == ["openadr:p1", "openadr:p1"]
+
+    def broken(source: str) -> None:
+        raise RuntimeError("listener bug")
+
+    board.on_change = broken
+    board.publish("openadr:p1", [window()], NOW)  # a failing listener does not undo it
+    assert board.sources() == ["openadr:p1"]
+
+
+def test_operator_overrides_are_published_per_transport():
+    from sitectl.limits import LimitOverride, OperatorOverrides
+
+    board = LimitBoard(nodes=["grid", "c1"])
+    overrides = OperatorOverrides(board, lambda: NOW)
+    until = NOW + timedelta(minutes=30)
+    overrides["grid"] = LimitOverride("grid", (80.0,) * 3, until, "http", set_at=NOW)
+    overrides["c1"] = LimitOverride("c1", (20.0,) * 3, until, "mqtt", set_at=NOW)
+    assert board.sources() == ["operator:http", "operator:mqtt"]
+    (grid,) = [w for w in board.in_force(NOW) if w.node == "grid"]
+    assert (grid.start, grid.end, grid.ref) == (NOW, until, "override:grid")
+    overrides["grid"] = LimitOverride("grid", (70.0,) * 3, until, "mqtt", set_at=NOW)
+    assert board.sources() == ["operator:mqtt"]  # one per node: the last transport's
+    assert sorted(w.node for w in board.in_force(NOW)) == ["c1", "grid"]
+    assert overrides.expire(until) and board.sources() == [] and dict(overrides) == {}
+    with pytest.raises(ValueError, match="unknown node 'c9'"):
+        overrides["c9"] = LimitOverride("c9", (1.0,) * 3, until)
+    with pytest.raises(ValueError, match="limit_a"):
+        overrides["c1"] = LimitOverride("c1", (1.0, float("nan"), 1.0), until)
+    assert board.sources() == []
+    # Without the time it was set (set directly): in force from before anything.
+    overrides["c1"] = LimitOverride("c1", (5.0,) * 3, until)
+    assert board.in_force(NOW - timedelta(days=365))[0].limit_a == (5.0,) * 3

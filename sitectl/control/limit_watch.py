@@ -133,6 +133,7 @@ class LimitWatch:
         events += [LimitEvent(now, STARTED, w) for k, w in current.items() if k not in self._known]
         self._known = current
         out = [self._record(event) for event in events]
+        board.expire(now)  # ended windows are not kept on the board
         self._prune(now)
         return out
 

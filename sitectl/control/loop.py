@@ -383,7 +383,10 @@ class ControlLoop:
         """One control cycle."""
         now, now_mono, plan_now = self.wall_clock(), self.monotonic(), self.plan_clock()
         self._mark_unavailable()
-        self.limit_watch.tick(plan_now)
+        try:
+            self.limit_watch.tick(plan_now)
+        except Exception:  # the audit must never cost control
+            log.exception("limit audit failed this cycle")
         for circuit in self.meters.tracks:
             changed = self.meters.update(circuit, now_mono)
             if changed is not None:
