@@ -116,8 +116,9 @@ class LimitBoard:
 
     Args:
         nodes: the nodes a limit may be on ("grid" and the circuit ids); ``None`` accepts any.
-        on_change: told the source's name after every publish or withdraw (the site state
-            announces it, so the control loop runs a cycle at once).
+        on_change: told the source's name after a publish that changes its windows (or its
+            fail-safe), and after a withdraw: the site state announces it (``limits``), so the
+            control loop runs a cycle at once.
     """
 
     def __init__(
@@ -172,8 +173,18 @@ class LimitBoard:
         except ValueError as exc:
             log.warning("limits from %s refused (the last set stands): %s", source, exc)
             raise
+        old = self._entries.get(source)
         self._entries[source] = _Entry(limits, now, valid_until, fail_safe, fail_safe_s)
-        self._changed(source)
+        # Told only of a change: a source confirming the same set every second (a heartbeat,
+        # a polled contact) must not run a control cycle each time. A fail-safe's start is
+        # set at the lapse, so it does not count.
+        if (
+            old is None
+            or old.limits != limits
+            or _undated(old.fail_safe) != _undated(fail_safe)
+            or old.fail_safe_s != fail_safe_s
+        ):
+            self._changed(source)
 
     def _changed(self, source: str) -> None:
         if self.on_change is None:
@@ -249,6 +260,10 @@ class LimitBoard:
             entry.limits = tuple(
                 limit for limit in entry.limits if limit.end is None or limit.end > now
             )
+
+
+def _undated(limits: tuple[GridLimit, ...]) -> tuple[GridLimit, ...]:
+    return tuple(replace(limit, start=EPOCH) for limit in limits)
 
 
 def tightest(

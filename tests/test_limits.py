@@ -94,8 +94,19 @@ def test_the_board_refuses_unknown_nodes_and_tells_its_listener(caplog):
     assert len(board.windows(NOW, NOW + timedelta(hours=5), NOW)) == 1  # the last set stands
     with pytest.raises(ValueError, match="need GridLimit"):
         board.publish("openadr:p1", [{"node": "grid"}], NOW)  # type: ignore[list-item]
+    # The same set again (a heartbeat, with a fail-safe stamped now): no news.
+    later = NOW + timedelta(seconds=5)
+    fail_safe = window(start=NOW, end=None, limit_kw=1.0)
+    board.publish("openadr:p1", [window()], NOW, valid_until=later, fail_safe=[fail_safe])
+    board.publish(
+        "openadr:p1",
+        [window()],
+        later,
+        valid_until=later + timedelta(seconds=5),
+        fail_safe=[window(start=later, end=None, limit_kw=1.0)],
+    )
     board.withdraw("openadr:p1")
-    assert heard == ["openadr:p1", "openadr:p1"]
+    assert heard == ["openadr:p1", "openadr:p1", "openadr:p1"]
 
     def broken(source: str) -> None:
         raise RuntimeError("listener bug")
