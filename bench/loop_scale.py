@@ -23,8 +23,12 @@ medians): up to 1,000 chargers × 96 steps cold ≤ 1.0 s and warm ≤ 0.10 s; a
 ≤ 0.25 s; no cycle on the fallback at any size; energy within 0.1 % of the optimum; 0
 violations; the fallback ≤ 20 ms at every size. Exits 1 if any is missed.
 
+Every size's "limit" change is an operator override, which is a limit window over its hour
+(issue #20: a cap on the steps it covers). ``--windows`` adds a grid operator's windows: a
+hard kW one later in the horizon and a soft per-phase one now (its priced rows).
+
 Usage: ``python bench/loop_scale.py [--sizes 50,200,500,1000,2000] [--cycles 100] [--seed 1]
-[--quick]`` (``--quick``: 50 and 200 chargers, 20 cycles).
+[--quick] [--windows]`` (``--quick``: 50 and 200 chargers, 20 cycles).
 """
 
 from __future__ import annotations
@@ -104,10 +108,50 @@ class Row:
         return float(np.percentile(self.warm, 95)) if self.warm else float("nan")
 
 
+def grid_windows(depot: Depot) -> None:
+    """A grid operator's windows (issue #20): a hard kW window at 70 % of the connection from
+    +2 h to +4 h and a soft per-phase one at 90 % of its rating for the next hour."""
+    from datetime import timedelta
+
+    from sitectl.limits import GridLimit
+
+    now = depot.now
+    rating = depot.builder.limits["grid"]
+    depot.state.limits.publish(
+        "bench:dso",
+        [
+            GridLimit(
+                "grid",
+                "bench:dso",
+                now + timedelta(hours=2),
+                now + timedelta(hours=4),
+                limit_kw=0.7 * depot.config.site.limit_kw,
+            ),
+            GridLimit(
+                "grid",
+                "bench:dso",
+                now,
+                now + timedelta(hours=1),
+                limit_a=tuple(0.9 * a for a in rating),
+                hard=False,
+            ),
+        ],
+        now,
+    )
+
+
 def measure(
-    n: int, cycles: int, seed: int, steps: int, budget_s: float | None, far_step_s: int | None
+    n: int,
+    cycles: int,
+    seed: int,
+    steps: int,
+    budget_s: float | None,
+    far_step_s: int | None,
+    windows: bool = False,
 ) -> Row:
     depot = Depot.generate(n, seed, steps=steps, far_step_s=far_step_s)
+    if windows:
+        grid_windows(depot)
     budget = budget_s if budget_s is not None else depot.config.control.solver_budget_s
     row = Row(n=n, steps=steps)
     builds = []
@@ -195,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budget", type=float, default=None, help="default: the config's")
     parser.add_argument("--quick", action="store_true", help="50 and 200 chargers, 20 cycles")
+    parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="add a grid operator's hard kW window and a soft per-phase one (issue #20)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     cycles = args.cycles
@@ -208,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     for n in sizes:
-        row = measure(n, cycles, args.seed, args.steps, args.budget, args.far_step)
+        row = measure(n, cycles, args.seed, args.steps, args.budget, args.far_step, args.windows)
         rows.append(row)
         print(
             f"{row.n:>5} {row.steps:>3} {row.sessions:>5} {row.cols:>7} {row.rows:>7} "
