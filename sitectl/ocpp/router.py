@@ -309,6 +309,8 @@ OBSERVED_ACTIONS = frozenset(
         "NotifyEVChargingNeeds",
         "SetChargingProfile",
         "ClearChargingProfile",
+        "RemoteStartTransaction",
+        "RequestStartTransaction",
         "SendLocalList",
         "UpdateFirmware",
         "SignedUpdateFirmware",
