@@ -173,6 +173,8 @@ class ChargerState:
     capabilities: dict[str, Any] = field(default_factory=dict)  # sitectl.ocpp.probe's record
     #: The closed-loop check's last finding and mode (sitectl.control.applied), plain data.
     applied: dict[str, Any] = field(default_factory=dict)
+    #: Its measured ramp-downs (sitectl.control.response): steps, bounds in s; plain data.
+    step_response: dict[str, Any] = field(default_factory=dict)
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None

@@ -196,6 +196,9 @@ class ProblemBuilder:
         #: The least a charger that refuses 0 A must be held at (the loop sets the
         #: dispatcher's `Dispatcher.held_minimum_a`); ``None``: it can be paused.
         self.held_minimum_a: Callable[[str], float | None] = lambda charger_id: None
+        #: How long a lowered charger's previous limit is held (s): ``control.ramp_down_s``,
+        #: or longer for a charger measured slower (`sitectl.control.response`).
+        self.ramp_hold_s: Callable[[str], float] = lambda charger_id: self.control.ramp_down_s
         self.fleet = FleetIndex(config)  # by binding, else id tag (control/fleet.py)
         self.hold = PeakHold(config.control.effective_non_ev_hold_s)
         self.power = MeasuredPower(config, config.control.effective_non_ev_hold_s)
@@ -440,16 +443,18 @@ class ProblemBuilder:
         """How much above its limit a charger that was just lowered may still draw (A).
 
         "Decreases first" orders acknowledgements, not currents: a charger applies a lower
-        limit within seconds. Until ``ramp_down_s`` has passed, or a measurement taken after
+        limit within seconds. Until ``ramp_down_s`` (or the charger's own measured ramp-down
+        time, when longer) has passed, or a measurement taken after
         the change says what it draws (then its excess over the limit counts), its previous
         limit still counts.
         """
         if not mem.limit_history or mem.commanded_a is None:
             return 0.0
         changed_at = mem.limit_history[-1][0]
-        if now_mono - changed_at >= self.control.ramp_down_s:
+        hold_s = self.ramp_hold_s(charger.id)
+        if now_mono - changed_at >= hold_s:
             return 0.0
-        before = mem.highest_limit_since(now_mono - self.control.ramp_down_s)
+        before = mem.highest_limit_since(now_mono - hold_s)
         ramp = before - mem.commanded_a
         if ramp <= OVERDRAW_NOISE_A:
             return 0.0
