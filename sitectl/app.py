@@ -165,6 +165,11 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     sampling = SamplingSetup(config, state, ocpp_server.call)
     probe = CapabilityProbe(state, ocpp_server.call, store=store, sampling=sampling)
     components += [ocpp_server, keeper, recovery, probe, ClockMonitor(state)]
+    from sitectl.certwatch import CertificateWatch  # expiry alarms ahead of time (#22.10)
+
+    watch = CertificateWatch(config, state)
+    if watch.files():
+        components.append(FunctionComponent("certificates", watch.run))
     if config.fleet.vdv463.enabled:
         from sitectl.vdv.server import VdvServer  # the depot system's interface (issue #19.3)
 
