@@ -278,9 +278,7 @@ def test_a_read_token_equal_to_the_write_token_is_warned_without_printing_it(
 def test_a_read_token_from_a_file_equal_to_the_write_token_names_the_file(tmp_path) -> None:
     (tmp_path / "read.token").write_text("Xk93-fq2P-vv81-0000\n")
     os.chmod(tmp_path / "read.token", 0o600)
-    text = _http(
-        MINIMAL_CONFIG, "  token: Xk93-fq2P-vv81-0000\n  read_token_file: read.token\n"
-    )
+    text = _http(MINIMAL_CONFIG, "  token: Xk93-fq2P-vv81-0000\n  read_token_file: read.token\n")
     path = tmp_path / "site.yaml"
     path.write_text(text)
     [warning] = about(warnings_of(path), "is the same as http.token")

@@ -342,3 +342,21 @@ async def test_with_open_reads_the_page_needs_no_sign_in(start) -> None:
     await browser.login(TOKEN)
     assert await browser.status("/api/chargers/CP1?raw=true") == 401
     assert await browser.status("/api/chargers/CP1?raw=true", headers=bearer(READ_TOKEN)) == 403
+
+
+def test_the_openapi_document_names_the_sign_in_and_the_cookie() -> None:
+    from sitectl.http.openapi import openapi_document
+
+    doc = openapi_document(closed_config())
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["session"] == {**schemes["session"], "in": "cookie", "name": SESSION_COOKIE}
+    assert "reads only" in schemes["session"]["description"]
+    assert doc["security"] == [{}, {"bearer": []}, {"session": []}]
+    assert doc["paths"]["/api/overrides"]["post"]["security"] == [{"bearer": []}]
+    login = doc["paths"]["/api/login"]
+    assert (
+        login["post"]["security"] == [{}]
+        and "Set-Cookie" in login["post"]["responses"]["200"]["headers"]
+    )
+    assert {"401", "415", "422", "429"} <= set(login["post"]["responses"])
+    assert "get" in login and "post" in doc["paths"]["/api/logout"]
