@@ -79,6 +79,11 @@ async def test_closed_reads_sign_in_survive_a_reload_and_sign_out(tmp_path: Path
             ".then((r) => r.status)"
         )
         await page.screenshot(path=str(tmp_path / "signed-in.png"), full_page=True)
+        # The session ends behind the page's back (expiry, a restart): the next poll brings
+        # the form back and says why.
+        await page.evaluate("fetch('/api/logout', {method: 'POST'}).then((r) => r.status)")
+        await wait_js(page, SIGN_IN_SHOWN)
+        ended = await page.locator("#sign-in-error").inner_text()
     assert main_before is False and rendered_before is None
     assert headline_before == "sign in to see the site"
     assert wrong == "wrong token"
@@ -93,6 +98,7 @@ async def test_closed_reads_sign_in_survive_a_reload_and_sign_out(tmp_path: Path
     assert main_signed_out is False and account_signed_out is False and refused == 401
     assert account_write.startswith("signed in with the token · reads only")
     assert write == 401
+    assert ended == "the session has ended: sign in again"
     assert (tmp_path / "sign-in.png").stat().st_size > 2_000
 
 
