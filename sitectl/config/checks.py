@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from devices.profile import ProfileError, resolve_profile
 from sitectl.config.base import GRID, PHASE_NAMES
 from sitectl.config.errors import Problem
-from sitectl.config.secretchecks import secret_checks
+from sitectl.config.secretchecks import http_access_checks, secret_checks
 
 if TYPE_CHECKING:
     from sitectl.config.model import Config
@@ -252,6 +252,7 @@ def _cross_check(cfg: Config) -> list[Problem]:
     problems += _profile_check(cfg)
     problems += _wiring_warnings(cfg)
     problems += secret_checks(cfg)
+    problems += http_access_checks(cfg)
 
     if cfg.ocpp.local_controller_identity and cfg.charger(cfg.ocpp.local_controller_identity):
         add(
