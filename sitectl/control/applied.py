@@ -149,6 +149,11 @@ class AppliedCheck:
         #: The stack level a charger's limits go out at as one profile, ``None``: two
         #: levels (the loop sets the dispatcher's `Dispatcher.single_level`).
         self.single_level_of: Callable[[str], int | None] = lambda charger_id: None
+        #: Whether a charger's limit in force was timed with a clock skew it does not have
+        #: (the dispatcher's `Dispatcher.mistimed`): then holding the fail-safe is a timing
+        #: matter, not an ignored stack level.
+        self.mistimed: Callable[[str], bool] = lambda charger_id: False
+        self._timing_known: dict[str, bool] = {}
 
     # Scheduling (called by the loop every cycle; never waits).
 
@@ -209,6 +214,15 @@ class AppliedCheck:
         unit = "W" if charger.kind == "dc" else "A"
         key = "connectorId" if version == "1.6" else "evseId"
         payload = {key: 0, "duration": ASK_DURATION_S, "chargingRateUnit": unit}
+        if self.mistimed(charger_id):
+            # Timed with a clock skew the charger does not have: the dispatcher re-sends it on
+            # the charger's clock this cycle (its fail-safe holds meanwhile); ask after that.
+            self._record(charger_id, "composite", sent, "unanswered")
+            self._due[charger_id] = self.monotonic() + self.control.period_s
+            return
+        # Judged as asked: a limit re-timed while the answer is on its way is not this one.
+        known = self.state.chargers[charger_id].clock_skew_s is not None
+        self._timing_known[charger_id] = known
         try:
             answer = await self._call(
                 charger_id, "GetCompositeSchedule", payload, self.control.dispatch_timeout_s
@@ -387,6 +401,9 @@ class AppliedCheck:
             and abs(applied - charger.failsafe_current_a) <= TOLERANCE_A
             and abs(sent - charger.failsafe_current_a) > TOLERANCE_A
             and not mem.dynamic_level_ignored
+            # A charger whose clock sitectl did not know (or knew wrong) when it timed the
+            # limit may hold its fail-safe because the limit starts later on its clock.
+            and self._timing_known.get(charger_id, False)
         )
         if learned:
             # It holds the fail-safe under sitectl's dynamic limit: the dynamic stack level

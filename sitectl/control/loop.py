@@ -207,6 +207,7 @@ class ControlLoop:
         )
         if self.applied is not None:
             self.applied.single_level_of = self.dispatcher.single_level
+            self.applied.mistimed = self.dispatcher.mistimed
         state.subscribe(self._on_change)
 
     # Triggers.
