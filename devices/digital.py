@@ -245,9 +245,14 @@ def available_io_profiles() -> list[str]:
     return sorted([*names, MODBUS_DI])
 
 
+@functools.cache
+def _io_names() -> frozenset[str]:
+    return frozenset(available_io_profiles())
+
+
 def is_io_profile(name: str) -> bool:
     """Whether ``name`` is a digital I/O profile (not a meter's)."""
-    return name in available_io_profiles()
+    return name in _io_names()
 
 
 @functools.cache

@@ -1,7 +1,8 @@
 """A simulated site judged by its physics: sitectl as `sitectl run` wires it, misbehaving devices.
 
 sitectl side, in-process: store, state, OCPP server, observer, profile keeper, session recovery,
-sessions under way, meter pool and control loop — and it can be *restarted* on the same store,
+sessions under way, meter pool (I/O modules too), the §14a source when configured, and control
+loop — and it can be *restarted* on the same store,
 as after a crash or an update. Field side: a `SimDepot` whose chargers carry `Quirks` (how real
 chargers depart from the book) and whose meters can freeze. Tests assert on what flows (the
 depot's real currents, the vehicles' energy), not on what sitectl sent.
@@ -21,6 +22,7 @@ import yaml
 from devices.meter import MeterPool
 from sitectl.config import Config, load_config
 from sitectl.control.loop import ControlLoop
+from sitectl.grid14a import Dimming14a
 from sitectl.ocpp.csms_guard import CsmsProfileGuard
 from sitectl.ocpp.keeper import ProfileKeeper
 from sitectl.ocpp.observe import StateObserver
@@ -139,6 +141,7 @@ class Site:
         self.state: SiteState
         self.loop: ControlLoop
         self.observer: StateObserver
+        self.dimming: Dimming14a | None = None  # the §14a source, when configured
 
     async def start_sitectl(self) -> None:
         """Start sitectl's parts on the store file (the state is rebuilt from it)."""
@@ -186,6 +189,9 @@ class Site:
             asyncio.create_task(probe.run()),
             asyncio.create_task(pool.run()),
         ]
+        if config.grid_signals.dimming_14a is not None:
+            self.dimming = Dimming14a(config, state)
+            self.tasks.append(asyncio.create_task(self.dimming.run()))
         await asyncio.wait_for(server.ready.wait(), 10)
         self.tasks.append(asyncio.create_task(self.loop.run()))
 
