@@ -104,7 +104,8 @@ class Why(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What `DimmingLogic.evaluate` found: whether the limit stands, why, and since when."""
+    """What `DimmingLogic.evaluate` found: why the limit stands (or not), how long the input
+    has gone unread, and when a hold ends."""
 
     why: Why
     unknown_for_s: float  # 0 while the input is read
@@ -165,8 +166,9 @@ class DimmingLogic:
         if self.state is not None and self.read_at is not None:
             if mono - self.read_at <= self.fresh_s:
                 return 0.0
-            # Readings stopped coming at all (a hung poll): as unknown as a failed one.
-            self.cause = f"no reading for {mono - self.read_at:.1f} s"
+            # Readings stopped coming at all (a hung poll): as unknown as a failed one. The
+            # words stay the same while it lasts (they end up in the limit's reason).
+            self.cause = f"no reading for more than {self.fresh_s:g} s"
         since = self.read_at if self.read_at is not None else self.known_since
         return max(0.0, mono - since)
 
@@ -294,7 +296,7 @@ class Dimming14a:
         end = None
         if decision.why is Why.UNKNOWN:
             reason = (
-                f"§14a EnWG: {self._what} unreadable for {decision.unknown_for_s:.0f} s "
+                f"§14a EnWG: {self._what} unreadable for more than {cfg.unknown_after_s:g} s "
                 f"({self.logic.cause}): dimming limit {describe_limit(cfg)} applied, unknown is "
                 "the worst case"
             )

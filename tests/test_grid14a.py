@@ -160,7 +160,7 @@ def test_readings_that_stop_coming_are_as_unknown_as_failed_ones() -> None:
     dim = logic()
     dim.observe(True, None, 0.0)
     assert dim.evaluate(2.0).why is Why.ACTIVE
-    assert dim.unknown_for(3.5) == 3.5 and dim.cause == "no reading for 3.5 s"
+    assert dim.unknown_for(3.5) == 3.5 and dim.cause == "no reading for more than 3 s"
     dim.observe(False, None, 4.0)  # a late reading: known again
     assert dim.evaluate(4.0).why is Why.OFF
     assert dim.evaluate(14.5).why is Why.UNKNOWN  # nothing since 4.0
@@ -245,8 +245,14 @@ def test_an_unreadable_input_applies_the_limit_and_warns(write_config, clock, ca
     source.evaluate()
     [limit] = windows(state, clock)
     assert limit.limit_kw == pytest.approx(9.45) and limit.hard
-    assert limit.reason.startswith("§14a EnWG: input di3 of box unreadable for 10 s (timeout:")
+    assert limit.reason.startswith(
+        "§14a EnWG: input di3 of box unreadable for more than 10 s (timeout:"
+    )
     assert limit.reason.endswith("applied, unknown is the worst case")
+    # The reason stays the same while it lasts (the API and MQTT republish on a change).
+    clock.advance(3)
+    source.evaluate()
+    assert windows(state, clock)[0].reason == limit.reason
     warning = state.alarms[(ALARM_UNKNOWN, "box")]
     assert warning.severity is Severity.WARNING
     assert warning.text.startswith(
