@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 _TRIGGERS = frozenset(
     {
         "override",
+        "limits",  # a limit source changed its windows (a §14a contact, issue #20)
         "session_started",
         "session_restored",
         "session_ended",
