@@ -60,6 +60,9 @@ RECHECK_FLAGGED_S = 30.0
 BELOW_HOLD_S = 600.0
 #: Composite-schedule calls at once, site-wide (500 chargers must not flood the event loop).
 MAX_IN_FLIGHT = 8
+#: A charger that sent no timestamp this long after connecting is taken to keep sitectl's
+#: time when its fail-safe shows under a dynamic limit (s).
+SKEW_GRACE_S = 60.0
 #: The schedule asked for (s): only its first period matters.
 ASK_DURATION_S = 60
 #: Answers that say the charger cannot do it at all.
@@ -154,12 +157,19 @@ class AppliedCheck:
         #: matter, not an ignored stack level.
         self.mistimed: Callable[[str], bool] = lambda charger_id: False
         self._timing_known: dict[str, bool] = {}
+        #: When a charger was found ignoring the dynamic level, when its last change was
+        #: accepted, and when its last composite check was asked (monotonic): an answer to
+        #: a check asked before the single-level profile took is not evidence of "below".
+        self._learned_at: dict[str, float] = {}
+        self._changed_at: dict[str, float] = {}
+        self._asked_at: dict[str, float] = {}
 
     # Scheduling (called by the loop every cycle; never waits).
 
     def changed(self, charger_id: str, now_mono: float) -> None:
         """A new limit (or fail-safe) was accepted: ask soon."""
         self._due[charger_id] = now_mono
+        self._changed_at[charger_id] = now_mono
 
     def tick(self, now_mono: float) -> None:
         """Start the checks that are due; judge Current.Offered reports."""
@@ -220,9 +230,12 @@ class AppliedCheck:
             self._record(charger_id, "composite", sent, "unanswered")
             self._due[charger_id] = self.monotonic() + self.control.period_s
             return
+        self._asked_at[charger_id] = self.monotonic()
         # Judged as asked: a limit re-timed while the answer is on its way is not this one.
+        # A charger that sent no timestamp for a while is taken to keep sitectl's time.
+        connected_for = self.monotonic() - (mem.connected_at or self.monotonic())
         known = self.state.chargers[charger_id].clock_skew_s is not None
-        self._timing_known[charger_id] = known
+        self._timing_known[charger_id] = known or connected_for > SKEW_GRACE_S
         try:
             answer = await self._call(
                 charger_id, "GetCompositeSchedule", payload, self.control.dispatch_timeout_s
@@ -394,17 +407,25 @@ class AppliedCheck:
     ) -> None:
         now, now_mono = self.wall_clock(), self.monotonic()
         subject = charger_id
-        learned = (
+        failsafe_held = (
             verdict != "ok"
             and source == "composite"
             and applied is not None
             and abs(applied - charger.failsafe_current_a) <= TOLERANCE_A
             and abs(sent - charger.failsafe_current_a) > TOLERANCE_A
             and not mem.dynamic_level_ignored
-            # A charger whose clock sitectl did not know (or knew wrong) when it timed the
-            # limit may hold its fail-safe because the limit starts later on its clock.
-            and self._timing_known.get(charger_id, False)
         )
+        timing_known = self._timing_known.get(charger_id, False)
+        if failsafe_held and not timing_known:
+            # Its clock is not known yet: the limit may start later on its clock (then it
+            # holds its fail-safe for a while), or it ignores the dynamic level. Nothing is
+            # learned; above its limit it is budgeted at the fail-safe (the breaker's side),
+            # below it the plan is not capped (the bus's side). Asked again soon.
+            self._due[charger_id] = now_mono + 2 * self.control.period_s
+            if verdict == "below":
+                mem.applied = AppliedFinding(now, source, sent, applied, "unanswered")
+                return
+        learned = failsafe_held and timing_known
         if learned:
             # It holds the fail-safe under sitectl's dynamic limit: the dynamic stack level
             # is ignored. One profile at the fail-safe's level carries both from now on, and
@@ -421,6 +442,7 @@ class AppliedCheck:
                 levels[0],
             )
             self._on_single_level(charger_id)
+            self._learned_at[charger_id] = now_mono
         if verdict == "above":
             first = mem.applied_above_a is None
             mem.applied_above_a = effective
@@ -438,6 +460,14 @@ class AppliedCheck:
             return
         if learned:
             return  # below, and being mended: not planned lower meanwhile
+        learned_at = self._learned_at.get(charger_id)
+        if verdict == "below" and source == "composite" and learned_at is not None:
+            changed_at = self._changed_at.get(charger_id, -1.0)
+            if changed_at < learned_at or self._asked_at.get(charger_id, -1.0) < changed_at:
+                # Asked before its single-level profile took: not evidence yet; ask again.
+                mem.applied = AppliedFinding(now, source, sent, applied, "unanswered")
+                self._due[charger_id] = now_mono + 2 * self.control.period_s
+                return
         if mem.applied_above_a is not None:
             mem.applied_above_a = None
             log.info("%s applies sitectl's limit again", charger_id)
