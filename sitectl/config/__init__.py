@@ -19,7 +19,8 @@ Units are in field names (``_a``, ``_kw``, ``_s``). Phases are the site's L1, L2
 
 The modules, by what they hold: `errors` (Problem, ConfigError), `base` (constants, value types,
 the base model), `site` (grid connection, circuits), `chargers`, `devices` (Modbus), `ocpp`,
-`control` (control loop, fleet, tariff), `services` (firmware, MQTT, HTTP, storage), `env`
+`control` (control loop, fleet, tariff), `gridsignals` (the OpenADR 3 VEN), `services`
+(firmware, MQTT, HTTP, storage), `env`
 (environment overrides), `model` (the whole `Config`), `checks` (cross-field checks),
 `secretchecks` (placeholder secrets, world-readable secret files) and `loading`
 (`load_config`). Import from ``sitectl.config``, not from the modules.
@@ -34,6 +35,12 @@ from sitectl.config.devices import DeviceConfig
 from sitectl.config.env import apply_env_overrides
 from sitectl.config.errors import ConfigError, Problem
 from sitectl.config.fleet import FleetConfig, VdvConfig, VehicleConfig
+from sitectl.config.gridsignals import (
+    GridSignalsConfig,
+    OpenAdrConfig,
+    OpenAdrProgram,
+    OpenAdrWebhook,
+)
 from sitectl.config.loading import load_config, secret_values
 from sitectl.config.model import Config
 from sitectl.config.ocpp import OcppConfig, OfflineConfig
@@ -53,11 +60,15 @@ __all__ = [
     "DeviceConfig",
     "FirmwareConfig",
     "FleetConfig",
+    "GridSignalsConfig",
     "HttpConfig",
     "MqttConfig",
     "ObjectiveWeights",
     "OcppConfig",
     "OfflineConfig",
+    "OpenAdrConfig",
+    "OpenAdrProgram",
+    "OpenAdrWebhook",
     "Problem",
     "SiteConfig",
     "StorageConfig",
