@@ -48,6 +48,17 @@ def load_spec() -> dict[str, Any]:
         # (VEN/RESOURCE vs BL_VEN_REQUEST/BL_RESOURCE_REQUEST) exclude each other.
         schemas["BlVenRequest"]["properties"]["objectType"]["enum"].append("VEN")
         schemas["BlResourceRequest"]["properties"]["objectType"]["enum"].append("RESOURCE")
+        # Discriminators without a mapping name schemas after their objectType values
+        # ("EVENT_PAYLOAD_DESCRIPTOR", "EVENT"), which are not the schemas' names.
+        descriptors = schemas["programRequest"]["properties"]["payloadDescriptors"]["items"]
+        descriptors["discriminator"]["mapping"] = {
+            "EVENT_PAYLOAD_DESCRIPTOR": "#/components/schemas/eventPayloadDescriptor",
+            "REPORT_PAYLOAD_DESCRIPTOR": "#/components/schemas/reportPayloadDescriptor",
+        }
+        schemas["notification"]["properties"]["object"]["discriminator"]["mapping"] = {
+            name.upper(): f"#/components/schemas/{name}"
+            for name in ("program", "report", "event", "subscription", "ven", "resource")
+        }
         spec["servers"] = [{"url": BASE_PATH}]
         _SPEC_CACHE["spec"] = spec
     return copy.deepcopy(_SPEC_CACHE["spec"])
