@@ -88,16 +88,22 @@ class OpenAdrVen:
         self._reported: set[tuple[str, int, int]] = set()
         self._subscribed: set[str] = set()
         self._wake = asyncio.Event()
+        self._begun = False
         self._lock = threading.Lock()  # one thread at a time uses the client
         state.subscribe(self._on_change)
 
     # The component.
 
-    async def run(self) -> None:
-        now = self.state.clock()
-        # Until the first read: as if just read, with nothing announced (the heartbeat runs).
+    def begin(self, now: datetime) -> None:
+        """Until the first read: as if just read, nothing announced (the heartbeat runs)."""
+        if self._begun:
+            return
+        self._begun = True
         for program in self.programs:
             self._publish(program, [], now)
+
+    async def run(self) -> None:
+        self.begin(self.state.clock())
         if self.webhook is not None:
             try:
                 await self.webhook.start()
@@ -142,6 +148,7 @@ class OpenAdrVen:
 
     async def read_once(self) -> bool:
         """Read the VTN and publish what it says; returns whether the read was good."""
+        self.begin(self.state.clock())
         timeout = self.oadr.request_timeout_s * READ_TIMEOUTS
         try:
             read = await asyncio.wait_for(asyncio.to_thread(self._read), timeout)
@@ -294,23 +301,24 @@ class OpenAdrVen:
             fail_safe_s=self.oadr.failsafe_duration_s,
         )
 
+    def _failsafe_text(self) -> str:
+        oadr = self.oadr
+        parts = []
+        if oadr.failsafe_kw is not None:
+            parts.append(f"{oadr.failsafe_kw:g} kW")
+        if oadr.failsafe_a is not None:
+            parts.append(f"{'/'.join(f'{a:g}' for a in oadr.failsafe_a)} A")
+        return " and ".join(parts)
+
     def _failsafe(self, program: str, now: datetime) -> GridLimit:
         oadr = self.oadr
-        amount = " ".join(
-            part
-            for part in (
-                f"{oadr.failsafe_kw:g} kW" if oadr.failsafe_kw is not None else "",
-                f"{max(oadr.failsafe_a):g} A" if oadr.failsafe_a is not None else "",
-            )
-            if part
-        )
         return GridLimit(
             oadr.node,
             self.sources[program],
             now,
             limit_kw=oadr.failsafe_kw,
             limit_a=oadr.failsafe_a,
-            reason=f"OpenADR {program}: no confirmed limits: fail-safe {amount}",
+            reason=f"OpenADR {program}: no confirmed limits: fail-safe {self._failsafe_text()}",
             ref="failsafe",
         )
 
@@ -338,14 +346,12 @@ class OpenAdrVen:
         """Raise or clear ``openadr_unreachable`` per program from the board's heartbeat."""
         for program, source in self.sources.items():
             if self.state.limits.silent(source, now):
-                oadr = self.oadr
                 self.state.raise_alarm(
                     ALARM,
                     source,
                     Severity.WARNING,
-                    f"OpenADR program '{program}': fail-safe "
-                    f"{oadr.failsafe_kw if oadr.failsafe_kw is not None else '-'} kW on "
-                    f"'{oadr.node}' ({self.why_silent(program)})",
+                    f"OpenADR program '{program}': fail-safe {self._failsafe_text()} on "
+                    f"'{self.oadr.node}' ({self.why_silent(program)})",
                 )
             else:
                 self.state.clear_alarm(ALARM, source)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -84,12 +84,13 @@ def ven_config(vtn: StubVtn, tmp_path: Path, **openadr: Any) -> Config:
 
 
 @pytest.fixture
-def make_ven(vtn: StubVtn, tmp_path: Path) -> Callable[..., tuple[OpenAdrVen, SiteState]]:
+def make_ven(vtn: StubVtn, tmp_path: Path) -> Iterator[Callable[..., tuple[OpenAdrVen, SiteState]]]:
+    """Builds VENs for the stub VTN (``clock``: the state's; the rest: ``grid_signals.openadr``)."""
     made: list[OpenAdrVen] = []
 
-    def make(**openadr: Any) -> tuple[OpenAdrVen, SiteState]:
+    def make(clock: Callable[[], datetime] | None = None, **openadr: Any):
         cfg = ven_config(vtn, tmp_path, **openadr)
-        state = SiteState(cfg)
+        state = SiteState(cfg, clock=clock) if clock is not None else SiteState(cfg)
         ven = OpenAdrVen(cfg, state)
         made.append(ven)
         return ven, state
@@ -109,3 +110,16 @@ async def running(ven: OpenAdrVen) -> AsyncIterator[asyncio.Task]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class FakeClock:
+    """UTC now, moved on by the test (the board and the VEN read it; no waiting)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
