@@ -124,8 +124,10 @@ class OpenAdrVen:
         while True:
             started = loop.time()
             await self.read_once()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.oadr.poll_interval_s)
+                async with asyncio.timeout(self.oadr.poll_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             rest = MIN_REREAD_S - (loop.time() - started)
             if rest > 0:
@@ -151,7 +153,8 @@ class OpenAdrVen:
         self.begin(self.state.clock())
         timeout = self.oadr.request_timeout_s * READ_TIMEOUTS
         try:
-            read = await asyncio.wait_for(asyncio.to_thread(self._read), timeout)
+            async with asyncio.timeout(timeout):
+                read = await asyncio.to_thread(self._read)
         except VtnError as exc:
             self._failed(str(exc))
             return False
@@ -373,7 +376,8 @@ class OpenAdrVen:
                         self._reported.add(due.key)
                         continue
                     try:
-                        await asyncio.wait_for(asyncio.to_thread(self._post, report), timeout)
+                        async with asyncio.timeout(timeout):
+                            await asyncio.to_thread(self._post, report)
                     except VtnBadAnswer as exc:
                         log.warning("OpenADR: report for event %s refused: %s", due.event_id, exc)
                         self._reported.add(due.key)  # the same report would be refused again
