@@ -33,9 +33,11 @@ from sitectl.config import OpenAdrConfig
 from sitectl.limits import GridLimit
 from sitectl.prices import PriceWindow
 
-__all__ = ["EventSignals", "coverage_end", "map_event", "payload_units"]
+__all__ = ["SPEC_NOW", "EventSignals", "coverage_end", "map_event", "payload_units"]
 
 LIMIT_TYPES = ("IMPORT_CAPACITY_LIMIT", "SIMPLE")
+#: A start on this day means "now" (the spec's intervalPeriod description).
+SPEC_NOW = "0001-01-01"
 _KW_PER_UNIT = {None: 1.0, "KW": 1.0, "W": 0.001, "MW": 1000.0}
 _KWH_PER_UNIT = {None: 1.0, "KWH": 1.0, "WH": 0.001, "MWH": 1000.0}
 # "P9999Y" is the spec's infinity; the library adds it to the start (beyond year 9999: an
@@ -85,7 +87,7 @@ def _prepare(raw: dict[str, Any], now: datetime) -> dict[str, Any]:
         if not isinstance(period, dict):
             continue
         start = period.get("start")
-        if isinstance(start, str) and start.startswith("0001-01-01"):
+        if isinstance(start, str) and start.startswith(SPEC_NOW):
             period["start"] = now.isoformat()
         duration = period.get("duration")
         if isinstance(duration, str) and _FOREVER.match(duration):

@@ -9,6 +9,7 @@ import pytest
 
 from sitectl.control.snapshot import ProblemBuilder
 from sitectl.limits import tightest
+from sitectl.openadr.mapping import SPEC_NOW
 from tests.openadr.conftest import KW, at, limit_interval
 
 
@@ -65,8 +66,8 @@ async def test_simple_levels_amps_and_open_ended_events(vtn, make_ven) -> None:
                   intervalPeriod={"start": at(30), "duration": "PT30M"})  # fmt: skip
     vtn.add_event(flex["id"], [{"id": 0, "payloads": [{"type": "SIMPLE", "values": [0]}]}],
                   intervalPeriod={"start": at(90), "duration": "PT30M"})  # fmt: skip
-    # The program says AMPS; "0001-01-01" is now and P9999Y for ever (User Guide).
-    forever = {"start": "0001-01-01T00:00:00Z", "duration": "P9999Y"}
+    # The program says AMPS; a start on SPEC_NOW is now and P9999Y for ever (User Guide).
+    forever = {"start": f"{SPEC_NOW}T00:00:00Z", "duration": "P9999Y"}
     vtn.add_event(flex["id"], [limit_interval(0, 600)], intervalPeriod=forever)
     ven, state = make_ven(simple_levels_kw={1: 450, 2: 300, 3: 200})
     assert await ven.read_once()
@@ -114,7 +115,7 @@ BAD = [
     ("unknown units", {"payloadDescriptors": [
         {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT",
          "units": "KWH"}]}, "unknown units"),
-    ("no duration", {"intervalPeriod": {"start": "0001-01-01T00:00:00Z"}}, "no duration"),
+    ("no duration", {"intervalPeriod": {"start": f"{SPEC_NOW}T00:00:00Z"}}, "no duration"),
     ("level without kW", {"intervals": [{"id": 0, "payloads": [{"type": "SIMPLE",
                                                                 "values": [3]}]}]},
      "no kW in simple_levels_kw"),
