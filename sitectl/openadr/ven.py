@@ -117,7 +117,12 @@ class OpenAdrVen:
         finally:
             if self.webhook is not None:
                 await self.webhook.stop()
-            self.client.close()
+            # Not under a worker thread's feet: one still reading closes nothing it uses.
+            if self._lock.acquire(blocking=False):
+                try:
+                    self.client.close()
+                finally:
+                    self._lock.release()
 
     async def _poll_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -258,14 +263,22 @@ class OpenAdrVen:
         for index, raw in enumerate(read.events.get(program, [])):
             if raw.get("programID") != raw_program["id"]:
                 continue  # a VTN that ignored the programID filter
-            signals = map_event(
-                raw,
-                program=program,
-                program_descriptors=descriptors,
-                config=self.oadr,
-                source=self.sources[program],
-                now=now,
-            )
+            try:
+                signals = map_event(
+                    raw,
+                    program=program,
+                    program_descriptors=descriptors,
+                    config=self.oadr,
+                    source=self.sources[program],
+                    now=now,
+                )
+            except Exception as exc:  # a mapping bug must not lift the event's limits either
+                log.exception(
+                    "OpenADR: event %r of '%s' could not be mapped", raw.get("id"), program
+                )
+                event_id = raw["id"] if isinstance(raw.get("id"), str) else "?"
+                signals = EventSignals(event_id, event_id, limit_problem=True)
+                signals.problems.append(f"not mapped ({type(exc).__name__})")
             key = signals.event_id if signals.event_id != "?" else f"?{index}"
             listed.add(key)
             for problem in signals.problems:
