@@ -112,6 +112,7 @@ BAD = [
     ("no intervals", {"intervals": []}, "no intervals"),
     ("negative", {"intervals": [limit_interval(0, -5)]}, "is not a number >= 0"),
     ("text", {"intervals": [limit_interval(0, "lots")]}, "is not a number >= 0"),
+    ("nan", {"intervals": [limit_interval(0, "NaN")]}, "is not a number >= 0"),
     ("unknown units", {"payloadDescriptors": [
         {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT",
          "units": "KWH"}]}, "unknown units"),
