@@ -168,9 +168,14 @@ class ChargerState:
     firmware_status: str | None = None
     connectors: dict[int, ConnectorState] = field(default_factory=dict)
     csms_profiles: dict[int, CsmsProfile] = field(default_factory=dict)
+    #: A TxProfile the CSMS sent with a remote start, until the transaction it starts
+    #: begins (then a CsmsProfile bound to it): (connector or None, profile, received at).
+    remote_start_profile: tuple[int | None, dict[str, Any], datetime] | None = None
     capabilities: dict[str, Any] = field(default_factory=dict)  # sitectl.ocpp.probe's record
     #: The closed-loop check's last finding and mode (sitectl.control.applied), plain data.
     applied: dict[str, Any] = field(default_factory=dict)
+    #: Its measured ramp-downs (sitectl.control.response): steps, bounds in s; plain data.
+    step_response: dict[str, Any] = field(default_factory=dict)
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from devices.digital import MODBUS_DI, resolve_io_profile
 from devices.profile import ProfileError, resolve_profile
 from sitectl.config.base import GRID, PHASE_NAMES
 from sitectl.config.errors import Problem
-from sitectl.config.secretchecks import secret_checks
+from sitectl.config.secretchecks import http_access_checks, secret_checks
+from sitectl.config.signalchecks import io_checks
 
 if TYPE_CHECKING:
     from sitectl.config.model import Config
@@ -250,8 +252,10 @@ def _cross_check(cfg: Config) -> list[Problem]:
 
     problems += _failsafe_check(cfg)
     problems += _profile_check(cfg)
+    problems += io_checks(cfg)
     problems += _wiring_warnings(cfg)
     problems += secret_checks(cfg)
+    problems += http_access_checks(cfg)
 
     if cfg.ocpp.local_controller_identity and cfg.charger(cfg.ocpp.local_controller_identity):
         add(
@@ -422,9 +426,12 @@ def _profile_check(cfg: Config) -> list[Problem]:
     problems: list[Problem] = []
     for index, device in enumerate(cfg.devices):
         try:
-            resolve_profile(device.to_spec())
+            if device.is_io:
+                resolve_io_profile(device.to_spec())
+            else:
+                resolve_profile(device.to_spec())
         except ProfileError as exc:
-            field = "registers" if device.profile == "generic" else "profile"
+            field = {"generic": "registers", MODBUS_DI: "inputs"}.get(device.profile, "profile")
             for line in exc.problems:
                 problems.append(Problem(("devices", index, field), line))
     return problems

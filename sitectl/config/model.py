@@ -15,9 +15,9 @@ from sitectl.config.devices import DeviceConfig
 from sitectl.config.env import _env, _PreparedSource, apply_env_overrides
 from sitectl.config.errors import _CrossCheckError
 from sitectl.config.fleet import FleetConfig
-from sitectl.config.gridsignals import GridSignalsConfig
 from sitectl.config.ocpp import OcppConfig
 from sitectl.config.services import FirmwareConfig, HttpConfig, MqttConfig, StorageConfig
+from sitectl.config.signals import GridSignalsConfig
 from sitectl.config.site import CircuitConfig, SiteConfig
 
 

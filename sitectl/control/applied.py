@@ -149,6 +149,11 @@ class AppliedCheck:
         #: The stack level a charger's limits go out at as one profile, ``None``: two
         #: levels (the loop sets the dispatcher's `Dispatcher.single_level`).
         self.single_level_of: Callable[[str], int | None] = lambda charger_id: None
+        #: Whether a charger's limit in force was timed with a clock skew it does not have
+        #: (the dispatcher's `Dispatcher.mistimed`): then holding the fail-safe is a timing
+        #: matter, not an ignored stack level.
+        self.mistimed: Callable[[str], bool] = lambda charger_id: False
+        self._timing_known: dict[str, bool] = {}
 
     # Scheduling (called by the loop every cycle; never waits).
 
@@ -209,6 +214,15 @@ class AppliedCheck:
         unit = "W" if charger.kind == "dc" else "A"
         key = "connectorId" if version == "1.6" else "evseId"
         payload = {key: 0, "duration": ASK_DURATION_S, "chargingRateUnit": unit}
+        if self.mistimed(charger_id):
+            # Timed with a clock skew the charger does not have: the dispatcher re-sends it on
+            # the charger's clock this cycle (its fail-safe holds meanwhile); ask after that.
+            self._record(charger_id, "composite", sent, "unanswered")
+            self._due[charger_id] = self.monotonic() + self.control.period_s
+            return
+        # Judged as asked: a limit re-timed while the answer is on its way is not this one.
+        known = self.state.chargers[charger_id].clock_skew_s is not None
+        self._timing_known[charger_id] = known
         try:
             answer = await self._call(
                 charger_id, "GetCompositeSchedule", payload, self.control.dispatch_timeout_s
@@ -242,12 +256,70 @@ class AppliedCheck:
         if not answered:
             self._record(charger_id, "composite", sent, "unanswered")
             return
+        self.judge(charger_id, "composite", sent, self._amps(charger, applied, unit, phases))
+        await self._connectors(charger_id, charger, mem, key, at)
+
+    def _amps(
+        self, charger: ChargerConfig, applied: float | None, unit: str, phases: int
+    ) -> float | None:
         if applied is not None and unit == "W":
             # Watts back to A per phase the way the dispatcher turned A into W (a DC
             # charger's limit is on its output: its AC input is more by 1/η).
             eta = efficiency(charger) if charger.kind == "dc" else 1.0
             applied /= (3 if charger.kind == "dc" else phases) * self.voltage_v() * eta
-        self.judge(charger_id, "composite", sent, applied)
+        return applied
+
+    async def _connectors(
+        self, charger_id: str, charger: ChargerConfig, mem: ChargerMemory, key: str, at: datetime
+    ) -> None:
+        """A twin charger's per-connector shares, checked on each connector in use (#17.9).
+
+        Connector 0 proves the charger's total; a charger that ignores the per-connector
+        profiles lets one vehicle take the other's share (the total still holds, so the
+        budget stands): an info alarm says so, and the API shows each connector's finding.
+        """
+        shares = dict(mem.commanded_connectors)
+        if charger.connectors < 2 or not shares:
+            return
+        unit = "W" if charger.kind == "dc" else "A"
+        connectors = self.state.chargers[charger_id].connectors
+        found: dict[str, Any] = {}
+        over: list[str] = []
+        for connector_id, share in sorted(shares.items()):
+            connector = connectors.get(connector_id)
+            if connector is None or connector.session is None:
+                continue
+            payload = {key: connector_id, "duration": ASK_DURATION_S, "chargingRateUnit": unit}
+            try:
+                answer = await self._call(
+                    charger_id, "GetCompositeSchedule", payload, self.control.dispatch_timeout_s
+                )
+                answered, applied, answered_unit, phases = composite_now(answer, at)
+            except Exception as exc:  # this connector unanswered: no evidence either way
+                log.info(
+                    "%s/%d: composite schedule not answered: %s", charger_id, connector_id, exc
+                )
+                continue
+            if not answered or mem.commanded_connectors.get(connector_id) != share:
+                continue  # refused, or the share changed meanwhile
+            amps = self._amps(charger, applied, answered_unit, phases)
+            effective = charger.max_current_a if amps is None else min(amps, charger.max_current_a)
+            found[str(connector_id)] = {"sent_a": share, "applied_a": amps}
+            if effective > share + TOLERANCE_A:
+                shown = "no limit" if amps is None else f"{amps:.1f} A"
+                over.append(f"connector {connector_id} applies {shown}, its share is {share:.1f} A")
+        if found:
+            self.state.chargers[charger_id].applied["connectors"] = found
+        if over:
+            if self.state.raise_alarm(
+                "connector_share_not_applied",
+                charger_id,
+                Severity.INFO,
+                "; ".join(over) + " (the charger's total holds)",
+            ):
+                log.info("%s: %s", charger_id, "; ".join(over))
+        elif found:
+            self.state.clear_alarm("connector_share_not_applied", charger_id)
 
     # Current.Offered.
 
@@ -329,6 +401,9 @@ class AppliedCheck:
             and abs(applied - charger.failsafe_current_a) <= TOLERANCE_A
             and abs(sent - charger.failsafe_current_a) > TOLERANCE_A
             and not mem.dynamic_level_ignored
+            # A charger whose clock sitectl did not know (or knew wrong) when it timed the
+            # limit may hold its fail-safe because the limit starts later on its clock.
+            and self._timing_known.get(charger_id, False)
         )
         if learned:
             # It holds the fail-safe under sitectl's dynamic limit: the dynamic stack level

@@ -40,6 +40,7 @@ from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.phase_test import PhaseTests
 from sitectl.control.phases import PhaseWatch
 from sitectl.control.plans import PlanWatch
+from sitectl.control.response import StepResponses
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
 from sitectl.quirks import ChargerQuirks, effective_quirks
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 _TRIGGERS = frozenset(
     {
         "override",
+        "limits",  # a limit source changed its windows (a §14a contact, issue #20)
         "session_started",
         "session_restored",
         "session_ended",
@@ -150,6 +152,10 @@ class ControlLoop:
         self.on_not_supported = on_not_supported
         self.memory: dict[str, ChargerMemory] = {c.id: ChargerMemory() for c in config.chargers}
         self.compliance = ComplianceCheck(self.control, state, self.memory, self.builder.chargers)
+        self.responses = StepResponses(state, self.memory)
+        self.builder.ramp_hold_s = lambda charger_id: self.responses.hold_s(
+            charger_id, self.control.ramp_down_s
+        )
         # The limits in force from the last run (issue #17.6): budgets and decrease-first hold
         # from the first cycle after a restart.
         self.kept = ControlMemoryStore(store) if store is not None else None
@@ -202,6 +208,7 @@ class ControlLoop:
         )
         if self.applied is not None:
             self.applied.single_level_of = self.dispatcher.single_level
+            self.applied.mistimed = self.dispatcher.mistimed
         state.subscribe(self._on_change)
 
     # Triggers.
@@ -384,6 +391,7 @@ class ControlLoop:
         secured = {c for c, mem in self.memory.items() if mem.failsafe_installed}
         draws = self.builder.draws(self.state, now_mono)
         self.compliance.check(draws, now_mono)
+        self.responses.observe(draws, now_mono)
         built = self.builder.build(self.state, self.meters, self.memory, now, now_mono, draws)
         for circuit in built.implausible:
             self._meter_changed(circuit, MeterState.FAILED)

@@ -1,4 +1,4 @@
-"""Grid signals (issue #20): the OpenADR 3 VEN that takes the grid operator's limits and prices."""
+"""The OpenADR 3 VEN (`grid_signals.openadr`, issue #20.2): the grid operator's limits, prices."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sitectl.config.base import (
 )
 from sitectl.config.errors import FieldError
 
-__all__ = ["GridSignalsConfig", "OpenAdrConfig", "OpenAdrProgram", "OpenAdrWebhook"]
+__all__ = ["OpenAdrConfig", "OpenAdrProgram", "OpenAdrWebhook"]
 
 
 def _http_url(value: str | None, field: str) -> str | None:
@@ -178,9 +178,3 @@ class OpenAdrConfig(_Model):
             if names.count(name) > 1:
                 raise FieldError("programs", f"program '{name}' is named twice")
         return self
-
-
-class GridSignalsConfig(_Model):
-    """Signals from the grid operator (issue #20): OpenADR 3 today."""
-
-    openadr: OpenAdrConfig = Field(default_factory=OpenAdrConfig)
