@@ -178,6 +178,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         from sitectl.vdv.server import VdvServer  # the depot system's interface (issue #19.3)
 
         components.append(VdvServer(config, state, fleet))
+    if config.grid_signals.openadr.enabled:
+        from sitectl.openadr.ven import OpenAdrVen  # grid operator's limits, prices (#20.2)
+
+        components.append(OpenAdrVen(config, state))
     if firmware is not None:
         components += firmware.components
     if config.chargers:

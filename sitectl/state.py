@@ -21,6 +21,7 @@ from typing import Any
 
 from sitectl.config import Config
 from sitectl.limits import LimitBoard
+from sitectl.prices import PriceBoard
 
 __all__ = [
     "SOLVE_BUCKETS_S",
@@ -359,6 +360,8 @@ class SiteState:
         self.overrides: dict[str, LimitOverride] = {}
         #: Every time-windowed limit source (OpenADR, §14a, ...): `sitectl.limits.LimitBoard`.
         self.limits = LimitBoard()
+        #: External energy prices (OpenADR PRICE events): `sitectl.prices.PriceBoard`.
+        self.prices = PriceBoard()
         #: Sessions that were active when sitectl last stopped, by (charger, connector), until
         #: the charger confirms or ends them (`sitectl.sessions.ActiveSessions`).
         self.restored_sessions: dict[tuple[str, int], SessionState] = {}

@@ -65,6 +65,7 @@ def _secrets(cfg: Config) -> Iterator[tuple[Location, BaseModel, str]]:
     yield ("mqtt",), cfg.mqtt, "password"
     yield ("http",), cfg.http, "token"
     yield ("http",), cfg.http, "read_token"
+    yield ("grid_signals", "openadr"), cfg.grid_signals.openadr, "client_secret"
 
 
 def _key_files(cfg: Config) -> Iterator[tuple[Location, Path | None]]:

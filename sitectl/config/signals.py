@@ -1,6 +1,7 @@
 """Grid signals: limits the grid operator sets from outside (`grid_signals`).
 
-Today the §14a EnWG dimming contact (`grid_signals.dimming_14a`, run by `sitectl.grid14a`);
+The §14a EnWG dimming contact (`grid_signals.dimming_14a`, run by `sitectl.grid14a`) and the
+OpenADR 3 VEN (`grid_signals.openadr`, `sitectl.config.openadr`, run by `sitectl.openadr`);
 every such source publishes its limits to the one `sitectl.limits.LimitBoard`.
 """
 
@@ -11,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from sitectl.config.base import GRID, _Model
+from sitectl.config.openadr import OpenAdrConfig
 
 
 class Dimming14aConfig(_Model):
@@ -73,4 +75,8 @@ class GridSignalsConfig(_Model):
 
     dimming_14a: Dimming14aConfig | None = Field(
         None, description="§14a EnWG dimming contact (Germany); off when absent."
+    )
+    openadr: OpenAdrConfig = Field(
+        default_factory=OpenAdrConfig,
+        description="The grid operator's OpenADR 3 VTN: import limits, prices, reports.",
     )

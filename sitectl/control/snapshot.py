@@ -346,7 +346,8 @@ class ProblemBuilder:
             steps=steps,
             step_s=durations if len(set(durations)) > 1 else durations[0],
             loads=tuple(loads),
-            tariff=self.horizon.tariff(now),
+            # External prices (OpenADR PRICE events) replace the configured ones they cover.
+            tariff=self.horizon.tariff(now, state.prices.windows(now, self.horizon.end(now))),
             voltage_ln_v=volts_high,
         )
         return Built(
