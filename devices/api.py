@@ -20,6 +20,7 @@ from devices.frozen import DEFAULT_FROZEN_AFTER_S
 
 __all__ = [
     "DeviceSpec",
+    "DigitalInputs",
     "Frequency",
     "Meter",
     "MeterEnergy",
@@ -77,6 +78,14 @@ class PhasePowers(Protocol):
 
     def powers_kw(self) -> PhaseTuple | None:
         """Return the active power of L1, L2, L3 in kW, import positive."""
+
+
+@runtime_checkable
+class DigitalInputs(Protocol):
+    """Named digital inputs (contacts) of an I/O module."""
+
+    def input_state(self, name: str) -> bool | None:
+        """Return whether the input is on (contact closed), or ``None`` if it is unknown."""
 
 
 @runtime_checkable
@@ -157,6 +166,8 @@ class DeviceSpec:
             current flows, or whose energy counters stand still this long while power flows,
             is frozen (``stale``, see ``devices.frozen``). ``None`` turns the check off (a
             device whose registers are too coarse to show noise).
+        inline_inputs: The inputs of a ``modbus-di`` I/O device, written in the site YAML
+            (``devices.digital``): a list of inputs or a mapping with a profile's keys.
     """
 
     name: str
@@ -170,3 +181,4 @@ class DeviceSpec:
     inline_registers: dict[str, Any] | list[dict[str, Any]] | None = None
     sign: Sign | None = None
     frozen_after_s: float | None = DEFAULT_FROZEN_AFTER_S
+    inline_inputs: dict[str, Any] | list[dict[str, Any]] | None = None

@@ -375,6 +375,10 @@ class ProfileMeter:
         """An object with the ``devices.api`` capabilities this device's profile supports."""
         return _capability_class(self.profile.quantities)(self)
 
+    def failed(self, quality: Quality, error: str) -> Reading:
+        """A reading without values (the pool's stale notice)."""
+        return _failed(self.spec.name, quality, error)
+
     def fresh_ok(self) -> Reading | None:
         """The latest ``ok`` reading if it is not yet stale, else ``None``."""
         r = self.last_ok
@@ -628,8 +632,22 @@ def make_links(specs: Iterable[DeviceSpec], **options: Any) -> dict[str, Link]:
     return out
 
 
+def _device(spec: DeviceSpec, link: Link, stale_periods: float) -> Any:
+    """A meter, or a digital I/O module (``devices.inputs``) when its profile is one."""
+    # Imported here: devices.inputs builds on this module (Quality, the log rules).
+    from devices.digital import is_io_profile, resolve_io_profile
+    from devices.inputs import IoDevice
+
+    if is_io_profile(spec.profile):
+        return IoDevice(spec, resolve_io_profile(spec), link, stale_periods)
+    return ProfileMeter(spec, resolve_profile(spec), link, stale_periods)
+
+
 class MeterPool:
     """Polls every configured device on its own schedule and publishes each ``Reading``.
+
+    Digital I/O modules (an I/O profile, ``devices.digital``) are polled here too, on the same
+    links and schedules, and publish ``devices.inputs.IoReading`` instead.
 
     Args:
         specs: The devices. Names must be unique.
@@ -646,7 +664,7 @@ class MeterPool:
     def __init__(
         self,
         specs: Sequence[DeviceSpec],
-        on_reading: Callable[[Reading], None] | None = None,
+        on_reading: Callable[[Any], None] | None = None,
         *,
         stale_periods: float = DEFAULT_STALE_PERIODS,
         link_options: Mapping[str, Any] | None = None,
@@ -656,9 +674,7 @@ class MeterPool:
         if dupes:
             raise ValueError(f"duplicate device names: {', '.join(dupes)}")
         links = make_links(specs, **dict(link_options or {}))
-        self._meters = {
-            s.name: ProfileMeter(s, resolve_profile(s), links[s.name], stale_periods) for s in specs
-        }
+        self._meters = {s.name: _device(s, links[s.name], stale_periods) for s in specs}
         self._links = list({id(link): link for link in links.values()}.values())
         self._on_reading = on_reading
         self._stale_periods = stale_periods
@@ -677,15 +693,16 @@ class MeterPool:
         """The distinct links (one per TCP endpoint / serial port)."""
         return list(self._links)
 
-    def latest(self, name: str) -> Reading | None:
+    def latest(self, name: str) -> Any:
         """The latest reading of ``name`` (any quality), or ``None`` before the first."""
         return self._meters[name].latest
 
     def meter(self, name: str) -> Any:
-        """``name`` as an object with exactly its profile's ``devices.api`` capabilities."""
+        """``name`` as an object with exactly its profile's ``devices.api`` capabilities
+        (``DigitalInputs`` for an I/O module)."""
         return self._meters[name].view()
 
-    async def poll_once(self, name: str) -> Reading:
+    async def poll_once(self, name: str) -> Any:
         """Poll one device now, outside the schedule (used by ``sitectl probe``)."""
         reading = await self._meters[name].poll()
         self._publish(self._meters[name], reading)
@@ -713,7 +730,7 @@ class MeterPool:
 
     # Internals.
 
-    def _publish(self, meter: ProfileMeter, reading: Reading) -> None:
+    def _publish(self, meter: Any, reading: Any) -> None:
         meter.record(reading)
         if self._on_reading is not None:
             try:
@@ -721,7 +738,7 @@ class MeterPool:
             except Exception:
                 log.exception("on_reading callback failed for %s", reading.device)
 
-    async def _device_loop(self, meter: ProfileMeter, first: float) -> None:
+    async def _device_loop(self, meter: Any, first: float) -> None:
         period = meter.spec.poll_period_s
         due = first
         while True:
@@ -751,8 +768,7 @@ class MeterPool:
                     self._stale_sent.add(name)
                     self._publish(
                         m,
-                        _failed(
-                            name,
+                        m.failed(
                             Quality.STALE,
                             f"no poll completed for {age:.2f} s ({self._stale_periods:g} × "
                             f"{m.spec.poll_period_s:g} s poll period)",

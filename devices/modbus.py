@@ -26,7 +26,7 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse
 
 from devices.api import SerialTransport, TcpTransport, Transport
-from devices.registers import Table
+from devices.registers import BitTable, Table
 
 __all__ = [
     "EXCEPTION_NAMES",
@@ -98,7 +98,9 @@ class BadResponse(ModbusError):
 class ServerException(ModbusError):
     """The device answered with a Modbus exception response."""
 
-    def __init__(self, code: int, unit_id: int, table: Table, address: int, count: int) -> None:
+    def __init__(
+        self, code: int, unit_id: int, table: Table | BitTable, address: int, count: int
+    ) -> None:
         self.code = code
         self.name = EXCEPTION_NAMES.get(code, "UNKNOWN EXCEPTION")
         hint = ""
@@ -106,9 +108,10 @@ class ServerException(ModbusError):
             hint = " (wrong unit id, or the device behind the gateway is off)"
         elif code == 0x02:
             hint = " (register map does not match the device, or wrong table/numbering)"
+        what = "bits" if isinstance(table, BitTable) else "registers"
         super().__init__(
             f"Modbus exception 0x{code:02X} {self.name} from unit {unit_id} reading "
-            f"{count} {table.value} registers at {address}{hint}"
+            f"{count} {table.value} {what} at {address}{hint}"
         )
 
     @property
@@ -205,7 +208,7 @@ class Link:
 
     async def read(
         self,
-        table: Table,
+        table: Table | BitTable,
         address: int,
         count: int,
         *,
@@ -214,12 +217,13 @@ class Link:
         retries: int = 0,
         deadline: float | None = None,
     ) -> list[int]:
-        """Read ``count`` registers, retrying with backoff within ``deadline``.
+        """Read ``count`` registers (or bits), retrying with backoff within ``deadline``.
 
         Args:
-            table: Holding (FC 03) or input (FC 04) registers.
-            address: 0-based protocol address of the first register.
-            count: Number of registers, 1..125.
+            table: Holding (FC 03) or input (FC 04) registers; coils (FC 01) or discrete
+                inputs (FC 02), whose bits come back as 0 and 1.
+            address: 0-based protocol address of the first register or bit.
+            count: Number of registers, 1..125 (bits: 1..2000).
             unit_id: Modbus unit id.
             timeout_s: Longest wait for one response.
             retries: Further attempts after the first.
@@ -227,7 +231,7 @@ class Link:
                 link; ``None`` allows ``(retries + 1) × timeout_s`` plus backoff.
 
         Returns:
-            The register values.
+            The register values (bits: 0 or 1 each).
 
         Raises:
             ModbusError: a subclass naming the exact cause of the last attempt.
@@ -257,7 +261,7 @@ class Link:
 
     async def _read_once(
         self,
-        table: Table,
+        table: Table | BitTable,
         address: int,
         count: int,
         unit_id: int,
@@ -346,16 +350,19 @@ class Link:
     async def _request(
         self,
         client: _Client,
-        table: Table,
+        table: Table | BitTable,
         address: int,
         count: int,
         unit_id: int,
         wait: float,
         timeout_s: float,
     ) -> list[int]:
-        call = (
-            client.read_holding_registers if table is Table.HOLDING else client.read_input_registers
-        )
+        call = {
+            Table.HOLDING: client.read_holding_registers,
+            Table.INPUT: client.read_input_registers,
+            BitTable.COIL: client.read_coils,
+            BitTable.DISCRETE: client.read_discrete_inputs,
+        }[table]
         self._rx = b""
         try:
             async with asyncio.timeout(wait):
@@ -372,6 +379,15 @@ class Link:
         if isinstance(response, ExceptionResponse) or response.isError():
             code = getattr(response, "exception_code", 0)
             raise ServerException(code, unit_id, table, address, count)
+        if isinstance(table, BitTable):
+            # A bit response is padded to whole bytes: fewer than asked is a short frame.
+            bits = [int(bool(b)) for b in response.bits]
+            if len(bits) < count:
+                raise BadResponse(
+                    f"unit {unit_id} returned {len(bits)} of {count} {table.value} bits at "
+                    f"{address}"
+                )
+            return bits[:count]
         registers = list(response.registers)
         if len(registers) < count:
             raise BadResponse(

@@ -11,8 +11,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from devices.api import DeviceSpec, TcpTransport
+from devices.digital import DigitalInput, IoProfile, is_io_profile, resolve_io_profile
+from devices.inputs import IoDevice, IoReading
 from devices.meter import ProfileMeter, Quality, Reading, make_links
 from devices.profile import Profile, ProfileError, resolve_profile
 from devices.registers import Quantity, Register
@@ -29,12 +32,14 @@ class ProbeResult:
         reading: Its reading, or ``None`` if its profile could not be used.
         error: The exact cause of failure (profile problem or the reading's error), else ``None``.
         registers: The register map read (for SunSpec: the model found), for ``--raw``.
+        inputs: For a digital I/O module, its inputs (the reading has their states).
     """
 
     spec: DeviceSpec
-    reading: Reading | None
+    reading: Reading | IoReading | None
     error: str | None
     registers: tuple[Register, ...] = ()
+    inputs: tuple[DigitalInput, ...] = ()  # an I/O module's inputs
 
     @property
     def ok(self) -> bool:
@@ -52,27 +57,41 @@ async def probe(specs: Sequence[DeviceSpec], raw: bool = False) -> list[ProbeRes
     Returns:
         One result per spec, in the order given.
     """
-    profiles: dict[str, Profile] = {}
+    profiles: dict[str, Profile | IoProfile] = {}
     results: dict[str, ProbeResult] = {}
     for spec in specs:
         try:
-            profiles[spec.name] = resolve_profile(spec)
+            if is_io_profile(spec.profile):
+                profiles[spec.name] = resolve_io_profile(spec)
+            else:
+                profiles[spec.name] = resolve_profile(spec)
         except ProfileError as exc:
             results[spec.name] = ProbeResult(spec, None, str(exc))
     usable = [s for s in specs if s.name in profiles]
     links = make_links(usable)
-    meters = [ProfileMeter(s, profiles[s.name], links[s.name]) for s in usable]
+    devices: list[Any] = []
+    for s in usable:
+        profile = profiles[s.name]
+        if isinstance(profile, IoProfile):
+            devices.append(IoDevice(s, profile, links[s.name]))
+        else:
+            devices.append(ProfileMeter(s, profile, links[s.name]))
     try:
-        readings = await asyncio.gather(*(m.poll() for m in meters))
+        readings = await asyncio.gather(*(d.poll() for d in devices))
     finally:
         for link in {id(x): x for x in links.values()}.values():
             await link.close()
-    for meter, reading in zip(meters, readings, strict=True):
-        regmap = meter.register_map
+    for device, reading in zip(devices, readings, strict=True):
         if not raw:
             reading = replace(reading, raw=None)
-        results[meter.spec.name] = ProbeResult(
-            meter.spec, reading, reading.error, regmap.registers if regmap else ()
+        if isinstance(device, IoDevice):
+            results[device.spec.name] = ProbeResult(
+                device.spec, reading, reading.error, inputs=device.profile.inputs
+            )
+            continue
+        regmap = device.register_map
+        results[device.spec.name] = ProbeResult(
+            device.spec, reading, reading.error, regmap.registers if regmap else ()
         )
     return [results[s.name] for s in specs]
 
@@ -100,6 +119,9 @@ def render(results: Sequence[ProbeResult]) -> str:
         lines.append(f"{spec.name} ({spec.profile}, {_where(spec)}): {status}")
         if res.error:
             lines.append(f"  cause: {res.error}")
+        if isinstance(r, IoReading):
+            lines.extend(_io_lines(res, r))
+            continue
         if r is not None and r.quality is not Quality.ERROR:
             rows: list[tuple[str, str]] = []
             for label, triple, unit in (
@@ -130,6 +152,19 @@ def render(results: Sequence[ProbeResult]) -> str:
                     f"{reg.dtype.value:<6} {text:<19} {reg.label}"
                 )
     return "\n".join(lines)
+
+
+def _io_lines(res: ProbeResult, r: IoReading) -> list[str]:
+    """An I/O module's inputs: each with its state and where it was read (raw: the bit/word)."""
+    words = {True: "on", False: "off", None: "unknown"}
+    lines = []
+    for item in res.inputs:
+        text = f"  {item.name:<17} {words[r.state(item.name)]:<8} ({item.where()})"
+        if r.raw is not None:
+            value = r.raw.get(f"{item.table.value} {item.address}")
+            text += f" raw {'----' if value is None else f'{value:04X}'}"
+        lines.append(text)
+    return lines
 
 
 def main_probe(specs: Sequence[DeviceSpec], raw: bool = False) -> int:

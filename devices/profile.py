@@ -404,8 +404,11 @@ def load_profile(name: str) -> Profile:
         raise ProfileError(name, ["a generic device needs 'registers' in the site YAML"])
     path = resources.files("devices") / "profiles" / f"{name}.yaml"
     if "/" in name or not path.is_file():
+        from devices.digital import available_io_profiles  # builds on this module
+
         known = ", ".join(available_profiles())
-        raise ProfileError(name, [f"unknown profile (known: {known})"])
+        io = ", ".join(available_io_profiles())
+        raise ProfileError(name, [f"unknown profile (known: {known}; digital I/O: {io})"])
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_READ_BITS",
     "MAX_READ_COUNT",
+    "BitTable",
     "Block",
     "DType",
     "DecodeError",
@@ -44,6 +46,9 @@ __all__ = [
 
 #: Modbus Application Protocol v1.1b3 §6.3/§6.4: a read carries at most 125 registers.
 MAX_READ_COUNT = 125
+#: Modbus Application Protocol v1.1b3 §6.1/§6.2: a read of coils or discrete inputs carries at
+#: most 2000 bits.
+MAX_READ_BITS = 2000
 
 
 class Table(enum.Enum):
@@ -51,6 +56,13 @@ class Table(enum.Enum):
 
     HOLDING = "holding"  # FC 03
     INPUT = "input"  # FC 04
+
+
+class BitTable(enum.Enum):
+    """Which single-bit table a digital value lives in (I/O modules, ``devices.digital``)."""
+
+    COIL = "coil"  # FC 01 (outputs, often readable back; some modules map inputs here)
+    DISCRETE = "discrete"  # FC 02 (discrete inputs)
 
 
 class Order(enum.Enum):

@@ -40,9 +40,10 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from devices.api import SerialTransport, TcpTransport
 from devices.profile import Profile, RegisterMap, load_profile
 from devices.registers import Quantity, Register, Table, encode_value, encode_words
+from devices.sim_io import SimIo
 from devices.sunspec import END_ID, SUNS_MARKER
 
-__all__ = ["DEFAULT_VALUES", "PtyBridge", "SimMeter", "SimServer"]
+__all__ = ["DEFAULT_VALUES", "PtyBridge", "SimIo", "SimMeter", "SimServer"]
 
 #: Values a ``SimMeter`` starts with: a plausible, lightly loaded three-phase connection.
 DEFAULT_VALUES: dict[Quantity, float] = {
@@ -399,7 +400,8 @@ class _Gateway:
 
 
 class SimServer:
-    """A pymodbus server (TCP, or RTU on a serial port) serving ``SimMeter`` devices.
+    """A pymodbus server (TCP, or RTU on a serial port) serving ``SimMeter`` devices (and
+    ``SimIo`` I/O modules, ``devices.sim_io``).
 
     Args:
         meters: The devices; unit ids must be distinct.
@@ -412,7 +414,7 @@ class SimServer:
 
     def __init__(
         self,
-        meters: Sequence[SimMeter],
+        meters: Sequence[SimMeter | SimIo],
         *,
         host: str = "127.0.0.1",
         port: int = 0,

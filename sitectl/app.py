@@ -158,6 +158,10 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
             on_reading=lambda reading: state.set_reading(reading.device, reading),
         )
         components.append(FunctionComponent("devices", pool.run))
+    if config.grid_signals.dimming_14a is not None:
+        from sitectl.grid14a import Dimming14a  # the §14a contact as a grid limit (#20.3)
+
+        components.append(Dimming14a(config, state))
     from sitectl.clock import ClockMonitor
 
     recovery = SessionRecovery(state, ocpp_server.call, observer.end_restored)
@@ -167,10 +171,19 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     sampling = SamplingSetup(config, state, ocpp_server.call)
     probe = CapabilityProbe(state, ocpp_server.call, store=store, sampling=sampling)
     components += [ocpp_server, keeper, recovery, probe, ClockMonitor(state)]
+    from sitectl.certwatch import CertificateWatch  # expiry alarms ahead of time (#22.10)
+
+    watch = CertificateWatch(config, state)
+    if watch.files():
+        components.append(FunctionComponent("certificates", watch.run))
     if config.fleet.vdv463.enabled:
         from sitectl.vdv.server import VdvServer  # the depot system's interface (issue #19.3)
 
         components.append(VdvServer(config, state, fleet))
+    if config.grid_signals.openadr.enabled:
+        from sitectl.openadr.ven import OpenAdrVen  # grid operator's limits, prices (#20.2)
+
+        components.append(OpenAdrVen(config, state))
     if firmware is not None:
         components += firmware.components
     if config.chargers:

@@ -43,8 +43,18 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 
 #: Libraries whose INFO lines would drown an installer's terminal (pymodbus: a hex dump per
-#: frame; aiohttp.access: a line per request; websockets: every handshake).
-THIRD_PARTY_LOGGERS = ("pymodbus", "websockets", "paho", "aiohttp", "asyncio", "ocpp")
+#: frame; aiohttp.access and httpx (the OpenADR client): a line per request; websockets: every
+#: handshake).
+THIRD_PARTY_LOGGERS = (
+    "pymodbus",
+    "websockets",
+    "paho",
+    "aiohttp",
+    "asyncio",
+    "ocpp",
+    "httpx",
+    "httpcore",
+)
 
 #: Loggers of this repository, whose repeated warnings `RepeatFilter` counts.
 OWN_LOGGERS = ("sitectl", "devices", "optimizer")

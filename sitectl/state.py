@@ -21,6 +21,7 @@ from typing import Any
 
 from sitectl.config import Config
 from sitectl.limits import LimitBoard, LimitOverride, OperatorOverrides
+from sitectl.prices import PriceBoard
 
 __all__ = [
     "SOLVE_BUCKETS_S",
@@ -157,9 +158,14 @@ class ChargerState:
     firmware_status: str | None = None
     connectors: dict[int, ConnectorState] = field(default_factory=dict)
     csms_profiles: dict[int, CsmsProfile] = field(default_factory=dict)
+    #: A TxProfile the CSMS sent with a remote start, until the transaction it starts
+    #: begins (then a CsmsProfile bound to it): (connector or None, profile, received at).
+    remote_start_profile: tuple[int | None, dict[str, Any], datetime] | None = None
     capabilities: dict[str, Any] = field(default_factory=dict)  # sitectl.ocpp.probe's record
     #: The closed-loop check's last finding and mode (sitectl.control.applied), plain data.
     applied: dict[str, Any] = field(default_factory=dict)
+    #: Its measured ramp-downs (sitectl.control.response): steps, bounds in s; plain data.
+    step_response: dict[str, Any] = field(default_factory=dict)
     limit_a: float | None = None
     compliance: str = "ok"  # ok | noncompliant | uncontrollable
     last_seen: datetime | None = None
@@ -353,6 +359,8 @@ class SiteState:
         #: Limit interventions (a window starting, changing, ending), newest last, for the
         #: uplink's alarms/events stream (`sitectl.control.limit_watch`; bounded).
         self.limit_events: deque[Any] = deque(maxlen=1000)
+        #: External energy prices (OpenADR PRICE events): `sitectl.prices.PriceBoard`.
+        self.prices = PriceBoard()
         #: Sessions that were active when sitectl last stopped, by (charger, connector), until
         #: the charger confirms or ends them (`sitectl.sessions.ActiveSessions`).
         self.restored_sessions: dict[tuple[str, int], SessionState] = {}

@@ -30,8 +30,9 @@ def _device_line(device: DeviceConfig) -> str:
         where = f"tcp {device.host}:{device.port}"
     else:
         where = f"rtu {device.serial_port} {device.baudrate} {device.parity}{device.stopbits}"
+    kind = " (digital I/O)" if device.is_io else ""
     return (
-        f"  {device.name}: {device.profile}, {where}, unit {device.unit_id}, "
+        f"  {device.name}: {device.profile}{kind}, {where}, unit {device.unit_id}, "
         f"every {device.poll_period_s:g} s"
     )
 

@@ -242,3 +242,55 @@ def test_an_unencrypted_upstream_is_warned(write_config, url, warned) -> None:
     text = MINIMAL_CONFIG.replace("ocpp:\n", f"ocpp:\n  upstream_url: {url}\n")
     found = about(warnings_of(write_config(text)), "forwards each charger's credentials")
     assert bool(found) == warned
+
+
+def _http(text: str, fields: str) -> str:
+    return text.replace("http:\n  enabled: false\n", "http:\n" + fields)
+
+
+def test_closed_reads_without_any_token_are_warned(write_config) -> None:
+    closed = _http(MINIMAL_CONFIG, "  open_reads: false\n")
+    [warning] = about(warnings_of(write_config(closed)), "http.open_reads")
+    assert warning.startswith(f"http.open_reads (line {line_of(closed, 'open_reads')}): false ")
+    assert "every read is refused and the dashboard cannot sign in" in warning
+    for token in ("token", "read_token"):
+        tokened = _http(MINIMAL_CONFIG, f"  open_reads: false\n  {token}: Xk93-fq2P-vv81-0000\n")
+        assert about(warnings_of(write_config(tokened)), "http.open_reads") == []
+    # Switched off, nothing is served: nothing to warn about.
+    off = _http(MINIMAL_CONFIG, "  enabled: false\n  open_reads: false\n")
+    assert about(warnings_of(write_config(off)), "http.open_reads") == []
+
+
+def test_a_read_token_equal_to_the_write_token_is_warned_without_printing_it(
+    write_config,
+) -> None:
+    same = _http(
+        MINIMAL_CONFIG,
+        "  open_reads: false\n  token: Xk93-fq2P-vv81-0000\n  read_token: Xk93-fq2P-vv81-0000\n",
+    )
+    [warning] = about(warnings_of(write_config(same)), "is the same as http.token")
+    assert warning.startswith(f"http.read_token (line {line_of(same, 'read_token')}): ")
+    assert "Xk93" not in warning
+    other = same.replace("read_token: Xk93-fq2P-vv81-0000", "read_token: Pq27-mm4L-zz90-1111")
+    assert about(warnings_of(write_config(other)), "is the same as http.token") == []
+
+
+def test_a_read_token_from_a_file_equal_to_the_write_token_names_the_file(tmp_path) -> None:
+    (tmp_path / "read.token").write_text("Xk93-fq2P-vv81-0000\n")
+    os.chmod(tmp_path / "read.token", 0o600)
+    text = _http(MINIMAL_CONFIG, "  token: Xk93-fq2P-vv81-0000\n  read_token_file: read.token\n")
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    [warning] = about(warnings_of(path), "is the same as http.token")
+    assert warning.startswith(f"http.read_token_file (line {line_of(text, 'read_token_file')}): ")
+
+
+def test_a_short_or_placeholder_read_token_is_warned(write_config) -> None:
+    short = _http(MINIMAL_CONFIG, "  read_token: q7-monitor\n")
+    [warning] = about(warnings_of(write_config(short)), "characters: use at least 16")
+    assert warning.startswith(
+        f"http.read_token (line {line_of(short, 'read_token')}): this read_token has 10 "
+    )
+    placeholder = _http(MINIMAL_CONFIG, "  read_token: change-me-monitoring-token\n")
+    [warning] = about(warnings_of(write_config(placeholder)), "placeholder")
+    assert warning.startswith("http.read_token (line")

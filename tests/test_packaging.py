@@ -128,6 +128,7 @@ def test_wheel_ships_the_demo_config_and_the_license(wheel: Path) -> None:
     assert "sitectl/sim/demo.yaml" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert "devices/profiles/eastron-sdm630.yaml" in names  # the demo's meters
+    assert "devices/profiles/io/moxa-iologik-e1210.yaml" in names  # I/O profiles too
 
 
 def test_installed_wheel_finds_and_validates_the_demo_depot(wheel: Path, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ Units are in field names (``_a``, ``_kw``, ``_s``). Phases are the site's L1, L2
 
 The modules, by what they hold: `errors` (Problem, ConfigError), `base` (constants, value types,
 the base model), `site` (grid connection, circuits), `chargers`, `devices` (Modbus), `ocpp`,
-`control` (control loop, fleet, tariff), `services` (firmware, MQTT, HTTP, storage), `env`
+`control` (control loop, fleet, tariff), `services` (firmware, MQTT, HTTP, storage),
+`signals` (grid operator signals: the §14a dimming contact; `openadr`: the OpenADR 3 VEN), `env`
 (environment overrides), `model` (the whole `Config`), `checks` (cross-field checks),
 `secretchecks` (placeholder secrets, world-readable secret files) and `loading`
 (`load_config`). Import from ``sitectl.config``, not from the modules.
@@ -37,7 +38,9 @@ from sitectl.config.fleet import FleetConfig, VdvConfig, VehicleConfig
 from sitectl.config.loading import load_config, secret_values
 from sitectl.config.model import Config
 from sitectl.config.ocpp import OcppConfig, OfflineConfig
+from sitectl.config.openadr import OpenAdrConfig, OpenAdrProgram, OpenAdrWebhook
 from sitectl.config.services import FirmwareConfig, HttpConfig, MqttConfig, StorageConfig
+from sitectl.config.signals import Dimming14aConfig, GridSignalsConfig
 from sitectl.config.site import CircuitConfig, SiteConfig
 
 __all__ = [
@@ -51,13 +54,18 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "DeviceConfig",
+    "Dimming14aConfig",
     "FirmwareConfig",
     "FleetConfig",
+    "GridSignalsConfig",
     "HttpConfig",
     "MqttConfig",
     "ObjectiveWeights",
     "OcppConfig",
     "OfflineConfig",
+    "OpenAdrConfig",
+    "OpenAdrProgram",
+    "OpenAdrWebhook",
     "Problem",
     "SiteConfig",
     "StorageConfig",

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from devices.digital import MODBUS_DI, resolve_io_profile
 from devices.profile import ProfileError, resolve_profile
 from sitectl.config.base import GRID, PHASE_NAMES
 from sitectl.config.errors import Problem
-from sitectl.config.secretchecks import secret_checks
+from sitectl.config.secretchecks import http_access_checks, secret_checks
+from sitectl.config.signalchecks import io_checks
 
 if TYPE_CHECKING:
     from sitectl.config.model import Config
@@ -250,8 +252,10 @@ def _cross_check(cfg: Config) -> list[Problem]:
 
     problems += _failsafe_check(cfg)
     problems += _profile_check(cfg)
+    problems += io_checks(cfg)
     problems += _wiring_warnings(cfg)
     problems += secret_checks(cfg)
+    problems += http_access_checks(cfg)
 
     if cfg.ocpp.local_controller_identity and cfg.charger(cfg.ocpp.local_controller_identity):
         add(
@@ -275,6 +279,7 @@ def _cross_check(cfg: Config) -> list[Problem]:
         )
 
     problems += _fleet_check(cfg)
+    problems += _openadr_check(cfg)
     tags: dict[str, int] = {}
     for index, vehicle in enumerate(cfg.fleet.vehicles):
         for tag in vehicle.id_tags:
@@ -421,9 +426,12 @@ def _profile_check(cfg: Config) -> list[Problem]:
     problems: list[Problem] = []
     for index, device in enumerate(cfg.devices):
         try:
-            resolve_profile(device.to_spec())
+            if device.is_io:
+                resolve_io_profile(device.to_spec())
+            else:
+                resolve_profile(device.to_spec())
         except ProfileError as exc:
-            field = "registers" if device.profile == "generic" else "profile"
+            field = {"generic": "registers", MODBUS_DI: "inputs"}.get(device.profile, "profile")
             for line in exc.problems:
                 problems.append(Problem(("devices", index, field), line))
     return problems
@@ -519,4 +527,63 @@ def _fleet_check(cfg: Config) -> list[Problem]:
                     )
                 )
             seen.setdefault(value, index)
+    return out
+
+
+def _openadr_check(cfg: Config) -> list[Problem]:
+    """The VEN's node exists, its fail-safe binds, its secret does not travel in clear."""
+    oadr = cfg.grid_signals.openadr
+    if not oadr.enabled:
+        return []
+    where = ("grid_signals", "openadr")
+    out: list[Problem] = []
+    circuits = {c.id: c for c in cfg.circuits}
+    if oadr.node != GRID and oadr.node not in circuits:
+        out.append(
+            Problem(
+                (*where, "node"),
+                f"unknown node '{oadr.node}'{_suggest(oadr.node, {GRID, *circuits})}",
+            )
+        )
+        return out
+    limit_kw = cfg.site.limit_kw if oadr.node == GRID else circuits[oadr.node].limit_kw
+    limit_a = cfg.circuit_limits_a()[oadr.node]
+    if oadr.failsafe_kw is not None and limit_kw is not None and oadr.failsafe_kw >= limit_kw:
+        out.append(
+            Problem(
+                (*where, "failsafe_kw"),
+                f"{oadr.failsafe_kw:g} kW is not below the {limit_kw:g} kW of '{oadr.node}': "
+                "the fail-safe changes nothing",
+                warning=True,
+            )
+        )
+    if oadr.failsafe_a is not None and all(
+        f >= lim for f, lim in zip(oadr.failsafe_a, limit_a, strict=True)
+    ):
+        out.append(
+            Problem(
+                (*where, "failsafe_a"),
+                f"{_fmt_phases(oadr.failsafe_a)} A is not below the {_fmt_phases(limit_a)} A of "
+                f"'{oadr.node}': the fail-safe changes nothing",
+                warning=True,
+            )
+        )
+    for field in ("vtn_url", "token_url"):
+        parts = urlsplit(getattr(oadr, field) or "https://x")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            out.append(
+                Problem(
+                    (*where, field),
+                    "plain http: the client secret and the tokens cross the network in clear",
+                    warning=True,
+                )
+            )
+    if oadr.reports and cfg.site.meter is None:
+        out.append(
+            Problem(
+                (*where, "reports"),
+                "no site.meter: the reports events ask for (USAGE) cannot be sent",
+                warning=True,
+            )
+        )
     return out

@@ -1,4 +1,4 @@
-"""Modbus field devices (meters), turned into the ``devices`` package's `DeviceSpec`."""
+"""Modbus field devices (meters, digital I/O modules), as the ``devices`` package's `DeviceSpec`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,20 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from devices.api import DeviceSpec, SerialTransport, Sign, TcpTransport
+from devices.digital import MODBUS_DI, is_io_profile
 from sitectl.config.base import _Model, parse_phase_rotation
 
 
 class DeviceConfig(_Model):
-    """A Modbus device: a grid meter, a transformer monitor or a sub-meter."""
+    """A Modbus device: a grid meter, a transformer monitor, a sub-meter, or a digital I/O
+    module (an I/O profile from devices/profiles/io, or 'modbus-di' with inline `inputs`)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    profile: str = Field(description="Device profile (file stem in devices/profiles) or 'generic'.")
+    profile: str = Field(
+        description="Device profile (file stem in devices/profiles or devices/profiles/io), "
+        "'generic' (a meter with inline `registers`) or 'modbus-di' (digital inputs with "
+        "inline `inputs`)."
+    )
     host: str | None = Field(None, description="Modbus TCP host (or gateway).")
     port: int = Field(502, ge=1, le=65535)
     serial_port: str | None = Field(
@@ -34,6 +40,11 @@ class DeviceConfig(_Model):
     )
     registers: list[dict[str, Any]] | dict[str, Any] | None = Field(
         None, description="Inline register map for the 'generic' profile."
+    )
+    inputs: list[dict[str, Any]] | dict[str, Any] | None = Field(
+        None,
+        description="Inline digital inputs for the 'modbus-di' profile: each with name, "
+        "address, table (discrete, coil, holding, input) and, in a register, bit.",
     )
     frozen_after_s: float | None = Field(
         30.0,
@@ -66,7 +77,16 @@ class DeviceConfig(_Model):
             raise ValueError("profile 'generic' needs an inline `registers` map")
         if self.profile != "generic" and self.registers is not None:
             raise ValueError("`registers` is only for profile 'generic'")
+        if self.profile == MODBUS_DI and not self.inputs:
+            raise ValueError(f"profile '{MODBUS_DI}' needs an inline `inputs` list")
+        if self.profile != MODBUS_DI and self.inputs is not None:
+            raise ValueError(f"`inputs` is only for profile '{MODBUS_DI}'")
         return self
+
+    @property
+    def is_io(self) -> bool:
+        """Whether this is a digital I/O module (an I/O profile), not a meter."""
+        return is_io_profile(self.profile)
 
     def to_spec(self) -> DeviceSpec:
         """The ``devices`` package's view of this device."""
@@ -90,4 +110,5 @@ class DeviceConfig(_Model):
             inline_registers=self.registers,
             sign=Sign(self.sign) if self.sign else None,
             frozen_after_s=self.frozen_after_s,
+            inline_inputs=self.inputs,
         )

@@ -112,7 +112,9 @@ def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:
 
 
 def _is_secret_name(name: str) -> bool:
-    return name in ("password", "upstream_password", "token") or name.endswith("_secret")
+    return name in ("password", "upstream_password", "token", "read_token") or name.endswith(
+        "_secret"
+    )
 
 
 class _PreparedSource(PydanticBaseSettingsSource):

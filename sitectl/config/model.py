@@ -17,6 +17,7 @@ from sitectl.config.errors import _CrossCheckError
 from sitectl.config.fleet import FleetConfig
 from sitectl.config.ocpp import OcppConfig
 from sitectl.config.services import FirmwareConfig, HttpConfig, MqttConfig, StorageConfig
+from sitectl.config.signals import GridSignalsConfig
 from sitectl.config.site import CircuitConfig, SiteConfig
 
 
@@ -45,6 +46,7 @@ class Config(BaseSettings):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     tariff: TariffConfig = Field(default_factory=TariffConfig)
+    grid_signals: GridSignalsConfig = Field(default_factory=GridSignalsConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -40,6 +40,15 @@ class OcppConfig(_Model):
     upstream_ca_file: FilePath | None = None
     upstream_cert_file: FilePath | None = None
     upstream_key_file: FilePath | None = None
+    cert_warn_days: float = Field(
+        30.0,
+        gt=0,
+        description="Warn (alarm certificate_expiring) when a configured certificate has fewer "
+        "days left than this.",
+    )
+    cert_critical_days: float = Field(
+        7.0, ge=0, description="The same alarm turns critical with fewer days left than this."
+    )
     local_controller_identity: str | None = Field(
         None, description="Optional own identity toward the CSMS (OCPP 2.0.1 Part 1 §8.3)."
     )

@@ -20,7 +20,7 @@ from sitectl.config.errors import Problem
 if TYPE_CHECKING:
     from sitectl.config.model import Config
 
-__all__ = ["MIN_SECRET_LENGTH", "looks_like_placeholder", "secret_checks"]
+__all__ = ["MIN_SECRET_LENGTH", "http_access_checks", "looks_like_placeholder", "secret_checks"]
 
 #: OCPP asks 16 to 40 characters for a Basic password (1.6 security whitepaper §3.2.1, 2.0.1
 #: A00.FR.205); a shorter secret is also easier to guess and harder to keep out of logs.
@@ -64,6 +64,8 @@ def _secrets(cfg: Config) -> Iterator[tuple[Location, BaseModel, str]]:
     yield ("ocpp",), cfg.ocpp, "local_controller_password"
     yield ("mqtt",), cfg.mqtt, "password"
     yield ("http",), cfg.http, "token"
+    yield ("http",), cfg.http, "read_token"
+    yield ("grid_signals", "openadr"), cfg.grid_signals.openadr, "client_secret"
 
 
 def _key_files(cfg: Config) -> Iterator[tuple[Location, Path | None]]:
@@ -133,6 +135,39 @@ def secret_checks(cfg: Config) -> list[Problem]:
     for path, file in _key_files(cfg):
         if file is not None:
             check_file(path, file)
+    return problems
+
+
+def http_access_checks(cfg: Config) -> list[Problem]:
+    """Closed reads nobody can open, and a read token that is no read-only token."""
+    http = cfg.http
+    if not http.enabled:
+        return []
+    problems: list[Problem] = []
+    if not http.open_reads and http.token is None and http.read_token is None:
+        problems.append(
+            Problem(
+                ("http", "open_reads"),
+                "false without http.token or http.read_token: every read is refused and the "
+                "dashboard cannot sign in; set a read_token (or open_reads: true)",
+                warning=True,
+            )
+        )
+    token, read = http.token, http.read_token
+    if (
+        token is not None
+        and read is not None
+        and token.get_secret_value() == read.get_secret_value()
+    ):
+        from_file = http.read_token_file is not None and "read_token" not in http.model_fields_set
+        problems.append(
+            Problem(
+                ("http", "read_token_file" if from_file else "read_token"),
+                "is the same as http.token: whoever holds the read token can write; give "
+                "the monitoring system and the dashboard a token of their own",
+                warning=True,
+            )
+        )
     return problems
 
 

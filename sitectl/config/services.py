@@ -136,9 +136,32 @@ class HttpConfig(_Model):
     enabled: bool = True
     listen_host: str = "0.0.0.0"
     listen_port: int = Field(8080, ge=1, le=65535)
-    token: SecretStr | None = Field(None, description="Bearer token for write endpoints.")
+    token: SecretStr | None = Field(
+        None, description="Bearer token for write endpoints (it also reads, raw frames too)."
+    )
     token_file: FilePath | None = None
-    open_reads: bool = Field(True, description="Serve read endpoints without the token.")
+    read_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for reads only (a monitoring system; also signs the "
+        "dashboard in): never writes, never raw frames. Not the same as `token`.",
+    )
+    read_token_file: FilePath | None = None
+    open_reads: bool = Field(
+        True,
+        description="Serve read endpoints without a token. With false, reads need a bearer "
+        "token (`token` or `read_token`) or a dashboard session (`POST /api/login`).",
+    )
+    session_idle_s: float = Field(
+        3600.0,
+        ge=60,
+        description="A dashboard session ends after this long without a request (s); an open "
+        "dashboard polls every 2 s and keeps it alive.",
+    )
+    session_lifetime_s: float = Field(
+        12 * 3600.0,
+        ge=60,
+        description="A dashboard session ends this long after its sign-in (s), in use or not.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names the open reads answer to, besides IP addresses, localhost and "
@@ -149,13 +172,15 @@ class HttpConfig(_Model):
         False, description="Serve HTTPS with the site certificate (ocpp.tls_cert_file/key_file)."
     )
 
-    _paths = field_validator("token_file")(classmethod(lambda cls, v: _resolve_path(v)))
+    _paths = field_validator("token_file", "read_token_file")(
+        classmethod(lambda cls, v: _resolve_path(v))
+    )
 
     _host = field_validator("listen_host")(classmethod(lambda cls, v: _check_host(v)))
 
     @model_validator(mode="after")
     def _secret(self) -> HttpConfig:
-        self._secrets_from_files("token")
+        self._secrets_from_files("token", "read_token")
         return self
 
 

@@ -60,6 +60,9 @@ RECHECK_FLAGGED_S = 30.0
 BELOW_HOLD_S = 600.0
 #: Composite-schedule calls at once, site-wide (500 chargers must not flood the event loop).
 MAX_IN_FLIGHT = 8
+#: A charger that sent no timestamp this long after connecting is taken to keep sitectl's
+#: time when its fail-safe shows under a dynamic limit (s).
+SKEW_GRACE_S = 60.0
 #: The schedule asked for (s): only its first period matters.
 ASK_DURATION_S = 60
 #: Answers that say the charger cannot do it at all.
@@ -149,12 +152,24 @@ class AppliedCheck:
         #: The stack level a charger's limits go out at as one profile, ``None``: two
         #: levels (the loop sets the dispatcher's `Dispatcher.single_level`).
         self.single_level_of: Callable[[str], int | None] = lambda charger_id: None
+        #: Whether a charger's limit in force was timed with a clock skew it does not have
+        #: (the dispatcher's `Dispatcher.mistimed`): then holding the fail-safe is a timing
+        #: matter, not an ignored stack level.
+        self.mistimed: Callable[[str], bool] = lambda charger_id: False
+        self._timing_known: dict[str, bool] = {}
+        #: When a charger was found ignoring the dynamic level, when its last change was
+        #: accepted, and when its last composite check was asked (monotonic): an answer to
+        #: a check asked before the single-level profile took is not evidence of "below".
+        self._learned_at: dict[str, float] = {}
+        self._changed_at: dict[str, float] = {}
+        self._asked_at: dict[str, float] = {}
 
     # Scheduling (called by the loop every cycle; never waits).
 
     def changed(self, charger_id: str, now_mono: float) -> None:
         """A new limit (or fail-safe) was accepted: ask soon."""
         self._due[charger_id] = now_mono
+        self._changed_at[charger_id] = now_mono
 
     def tick(self, now_mono: float) -> None:
         """Start the checks that are due; judge Current.Offered reports."""
@@ -209,6 +224,18 @@ class AppliedCheck:
         unit = "W" if charger.kind == "dc" else "A"
         key = "connectorId" if version == "1.6" else "evseId"
         payload = {key: 0, "duration": ASK_DURATION_S, "chargingRateUnit": unit}
+        if self.mistimed(charger_id):
+            # Timed with a clock skew the charger does not have: the dispatcher re-sends it on
+            # the charger's clock this cycle (its fail-safe holds meanwhile); ask after that.
+            self._record(charger_id, "composite", sent, "unanswered")
+            self._due[charger_id] = self.monotonic() + self.control.period_s
+            return
+        self._asked_at[charger_id] = self.monotonic()
+        # Judged as asked: a limit re-timed while the answer is on its way is not this one.
+        # A charger that sent no timestamp for a while is taken to keep sitectl's time.
+        connected_for = self.monotonic() - (mem.connected_at or self.monotonic())
+        known = self.state.chargers[charger_id].clock_skew_s is not None
+        self._timing_known[charger_id] = known or connected_for > SKEW_GRACE_S
         try:
             answer = await self._call(
                 charger_id, "GetCompositeSchedule", payload, self.control.dispatch_timeout_s
@@ -242,12 +269,70 @@ class AppliedCheck:
         if not answered:
             self._record(charger_id, "composite", sent, "unanswered")
             return
+        self.judge(charger_id, "composite", sent, self._amps(charger, applied, unit, phases))
+        await self._connectors(charger_id, charger, mem, key, at)
+
+    def _amps(
+        self, charger: ChargerConfig, applied: float | None, unit: str, phases: int
+    ) -> float | None:
         if applied is not None and unit == "W":
             # Watts back to A per phase the way the dispatcher turned A into W (a DC
             # charger's limit is on its output: its AC input is more by 1/η).
             eta = efficiency(charger) if charger.kind == "dc" else 1.0
             applied /= (3 if charger.kind == "dc" else phases) * self.voltage_v() * eta
-        self.judge(charger_id, "composite", sent, applied)
+        return applied
+
+    async def _connectors(
+        self, charger_id: str, charger: ChargerConfig, mem: ChargerMemory, key: str, at: datetime
+    ) -> None:
+        """A twin charger's per-connector shares, checked on each connector in use (#17.9).
+
+        Connector 0 proves the charger's total; a charger that ignores the per-connector
+        profiles lets one vehicle take the other's share (the total still holds, so the
+        budget stands): an info alarm says so, and the API shows each connector's finding.
+        """
+        shares = dict(mem.commanded_connectors)
+        if charger.connectors < 2 or not shares:
+            return
+        unit = "W" if charger.kind == "dc" else "A"
+        connectors = self.state.chargers[charger_id].connectors
+        found: dict[str, Any] = {}
+        over: list[str] = []
+        for connector_id, share in sorted(shares.items()):
+            connector = connectors.get(connector_id)
+            if connector is None or connector.session is None:
+                continue
+            payload = {key: connector_id, "duration": ASK_DURATION_S, "chargingRateUnit": unit}
+            try:
+                answer = await self._call(
+                    charger_id, "GetCompositeSchedule", payload, self.control.dispatch_timeout_s
+                )
+                answered, applied, answered_unit, phases = composite_now(answer, at)
+            except Exception as exc:  # this connector unanswered: no evidence either way
+                log.info(
+                    "%s/%d: composite schedule not answered: %s", charger_id, connector_id, exc
+                )
+                continue
+            if not answered or mem.commanded_connectors.get(connector_id) != share:
+                continue  # refused, or the share changed meanwhile
+            amps = self._amps(charger, applied, answered_unit, phases)
+            effective = charger.max_current_a if amps is None else min(amps, charger.max_current_a)
+            found[str(connector_id)] = {"sent_a": share, "applied_a": amps}
+            if effective > share + TOLERANCE_A:
+                shown = "no limit" if amps is None else f"{amps:.1f} A"
+                over.append(f"connector {connector_id} applies {shown}, its share is {share:.1f} A")
+        if found:
+            self.state.chargers[charger_id].applied["connectors"] = found
+        if over:
+            if self.state.raise_alarm(
+                "connector_share_not_applied",
+                charger_id,
+                Severity.INFO,
+                "; ".join(over) + " (the charger's total holds)",
+            ):
+                log.info("%s: %s", charger_id, "; ".join(over))
+        elif found:
+            self.state.clear_alarm("connector_share_not_applied", charger_id)
 
     # Current.Offered.
 
@@ -322,7 +407,7 @@ class AppliedCheck:
     ) -> None:
         now, now_mono = self.wall_clock(), self.monotonic()
         subject = charger_id
-        learned = (
+        failsafe_held = (
             verdict != "ok"
             and source == "composite"
             and applied is not None
@@ -330,6 +415,17 @@ class AppliedCheck:
             and abs(sent - charger.failsafe_current_a) > TOLERANCE_A
             and not mem.dynamic_level_ignored
         )
+        timing_known = self._timing_known.get(charger_id, False)
+        if failsafe_held and not timing_known:
+            # Its clock is not known yet: the limit may start later on its clock (then it
+            # holds its fail-safe for a while), or it ignores the dynamic level. Nothing is
+            # learned; above its limit it is budgeted at the fail-safe (the breaker's side),
+            # below it the plan is not capped (the bus's side). Asked again soon.
+            self._due[charger_id] = now_mono + 2 * self.control.period_s
+            if verdict == "below":
+                mem.applied = AppliedFinding(now, source, sent, applied, "unanswered")
+                return
+        learned = failsafe_held and timing_known
         if learned:
             # It holds the fail-safe under sitectl's dynamic limit: the dynamic stack level
             # is ignored. One profile at the fail-safe's level carries both from now on, and
@@ -346,6 +442,7 @@ class AppliedCheck:
                 levels[0],
             )
             self._on_single_level(charger_id)
+            self._learned_at[charger_id] = now_mono
         if verdict == "above":
             first = mem.applied_above_a is None
             mem.applied_above_a = effective
@@ -363,6 +460,14 @@ class AppliedCheck:
             return
         if learned:
             return  # below, and being mended: not planned lower meanwhile
+        learned_at = self._learned_at.get(charger_id)
+        if verdict == "below" and source == "composite" and learned_at is not None:
+            changed_at = self._changed_at.get(charger_id, -1.0)
+            if changed_at < learned_at or self._asked_at.get(charger_id, -1.0) < changed_at:
+                # Asked before its single-level profile took: not evidence yet; ask again.
+                mem.applied = AppliedFinding(now, source, sent, applied, "unanswered")
+                self._due[charger_id] = now_mono + 2 * self.control.period_s
+                return
         if mem.applied_above_a is not None:
             mem.applied_above_a = None
             log.info("%s applies sitectl's limit again", charger_id)

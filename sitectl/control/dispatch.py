@@ -72,6 +72,8 @@ class DispatchReport:
 #: Decreases that free this much (A per phase, summed) defer the cycle's increases by a cycle;
 #: smaller ones (the noise of a re-plan) do not, or increases would never go out.
 DEFER_INCREASES_FREED_A = 2.0
+#: A charger clock this far from the skew its limit was timed with gets the limit again (s).
+SKEW_RETIME_S = 5.0
 
 
 class Dispatcher:
@@ -101,6 +103,9 @@ class Dispatcher:
         self.voltage_v = config.site.nominal_voltage_v
         #: Charger id -> how far its clock is ahead of sitectl's (s); set by the loop.
         self.clock_skew_s: dict[str, float] = {}
+        #: Charger id -> the skew its dynamic limit in force was timed with (s): a skew learned
+        #: or changed since then re-sends the limit on the charger's real clock.
+        self.timed_skew_s: dict[str, float] = {}
         #: Charger id -> its effective quirks (`sitectl.quirks.effective_quirks`); set by the
         #: loop. ``None``: the configuration alone decides, as before quirks existed.
         self.quirks: Callable[[str], ChargerQuirks] | None = None
@@ -118,6 +123,17 @@ class Dispatcher:
         if self.quirks is None or not self.quirks(charger_id).refuses_zero_a:
             return None
         return self._min_a(self.chargers[charger_id])
+
+    def mistimed(self, charger_id: str) -> bool:
+        """Whether its limit in force was timed with a skew the charger's clock no longer has.
+
+        Before a charger's first timestamp its skew is unknown (taken as 0): a charger 10 min
+        behind then reads the limit as starting in the future and runs its fail-safe.
+        """
+        timed = self.timed_skew_s.get(charger_id)
+        if timed is None:
+            return False
+        return abs(self.clock_skew_s.get(charger_id, 0.0) - timed) > SKEW_RETIME_S
 
     def _write_interval_s(self, charger_id: str) -> float:
         return 0.0 if self.quirks is None else self.quirks(charger_id).min_write_interval_s
@@ -175,6 +191,7 @@ class Dispatcher:
                 mem.commanded_at is None
                 or now_mono - mem.commanded_at
                 >= self.validity_s(charger, previous) - 2 * self.control.period_s
+                or self.mistimed(charger_id)
             ):
                 limit = previous
                 kind = "refresh"
@@ -358,7 +375,10 @@ class Dispatcher:
         as_dynamic = dynamic and single is None
         profile_id = ids.connector(connector, as_dynamic) if connector else ids.station(as_dynamic)
         # Schedules are read on the charger's clock: start them on its clock (issue #17.7).
-        now = now + timedelta(seconds=self.clock_skew_s.get(charger.id, 0.0))
+        skew = self.clock_skew_s.get(charger.id, 0.0)
+        now = now + timedelta(seconds=skew)
+        if dynamic:
+            self.timed_skew_s[charger.id] = skew
         if single is not None:
             level = single
         else:

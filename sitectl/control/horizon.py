@@ -10,11 +10,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from optimizer.problem import Tariff
 from sitectl.config import Config
+from sitectl.prices import PriceWindow
 
 __all__ = ["Horizon"]
 
@@ -29,6 +31,10 @@ class Horizon:
         self.durations_s = config.control.step_durations_s()
         #: End of every step, seconds from now.
         self.ends_s = list(itertools.accumulate(self.durations_s))
+
+    def end(self, now: datetime) -> datetime:
+        """The end of the last step of a plan made at ``now``."""
+        return now + timedelta(seconds=self.ends_s[-1])
 
     def next_time(self, hhmm: str, now: datetime) -> datetime:
         """The next local ``HH:MM`` after ``now`` (tomorrow's if today's has passed)."""
@@ -54,17 +60,31 @@ class Horizon:
         share = (seconds_left - start) / (ends[step] - start)
         return step + 1, min(1.0, max(share, 1e-3))
 
-    def tariff(self, now: datetime) -> Tariff:
-        """The configured tariff as one price per step from ``now``."""
+    def tariff(self, now: datetime, external: Sequence[PriceWindow] = ()) -> Tariff:
+        """The tariff as one price per step from ``now``.
+
+        ``external`` (e.g. OpenADR PRICE events, `sitectl.prices`) replaces the configured price
+        wherever one of its windows covers a moment; where none does, the configured tariff
+        holds, and without one the mean of the external prices on the horizon (a neutral price:
+        the end of a price series must not look like free energy).
+        """
         tariff = self.tariff_config
-        if not tariff.periods:
-            return Tariff(demand_charge_per_kw=tariff.demand_charge_eur_per_kw)
         starts = sorted(
             ((int(p.start[:2]) * 60 + int(p.start[3:5])), p.eur_per_kwh) for p in tariff.periods
         )
+        horizon_end = self.end(now)
+        external = [w for w in external if w.start < horizon_end and (w.end is None or w.end > now)]
+        if not starts and not external:
+            return Tariff(demand_charge_per_kw=tariff.demand_charge_eur_per_kw)
 
-        def price_at(offset_s: float) -> float:
-            local = (now + timedelta(seconds=offset_s)).astimezone(self.zone)
+        def price_at(offset_s: float) -> float | None:
+            at = now + timedelta(seconds=offset_s)
+            for window in external:
+                if window.covers(at):
+                    return window.price_per_kwh
+            if not starts:
+                return None
+            local = at.astimezone(self.zone)
             minute = local.hour * 60 + local.minute
             price = starts[-1][1]  # before the first start of the day: yesterday's last
             for start, value in starts:
@@ -75,11 +95,16 @@ class Horizon:
         # A step longer than step_s gets the time-weighted mean of its step_s slices: a price
         # change inside an hour-long far step moves part of its hour, not all or nothing.
         fine = float(self.control.step_s)
-        prices = []
+        steps: list[list[float | None]] = []
         offset = 0.0
         for duration in self.durations_s:
             slices = max(1, round(duration / fine))
             width = duration / slices
-            prices.append(sum(price_at(offset + k * width) for k in range(slices)) / slices)
+            steps.append([price_at(offset + k * width) for k in range(slices)])
             offset += duration
+        known = [p for step in steps for p in step if p is not None]
+        if not known:  # external windows only between the slice points
+            return Tariff(demand_charge_per_kw=tariff.demand_charge_eur_per_kw)
+        neutral = sum(known) / len(known)
+        prices = [sum(neutral if p is None else p for p in step) / len(step) for step in steps]
         return Tariff(tuple(prices), tariff.demand_charge_eur_per_kw)

@@ -41,6 +41,7 @@ from sitectl.control.meters import MeterState, MeterSupervisor
 from sitectl.control.phase_test import PhaseTests
 from sitectl.control.phases import PhaseWatch
 from sitectl.control.plans import PlanWatch
+from sitectl.control.response import StepResponses
 from sitectl.control.snapshot import Built, ChargerMemory, ProblemBuilder
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
 from sitectl.quirks import ChargerQuirks, effective_quirks
@@ -73,6 +74,7 @@ log = logging.getLogger(__name__)
 _TRIGGERS = frozenset(
     {
         "override",
+        "limits",  # a limit source changed its windows (override, OpenADR, §14a; issue #20)
         "session_started",
         "session_restored",
         "session_ended",
@@ -83,7 +85,6 @@ _TRIGGERS = frozenset(
         "session_needs",
         "firmware_status",  # a charger starting or ending its install (local rollouts)
         "phase_test",  # an installer asked for a phase test: it starts at once
-        "limits",  # a limit source published (operator override, OpenADR, §14a...)
     }
 )
 
@@ -158,6 +159,10 @@ class ControlLoop:
         self.on_not_supported = on_not_supported
         self.memory: dict[str, ChargerMemory] = {c.id: ChargerMemory() for c in config.chargers}
         self.compliance = ComplianceCheck(self.control, state, self.memory, self.builder.chargers)
+        self.responses = StepResponses(state, self.memory)
+        self.builder.ramp_hold_s = lambda charger_id: self.responses.hold_s(
+            charger_id, self.control.ramp_down_s
+        )
         # The limits in force from the last run (issue #17.6): budgets and decrease-first hold
         # from the first cycle after a restart.
         self.kept = ControlMemoryStore(store) if store is not None else None
@@ -212,6 +217,7 @@ class ControlLoop:
         )
         if self.applied is not None:
             self.applied.single_level_of = self.dispatcher.single_level
+            self.applied.mistimed = self.dispatcher.mistimed
         state.subscribe(self._on_change)
 
     # Triggers.
@@ -397,6 +403,7 @@ class ControlLoop:
         secured = {c for c, mem in self.memory.items() if mem.failsafe_installed}
         draws = self.builder.draws(self.state, now_mono)
         self.compliance.check(draws, now_mono)
+        self.responses.observe(draws, now_mono)
         built = self.builder.build(self.state, self.meters, self.memory, plan_now, now_mono, draws)
         for circuit in built.implausible:
             self._meter_changed(circuit, MeterState.FAILED)

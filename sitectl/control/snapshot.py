@@ -52,6 +52,7 @@ from sitectl.control.horizon import Horizon
 from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
 from sitectl.control.power import MeasuredPower, lowered, trusted_power_kw
+from sitectl.control.ramp import relieve_ramps
 from sitectl.control.windows import horizon_caps, limits_in_force
 from sitectl.limits import GridLimit
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
@@ -200,6 +201,12 @@ class ProblemBuilder:
         #: The least a charger that refuses 0 A must be held at (the loop sets the
         #: dispatcher's `Dispatcher.held_minimum_a`); ``None``: it can be paused.
         self.held_minimum_a: Callable[[str], float | None] = lambda charger_id: None
+        #: How long a lowered charger's previous limit is held (s): ``control.ramp_down_s``,
+        #: or longer for a charger measured slower (`sitectl.control.response`).
+        self.ramp_hold_s: Callable[[str], float] = lambda charger_id: self.control.ramp_down_s
+        self._node_parents: dict[str, str | None] = dict(self.parents)
+        for charger in config.chargers:
+            self._node_parents[charger_node(charger.id)] = charger.circuit
         self.fleet = FleetIndex(config)  # by binding, else id tag (control/fleet.py)
         self.hold = PeakHold(config.control.effective_non_ev_hold_s)
         self.power = MeasuredPower(config, config.control.effective_non_ev_hold_s)
@@ -257,7 +264,7 @@ class ProblemBuilder:
         durations = self.horizon.durations_s
         steps = len(durations)
         draws = draws if draws is not None else self.draws(state, now_mono)
-        ev_lo, fixed, steerable, overdraw = self._chargers(state, memory, draws, now_mono)
+        ev_lo, fixed, steerable, overdraw, ramping = self._chargers(state, memory, draws, now_mono)
         measured, voltages = self._measured(meters)
         implausible = self._plausibility(measured, ev_lo, meters, now_mono)
         non_ev = {
@@ -331,13 +338,24 @@ class ProblemBuilder:
                             ),
                         )
                     )
+        if ramping:
+            # Ramp excess alone must not pause vehicles (sitectl.control.ramp).
+            loads = relieve_ramps(
+                loads,
+                sessions,
+                limits,
+                self._node_parents,
+                {f"overdraw:{charger_id}" for charger_id in ramping},
+                set(floors),
+            )
         problem = Problem(
             nodes=tuple(nodes),
             sessions=tuple(sessions),
             steps=steps,
             step_s=durations if len(set(durations)) > 1 else durations[0],
             loads=tuple(loads),
-            tariff=self.horizon.tariff(now),
+            # External prices (OpenADR PRICE events) replace the configured ones they cover.
+            tariff=self.horizon.tariff(now, state.prices.windows(now, self.horizon.end(now))),
             voltage_ln_v=volts_high,
             caps=tuple(caps),
             soft_penalty=self.control.soft_limit_penalty,
@@ -378,12 +396,14 @@ class ProblemBuilder:
         memory: dict[str, ChargerMemory],
         draws: dict[str, dict[int, Draw]],
         now_mono: float,
-    ) -> tuple[dict[str, Phases], dict[str, Phases], list[str], dict[str, Phases]]:
-        """EV draw per charger (lower bound), fixed loads, chargers to steer, over-draws."""
+    ) -> tuple[dict[str, Phases], dict[str, Phases], list[str], dict[str, Phases], set[str]]:
+        """EV draw per charger (lower bound), fixed loads, chargers to steer, over-draws, and
+        the chargers whose over-draw is a ramp-down under way."""
         ev_lo: dict[str, Phases] = {}
         fixed: dict[str, Phases] = {}
         steerable: list[str] = []
         overdraw: dict[str, Phases] = {}
+        ramping: set[str] = set()
         for charger in self.config.chargers:
             charger_state = state.chargers[charger.id]
             mem = memory.setdefault(charger.id, ChargerMemory())
@@ -427,7 +447,18 @@ class ProblemBuilder:
                             excess[k] = max(excess[k], ramp)
                     if any(excess):
                         overdraw[charger.id] = self._site(charger, tuple(excess))  # type: ignore[arg-type]
-        return ev_lo, fixed, steerable, overdraw
+                        if self._lowered_within_hold(charger.id, mem, now_mono):
+                            ramping.add(charger.id)
+        return ev_lo, fixed, steerable, overdraw, ramping
+
+    def _lowered_within_hold(self, charger_id: str, mem: ChargerMemory, now_mono: float) -> bool:
+        """Lowered less than its ramp hold ago: what it draws above its limit is a ramp."""
+        if not mem.limit_history or mem.commanded_a is None:
+            return False
+        hold_s = self.ramp_hold_s(charger_id)
+        if now_mono - mem.limit_history[-1][0] >= hold_s:
+            return False
+        return mem.highest_limit_since(now_mono - hold_s) - mem.commanded_a > OVERDRAW_NOISE_A
 
     def _ramping(
         self,
@@ -440,16 +471,18 @@ class ProblemBuilder:
         """How much above its limit a charger that was just lowered may still draw (A).
 
         "Decreases first" orders acknowledgements, not currents: a charger applies a lower
-        limit within seconds. Until ``ramp_down_s`` has passed, or a measurement taken after
+        limit within seconds. Until ``ramp_down_s`` (or the charger's own measured ramp-down
+        time, when longer) has passed, or a measurement taken after
         the change says what it draws (then its excess over the limit counts), its previous
         limit still counts.
         """
         if not mem.limit_history or mem.commanded_a is None:
             return 0.0
         changed_at = mem.limit_history[-1][0]
-        if now_mono - changed_at >= self.control.ramp_down_s:
+        hold_s = self.ramp_hold_s(charger.id)
+        if now_mono - changed_at >= hold_s:
             return 0.0
-        before = mem.highest_limit_since(now_mono - self.control.ramp_down_s)
+        before = mem.highest_limit_since(now_mono - hold_s)
         ramp = before - mem.commanded_a
         if ramp <= OVERDRAW_NOISE_A:
             return 0.0

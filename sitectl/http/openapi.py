@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sitectl import __version__
 from sitectl.config import GRID, Config
 from sitectl.control.timetable import TimetableEntry, TimetableUpload
+from sitectl.http.auth import SESSION_COOKIE, LoginRequest, LoginView
 from sitectl.http.limit_views import LimitHistoryView
 from sitectl.http.views import (
     PRECISION,
@@ -67,13 +68,95 @@ def _ok(schema: dict[str, Any], text: str) -> dict[str, Any]:
 
 _ERRORS = {
     "400": _ok(_ref("ErrorView"), "The request is malformed."),
-    "401": _ok(_ref("ErrorView"), "A valid bearer token is required."),
-    "403": _ok(_ref("ErrorView"), "No token is configured: the endpoint is disabled."),
+    "401": _ok(_ref("ErrorView"), "A valid bearer token (or, for a read, a session) is required."),
+    "403": _ok(
+        _ref("ErrorView"),
+        "No token is configured: the endpoint is disabled; or the read token, which only "
+        "reads; or a read under a host name sitectl does not know (http.allowed_hosts).",
+    ),
     "404": _ok(_ref("ErrorView"), "No such resource."),
     "409": _ok(_ref("ErrorView"), "It clashes with an operation under way."),
     "422": _ok(_ref("ErrorView"), "A field is invalid; `field` names it."),
     "503": _ok(_ref("ErrorView"), "Commands are not available."),
 }
+
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`http.token`: reads, writes and raw frames. `http.read_token`: reads "
+        "only (a write or `?raw=true` with it is a 403).",
+    },
+    "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": SESSION_COOKIE,
+        "description": "The dashboard's session (`POST /api/login`): reads only, never writes, "
+        "never raw frames. HttpOnly, SameSite=Strict, Secure under http.tls. Writes take only "
+        "the bearer token, which a browser never sends by itself, so no other page can make "
+        "this browser write (no CSRF).",
+    },
+}
+
+# Reads: open with http.open_reads (under a known host name), else a token or the session.
+_READS = [{}, {"bearer": []}, {"session": []}]
+
+
+def _login_paths() -> dict[str, Any]:
+    view = _ok(_ref("LoginView"), "What this browser may do now.")
+    signed_in = {
+        **_ok(_ref("LoginView"), "Signed in: the session cookie is set."),
+        "headers": {
+            "Set-Cookie": {
+                "description": f"{SESSION_COOKIE}=<random id>; HttpOnly; SameSite=Strict; "
+                "Path=/; Max-Age=<http.session_lifetime_s>; Secure under http.tls.",
+                "schema": {"type": "string"},
+            }
+        },
+    }
+    login_body = _command_schema(LoginRequest)
+    return {
+        "/api/login": {
+            "get": {
+                "summary": "Whether this browser's session cookie is valid, and what it may do",
+                "security": [{}],
+                "responses": {"200": view},
+            },
+            "post": {
+                "summary": "Sign the dashboard in with either token: a session cookie that "
+                "reads only",
+                "description": "Ends after http.session_idle_s without a request or "
+                "http.session_lifetime_s after the sign-in. A wrong token counts with wrong "
+                "bearer tokens toward the lockout of the address (429).",
+                "security": [{}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": login_body}},
+                },
+                "responses": {
+                    "200": signed_in,
+                    "401": _ok(_ref("ErrorView"), "Wrong token."),
+                    "403": _ok(
+                        _ref("ErrorView"),
+                        "No token is configured, or the host name is unknown (http.allowed_hosts).",
+                    ),
+                    "415": _ok(_ref("ErrorView"), "The body is not application/json."),
+                    "422": _ok(_ref("ErrorView"), 'The body is not {"token": "..."}.'),
+                    "429": _ok(
+                        _ref("ErrorView"),
+                        "Too many wrong tokens from this address: try after Retry-After.",
+                    ),
+                },
+            },
+        },
+        "/api/logout": {
+            "post": {
+                "summary": "End this browser's session (the cookie is cleared)",
+                "security": [{}],
+                "responses": {"200": view},
+            }
+        },
+    }
 
 
 def _command_schema(model: type[BaseModel], drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -131,7 +214,9 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
             "title": "sitectl local API",
             "version": __version__,
             "description": "The depot as sitectl sees it, and a few operator writes. "
-            + _PRECISION_TEXT,
+            "Reads are open to the LAN with http.open_reads (the default), else they need a "
+            "bearer token (http.token or http.read_token) or the dashboard's session "
+            "(POST /api/login); writes need http.token. " + _PRECISION_TEXT,
         },
         "components": {
             "schemas": _schemas(
@@ -147,11 +232,14 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                 PhaseTestView,
                 ModelTarget,
                 TimetableEntry,
+                LoginView,
                 ErrorView,
             ),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": _SECURITY_SCHEMES,
         },
+        "security": _READS,
         "paths": {
+            **_login_paths(),
             "/api/site": {
                 "get": {
                     "summary": "Limits and measured values per circuit and phase, control health",
@@ -188,8 +276,9 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                             "name": "raw",
                             "in": "query",
                             "required": False,
-                            "description": "Frames unredacted (needs the token even with "
-                            "open_reads): credentials and id tags in clear.",
+                            "description": "Frames unredacted (needs http.token even with "
+                            "open_reads; never the read token or the session): credentials "
+                            "and id tags in clear.",
                             "schema": {"type": "boolean", "default": False},
                         },
                     ],

@@ -3,9 +3,10 @@
 One aiohttp application on ``http.listen_host:listen_port``; the firmware cache adds its file
 routes to the same application. Rules:
 
-- Read endpoints are open to the LAN when ``http.open_reads`` is set, otherwise they need the
-  token like write endpoints do (``Authorization: Bearer <http.token>``). Without a configured
-  token every write is refused.
+- Read endpoints are open to the LAN when ``http.open_reads`` is set, otherwise they need a
+  bearer token (``http.token`` or the read-only ``http.read_token``) or the dashboard's session
+  cookie (``POST /api/login``); writes and raw frames need ``http.token`` always. Without it
+  every write is refused. The rules and why: `sitectl.http.auth`.
 - Bad input gets a 4xx with ``{"error": ..., "field": ...}``; nothing a client sends can crash
   the server (an unexpected exception is a 500 with a log line).
 - Write endpoints validate with the same code as the MQTT commands
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import json
 import logging
 import resource
-import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ from sitectl.control.timetable import apply_timetable
 from sitectl.firmware.cache import FirmwareCache, safe_url
 from sitectl.firmware.rollout import RolloutManager
 from sitectl.firmware.tracker import FirmwareTracker
+from sitectl.http.auth import HttpAuth, wants_raw
 from sitectl.http.limit_views import history_view
 from sitectl.http.metrics import StateCollector, render_metrics
 from sitectl.http.openapi import openapi_document
@@ -57,9 +57,9 @@ from sitectl.http.views import (
     session_plan_view,
     site_view,
 )
-from sitectl.ocpp.budget import LogBudget, LoginGuard, quiet_accept_errors
+from sitectl.ocpp.budget import LogBudget, quiet_accept_errors
 from sitectl.sessions import SessionLog
-from sitectl.state import Severity, SiteState
+from sitectl.state import SiteState
 from sitectl.store import Store
 
 __all__ = ["CommandHandler", "HttpServer", "PowerHistory"]
@@ -99,28 +99,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Server": "sitectl",  # no versions for a prober to look up
 }
-
-
-def _host_name(header: str) -> str:
-    """The name in a Host header, without its port ("[::1]:8080" -> "::1")."""
-    host = header.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    if host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    return host.rstrip(".")
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _wants_raw(request: web.Request) -> bool:
-    return request.query.get("raw", "false").lower() not in ("false", "0", "")
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -266,6 +244,7 @@ class HttpServer:
             (started through `commands`, like the MQTT ``detect_phases`` command).
         fleet: the fleet vehicles, for ``POST /api/fleet/timetable`` (``sitectl fleet import``).
         store: the store, for ``/api/limits/history`` (without it: the events of this run).
+        session_clock: monotonic seconds for the dashboard sessions' expiry (tests).
     """
 
     name = "http"
@@ -290,6 +269,7 @@ class HttpServer:
         phase_tests: PhaseTests | None = None,
         fleet: Fleet | None = None,
         store: Store | None = None,
+        session_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
@@ -310,15 +290,8 @@ class HttpServer:
         self.history = PowerHistory(state, config)
         self.collector = StateCollector(state, config, extra_metrics)
         self._port = config.http.listen_port if port is None else port
-        self._token = config.http.token.get_secret_value() if config.http.token else None
-        machine = socket.gethostname().lower()
-        self._hosts = {"localhost", machine, machine.split(".")[0], f"{machine}.local"}
-        self._hosts |= {h.lower().rstrip(".") for h in config.http.allowed_hosts}
-        if not _is_ip(config.http.listen_host):
-            self._hosts.add(config.http.listen_host.lower())
-        # Token guessing: a few lines a minute per address, and a pause after 10 failures.
-        self._refusals = LogBudget(lines=5, window_s=60.0)
-        self.logins = LoginGuard(max_failures=10, window_s=60.0, lockout_s=60.0)
+        self.auth = HttpAuth(config, state, secure=self._ssl is not None, clock=session_clock)
+        self.logins = self.auth.logins  # wrong tokens and sign-ins, per client address
         self.app = self.make_app(routes or [])
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -326,10 +299,13 @@ class HttpServer:
     # The application.
 
     def make_app(self, routes: list[Callable[[web.Application], None]]) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=64 * 1024)
+        app = web.Application(
+            middlewares=[self._errors, self.auth.middleware], client_max_size=64 * 1024
+        )
         app.on_response_prepare.append(self._headers)
         app.router.add_get("/", self._dashboard)
         app.router.add_get("/api/openapi.json", self._openapi)
+        self.auth.add_routes(app)
         app.router.add_get("/api/site", self._site)
         app.router.add_get("/api/chargers", self._chargers)
         app.router.add_get("/api/chargers/{charger_id}", self._charger)
@@ -375,55 +351,6 @@ class HttpServer:
             log.exception("HTTP %s %s failed", request.method, request.path)
             return _error(500, "internal error (see sitectl's log)")
 
-    @web.middleware
-    async def _auth(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        # Raw frames carry passwords and RFIDs: the token's, even when reads are open.
-        write = request.method not in ("GET", "HEAD") or _wants_raw(request)
-        public = request.path == "/" or request.path.startswith(("/static/", "/firmware/"))
-        if public:
-            return await handler(request)
-        if not write and self.config.http.open_reads:
-            # A page of another site that made its name resolve to sitectl (DNS rebinding)
-            # would read the API as "same origin": open reads answer only to known names.
-            name = _host_name(request.headers.get("Host", ""))
-            if _is_ip(name) or name in self._hosts:
-                return await handler(request)
-            if "Authorization" not in request.headers:
-                return _error(
-                    403,
-                    f"reads without the token are not served under the name {name[:64]!r} "
-                    "(add it to http.allowed_hosts)",
-                )
-        if self._token is None:
-            return _error(403, "no http.token is configured: this endpoint is disabled")
-        address = str(request.remote)
-        locked = self.logins.locked(address, "http")
-        if locked:
-            response = _error(429, "too many failed logins: try again later")
-            response.headers["Retry-After"] = str(max(1, round(locked)))
-            return response
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {self._token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            note = self._refusals.allow(address)
-            if note is not None:
-                log.warning(
-                    "HTTP %s %s refused: missing or wrong token (from %s)%s",
-                    request.method,
-                    request.path[:100],
-                    address,
-                    note,
-                )
-            if given and self.logins.failed(address, "http") is not None:
-                text = f"{self.logins.max_failures} wrong HTTP tokens from {address} in 60 s"
-                log.warning("security event InvalidLogin: %s", text)
-                self.state.raise_alarm("http_login_failures", address, Severity.WARNING, text)
-            return _error(401, "a valid bearer token is required")
-        self.logins.succeeded(address, "http")
-        return await handler(request)
-
     async def _headers(self, request: web.Request, response: web.StreamResponse) -> None:
         for name, value in SECURITY_HEADERS.items():
             response.headers[name] = value
@@ -467,7 +394,7 @@ class HttpServer:
             return _error(404, f"no charger {request.match_info['charger_id']!r}", "charger_id")
         identity = charger.charger_id
         raw = None
-        if _wants_raw(request):  # the token was checked (`_auth`)
+        if wants_raw(request):  # the write token was checked (`HttpAuth.middleware`)
             raw = list((self.raw_frames or {}).get(identity, ()))
         return _json(
             charger_view(

@@ -388,6 +388,13 @@ class ChargerDetail(ChargerView):
         "unsupported), the limit it is budgeted or planned at when it differs, and "
         "single_level (its limits go out as one profile at one stack level); empty before.",
     )
+    step_response: dict[str, Any] = Field(
+        default_factory=dict,
+        description="How fast it follows a lower limit, measured on sitectl's own decreases: "
+        "steps timed, ramp_down_s_at_least (median lower bound; held this long when longer "
+        "than control.ramp_down_s) and ramp_down_s_at_most (median upper bound, coarse: "
+        "reports come every few seconds); empty before the first step.",
+    )
     firmware_events: list[FirmwareEventView] = Field(default_factory=list)
     security_events: list[SecurityEventView] = Field(default_factory=list)
 
@@ -685,6 +692,7 @@ def charger_view(
         capabilities=charger.capabilities,
         quirks=effective_quirks(charger, configured.quirks if configured else None).as_dict(),
         applied=charger.applied,
+        step_response=charger.step_response,
         firmware_events=events,
         security_events=[
             SecurityEventView.model_validate(e, from_attributes=True) for e in security_events

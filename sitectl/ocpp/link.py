@@ -175,6 +175,9 @@ class ChargerLink:
             raise CallTimeout(f"{self.identity} did not answer {action} in {timeout:g} s") from None
         finally:
             self._futures.pop(message_id, None)
+            # Timed out or cancelled while still queued: never deliver it late (a no-op once
+            # it has been written).
+            self.router.withdraw_local(message_id)
 
     async def run(self) -> None:
         """Move frames until the charger's socket closes (or, in close mode, the upstream's)."""

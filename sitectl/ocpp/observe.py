@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 _PHASES = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
 
 
+#: How long after an accepted remote start its TxProfile waits for the transaction it begins
+#: (about a charger's ConnectionTimeOut; a later session is not the remote start's).
+REMOTE_START_BIND_S = 300.0
 #: Connector statuses under which a vehicle may be in a transaction (1.6 §4.9; 2.0.1 Occupied).
 IN_SESSION_STATUSES = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE", "Occupied"})
 
@@ -163,6 +166,8 @@ class StateObserver:
             ("NotifyEVChargingNeeds", False): self._charging_needs,
             ("SetChargingProfile", True): self._csms_profile,
             ("ClearChargingProfile", True): self._csms_clear,
+            ("RemoteStartTransaction", True): self._remote_start,
+            ("RequestStartTransaction", True): self._remote_start,
             ("FirmwareStatusNotification", False): self._firmware_status,
             ("SignedFirmwareStatusNotification", False): self._firmware_status,
             ("SecurityEventNotification", False): self._security_event,
@@ -459,6 +464,7 @@ class StateObserver:
         connector.phase_low_samples = [0, 0, 0]
         if meter_start_wh is not None:
             connector.energy_register_wh = meter_start_wh
+        self._bind_remote_start_profile(charger, connector_id, transaction_id)
         self.state.notify("session_started", connector.session.session_id)
         return connector.session
 
@@ -519,6 +525,12 @@ class StateObserver:
             connector.session = None
             connector.current_a = None
             connector.current_phaseless_a = None
+            # A TxProfile lives as long as its transaction (1.6 §3.13.4, 2.0.1 K01).
+            for known in list(charger.csms_profiles.values()):
+                if known.purpose == "TxProfile" and str(known.profile.get("transactionId")) == str(
+                    transaction_id
+                ):
+                    del charger.csms_profiles[known.profile_id]
             self._ended(session)
             return
         for key, session in list(self.state.restored_sessions.items()):
@@ -574,6 +586,57 @@ class StateObserver:
                 "overwrite sitectl's limits",
             )
         self.state.notify("csms_profiles", charger.charger_id)
+
+    def _remote_start(self, charger: ChargerState, event: ResponseSeen) -> None:
+        """A CSMS remote start with a charging profile: that TxProfile bounds the session.
+
+        The profile carries no transaction id (the transaction does not exist yet); the
+        charger applies it to the transaction the remote start begins, so it is bound to the
+        next session that starts on that connector (any connector when none was named) within
+        `REMOTE_START_BIND_S`.
+        """
+        if event.origin is not Origin.CSMS or (event.response or {}).get("status") != "Accepted":
+            return
+        profile = event.request.get("chargingProfile")
+        if not isinstance(profile, dict):
+            return
+        connector = event.request.get("connectorId", event.request.get("evseId"))
+        connector_id = int(connector) if isinstance(connector, int) and connector > 0 else None
+        charger.remote_start_profile = (connector_id, profile, self.state.clock())
+        self.state.notify("csms_profiles", charger.charger_id)
+
+    def _bind_remote_start_profile(
+        self, charger: ChargerState, connector_id: int, transaction_id: str
+    ) -> None:
+        pending = charger.remote_start_profile
+        if pending is None:
+            return
+        wanted, profile, received_at = pending
+        if (self.state.clock() - received_at).total_seconds() > REMOTE_START_BIND_S:
+            charger.remote_start_profile = None
+            return
+        if wanted is not None and wanted != connector_id:
+            return
+        charger.remote_start_profile = None
+        profile = {**profile, "transactionId": transaction_id}
+        profile_id = profile.get("chargingProfileId", profile.get("id"))
+        if not isinstance(profile_id, int) or "stackLevel" not in profile:
+            return
+        charger.csms_profiles[profile_id] = CsmsProfile(
+            profile_id,
+            connector_id,
+            int(profile["stackLevel"]),
+            "TxProfile",
+            profile,
+            received_at,
+        )
+        log.info(
+            "%s/%d: the remote start's TxProfile %s bounds transaction %s",
+            charger.charger_id,
+            connector_id,
+            profile_id,
+            transaction_id,
+        )
 
     def _csms_clear(self, charger: ChargerState, event: ResponseSeen) -> None:
         if event.origin is not Origin.CSMS or (event.response or {}).get("status") != "Accepted":

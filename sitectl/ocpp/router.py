@@ -309,6 +309,8 @@ OBSERVED_ACTIONS = frozenset(
         "NotifyEVChargingNeeds",
         "SetChargingProfile",
         "ClearChargingProfile",
+        "RemoteStartTransaction",
+        "RequestStartTransaction",
         "SendLocalList",
         "UpdateFirmware",
         "SignedUpdateFirmware",
@@ -492,6 +494,20 @@ class Router:
             else:
                 kept.append(call)
         lane.queue = kept
+
+    def withdraw_local(self, message_id: str, toward: Side = Side.CHARGER) -> bool:
+        """Drop one of sitectl's own calls that is still queued (its caller gave up).
+
+        A call that is in flight stays (it has been written). Without this a call whose
+        caller timed out while it waited behind a slow one would still reach the charger
+        later, e.g. a stale limit after a newer one. Returns whether it was dropped.
+        """
+        lane = self.lanes[toward]
+        for call in lane.queue:
+            if call.origin is Origin.LOCAL and call.message_id == message_id:
+                lane.queue.remove(call)
+                return True
+        return False
 
     # Public methods for sending data.
 

@@ -695,6 +695,8 @@ class SimCharger:
         ceiling = self.quirks.max_stack_level
         if ceiling is not None and int(profile.get("stack_level", 0)) > ceiling:
             return  # "ignore": Accepted, and nothing happens
+        if connector_id > 0 and self.quirks.ignores_connector_profiles:
+            return  # Accepted, and only the station-wide profiles count
         before = {c: self.limit_a(c) for c in self.plugs}
         camel = snake_to_camel_case(profile)
         installed = InstalledProfile(connector_id, camel, datetime.now(UTC))

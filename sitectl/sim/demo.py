@@ -5,10 +5,11 @@ a stub CSMS, simulated chargers (OCPP 1.6 and 2.0.1, three- and single-phase veh
 wiring, one charger that ignores its limit), a Modbus grid meter and transformer monitor that
 measure a building-load curve plus what the chargers really draw, vehicles that arrive, charge
 and leave on a compressed schedule, and a vendor's download server with one firmware image that
-the chargers really fetch and install when rolled out. sitectl itself runs exactly as
-``sitectl run`` would. MQTT goes to the demo's own mosquitto on a free port (never the machine's
-port 1883, which may be someone else's broker), or to ``--mqtt HOST:PORT``, or nowhere when
-mosquitto is not installed.
+the chargers really fetch and install when rolled out, and the grid operator's §14a contact (a
+coil the operator switches with any Modbus client: the demo prints the command). sitectl itself
+runs exactly as ``sitectl run`` would. MQTT goes to the demo's own mosquitto on a free port
+(never the machine's port 1883, which may be someone else's broker), or to ``--mqtt HOST:PORT``,
+or nowhere when mosquitto is not installed.
 """
 
 from __future__ import annotations
@@ -158,6 +159,21 @@ def firmware_command(config_path: Path, config: Config, firmware_url: str) -> st
             "--all",
         ]
     )
+
+
+def dimming_command(config: Config, on: bool) -> str | None:
+    """A pasteable command that closes (or opens) the demo's §14a contact: a coil write."""
+    dimming = config.grid_signals.dimming_14a
+    device = next((d for d in config.devices if dimming and d.name == dimming.device), None)
+    if dimming is None or device is None or device.host is None or not device.inputs:
+        return None
+    coil = next(i for i in device.inputs if isinstance(i, dict) and i["name"] == dimming.input)
+    script = (
+        "from pymodbus.client import ModbusTcpClient as C; "
+        f"c = C({device.host!r}, port={device.port}); c.connect(); "
+        f"c.write_coil({coil['address']}, {on}, device_id={device.unit_id}); c.close()"
+    )
+    return shlex.join([sys.executable, "-c", script])
 
 
 def _building(t: float) -> tuple[float, float, float]:
@@ -373,6 +389,15 @@ async def _run(
             file=out,
             flush=True,
         )
+        dim_on, dim_off = dimming_command(config, True), dimming_command(config, False)
+        if dim_on and dim_off and config.grid_signals.dimming_14a:
+            dimming = config.grid_signals.dimming_14a
+            print(
+                f"§14a: the grid operator dims {dimming.node} to {dimming.dimming_kw:.4g} kW "
+                f"when this closes its contact: {dim_on}\n  and releases it with: {dim_off}",
+                file=out,
+                flush=True,
+            )
         fleet = _fleet(depot, random.Random(1), speed, lambda: _awaiting_update(app))
         tasks.append(asyncio.create_task(fleet))
         if on_ready is not None:

@@ -3,7 +3,8 @@
 Built from a site configuration, it plays the field side of sitectl: one `SimCharger` per
 configured charger (connecting to sitectl's OCPP server, following its limits with a lag), and a
 Modbus simulator for every configured TCP device, whose readings are the building load on that
-circuit and below plus the chargers' actual draw, mapped through each charger's phase rotation.
+circuit and below plus the chargers' actual draw, mapped through each charger's phase rotation
+(an I/O module is a `SimIo` in `io`, its contacts switched by the caller).
 Used by the control-loop tests, the benchmarks and ``sitectl demo``.
 """
 
@@ -18,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from devices.api import TcpTransport
-from devices.sim import SimMeter, SimServer
+from devices.digital import resolve_io_profile
+from devices.sim import SimIo, SimMeter, SimServer
 from sitectl.config import GRID, Config, parse_phase_rotation
 from sitectl.sim.charger import SimCharger, SimEv
 from sitectl.sim.quirks import Quirks
@@ -71,6 +73,7 @@ class SimDepot:
     chargers: dict[str, SimCharger] = field(default_factory=dict)
     samples: list[tuple[float, dict[str, Phases]]] = field(default_factory=list)
     meters: dict[str, SimMeter] = field(default_factory=dict)  # device name -> meter
+    io: dict[str, SimIo] = field(default_factory=dict)  # device name -> I/O module
     servers: list[SimServer] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _started: float = 0.0
@@ -83,13 +86,19 @@ class SimDepot:
         """Serve every configured TCP device (on its configured port); once."""
         if self.servers:
             return
-        by_endpoint: dict[tuple[str, int], list[SimMeter]] = {}
+        by_endpoint: dict[tuple[str, int], list[SimMeter | SimIo]] = {}
         for device in self.config.devices:
             if device.host is None:
                 continue
-            meter = SimMeter(device.profile, unit_id=device.unit_id)
-            self.meters[device.name] = meter
-            by_endpoint.setdefault((device.host, device.port), []).append(meter)
+            sim: SimMeter | SimIo
+            if device.is_io:
+                # An I/O module (a §14a contact): its inputs are switched by the test or demo.
+                sim = self.io[device.name] = SimIo(
+                    resolve_io_profile(device.to_spec()), unit_id=device.unit_id
+                )
+            else:
+                sim = self.meters[device.name] = SimMeter(device.profile, unit_id=device.unit_id)
+            by_endpoint.setdefault((device.host, device.port), []).append(sim)
         for (host, port), meters in by_endpoint.items():
             server = SimServer(meters, host=host, port=port)
             await server.start()

@@ -44,6 +44,8 @@ class Quirks:
         ignores_limit_after_zero: after a pause at 0 A, the next higher limit is ignored and
             it runs at its maximum until it is given another profile (go-e).
         keeps_sampling_interval: refuses a new MeterValues interval (its firmware's fixed one).
+        ignores_connector_profiles: a twin charger that accepts per-connector profiles and
+            applies only its station-wide ones (each connector may take the whole total).
     """
 
     reports: str = "per_phase"
@@ -58,6 +60,7 @@ class Quirks:
     above_max_level: str = "reject"
     ignores_limit_after_zero: bool = False
     keeps_sampling_interval: bool = False
+    ignores_connector_profiles: bool = False
 
     def __post_init__(self) -> None:
         if self.above_max_level not in ("reject", "ignore"):

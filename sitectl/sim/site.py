@@ -1,7 +1,8 @@
 """A simulated site judged by its physics: sitectl as `sitectl run` wires it, misbehaving devices.
 
 sitectl side, in-process: store, state, OCPP server, observer, profile keeper, session recovery,
-sessions under way, meter pool and control loop — and it can be *restarted* on the same store,
+sessions under way, meter pool (I/O modules too), the §14a source when configured, and control
+loop — and it can be *restarted* on the same store,
 as after a crash or an update. Field side: a `SimDepot` whose chargers carry `Quirks` (how real
 chargers depart from the book) and whose meters can freeze. Tests assert on what flows (the
 depot's real currents, the vehicles' energy), not on what sitectl sent.
@@ -24,6 +25,7 @@ import yaml
 from devices.meter import MeterPool
 from sitectl.config import Config, load_config
 from sitectl.control.loop import ControlLoop
+from sitectl.grid14a import Dimming14a
 from sitectl.ocpp.csms_guard import CsmsProfileGuard
 from sitectl.ocpp.keeper import ProfileKeeper
 from sitectl.ocpp.observe import StateObserver
@@ -37,9 +39,19 @@ from sitectl.sim.ports import free_ports
 from sitectl.state import SiteState
 from sitectl.store import Store
 
-__all__ = ["CONTROL", "RAMP_S", "FastClock", "Site", "scenario_config", "start_site"]
+__all__ = [
+    "CONTROL",
+    "DIMMING_DEVICE",
+    "RAMP_S",
+    "FastClock",
+    "Site",
+    "scenario_config",
+    "start_site",
+]
 
 PASSWORD = "scenario-password-0001"
+#: The I/O module of `scenario_config(dimming=...)`: the grid operator's §14a contact.
+DIMMING_DEVICE = "dso-box"
 
 #: A vehicle follows a new limit within this (the simulated lag is 0.2 s; a few of them, and a
 #: control period): the longest a circuit may carry more than its limit.
@@ -77,8 +89,14 @@ def scenario_config(
     csms_url: str | None = None,
     http: dict[str, Any] | None = None,
     tariff: dict[str, Any] | None = None,
+    dimming: dict[str, Any] | None = None,
 ) -> Config:
-    """A depot with a metered grid connection (SDM630 on Modbus TCP) and the given chargers."""
+    """A depot with a metered grid connection (SDM630 on Modbus TCP) and the given chargers.
+
+    `dimming`: add the grid operator's §14a contact — an I/O module ``dso-box`` (Moxa ioLogik
+    E1210, unit 3 beside the meter) whose ``di0`` is `grid_signals.dimming_14a`'s input, with
+    these settings on top (switch it with ``site.depot.io["dso-box"].set("di0", True)``).
+    """
     meter_port, ocpp_port = free_ports(2)
     data = {
         "site": {
@@ -124,6 +142,21 @@ def scenario_config(
     }
     if tariff is not None:
         data["tariff"] = tariff
+    if dimming is not None:
+        data["devices"].append(
+            {
+                "name": DIMMING_DEVICE,
+                "profile": "moxa-iologik-e1210",
+                "host": "127.0.0.1",
+                "port": meter_port,
+                "unit_id": 3,
+                "poll_period_s": 0.1,
+                "timeout_s": 0.3,
+            }
+        )
+        data["grid_signals"] = {
+            "dimming_14a": {"device": DIMMING_DEVICE, "input": "di0", **dimming}
+        }
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(data))
     config, _ = load_config(path, environ={})
@@ -177,6 +210,7 @@ class Site:
         self.state: SiteState
         self.loop: ControlLoop
         self.observer: StateObserver
+        self.dimming: Dimming14a | None = None  # the §14a source, when configured
 
     async def start_sitectl(self) -> None:
         """Start sitectl's parts on the store file (the state is rebuilt from it)."""
@@ -225,6 +259,9 @@ class Site:
             asyncio.create_task(probe.run()),
             asyncio.create_task(pool.run()),
         ]
+        if config.grid_signals.dimming_14a is not None:
+            self.dimming = Dimming14a(config, state)
+            self.tasks.append(asyncio.create_task(self.dimming.run()))
         await asyncio.wait_for(server.ready.wait(), 10)
         self.tasks.append(asyncio.create_task(self.loop.run()))
 

@@ -214,8 +214,12 @@ def fixed_state(cfg: Config) -> SiteState:
 
 
 @asynccontextmanager
-async def dashboard(cfg: Config, state: SiteState) -> AsyncIterator[Page]:
-    """The dashboard of `state` in headless Chromium (UTC, en-GB), with its first render."""
+async def dashboard(
+    cfg: Config, state: SiteState, ready: str = "document.body.dataset.updated"
+) -> AsyncIterator[Page]:
+    """The dashboard of `state` in headless Chromium (UTC, en-GB), once `ready` holds (its
+    first render). Fails on a JavaScript error, thrown or logged with console.error (the
+    browser's own lines for a refused request, a 401 at a wrong token, are no script's)."""
     executable = chromium()
     server = HttpServer(cfg, state, port=0)
     task = asyncio.create_task(server.run())
@@ -233,8 +237,16 @@ async def dashboard(cfg: Config, state: SiteState) -> AsyncIterator[Page]:
                 page.set_default_timeout(10_000)
                 errors: list[str] = []
                 page.on("pageerror", lambda error: errors.append(str(error)))
+                page.on(
+                    "console",
+                    lambda m: (
+                        errors.append(m.text)
+                        if m.type == "error" and not m.text.startswith("Failed to load resource")
+                        else None
+                    ),
+                )
                 await page.goto(f"http://127.0.0.1:{server.port}/")
-                await wait_js(page, "document.body.dataset.updated", timeout=30_000)
+                await wait_js(page, ready, timeout=30_000)
                 yield page
                 assert errors == []
             finally:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
 from ocpp.v16 import call as call16
 
 from sitectl.ocpp.keeper import ProfileKeeper
+from sitectl.ocpp.link import CallTimeout
 from sitectl.ocpp.observe import StateObserver
+from sitectl.ocpp.router import Side
 from sitectl.sim.charger import SimCharger
 from sitectl.state import SiteState
 from tests.helpers import wait_for
@@ -95,3 +98,31 @@ async def test_only_permanent_profiles_are_kept_for_re_applying() -> None:
     await keeper.set_profile("CP1", profile(900000, 7, 6.0))
     await keeper.set_profile("CP1", dynamic)
     assert [p["csChargingProfiles"]["chargingProfileId"] for p in keeper.kept("CP1")] == [900000]
+
+
+async def test_a_call_that_timed_out_while_queued_is_never_delivered_late(
+    csms, start_server
+) -> None:
+    """A slow charger: the second limit's caller gives up while it waits; it must not arrive."""
+    config = depot_config([{"id": "CP1"}], csms.url)
+    state = SiteState(config)
+    server, url = await start_server(config, StateObserver(state))
+    async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+        sim.answer_delay_s = 1.0
+        slow = asyncio.create_task(
+            server.call("CP1", "SetChargingProfile", profile(900001, 8, 20.0), timeout=5)
+        )
+        await wait_for(lambda: server.links["CP1"].router.queued(Side.CHARGER) == 1)
+        with pytest.raises(CallTimeout):
+            await server.call("CP1", "SetChargingProfile", profile(900001, 8, 32.0), timeout=0.2)
+        assert (await slow)["status"] == "Accepted"
+        # A third call after the slow one still goes through (the lane is free, in order).
+        sim.answer_delay_s = 0.0
+        await server.call("CP1", "SetChargingProfile", profile(900001, 8, 10.0), timeout=5)
+        limits = [
+            c["cs_charging_profiles"]["charging_schedule"]["charging_schedule_period"][0]["limit"]
+            for name, c in sim.handled.calls
+            if name == "SetChargingProfile"
+        ]
+        assert limits == [20.0, 10.0]

@@ -6,8 +6,15 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
+from ocpp.v16 import call as call16
 
-from sitectl.ocpp.observe import StateObserver, hash_id_tag, parse_sampled_values
+from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
+from sitectl.ocpp.observe import (
+    REMOTE_START_BIND_S,
+    StateObserver,
+    hash_id_tag,
+    parse_sampled_values,
+)
 from sitectl.ocpp.router import Origin, RequestSeen, ResponseSeen
 from sitectl.sim.charger import SimCharger
 from sitectl.state import Change, SessionState, SiteState
@@ -561,3 +568,125 @@ def test_sampled_values_read_every_way_chargers_report() -> None:
         "power_kw": pytest.approx(4.5),
         "voltage_v": 229.0,
     }
+
+
+TX_PROFILE = {
+    "chargingProfileId": 77,
+    "stackLevel": 1,
+    "chargingProfilePurpose": "TxProfile",
+    "chargingProfileKind": "Relative",
+    "chargingSchedule": {
+        "chargingRateUnit": "A",
+        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}],
+    },
+}
+
+
+def test_remote_start_profile_bounds_the_transaction_it_begins_and_ends_with_it(observed) -> None:
+    state, feed, _ = observed
+    charger = state.chargers["CP1"]
+    remote = {"idTag": "T", "connectorId": 2, "chargingProfile": TX_PROFILE}
+    feed("CP1", res("RemoteStartTransaction", remote, {"status": "Accepted"}, Origin.CSMS))
+    assert charger.csms_profiles == {}  # no transaction yet
+    # A session on the other connector is not the remote start's.
+    start = {"connectorId": 1, "idTag": "X", "meterStart": 0, "timestamp": "x"}
+    feed(
+        "CP1",
+        res("StartTransaction", start, {"transactionId": 1, "idTagInfo": {"status": "Accepted"}}),
+    )
+    assert charger.csms_profiles == {}
+    start = {"connectorId": 2, "idTag": "T", "meterStart": 0, "timestamp": "x"}
+    feed(
+        "CP1",
+        res("StartTransaction", start, {"transactionId": 2, "idTagInfo": {"status": "Accepted"}}),
+    )
+    bound = charger.csms_profiles[77]
+    assert (bound.connector_id, bound.purpose, bound.profile["transactionId"]) == (
+        2,
+        "TxProfile",
+        "2",
+    )
+    assert charger.remote_start_profile is None
+    feed("CP1", req("StopTransaction", {"transactionId": 2, "meterStop": 5, "timestamp": "x"}))
+    assert charger.csms_profiles == {}
+
+
+def test_remote_start_profile_refused_late_or_local_is_not_a_bound(observed) -> None:
+    state, feed, _ = observed
+    charger = state.chargers["CP2"]
+    request = {
+        "idToken": {"idToken": "T", "type": "ISO14443"},
+        "remoteStartId": 1,
+        "chargingProfile": dict(TX_PROFILE, id=78),
+    }
+    feed("CP2", res("RequestStartTransaction", request, {"status": "Rejected"}, Origin.CSMS))
+    feed("CP2", res("RequestStartTransaction", request, {"status": "Accepted"}, Origin.LOCAL))
+    assert charger.remote_start_profile is None
+    feed("CP2", res("RequestStartTransaction", request, {"status": "Accepted"}, Origin.CSMS))
+    # Too long ago: the charger has given up on it; a later session is someone else's.
+    connector_id, profile, at = charger.remote_start_profile
+    charger.remote_start_profile = (
+        connector_id,
+        profile,
+        at - timedelta(seconds=REMOTE_START_BIND_S + 1),
+    )
+    feed(
+        "CP2",
+        req(
+            "TransactionEvent",
+            {
+                "eventType": "Started",
+                "timestamp": "x",
+                "triggerReason": "Authorized",
+                "seqNo": 0,
+                "transactionInfo": {"transactionId": "t9"},
+                "evse": {"id": 1, "connectorId": 1},
+            },
+        ),
+    )
+    assert charger.csms_profiles == {} and charger.remote_start_profile is None
+
+
+async def test_a_remote_start_profile_through_the_proxy_caps_the_session(
+    csms, start_server
+) -> None:
+    config = depot_config([{"id": "CP1"}], csms.url)
+    state = SiteState(config)
+    _, url = await start_server(config, StateObserver(state))
+    charger = state.chargers["CP1"]
+    async with SimCharger("CP1", "1.6", url, PASSWORD) as sim:
+        await sim.boot()
+        result = await csms.call(
+            "CP1",
+            call16.RemoteStartTransaction(
+                id_tag="TAG",
+                connector_id=1,
+                charging_profile={
+                    "charging_profile_id": 77,
+                    "stack_level": 1,
+                    "charging_profile_purpose": "TxProfile",
+                    "charging_profile_kind": "Relative",
+                    "charging_schedule": {
+                        "charging_rate_unit": "A",
+                        "charging_schedule_period": [{"start_period": 0, "limit": 10}],
+                    },
+                },
+            ),
+        )
+        assert result.status == "Accepted"
+        await wait_for(lambda: charger.remote_start_profile is not None)
+        started = await sim.start_transaction(1, "TAG", 0)
+        session = charger.connectors[1].session
+        installed = [
+            InstalledProfile(p.connector_id, p.profile, p.received_at)
+            for p in charger.csms_profiles.values()
+        ]
+        limit = composite_limit_a(
+            installed,
+            1,
+            state.clock(),
+            transaction_id=session.transaction_id,
+            transaction_start=session.started_at,
+        )
+        assert session.transaction_id == str(started.transaction_id)
+        assert limit == 10

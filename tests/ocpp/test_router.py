@@ -265,3 +265,15 @@ def test_lane_transition_table_rejects_impossible_events() -> None:
         lane.transition("send")
     # Every state can be left: nothing gets stuck.
     assert {state for state, _ in _TRANSITIONS} == set(SlotState)
+
+
+def test_a_withdrawn_queued_call_is_never_written_and_one_in_flight_stays() -> None:
+    h = Harness()
+    first = h.local("SetChargingProfile", PROFILE)
+    second = h.local("SetChargingProfile", PROFILE)
+    assert len(h.to_charger()) == 1  # one in flight, the second queued
+    assert not h.router.withdraw_local(first)  # in flight: already written, stays
+    assert h.router.withdraw_local(second)
+    assert not h.router.withdraw_local(second)
+    h.charger([3, first, {"status": "Accepted"}])
+    assert h.to_charger() == []  # the withdrawn one is not sent after the answer

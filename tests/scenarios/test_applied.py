@@ -146,3 +146,42 @@ async def test_a_resume_after_a_pause_is_sent_twice_to_a_go_e(tmp_path, make_sit
     # Not even a short run at its maximum: the resume is sent twice, back to back (without
     # that, sitectl's over-draw budget mends it a cycle later, with the feeder over meanwhile).
     assert max(site.depot.peak_over(since=mark).values(), default=0.0) <= 0.5
+
+
+async def test_a_twin_charger_ignoring_its_connector_shares_is_found(tmp_path, make_site):
+    # Two vehicles on one twin charger under a tight feeder: sitectl splits the charger's
+    # limit into per-connector shares. This one applies only the station-wide total, so one
+    # vehicle may take the other's share: the per-connector composite check says so.
+    config = scenario_config(
+        tmp_path, [{"id": "T", "connectors": 2}], phase_limit_a=50, site={"non_ev_max_a": 20}
+    )
+    quirks = Quirks(ignores_connector_profiles=True)
+    site = await make_site(config, level({"a": 0.0}), quirks={"T": quirks})
+    await site.depot.plug_in("T", SimEv(max_a=32), connector=1)
+    await site.depot.plug_in("T", SimEv(max_a=32), connector=2)
+    await wait_for(
+        lambda: ("connector_share_not_applied", "T") in site.state.alarms,
+        timeout=20,
+        message=lambda: f"check: {site.state.chargers['T'].applied}",
+    )
+    found = site.state.chargers["T"].applied["connectors"]
+    shares = site.loop.memory["T"].commanded_connectors
+    assert set(found) == {"1", "2"}
+    assert all(found[str(c)]["applied_a"] > shares[c] + 0.5 for c in (1, 2))
+
+
+async def test_a_twin_charger_applying_its_shares_raises_nothing(tmp_path, make_site):
+    config = scenario_config(
+        tmp_path, [{"id": "T", "connectors": 2}], phase_limit_a=50, site={"non_ev_max_a": 20}
+    )
+    site = await make_site(config, level({"a": 0.0}))
+    await site.depot.plug_in("T", SimEv(max_a=32), connector=1)
+    await site.depot.plug_in("T", SimEv(max_a=32), connector=2)
+    await wait_for(
+        lambda: len(site.state.chargers["T"].applied.get("connectors", {})) == 2,
+        timeout=20,
+        message=lambda: f"check: {site.state.chargers['T'].applied}",
+    )
+    found = site.state.chargers["T"].applied["connectors"]
+    assert all(abs(f["applied_a"] - f["sent_a"]) <= 0.5 for f in found.values())
+    assert ("connector_share_not_applied", "T") not in site.state.alarms

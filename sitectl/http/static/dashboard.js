@@ -12,6 +12,7 @@ function esc(value) {
 
 async function get(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
+  if (response.status === 401 || response.status === 403) throw await signIn.refused(response);
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }
@@ -388,6 +389,7 @@ async function refreshPlan() {
 }
 
 async function refresh() {
+  if (signIn.waiting) return;  // the sign-in form is up (login.js)
   try {
     const [site, chargers, alarms, history] = await Promise.all(
       [get("/api/site"), get("/api/chargers"), get("/api/alarms"), get("/api/history")]);
@@ -400,12 +402,13 @@ async function refresh() {
     if (planTick++ % PLAN_EVERY === 0) await refreshPlan();
     document.body.dataset.updated = new Date().toISOString();
   } catch (error) {
+    if (signIn.waiting) return;
     document.getElementById("headline").textContent = `cannot reach sitectl: ${error.message}`;
   }
   renderFirmware();
 }
 
-refresh();
+signIn.start(refresh);  // asks whether reads need a sign-in first
 setInterval(refresh, PERIOD_MS);
 window.addEventListener("resize", () => {
   if (chart) chart.setSize({ width: Math.max(300, document.getElementById("chart").clientWidth), height: 240 });
