@@ -119,6 +119,18 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 "MQTT messages waiting in the outbox",
                 lambda: float(outbox.count),
             )
+            # What never reached the cloud, by why (the summary's outbox counters, #22.12).
+            for key, text in (
+                ("lost", "MQTT messages lost: the store could not write them"),
+                ("rejected", "MQTT messages the broker refused (dropped)"),
+                ("dropped_summaries", "Summaries dropped by the outbox bound"),
+                ("dropped_charger_states", "Superseded charger states dropped by the bound"),
+                ("thinned_summaries", "Summaries thinned by the outbox bound"),
+            ):
+                extra[f"sitectl_outbox_{key}_total"] = (
+                    text,
+                    lambda key=key: float(outbox.stats()[key]),
+                )
 
         def commands(name: str, payload: dict[str, Any]) -> dict[str, Any]:
             republish = uplink.republish if uplink is not None else None
