@@ -89,6 +89,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         state.raise_alarm(code, subject, Severity.WARNING, text)
 
     ocpp_server = OcppServer(config, FanoutListener(observer, tracker), store=store, alarm=alarm)
+    ocpp_server.security_event = lambda type_, text: state.security_events.record(type_, text)
     # The CSMS's charger-wide profiles go below sitectl's stack levels (issue #17.1).
     guard = CsmsProfileGuard(config.ocpp.profile_stack_levels)
     ocpp_server.csms_rewriters.append(guard.rewrite)
@@ -259,6 +260,7 @@ def _firmware_components(
     )
 
     cache = FirmwareCache(store, config.firmware)
+    cache.security_event = lambda type_, text: state.security_events.record(type_, text)
     files = FirmwareServer(cache, config)
     interceptor = FirmwareInterceptor(cache, files, state, config, call=ocpp_server.call)
     ocpp_server.csms_rewriters.append(interceptor.rewrite)
@@ -275,11 +277,11 @@ def _firmware_components(
     components: list[Component] = [cache, interceptor, rollouts]
     if config.ocpp.upstream_url and config.ocpp.local_controller_identity:
         password = config.ocpp.local_controller_password
-        components.append(
-            LocalControllerClient(
-                config, cache, files, password=password.get_secret_value() if password else None
-            )
+        lc = LocalControllerClient(
+            config, cache, files, password=password.get_secret_value() if password else None
         )
+        state.security_events.listeners.append(lc.security_event)
+        components.append(lc)
     return _Firmware(cache, files, rollouts, components)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from sitectl.config import Config
 from sitectl.limits import LimitBoard
 from sitectl.prices import PriceBoard
+from sitectl.security_events import SecurityEventLog
 
 __all__ = [
     "SOLVE_BUCKETS_S",
@@ -360,6 +361,8 @@ class SiteState:
         self.overrides: dict[str, LimitOverride] = {}
         #: Every time-windowed limit source (OpenADR, §14a, ...): `sitectl.limits.LimitBoard`.
         self.limits = LimitBoard()
+        #: sitectl's own security events (failed logins, bad firmware): kept, to CSMS and MQTT.
+        self.security_events = SecurityEventLog(clock)
         #: External energy prices (OpenADR PRICE events): `sitectl.prices.PriceBoard`.
         self.prices = PriceBoard()
         #: Sessions that were active when sitectl last stopped, by (charger, connector), until
