@@ -89,6 +89,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
         state.raise_alarm(code, subject, Severity.WARNING, text)
 
     ocpp_server = OcppServer(config, FanoutListener(observer, tracker), store=store, alarm=alarm)
+    ocpp_server.security_event = lambda type_, text: state.security_events.record(type_, text)
     # The CSMS's charger-wide profiles go below sitectl's stack levels (issue #17.1).
     guard = CsmsProfileGuard(config.ocpp.profile_stack_levels)
     ocpp_server.csms_rewriters.append(guard.rewrite)
@@ -119,6 +120,18 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
                 "MQTT messages waiting in the outbox",
                 lambda: float(outbox.count),
             )
+            # What never reached the cloud, by why (the summary's outbox counters, #22.12).
+            for key, text in (
+                ("lost", "MQTT messages lost: the store could not write them"),
+                ("rejected", "MQTT messages the broker refused (dropped)"),
+                ("dropped_summaries", "Summaries dropped by the outbox bound"),
+                ("dropped_charger_states", "Superseded charger states dropped by the bound"),
+                ("thinned_summaries", "Summaries thinned by the outbox bound"),
+            ):
+                extra[f"sitectl_outbox_{key}_total"] = (
+                    text,
+                    lambda key=key: float(outbox.stats()[key]),
+                )
 
         def commands(name: str, payload: dict[str, Any]) -> dict[str, Any]:
             republish = uplink.republish if uplink is not None else None
@@ -249,6 +262,7 @@ def _firmware_components(
     )
 
     cache = FirmwareCache(store, config.firmware)
+    cache.security_event = lambda type_, text: state.security_events.record(type_, text)
     files = FirmwareServer(cache, config)
     interceptor = FirmwareInterceptor(cache, files, state, config, call=ocpp_server.call)
     ocpp_server.csms_rewriters.append(interceptor.rewrite)
@@ -265,11 +279,11 @@ def _firmware_components(
     components: list[Component] = [cache, interceptor, rollouts]
     if config.ocpp.upstream_url and config.ocpp.local_controller_identity:
         password = config.ocpp.local_controller_password
-        components.append(
-            LocalControllerClient(
-                config, cache, files, password=password.get_secret_value() if password else None
-            )
+        lc = LocalControllerClient(
+            config, cache, files, password=password.get_secret_value() if password else None
         )
+        state.security_events.listeners.append(lc.security_event)
+        components.append(lc)
     return _Firmware(cache, files, rollouts, components)
 
 

@@ -8,10 +8,11 @@ source never has to diff, and a withdrawn event is simply absent from the next s
 
 Silence is part of the model (the conditional-connection rule): a source that must keep
 confirming its limits publishes with `valid_until` and `fail_safe` windows. Once `valid_until`
-has passed without a new publish, the board answers the fail-safe windows instead (starting at
-the moment the source went silent), and says so (`LimitBoard.silent`), so the caller can raise
-an alarm. Unknown means the worst case for the breaker: the fail-safe is never lifted by time
-alone, only by the source publishing again.
+has passed without a new publish, the board answers the fail-safe windows too (starting at
+the moment the source went silent) besides the windows it announced (a lower announced limit is
+not lifted by silence), and says so (`LimitBoard.silent`), so the caller can raise an alarm.
+Unknown means the worst case for the breaker: the fail-safe is never lifted by time alone
+(unless `fail_safe_s` says for how long), only by the source publishing again.
 
 Plain data, no I/O: the control loop reads `LimitBoard.windows(start, end)` for its horizon and
 the uplink/HTTP read `LimitBoard.in_force(now)`.
@@ -107,6 +108,8 @@ class SourceStatus:
     valid_until: datetime | None
     silent: bool
     limits: tuple[GridLimit, ...] = field(default=())
+    #: The fail-safe windows it gave (as published: their start is moved to the lapse).
+    fail_safe: tuple[GridLimit, ...] = field(default=())
 
 
 class LimitBoard:
@@ -213,10 +216,12 @@ class LimitBoard:
     def _current(self, entry: _Entry, now: datetime) -> tuple[GridLimit, ...]:
         if entry.valid_until is None or now < entry.valid_until:
             return entry.limits
-        # Silent: the fail-safe from the moment the heartbeat lapsed, for its duration.
+        # Silent: the fail-safe from the moment the heartbeat lapsed, for its duration, on top
+        # of what the source announced (a lower announced limit is never lifted by silence:
+        # the worst case for the breaker; the LP takes the lowest of all hard windows).
         since = entry.valid_until
         until = since + timedelta(seconds=entry.fail_safe_s) if entry.fail_safe_s else None
-        return tuple(
+        return entry.limits + tuple(
             replace(limit, start=since, end=until, reason=limit.reason or "source silent")
             for limit in entry.fail_safe
         )
@@ -250,6 +255,7 @@ class LimitBoard:
                 entry.valid_until,
                 self.silent(name, now),
                 self._current(entry, now),
+                entry.fail_safe,
             )
             for name, entry in sorted(self._entries.items())
         ]

@@ -22,6 +22,7 @@ from typing import Any
 from sitectl.config import Config
 from sitectl.limits import LimitBoard, LimitOverride, OperatorOverrides
 from sitectl.prices import PriceBoard
+from sitectl.security_events import SecurityEventLog
 
 __all__ = [
     "SOLVE_BUCKETS_S",
@@ -359,6 +360,8 @@ class SiteState:
         #: Limit interventions (a window starting, changing, ending), newest last, for the
         #: uplink's alarms/events stream (`sitectl.control.limit_watch`; bounded).
         self.limit_events: deque[Any] = deque(maxlen=1000)
+        #: sitectl's own security events (failed logins, bad firmware): kept, to CSMS and MQTT.
+        self.security_events = SecurityEventLog(clock)
         #: External energy prices (OpenADR PRICE events): `sitectl.prices.PriceBoard`.
         self.prices = PriceBoard()
         #: Sessions that were active when sitectl last stopped, by (charger, connector), until

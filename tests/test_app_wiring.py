@@ -93,6 +93,8 @@ async def test_metrics_scrape_with_mqtt_configured(running_app) -> None:
     # The outbox gauge is the uplink's (it was a 500 while it called a property).
     assert "sitectl_outbox_messages" in families
     assert families["sitectl_outbox_messages"][0].value >= 0
+    for key in ("lost", "rejected", "dropped_summaries", "dropped_charger_states"):
+        assert families[f"sitectl_outbox_{key}_total"][0].value == 0
 
 
 async def test_a_meter_never_read_is_an_alarm_on_metrics_and_mqtt(running_app, mosquitto) -> None:

@@ -294,3 +294,39 @@ def test_a_short_or_placeholder_read_token_is_warned(write_config) -> None:
     placeholder = _http(MINIMAL_CONFIG, "  read_token: change-me-monitoring-token\n")
     [warning] = about(warnings_of(write_config(placeholder)), "placeholder")
     assert warning.startswith("http.read_token (line")
+
+
+@pytest.mark.parametrize(
+    ("storage", "warned"),
+    [
+        ("/etc/sitectl/sitectl.sqlite", True),
+        ("/opt/sitectl/state.sqlite", True),
+        ("/var/lib/sitectl/sitectl.sqlite", False),
+        ("/etcetera/sitectl.sqlite", False),
+    ],
+)
+def test_a_store_the_unit_would_make_read_only_is_warned(write_config, storage, warned) -> None:
+    text = MINIMAL_CONFIG.replace("  path: state.sqlite\n", f"  path: {storage}\n")
+    found = about(warnings_of(write_config(text)), "read-only under the shipped systemd unit")
+    assert len(found) == (1 if warned else 0)
+    if warned:
+        assert found[0].startswith("storage.path")
+
+
+def test_a_relative_store_next_to_a_config_in_etc_is_warned(tmp_path) -> None:
+    # Where the unit's config lives: a relative store resolves to /etc/sitectl/... (simulated by
+    # checking the rule on the resolved path, since tests cannot write to /etc).
+    from sitectl.config.checks import _writable_path_warnings
+
+    config, _ = load_config(write_minimal(tmp_path), environ={})
+    moved = config.model_copy(
+        update={"storage": config.storage.model_copy(update={"path": Path("/etc/sitectl/x.db")})}
+    )
+    assert [p.path for p in _writable_path_warnings(moved)] == [("storage", "path")]
+    assert _writable_path_warnings(config) == []
+
+
+def write_minimal(directory: Path) -> Path:
+    path = directory / "site.yaml"
+    path.write_text(MINIMAL_CONFIG)
+    return path

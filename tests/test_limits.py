@@ -58,8 +58,12 @@ def test_a_silent_source_gets_its_fail_safe_from_the_lapse_for_its_duration():
         (250.0, lapse, lapse + timedelta(hours=1))
     ]
     assert held[0].reason == "source silent"
-    # Its announced window is gone while silent (not trusted); publishing again restores it.
-    assert board.windows(NOW, NOW + timedelta(hours=3), lapse)[0].limit_kw == 250.0
+    # What it announced still stands while silent (a lower limit is not lifted by silence),
+    # beside the fail-safe.
+    assert sorted(w.limit_kw for w in board.windows(NOW, NOW + timedelta(hours=3), lapse)) == [
+        250.0,
+        400.0,
+    ]
     board.publish("openadr:p1", [window()], lapse + timedelta(seconds=2))
     assert not board.silent("openadr:p1", lapse + timedelta(seconds=2))
     assert board.status(lapse)[0].limits[0].limit_kw == 400.0

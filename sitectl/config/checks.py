@@ -254,6 +254,7 @@ def _cross_check(cfg: Config) -> list[Problem]:
     problems += _profile_check(cfg)
     problems += io_checks(cfg)
     problems += _wiring_warnings(cfg)
+    problems += _writable_path_warnings(cfg)
     problems += secret_checks(cfg)
     problems += http_access_checks(cfg)
 
@@ -384,6 +385,36 @@ def _loopback(host: str | None) -> bool:
 # Line-to-line voltages of low-voltage networks (380/400/415/440/480 V) typed where sitectl wants
 # line-to-neutral; 347 V (Canada's 600 V networks) stays below, 400 V of a 690 V network inside.
 _LINE_TO_LINE_V = (360.0, 500.0)
+
+
+#: What the shipped systemd unit (configs/sitectl.service: ProtectSystem=strict) mounts
+#: read-only; only its StateDirectory /var/lib/sitectl (and /tmp, private) stays writable.
+READ_ONLY_UNDER_UNIT = ("/etc", "/usr", "/opt", "/boot", "/efi")
+
+
+def _writable_path_warnings(cfg: Config) -> list[Problem]:
+    """Paths sitectl writes that the shipped unit would make read-only (issue #22.9).
+
+    A relative ``storage.path`` resolves next to the config file: with the config in
+    /etc/sitectl the store would be /etc/sitectl/sitectl.sqlite, which the unit mounts
+    read-only, and sitectl would fail at its first write instead of at check-config.
+    """
+    out: list[Problem] = []
+    for path, where in (
+        (cfg.storage.path, ("storage", "path")),
+        (cfg.firmware.cache_dir, ("firmware", "cache_dir")),
+    ):
+        text = str(path)
+        if any(text == root or text.startswith(root + "/") for root in READ_ONLY_UNDER_UNIT):
+            out.append(
+                Problem(
+                    where,
+                    f"{text} is read-only under the shipped systemd unit (ProtectSystem=strict): "
+                    "sitectl could not write there; put it under /var/lib/sitectl",
+                    warning=True,
+                )
+            )
+    return out
 
 
 def _wiring_warnings(cfg: Config) -> list[Problem]:

@@ -7,8 +7,9 @@ intervention as a `LimitEvent`:
 
 - ``started``: a window came into force (its start was reached, or it was published in force);
 - ``changed``: the same window with another value, end, hardness or reason;
-- ``ended``: it is no longer in force (its end passed, it was withdrawn, or its source went
-  silent and its fail-safe took over — the fail-safe's own window then starts).
+- ``ended``: it is no longer in force (its end passed, or it was withdrawn). A source that
+  goes silent keeps its announced windows; its fail-safe windows start beside them, and end
+  when it publishes again (or after ``fail_safe_s``).
 
 Each event is stored (`LIMIT_EVENTS_MIGRATION`, kept ``control.limit_history_days``), put on
 ``state.limit_events`` and announced (``limit_event``: the uplink sends it on the alarms/events
@@ -144,16 +145,16 @@ class LimitWatch:
                 if source not in self._silent:
                     self._silent.add(source)
                     lapsed = status.valid_until.isoformat() if status.valid_until else "?"
-                    fail_safe = ", ".join(f"{w.node} {describe(w)}" for w in status.limits)
+                    fail_safe = ", ".join(f"{w.node} {describe(w)}" for w in status.fail_safe)
                     self.state.raise_alarm(
                         SILENT_ALARM,
                         source,
                         Severity.WARNING,
                         f"limit source {source} has not confirmed its limits since {lapsed}: "
                         + (
-                            f"its fail-safe applies ({fail_safe})"
-                            if status.limits
-                            else "no fail-safe given, its limits are dropped"
+                            f"its fail-safe applies ({fail_safe}) beside what it announced"
+                            if status.fail_safe
+                            else "no fail-safe given: only what it announced applies"
                         ),
                     )
             elif source in self._silent:

@@ -49,6 +49,7 @@ import aiohttp
 from sitectl import __version__
 from sitectl.config import FirmwareConfig
 from sitectl.firmware.ftp import FtpError, ftp_open
+from sitectl.security_events import INSECURE_FIRMWARE_URL, INVALID_FIRMWARE
 from sitectl.store import Store
 from sitectl.tasks import cancel_all
 
@@ -67,6 +68,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def _log_security_event(type_: str, text: str) -> None:
+    log.warning("security event %s: %s", type_, text)
+
 
 #: Schemes the cache downloads from.
 SCHEMES = ("http", "https", "ftp")
@@ -249,6 +255,9 @@ class FirmwareCache:
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        #: Told of an image that fails its checksum or a refused https downgrade (app wires
+        #: it to `SiteState.security_events`); logs by default.
+        self.security_event: Callable[[str, str], None] = _log_security_event
         self.store = store
         self.config = config
         self.root = Path(config.cache_dir)
@@ -456,15 +465,17 @@ class FirmwareCache:
         if sha256 is not None and image.sha256 != sha256:
             if not self.pinned(image.sha256):
                 self._evict(image.sha256, "its SHA-256 is not the one asked for")
-            raise ChecksumMismatch(
+            text = (
                 f"{safe_url(url)}: the image's SHA-256 is {image.sha256}, the request says {sha256}"
             )
+            self.security_event(INVALID_FIRMWARE, text)
+            raise ChecksumMismatch(text)
         if md5 is not None and image.md5 != md5:
             if not self.pinned(image.sha256):
                 self._evict(image.sha256, "its MD5 is not the one asked for")
-            raise ChecksumMismatch(
-                f"{safe_url(url)}: the image's MD5 is {image.md5}, the request says {md5}"
-            )
+            text = f"{safe_url(url)}: the image's MD5 is {image.md5}, the request says {md5}"
+            self.security_event(INVALID_FIRMWARE, text)
+            raise ChecksumMismatch(text)
         if pin is not None:
             self.pin(image.sha256, pin)
         entry = self._entries.get(image.sha256)
@@ -745,10 +756,12 @@ class FirmwareCache:
             ):
                 # An https origin redirecting to http would hand the image (and the charger's
                 # trust in it) to anyone on the path (issue #22.6): refused, not followed.
-                raise DownloadError(
+                text = (
                     f"{safe_url(url)}: the origin redirected from https to {resp.url.scheme}; "
                     "refusing the downgrade"
                 )
+                self.security_event(INSECURE_FIRMWARE_URL, text)
+                raise DownloadError(text)
             if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
                 raise DownloadError(
                     f"{safe_url(url)}: the origin sent Content-Encoding "

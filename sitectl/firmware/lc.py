@@ -26,6 +26,7 @@ import contextlib
 import logging
 import re
 import ssl
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -50,11 +51,15 @@ from sitectl.firmware.cache import (
 )
 from sitectl.firmware.server import FirmwareServer
 from sitectl.ocpp.upstream import backoff_delays, basic_auth, client_tls_context
+from sitectl.security_events import OwnSecurityEvent
 from sitectl.tasks import cancel_all
 
 __all__ = ["LocalControllerClient"]
 
 log = logging.getLogger(__name__)
+
+#: sitectl's own security events kept for the CSMS while it is not reachable.
+SECURITY_QUEUE = 100
 
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 #: Bounds on the CSMS's retries/retryInterval for PublishFirmware (a CSMS asking for 1,000
@@ -148,6 +153,11 @@ class LocalControllerClient:
         #: Set while booted and connected (tests wait on it).
         self.connected = asyncio.Event()
         self.heartbeat_interval_s: int | None = None
+        #: sitectl's own security events waiting for the CSMS (issue #22.10), oldest first.
+        self._security: deque[OwnSecurityEvent] = deque(maxlen=SECURITY_QUEUE)
+        self._security_wake = asyncio.Event()
+        #: Security events the CSMS answered (tests wait on it).
+        self.security_sent = 0
 
     # Connection.
 
@@ -242,6 +252,9 @@ class LocalControllerClient:
         self.heartbeat_interval_s = interval
         self._point = point
         self.connected.set()
+        sender = asyncio.get_running_loop().create_task(self._send_security(point))
+        self._tasks.add(sender)
+        sender.add_done_callback(self._tasks.discard)
         log.info(
             "local controller %s: booted at the CSMS (heartbeat every %d s)",
             self.identity,
@@ -253,6 +266,39 @@ class LocalControllerClient:
                 await point.call(call201.Heartbeat())
             except TimeoutError:
                 log.warning("local controller %s: heartbeat not answered", self.identity)
+
+    # sitectl's own security events (#22.10).
+
+    def security_event(self, event: OwnSecurityEvent) -> None:
+        """Queue one of sitectl's security events for the CSMS (bounded: the oldest go)."""
+        self._security.append(event)
+        self._security_wake.set()
+
+    async def _send_security(self, point: _LcPoint) -> None:
+        """Send the queued events in order while this connection lasts."""
+        while self._point is point:
+            while self._security and self._point is point:
+                event = self._security[0]
+                try:
+                    await point.call(
+                        call201.SecurityEventNotification(
+                            type=event.type,
+                            timestamp=event.at.isoformat(),
+                            tech_info=event.tech_info or None,
+                        )
+                    )
+                except TimeoutError:
+                    log.warning(
+                        "local controller %s: SecurityEventNotification not answered",
+                        self.identity,
+                    )
+                    await asyncio.sleep(self._ping_s)
+                    continue
+                if self._security and self._security[0] is event:
+                    self._security.popleft()
+                self.security_sent += 1
+            self._security_wake.clear()
+            await self._security_wake.wait()
 
     # PublishFirmware / UnpublishFirmware (L03, L04).
 

@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sitectl.config import Config
 from sitectl.http.views import ErrorView
 from sitectl.ocpp.budget import LogBudget, LoginGuard
+from sitectl.security_events import INVALID_LOGIN
 from sitectl.state import Severity, SiteState
 
 __all__ = [
@@ -305,7 +306,7 @@ class HttpAuth:
             )
         if counted and self.logins.failed(address, "http") is not None:
             text = f"{self.logins.max_failures} wrong HTTP tokens from {address} in 60 s"
-            log.warning("security event InvalidLogin: %s", text)
+            self.state.security_events.record(INVALID_LOGIN, f"HTTP: {text}")
             self.state.raise_alarm("http_login_failures", address, Severity.WARNING, text)
 
     def _session(self, request: web.Request) -> Session | None:

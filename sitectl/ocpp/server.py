@@ -56,6 +56,7 @@ from sitectl.ocpp.upstream import (
     client_tls_context,
     connect_upstream,
 )
+from sitectl.security_events import INVALID_LOGIN
 from sitectl.store import Store
 
 __all__ = ["SUBPROTOCOL_VERSIONS", "OcppServer", "server_tls_context"]
@@ -158,6 +159,10 @@ class OcppServer:
         self.ocpp = config.ocpp
         self._listener = listener or _NullListener()
         self._alarm = alarm or (lambda code, subject, text: None)
+        #: Told of repeated failed logins (app wires it to `SiteState.security_events`).
+        self.security_event: Callable[[str, str], None] = lambda type_, text: log.warning(
+            "security event %s: %s", type_, text
+        )
         offline = self.ocpp.offline
         self.journal: Journal | None = None
         self.auth: AuthCache | None = None
@@ -312,8 +317,9 @@ class OcppServer:
                     f"{self.logins.window_s:.0f} s (last: {problem}): further attempts from "
                     f"there are refused for {self.logins.lockout_s:.0f} s"
                 )
-                # A SecurityEvent-style record: one line and an alarm, whatever the rate.
-                log.warning("security event InvalidLogin: %s", text)
+                # A security event (one line, to the CSMS and MQTT) and an alarm, whatever the
+                # rate.
+                self.security_event(INVALID_LOGIN, f"OCPP: {text}")
                 self._alarm("ocpp_login_failures", identity, text)
             return _reject(
                 http.HTTPStatus.UNAUTHORIZED,

@@ -117,12 +117,14 @@ def test_a_silent_source_raises_an_alarm_its_fail_safe_starts_and_both_clear(rig
     alarm = state.alarms[(SILENT_ALARM, "openadr:p1")]
     assert "fail-safe applies" in alarm.text and "60 kW" in alarm.text
     assert str(alarm.severity) == "warning"
-    assert {(e.action, e.limit.limit_kw) for e in events} == {("ended", 120.0), ("started", 60.0)}
+    # The fail-safe starts beside the announced window (silence never lifts a lower limit).
+    assert {(e.action, e.limit.limit_kw) for e in events} == {("started", 60.0)}
+    assert "120 kW" not in alarm.text
     watch.tick(lapse + timedelta(seconds=30))  # still silent: raised once
     state.limits.publish("openadr:p1", [dso()], lapse + timedelta(minutes=1), valid_until=None)
     events = watch.tick(lapse + timedelta(minutes=1))
     assert (SILENT_ALARM, "openadr:p1") not in state.alarms
-    assert {(e.action, e.limit.limit_kw) for e in events} == {("ended", 60.0), ("started", 120.0)}
+    assert {(e.action, e.limit.limit_kw) for e in events} == {("ended", 60.0)}
 
 
 def test_a_silent_source_without_a_fail_safe_says_so_and_clears_when_withdrawn(rig) -> None:

@@ -96,8 +96,12 @@ async def test_wrong_checksum_is_refused(origin: Origin, make_cache) -> None:
     data = image_bytes(MB, seed=6)
     url = origin.add("fw.bin", data)
     cache = make_cache()
+    events: list[tuple[str, str]] = []
+    cache.security_event = lambda type_, text: events.append((type_, text))
     with pytest.raises(ChecksumMismatch, match="the request says 0123"):
         await cache.ensure(url, "0123456789abcdef0123456789abcdef")
+    [(kind, text)] = events  # a security event of sitectl's own (issue #22.10)
+    assert kind == "InvalidFirmwareChecksum" and "the request says 0123" in text
     with pytest.raises(UnsupportedSource, match="32 hex digits"):
         await cache.ensure(url, "not-an-md5")
     assert (await cache.ensure(url, md5(data).upper())).md5 == md5(data)
@@ -282,8 +286,11 @@ async def test_an_https_origin_redirecting_to_http_is_refused(
     try:
         client = ssl.create_default_context(cafile=str(pki.ca.cert))
         cache = make_cache(ssl_context=client)
+        events: list[tuple[str, str]] = []
+        cache.security_event = lambda type_, text: events.append((type_, text))
         with pytest.raises(DownloadError, match="redirected from https to http"):
             await cache.ensure(f"https://127.0.0.1:{port}/fw.bin")
+        assert [kind for kind, _ in events] == ["InsecureFirmwareUrlRefused"]
         assert cache.image(sha256(origin.files["fw.bin"])) is None  # nothing kept
     finally:
         await runner.cleanup()

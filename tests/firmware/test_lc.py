@@ -19,6 +19,12 @@ from ocpp.v201 import call_result as result201
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from sitectl.firmware import FirmwareCache, FirmwareServer, LocalControllerClient
+from sitectl.security_events import (
+    INSECURE_FIRMWARE_URL,
+    INVALID_FIRMWARE,
+    INVALID_LOGIN,
+    SecurityEventLog,
+)
 from tests.firmware.conftest import fw_config
 from tests.firmware.support import Origin, image_bytes, md5
 from tests.helpers import free_port, wait_for
@@ -42,6 +48,11 @@ class _CsmsSide(ChargePoint201):
         self.csms.heartbeats += 1
         return result201.Heartbeat(current_time=datetime.now(UTC).isoformat())
 
+    @on("SecurityEventNotification")
+    def security_event(self, type: str, timestamp: str, **kwargs: Any) -> Any:
+        self.csms.security.append((type, timestamp, kwargs.get("tech_info")))
+        return result201.SecurityEventNotification()
+
     @on("PublishFirmwareStatusNotification")
     def publish_status(self, status: str, **kwargs: Any) -> Any:
         self.csms.statuses.append((status, kwargs.get("location"), kwargs.get("request_id")))
@@ -57,6 +68,7 @@ class MiniCsms:
     boots: list[tuple[dict, str]] = field(default_factory=list)
     heartbeats: int = 0
     statuses: list[tuple[str, Any, Any]] = field(default_factory=list)
+    security: list[tuple[str, str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     point: _CsmsSide | None = None
     server: Server | None = None
@@ -205,3 +217,20 @@ async def test_reconnects_and_boots_again(rig: Rig) -> None:
     await rig.csms.start()
     await wait_for(rig.lc.connected.is_set, timeout=10, message="reconnected")
     assert len(rig.csms.boots) == 2
+
+
+async def test_own_security_events_reach_the_csms_in_order_also_after_a_reconnect(rig: Rig) -> None:
+    log = SecurityEventLog()
+    log.listeners.append(rig.lc.security_event)
+    log.record(INVALID_LOGIN, "OCPP: 5 failed logins as CP1 from 10.0.0.9 in 60 s")
+    log.record(INVALID_FIRMWARE, "x" * 400)  # longer than techInfo allows: cut, not refused
+    await wait_for(lambda: len(rig.csms.security) == 2, message="both events at the CSMS")
+    assert [t for t, _, _ in rig.csms.security] == [INVALID_LOGIN, INVALID_FIRMWARE]
+    assert len(rig.csms.security[1][2]) == 255
+    # Raised while the CSMS is away: kept and sent once the LC has booted again.
+    await rig.csms.stop()
+    await wait_for(lambda: not rig.lc.connected.is_set(), message="disconnected")
+    log.record(INSECURE_FIRMWARE_URL, "https://origin/fw.bin: redirected to http")
+    await rig.csms.start()
+    await wait_for(lambda: len(rig.csms.security) == 3, timeout=10, message="the queued event")
+    assert rig.csms.security[2][0] == INSECURE_FIRMWARE_URL

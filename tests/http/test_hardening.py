@@ -29,6 +29,9 @@ async def test_token_guessing_is_limited_logged_sparingly_and_alarmed(caplog) ->
         good = await client.get("/api/site", headers={"Authorization": f"Bearer {TOKEN}"})
         assert good.status == 429 and int(good.headers["Retry-After"]) > 0
     assert ("http_login_failures", "127.0.0.1") in state.alarms
+    # And a security event of sitectl's own (to the CSMS and MQTT), once.
+    [event] = state.security_events.events()
+    assert event.type == "FailedLoginAttempts" and event.tech_info.startswith("HTTP: ")
     lines = [r for r in caplog.records if r.name.startswith("sitectl.http")]
     assert len(lines) <= 7
 

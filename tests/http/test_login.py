@@ -225,7 +225,7 @@ async def test_a_wrong_token_is_refused_counted_with_bearer_failures_and_locks_o
     assert ("http_login_failures", "127.0.0.1") in server.state.alarms
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "guess-" not in text and TOKEN not in text
-    assert "security event InvalidLogin" in text
+    assert "security event FailedLoginAttempts: HTTP: " in text
     assert len([r for r in caplog.records if "refused" in r.getMessage()]) <= 6
 
 

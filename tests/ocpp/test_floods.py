@@ -80,9 +80,11 @@ async def test_an_unknown_identity_is_logged_truncated(csms, start_server, caplo
 
 async def test_repeated_failed_logins_are_limited_and_alarmed(csms, start_server, caplog) -> None:
     alarms: list[tuple[str, str, str]] = []
-    _, url = await start_server(
+    server, url = await start_server(
         depot_config([{"id": "CP1"}], csms.url), alarm=lambda *a: alarms.append(a)
     )
+    events: list[tuple[str, str]] = []
+    server.security_event = lambda type_, text: events.append((type_, text))
     caplog.set_level(logging.WARNING, logger="sitectl")
     statuses = []
     for _ in range(30):
@@ -97,6 +99,7 @@ async def test_repeated_failed_logins_are_limited_and_alarmed(csms, start_server
     assert int(info.value.response.headers["Retry-After"]) > 0
     assert [(code, subject) for code, subject, _ in alarms] == [("ocpp_login_failures", "CP1")]
     assert "5 failed logins as CP1 from 127.0.0.1" in alarms[0][2]
+    assert events == [("FailedLoginAttempts", f"OCPP: {alarms[0][2]}")]
     server_lines = [r for r in caplog.records if r.name == "sitectl.ocpp.server"]
     assert len(server_lines) <= 7  # five refusals, the security event, no line per attempt
 

@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from sitectl.config import Config, load_config
 from sitectl.control.fleet import Fleet
@@ -478,3 +478,43 @@ def test_sitectl_run_builds_the_vdv_server_when_enabled(config: Config, tmp_path
         assert "vdv463" not in [c.name for c in build_components(off, SiteState(off), store)]
     finally:
         store.close()
+
+
+async def test_with_tls_the_depot_system_connects_over_wss_only(tmp_path: Path) -> None:
+    import ssl
+
+    from tests.ocpp.certs import Pki
+
+    pki = Pki(tmp_path)
+    issued = pki.issue("sitectl", server=True)
+    text = CONFIG.replace("    info_period_s: 1\n", "    info_period_s: 1\n    tls: true\n")
+    text += f"ocpp:\n  tls_cert_file: {issued.cert}\n  tls_key_file: {issued.key}\n"
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    cfg = load_config(path, environ={})[0]
+    state = SiteState(cfg, clock=lambda: NOW)
+    vdv = VdvServer(cfg, state, Fleet(cfg, state), port=0, clock=lambda: NOW)
+    task = asyncio.create_task(vdv.run())
+    try:
+        await asyncio.wait_for(vdv.ready.wait(), 5)
+        trust = ssl.create_default_context(cafile=str(pki.ca.cert))
+        headers = {"Authorization": basic("bms", PASSWORD)}
+        url = f"wss://127.0.0.1:{vdv.port}/vdv463"
+        async with connect(
+            url, subprotocols=["v1.463.vdv.de"], additional_headers=headers, ssl=trust
+        ) as ws:
+            assert ws.subprotocol == "v1.463.vdv.de"
+            await asyncio.wait_for(await ws.ping(), 5)  # the socket is up over TLS
+        # Plain ws:// to the TLS port is no handshake at all.
+        with pytest.raises((OSError, TimeoutError, InvalidHandshake, ConnectionClosed)):
+            async with connect(
+                f"ws://127.0.0.1:{vdv.port}/vdv463",
+                subprotocols=["v1.463.vdv.de"],
+                additional_headers=headers,
+                open_timeout=3,
+            ):
+                pass
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
