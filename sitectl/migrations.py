@@ -11,6 +11,7 @@ from sitectl.control.memory_store import CONTROL_MEMORY_MIGRATION
 from sitectl.firmware.schema import FIRMWARE_MIGRATION
 from sitectl.sessions import ACTIVE_SESSIONS_MIGRATION, SESSIONS_MIGRATION
 from sitectl.store import MIGRATIONS, Migration
+from sitectl.utilization.store import UTILIZATION_MIGRATION
 
 __all__ = ["SCHEMA"]
 
@@ -21,4 +22,6 @@ SCHEMA: tuple[Migration, ...] = (
     SESSIONS_MIGRATION,
     ACTIVE_SESSIONS_MIGRATION,
     CONTROL_MEMORY_MIGRATION,
+    # 8 is the limit events' (branch h-limits, issue #20): keep 9 after it when merging.
+    UTILIZATION_MIGRATION,
 )
