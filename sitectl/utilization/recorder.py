@@ -162,6 +162,7 @@ class UtilizationRecorder:
         """Begin a run: subscribe, and record how every charger and connector stands now."""
         now = self.state.clock()
         self._run_ms = _ms(now)
+        self._last_sample = now.timestamp()  # the first sample covers the time from here
         self._pending.run = (self._run_ms, self._run_ms)
         for charger in self.state.chargers.values():
             self._connection(charger, now)
