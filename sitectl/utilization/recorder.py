@@ -78,6 +78,8 @@ AT_LIMIT_A = 1.0
 TAKING_LESS_A = 2.0
 #: How often the rollup and expiry run (s).
 MAINTAIN_PERIOD_S = 3600.0
+#: How long a stop waits for a write under way in its thread (s).
+STOP_WAIT_S = 10.0
 _REASON_KINDS = frozenset({"circuit", "kw", "site_kw"})
 
 
@@ -146,7 +148,8 @@ class UtilizationRecorder:
         self._nodes = list(config.circuit_limits_a())
         self._pending = Batch()
         self._status: dict[tuple[str, int], tuple[str, str | None]] = {}
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, _Track] = {}  # session id -> what is followed of it
+        self._by_key: dict[str, _Track] = {}  # "charger/connector" -> the same
         self._connectors: dict[tuple[str, int, int], _ConnectorAcc] = {}
         self._circuits: dict[tuple[str, int], _CircuitAcc] = {}
         self._registers: dict[tuple[str, int], _Register] = {}
@@ -154,6 +157,7 @@ class UtilizationRecorder:
         self._run_ms: int | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self.lost = 0  # rows lost to failed writes
+        self._working: set[asyncio.Future[None]] = set()  # writes in worker threads
 
     # -------------------------------------------------------------------------------------
     # The component
@@ -188,9 +192,19 @@ class UtilizationRecorder:
                     await self.flush()
                 if loop.time() >= next_maintain:
                     next_maintain = loop.time() + MAINTAIN_PERIOD_S
-                    await asyncio.to_thread(self.maintain)
+                    await self._in_thread(self.maintain)
         finally:
+            # A write or rollup under way goes on in its thread when this task is cancelled:
+            # let it end before the last write (and the store's close after it).
+            if self._working:
+                await asyncio.wait(set(self._working), timeout=STOP_WAIT_S)
             self.stop()
+
+    async def _in_thread(self, func: Callable[..., None], *args: object) -> None:
+        future = asyncio.get_running_loop().run_in_executor(None, func, *args)
+        self._working.add(future)
+        future.add_done_callback(self._working.discard)
+        await asyncio.shield(future)
 
     def stop(self) -> None:
         """Unsubscribe and write everything, the open buckets included (a shutdown)."""
@@ -204,7 +218,7 @@ class UtilizationRecorder:
         """Write what was recorded up to the last closed bucket, from a worker thread."""
         batch = self._take()
         if len(batch) or batch.run is not None:
-            await asyncio.to_thread(self.write, batch)
+            await self._in_thread(self.write, batch)
 
     def flush_now(self) -> None:
         """`flush` in this thread (tests, tools)."""
@@ -267,14 +281,13 @@ class UtilizationRecorder:
             self._ended(subject)
         elif kind == "alarm":
             code, _, key = subject.partition(":")
-            if code == ALARM_CODE and (code, key) in self.state.alarms:
-                for track in self._tracks.values():
-                    if track.key == key:
-                        track.short_alarm = True
+            track = self._by_key.get(key)
+            if track is not None and code == ALARM_CODE and (code, key) in self.state.alarms:
+                track.short_alarm = True
         elif kind == "plan":
-            for track in self._tracks.values():
-                if track.key == subject:
-                    track.plan = self.state.control.sessions.get(subject) or track.plan
+            track = self._by_key.get(subject)
+            if track is not None:
+                track.plan = self.state.control.sessions.get(subject) or track.plan
 
     def _connection(self, charger: ChargerState, now: datetime) -> None:
         status = "Connected" if charger.connected else "Disconnected"
@@ -295,6 +308,7 @@ class UtilizationRecorder:
     def _track(self, session: SessionState) -> None:
         key = f"{session.charger_id}/{session.connector_id}"
         track = self._tracks.setdefault(session.session_id, _Track(key))
+        self._by_key[key] = track
         track.plan = self.state.control.sessions.get(key) or track.plan
         if (ALARM_CODE, key) in self.state.alarms:
             track.short_alarm = True
@@ -313,6 +327,8 @@ class UtilizationRecorder:
         if session is None or session.ended_at is None:
             return
         track = self._tracks.pop(session_id, None)
+        if track is not None and self._by_key.get(track.key) is track:
+            del self._by_key[track.key]
         if track is None:
             track = _Track(f"{session.charger_id}/{session.connector_id}")
         self._pending.sessions.append(outcome(session, track))
