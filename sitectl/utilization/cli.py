@@ -28,7 +28,7 @@ from sitectl.utilization.times import parse_moment
 __all__ = ["add_parser", "render_csv", "render_text", "run"]
 
 TABLES = ("connectors", "chargers", "circuits", "nights")
-_RELATIVE_ARG = re.compile(r"^-\d+(\.\d+)?\s*[mhdw]?$")
+_RELATIVE_ARG = re.compile(r"^-\d\S*$")
 
 
 def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ their stated needs and the departures met, missed or unknown (`recorder.judge`).
 from __future__ import annotations
 
 import sqlite3
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, time
@@ -116,30 +116,6 @@ def _category(covered: bool, connected: bool, status: str | None) -> str:
     return "unknown"
 
 
-class _Rows:
-    """One point's buckets in the window: t, span, and the columns asked for."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple] = []
-        self.starts: list[int] = []
-
-    def add(self, row: tuple) -> None:
-        self.rows.append(row)
-        self.starts.append(row[0])
-
-
-def _rows(conn: sqlite3.Connection, sql: str, a: float, b: float) -> dict[int, _Rows]:
-    out: dict[int, _Rows] = defaultdict(_Rows)
-    for point, *row in conn.execute(sql, (int(a) - _MAX_SPAN_S, b)):
-        out[point].add(tuple(row))
-    return out
-
-
-def _frac(t: int, span: int, a: float, b: float) -> float:
-    """The share of bucket [t, t + span) inside the window [a, b)."""
-    return max(0.0, min(b, t + span) - max(a, t)) / span
-
-
 def _timeline(
     events: list[tuple[float, str]],
     link: list[tuple[float, str]],
@@ -169,62 +145,57 @@ def _timeline(
     return out
 
 
-def _connector_numbers(
-    segments: list[tuple[float, float, str, str | None]], rows: _Rows | None, a: float, b: float
-) -> dict[str, Any]:
-    seconds = dict.fromkeys(CATEGORIES, 0.0)
-    occupied = [(s, e, st) for s, e, cat, st in segments if cat == "occupied"]
-    for s, e, cat, _ in segments:
-        if cat != "occupied":
-            seconds[cat] += e - s
-    charging = 0.0
-    total_occupied = sum(e - s for s, e, _ in occupied)
-    data = rows.rows if rows is not None else []
-    occ_in = [0.0] * len(data)
-    status_charging_in = [0.0] * len(data)
-    for s, e, status in occupied:
-        covered = 0.0
-        first = max(0, bisect_left(rows.starts, int(s) - _MAX_SPAN_S)) if rows else 0
-        for index in range(first, len(data)):
-            t, span = data[index][0], data[index][1]
-            if t >= e:
-                break
-            overlap = min(e, t + span) - max(s, t)
-            if overlap <= 0:
-                continue
-            occ_in[index] += overlap
-            covered += overlap
-            if status == "Charging":
-                status_charging_in[index] += overlap
-        if status == "Charging":
-            charging += max(0.0, (e - s) - covered)  # no bucket at all: the status says it
-    energy_wh = 0.0
-    peak_w = None
-    peak_a = None
-    for index, (t, span, sampled, drawing, energy_dwh, max_w, max_da) in enumerate(data):
-        frac = _frac(t, span, a, b)
-        if frac <= 0:
-            continue
-        energy_wh += energy_dwh / 10 * frac
-        if max_w is not None:
-            peak_w = max_w if peak_w is None else max(peak_w, max_w)
-        if max_da is not None:
-            peak_a = max_da if peak_a is None else max(peak_a, max_da)
-        if occ_in[index] <= 0:
-            continue
-        if sampled > 0:
-            charging += min(occ_in[index], drawing * frac)
-        else:
-            charging += status_charging_in[index]
-    charging = min(charging, total_occupied)
-    seconds["charging"] = charging
-    seconds["idle"] = total_occupied - charging
-    return {
-        "seconds": seconds,
-        "energy_wh": energy_wh,
-        "peak_w": peak_w,
-        "peak_da": peak_a,
-    }
+#: Occupied segments go to the database in pieces at most this long (s): a bucket then finds
+#: the few that overlap it in a bounded range of the index.
+_PIECE_S = 21600
+# The share of a bucket inside the window [:a, :b).
+_FRAC = "(min(:b, c.t + c.span_s) - max(:a, c.t)) * 1.0 / c.span_s"
+_IN_WINDOW = "c.t >= :lo AND c.t < :b AND c.t + c.span_s > :a"
+
+# Per connector: the time charging in its buckets (the smaller of the time occupied and the
+# time drawing; without a measurement, the time its status said Charging), and the part of
+# the Charging-status time the buckets cover. In C, one pass over the window's buckets, each
+# finding its occupied segments through the index (the buckets' key begins with the time).
+_CHARGING = f"""
+    SELECT point, sum(CASE WHEN sampled_s > 0 THEN min(ov, drawing_s * frac) ELSE chov END),
+           sum(chov)
+    FROM (
+        SELECT c.point AS point, c.sampled_s AS sampled_s, c.drawing_s AS drawing_s,
+               {_FRAC} AS frac,
+               sum(min(o.e, c.t + c.span_s) - max(o.s, c.t)) AS ov,
+               sum(CASE WHEN o.charging THEN min(o.e, c.t + c.span_s) - max(o.s, c.t)
+                   ELSE 0 END) AS chov
+        FROM util_connector AS c CROSS JOIN temp.util_occupied AS o
+             ON o.point = c.point AND o.e > c.t AND o.e < c.t + c.span_s + {_PIECE_S}
+                AND o.s < c.t + c.span_s
+        WHERE {_IN_WINDOW}
+        GROUP BY c.t, c.point, c.span_s
+    )
+    GROUP BY point
+"""
+_ENERGY = f"""
+    SELECT c.point, sum(c.energy_dwh * {_FRAC}), max(c.max_w), max(c.max_da)
+    FROM util_connector AS c WHERE {_IN_WINDOW} GROUP BY c.point
+"""
+# A charger's peak: the highest sum of its connectors' bucket peaks at one time.
+_CHARGER_PEAK = f"""
+    SELECT name, max(total) FROM (
+        SELECT p.name AS name, sum(c.max_w) AS total
+        FROM util_connector AS c JOIN util_points AS p ON p.id = c.point
+        WHERE {_IN_WINDOW} AND c.max_w IS NOT NULL
+        GROUP BY p.name, c.t
+    ) GROUP BY name
+"""
+_CIRCUITS = f"""
+    SELECT c.point, sum(c.sampled_s * {_FRAC}), sum(c.at_limit_s * {_FRAC}),
+           sum(c.metered_s * {_FRAC}), sum(coalesce(c.mean_da, 0) / 10.0 * c.metered_s * {_FRAC}),
+           sum(c.deferred_dwh / 10.0 * {_FRAC}), min(c.limit_da), max(c.max_da)
+    FROM util_circuit AS c WHERE {_IN_WINDOW} GROUP BY c.point
+"""
+
+
+def _bounds(a: float, b: float) -> dict[str, float]:
+    return {"a": a, "b": b, "lo": int(a) - _MAX_SPAN_S}
 
 
 def _view(seconds: dict[str, float], window: float, energy_wh: float) -> dict[str, Any]:
@@ -275,17 +246,48 @@ def utilization_report(
         (_ms(start), _ms(end)),
     ):
         events[(charger, connector)].append((at_ms / 1000, status))
-    rows = _rows(
-        conn,
-        "SELECT point, t, span_s, sampled_s, drawing_s, energy_dwh, max_w, max_da "
-        "FROM util_connector WHERE t >= ? AND t < ? ORDER BY t",
-        a,
-        b,
-    )
     sessions = _sessions(conn, start, end, zone, settings.night_starts_at)
-    started = defaultdict(int)
+    started: dict[tuple[str, int], int] = defaultdict(int)
     for s in sessions["in_window"]:
         started[(s["charger"], s["connector"])] += 1
+
+    # The states from the statuses; the occupied segments go to the database, which splits
+    # them into charging and idle against the buckets.
+    seconds: dict[tuple[str, int], dict[str, float]] = {}
+    status_charging: dict[tuple[str, int], float] = {}
+    occupied: list[tuple[int, float, float, int]] = []
+    for charger in config.chargers:
+        for number in range(1, charger.connectors + 1):
+            key = (charger.id, number)
+            found = dict.fromkeys(CATEGORIES, 0.0)
+            found["occupied"] = 0.0
+            status_charging[key] = 0.0
+            pid = points.get(("connector", charger.id, number))
+            for s0, s1, category, status in _timeline(
+                events.get(key, []), events.get((charger.id, 0), []), coverage, a, b
+            ):
+                found[category] += s1 - s0
+                if category == "occupied":
+                    charging = status == "Charging"
+                    status_charging[key] += (s1 - s0) if charging else 0.0
+                    while pid is not None and s0 < s1:
+                        occupied.append((pid, s0, min(s1, s0 + _PIECE_S), int(charging)))
+                        s0 += _PIECE_S
+            seconds[key] = found
+    bounds = _bounds(a, b)
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS util_occupied "
+        "(point INTEGER, s REAL, e REAL, charging INTEGER)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS temp.util_occupied_by_end ON util_occupied(point, e)")
+    conn.execute("DELETE FROM temp.util_occupied")
+    conn.executemany("INSERT INTO temp.util_occupied VALUES (?, ?, ?, ?)", occupied)
+    in_buckets = {
+        point: (charging or 0.0, covered or 0.0)
+        for point, charging, covered in conn.execute(_CHARGING, bounds)
+    }
+    energy = {point: (wh, w, da) for point, wh, w, da in conn.execute(_ENERGY, bounds)}
+    charger_peaks = dict(conn.execute(_CHARGER_PEAK, bounds).fetchall())
 
     connectors_out = []
     chargers_out = []
@@ -294,48 +296,40 @@ def utilization_report(
     for charger in config.chargers:
         charger_seconds = dict.fromkeys(CATEGORIES, 0.0)
         charger_energy = 0.0
-        peak_by_t: dict[int, float] = defaultdict(float)
         charger_sessions = 0
         for number in range(1, charger.connectors + 1):
+            key = (charger.id, number)
             pid = points.get(("connector", charger.id, number))
-            point_rows = rows.get(pid) if pid is not None else None
-            segments = _timeline(
-                events.get((charger.id, number), []),
-                events.get((charger.id, 0), []),
-                coverage,
-                a,
-                b,
+            found = seconds[key]
+            charging, covered = in_buckets.get(pid, (0.0, 0.0)) if pid is not None else (0, 0)
+            # Charging-status time no bucket covers: the status says it.
+            charging += max(0.0, status_charging[key] - covered)
+            total_occupied = found.pop("occupied")
+            found["charging"] = min(charging, total_occupied)
+            found["idle"] = total_occupied - found["charging"]
+            dwh, peak_w, peak_da = (
+                energy.get(pid, (0.0, None, None)) if pid is not None else (0.0, None, None)
             )
-            numbers = _connector_numbers(segments, point_rows, a, b)
-            for row in point_rows.rows if point_rows else ():
-                if row[5] is not None and _frac(row[0], row[1], a, b) > 0:
-                    peak_by_t[row[0]] += row[5]
-            count = started[(charger.id, number)]
+            wh = (dwh or 0.0) / 10  # stored in tenths of a Wh
+            count = started[key]
             charger_sessions += count
             for k in CATEGORIES:
-                charger_seconds[k] += numbers["seconds"][k]
-            charger_energy += numbers["energy_wh"]
+                charger_seconds[k] += found[k]
+            charger_energy += wh
             connectors_out.append(
                 {
                     "charger": charger.id,
                     "connector": number,
-                    **_view(numbers["seconds"], window, numbers["energy_wh"]),
+                    **_view(found, window, wh),
                     "sessions": count,
-                    "peak_power_kw": (
-                        round(numbers["peak_w"] / 1000, 2)
-                        if numbers["peak_w"] is not None
-                        else None
-                    ),
-                    "peak_current_a": (
-                        round(numbers["peak_da"] / 10, 1)
-                        if numbers["peak_da"] is not None
-                        else None
-                    ),
+                    "peak_power_kw": round(peak_w / 1000, 2) if peak_w is not None else None,
+                    "peak_current_a": round(peak_da / 10, 1) if peak_da is not None else None,
                 }
             )
         for k in CATEGORIES:
             total_seconds[k] += charger_seconds[k]
         total_energy += charger_energy
+        peak = charger_peaks.get(charger.id)
         chargers_out.append(
             {
                 "charger": charger.id,
@@ -343,7 +337,7 @@ def utilization_report(
                 "connectors": charger.connectors,
                 **_view(charger_seconds, window * charger.connectors, charger_energy),
                 "sessions": charger_sessions,
-                "peak_power_kw": round(max(peak_by_t.values()) / 1000, 2) if peak_by_t else None,
+                "peak_power_kw": round(peak / 1000, 2) if peak is not None else None,
             }
         )
     connector_count = sum(c.connectors for c in config.chargers)
@@ -380,33 +374,13 @@ def nights_report(
 def _circuits(
     conn: sqlite3.Connection, config: Config, points: dict, a: float, b: float
 ) -> list[dict[str, Any]]:
-    rows = _rows(
-        conn,
-        "SELECT point, t, span_s, sampled_s, at_limit_s, limit_da, metered_s, mean_da, max_da, "
-        "deferred_dwh FROM util_circuit WHERE t >= ? AND t < ? ORDER BY t",
-        a,
-        b,
-    )
+    found = {row[0]: row[1:] for row in conn.execute(_CIRCUITS, _bounds(a, b))}
     out = []
     for node in config.circuit_limits_a():
         pid = points.get(("circuit", node, 0))
-        sampled = at_limit = metered = current_s = deferred = 0.0
-        lowest = peak = None
-        for t, span, s, lim, limit_da, m, mean_da, max_da, d in (
-            rows[pid].rows if pid in rows else ()
-        ):
-            frac = _frac(t, span, a, b)
-            if frac <= 0:
-                continue
-            sampled += s * frac
-            at_limit += lim * frac
-            metered += m * frac
-            current_s += (mean_da or 0) / 10 * m * frac
-            deferred += d / 10 * frac
-            if limit_da is not None:
-                lowest = limit_da if lowest is None else min(lowest, limit_da)
-            if max_da is not None:
-                peak = max_da if peak is None else max(peak, max_da)
+        sampled, at_limit, metered, current_s, deferred, lowest, peak = found.get(
+            pid, (0.0, 0.0, 0.0, 0.0, 0.0, None, None)
+        )
         out.append(
             {
                 "node": node,
