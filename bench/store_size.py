@@ -93,6 +93,7 @@ class Year:
         self.nodes = list(config.circuit_limits_a())
         self.settings = config.storage.utilization
         self.sessions = 0
+        self.first = True
 
     def plugged(self, day: datetime) -> list[tuple[int, int, int]]:
         """(start minute, end minute, charging minutes) of one connector's sessions, in
@@ -113,6 +114,11 @@ class Year:
         midnight = day.timestamp()
         base = int(midnight // 60) * 60
         batch = Batch()
+        if self.first:  # the chargers connect as the recording begins
+            self.first = False
+            batch.statuses += [
+                StatusEvent(base * 1000, c.id, 0, "Connected") for c in self.config.chargers
+            ]
         for charger, number in self.points:
             for start, end, charge in self.plugged(day):
                 t0 = base + start * 60
@@ -128,11 +134,11 @@ class Year:
                     events.append((base + end * 60 + 900, "Available"))
                 batch.statuses += [StatusEvent(t * 1000, charger, number, s) for t, s in events]
                 kw = rng.uniform(40, 150)
-                energy = 0.0
+                energy = 0.0  # Wh
                 for minute in range(start, end):
                     drawing = start + 1 <= minute < start + 1 + charge
                     power = kw * rng.uniform(0.9, 1.0) if drawing else 0.0
-                    energy += power / 60
+                    energy += power * 1000 / 60
                     batch.connectors.append(
                         ConnectorBucket(
                             charger,

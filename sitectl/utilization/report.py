@@ -246,7 +246,7 @@ def utilization_report(
         (_ms(start), _ms(end)),
     ):
         events[(charger, connector)].append((at_ms / 1000, status))
-    sessions = _sessions(conn, start, end, zone, settings.night_starts_at)
+    sessions = _sessions(conn, config, start, end)
     started: dict[tuple[str, int], int] = defaultdict(int)
     for s in sessions["in_window"]:
         started[(s["charger"], s["connector"])] += 1
@@ -367,7 +367,7 @@ def nights_report(
     """The nights that start in [start, end), alone (the daily message's)."""
     zone = ZoneInfo(config.site.timezone)
     starts_at = config.storage.utilization.night_starts_at
-    sessions = _sessions(conn, start, end, zone, starts_at)
+    sessions = _sessions(conn, config, start, end)
     return _nights(sessions, start, end, now, zone, starts_at)
 
 
@@ -398,9 +398,13 @@ def _circuits(
 
 
 def _sessions(
-    conn: sqlite3.Connection, start: datetime, end: datetime, zone: ZoneInfo, starts_at: str
+    conn: sqlite3.Connection, config: Config, start: datetime, end: datetime
 ) -> dict[str, list[dict[str, Any]]]:
-    """Ended sessions (and those under way) that started in the window or its nights."""
+    """Ended sessions (and those under way) of the configured connectors that started in the
+    window or its nights (a charger no longer configured is no longer reported on)."""
+    zone = ZoneInfo(config.site.timezone)
+    starts_at = config.storage.utilization.night_starts_at
+    known = {(c.id, n) for c in config.chargers for n in range(1, c.connectors + 1)}
     hour, minute = (int(x) for x in starts_at.split(":"))
     nights = nights_between(start, end, time(hour, minute), zone)
     low = min([start, *(n[1] for n in nights)])
@@ -447,6 +451,7 @@ def _sessions(
                 }
             )
     a, b = start.timestamp(), end.timestamp()
+    found = [s for s in found if (s["charger"], s["connector"]) in known]
     return {"all": found, "in_window": [s for s in found if a <= s["started"] < b]}
 
 
