@@ -211,9 +211,22 @@ def _view(seconds: dict[str, float], window: float, energy_wh: float) -> dict[st
 def utilization_report(
     conn: sqlite3.Connection, config: Config, start: datetime, end: datetime, now: datetime
 ) -> dict[str, Any]:
-    """The report over [start, end) (UTC), as plain data (the API's and the CLI's)."""
+    """The report over [start, end) (UTC), as plain data (the API's and the CLI's).
+
+    Read in one transaction: one snapshot of the store, whatever the recorder writes meanwhile.
+    """
     if end <= start:
         raise ReportError("the window is empty: 'from' must be before 'to'")
+    conn.execute("BEGIN")
+    try:
+        return _report(conn, config, start, end, now)
+    finally:
+        conn.rollback()  # nothing was written but the temporary table
+
+
+def _report(
+    conn: sqlite3.Connection, config: Config, start: datetime, end: datetime, now: datetime
+) -> dict[str, Any]:
     a, b = start.timestamp(), end.timestamp()
     window = b - a
     zone = ZoneInfo(config.site.timezone)
@@ -233,13 +246,16 @@ def utilization_report(
     )
     recorded = sum(e - s for s, e in coverage)
     # Each (charger, connector): the last status before the window, then those in it.
+    # (Ties in time go by the order written: the index ends with the rowid.)
     events: dict[tuple[str, int], list[tuple[float, str]]] = defaultdict(list)
-    for charger, connector, status, at_ms in conn.execute(
-        "SELECT charger, connector, status, max(at_ms) FROM util_status WHERE at_ms < ? "
-        "GROUP BY charger, connector",
-        (_ms(start),),
-    ):
-        events[(charger, connector)].append((at_ms / 1000, status))
+    for charger in config.chargers:
+        for number in range(charger.connectors + 1):  # 0: the charger's connection
+            for status, at_ms in conn.execute(
+                "SELECT status, at_ms FROM util_status WHERE charger = ? AND connector = ? "
+                "AND at_ms < ? ORDER BY at_ms DESC, rowid DESC LIMIT 1",
+                (charger.id, number, _ms(start)),
+            ):
+                events[(charger.id, number)].append((at_ms / 1000, status))
     for charger, connector, status, at_ms in conn.execute(
         "SELECT charger, connector, status, at_ms FROM util_status "
         "WHERE at_ms >= ? AND at_ms < ? ORDER BY at_ms, rowid",

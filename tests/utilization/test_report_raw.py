@@ -155,6 +155,18 @@ def test_circuit_time_at_limit_deferred_energy_and_limit(made) -> None:
     assert grid["recorded_s"] == 0 and grid["share_at_limit"] is None
 
 
+def test_statuses_written_at_the_same_moment_count_in_the_order_written(made) -> None:
+    config, _, raw = made
+    raw.run(at(-60), at(60))
+    for status in ("Disconnected", "Connected"):  # as a start of the recorder can write them
+        raw.status(at(-30), "CP2", 0, status)
+    for status in ("Unknown", "Available"):
+        raw.status(at(-30), "CP2", 1, status)
+    raw.flush()
+    found = report(config, T0, at(60))
+    assert connector(found, "CP2", 1)["seconds"]["available"] == pytest.approx(3600)
+
+
 def test_a_bucket_cut_by_the_window_counts_in_proportion(made) -> None:
     config, _, raw = made
     write_two_hours(raw)
