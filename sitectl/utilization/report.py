@@ -10,7 +10,9 @@ stream. Method, per connector and moment:
 - **occupied** on a status that means a vehicle is plugged in (`recorder.OCCUPIED`), split
   into **charging** and **idle** (plugged in, not drawing): per bucket, charging is the
   smaller of the occupied time and the time the connector drew power (both within the
-  window); in a bucket without a measurement, the time its status said ``Charging``.
+  window); in a bucket without a measurement, the time its status said ``Charging``. (Once
+  rolled up into longer buckets, a bucket measured for part of its time only counts the time
+  it drew: the status fallback needs the 1-minute detail.)
 
 Shares are of the window (the six add up to 1). Energy is the recorded energy of the buckets
 (a bucket cut by the window counts in proportion); mean power is the energy over the time
