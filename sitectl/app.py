@@ -98,6 +98,13 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     firmware = _firmware_components(config, state, store, ocpp_server, tracker)
     rollouts = firmware.rollouts if firmware is not None else None
     components: list[Component] = []
+    recorder = None
+    if config.storage.utilization.enabled:
+        from sitectl.utilization.recorder import UtilizationRecorder  # the report's data (#21)
+
+        # First to start, last to stop: it sees the chargers' sockets close.
+        recorder = UtilizationRecorder(config, state, store)
+        components.append(recorder)
     # On-demand phase detection: started by the commands, run by the control loop.
     phase_tests = PhaseTests(config, state) if config.chargers else None
     uplink = None
@@ -106,6 +113,12 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
 
         uplink = Uplink(config, state, store, rollouts=rollouts, phase_tests=phase_tests)
         components.append(uplink)
+        if recorder is not None and config.storage.utilization.daily_message:
+            from sitectl.utilization.daily import DailyUtilization
+
+            components.append(
+                DailyUtilization(config, state, store, uplink.publish, recorder.flush)
+            )
     if config.http.enabled:
         extra: dict[str, tuple[str, Callable[[], float]]] = {}
         if ocpp_server.journal is not None:

@@ -9,6 +9,7 @@
     sitectl detect-phases -c FILE ID  check a charger's phase rotation now (running sitectl)
     sitectl backup FILE -c FILE    copy the store (while running); restore: put a copy back
     sitectl quirks [NAME]          list the charger quirk files (or show one)
+    sitectl report -c FILE         utilization from the store (--from -7d --to now, --csv)
 
 Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors
 (detect-phases also: 3 wired otherwise than configured, 4 no answer; see sitectl.phase_cli).
@@ -33,6 +34,7 @@ from sitectl.logs import set_secrets, setup_logging
 from sitectl.phase_cli import add_parser as add_phase_parser
 from sitectl.store import StoreError
 from sitectl.summary import render_summary
+from sitectl.utilization.cli import add_parser as add_report_parser
 
 __all__ = ["main"]
 
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_phase_parser(commands, common)
     add_fleet_parser(commands, common)
     add_backup_parsers(commands, common)
+    add_report_parser(commands, common)
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
     demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
@@ -273,6 +276,15 @@ def _cmd_backup(args: argparse.Namespace) -> int:
     return run_command(args, config.storage.path)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sitectl.utilization.cli import run
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return run(args, config)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sitectl.sim import DEMO_CONFIG
     from sitectl.sim.demo import run_demo
@@ -299,6 +311,7 @@ COMMANDS = {
     "fleet": _cmd_fleet,
     "backup": _cmd_backup,
     "restore": _cmd_backup,
+    "report": _cmd_report,
 }
 
 

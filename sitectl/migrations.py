@@ -12,6 +12,7 @@ from sitectl.control.memory_store import CONTROL_MEMORY_MIGRATION
 from sitectl.firmware.schema import FIRMWARE_MIGRATION
 from sitectl.sessions import ACTIVE_SESSIONS_MIGRATION, SESSIONS_MIGRATION
 from sitectl.store import MIGRATIONS, Migration
+from sitectl.utilization.store import UTILIZATION_MIGRATION
 
 __all__ = ["SCHEMA"]
 
@@ -23,4 +24,5 @@ SCHEMA: tuple[Migration, ...] = (
     ACTIVE_SESSIONS_MIGRATION,
     CONTROL_MEMORY_MIGRATION,
     LIMIT_EVENTS_MIGRATION,
+    UTILIZATION_MIGRATION,
 )

@@ -66,7 +66,7 @@ def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path) -> None
 def test_by_default_a_store_has_every_component_s_tables(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.sqlite")
     try:
-        assert store.schema_version == SCHEMA[-1].version == 8
+        assert store.schema_version == SCHEMA[-1].version == 9
         tables = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {
             "journal",
@@ -76,6 +76,8 @@ def test_by_default_a_store_has_every_component_s_tables(tmp_path: Path) -> None
             "active_sessions",
             "control_memory",
             "limit_events",
+            "util_status",
+            "util_connector",
         } <= tables
     finally:
         store.close()

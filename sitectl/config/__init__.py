@@ -39,7 +39,13 @@ from sitectl.config.loading import load_config, secret_values
 from sitectl.config.model import Config
 from sitectl.config.ocpp import OcppConfig, OfflineConfig
 from sitectl.config.openadr import OpenAdrConfig, OpenAdrProgram, OpenAdrWebhook
-from sitectl.config.services import FirmwareConfig, HttpConfig, MqttConfig, StorageConfig
+from sitectl.config.services import (
+    FirmwareConfig,
+    HttpConfig,
+    MqttConfig,
+    StorageConfig,
+    UtilizationConfig,
+)
 from sitectl.config.signals import Dimming14aConfig, GridSignalsConfig
 from sitectl.config.site import CircuitConfig, SiteConfig
 
@@ -71,6 +77,7 @@ __all__ = [
     "StorageConfig",
     "TariffConfig",
     "TariffPeriod",
+    "UtilizationConfig",
     "VdvConfig",
     "VehicleConfig",
     "apply_env_overrides",

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from sitectl.config.base import FilePath, _check_host, _Model, _resolve_path
+from sitectl.config.base import FilePath, _check_host, _Model, _parse_time_of_day, _resolve_path
 
 
 class FirmwareConfig(_Model):
@@ -184,6 +184,51 @@ class HttpConfig(_Model):
         return self
 
 
+class UtilizationConfig(_Model):
+    """What the store keeps for the utilization report (`sitectl report`, sitectl/utilization).
+
+    Measurements are kept as 1-minute buckets for `minute_days`, then as `rollup_min` buckets
+    until `retention_days`; status changes and sessions for `retention_days`. The defaults keep
+    a year of a 100-connector depot in a few hundred MB (bench/store_size.py).
+    """
+
+    enabled: bool = Field(True, description="Record status changes, measurements and sessions.")
+    sample_period_s: float = Field(
+        10.0, ge=1, le=60, description="How often measurements are read from the site state."
+    )
+    flush_period_s: float = Field(
+        60.0, ge=1, le=600, description="How often what was recorded is written (one batch)."
+    )
+    minute_days: float = Field(14.0, ge=1, le=366, description="1-minute buckets kept (days).")
+    rollup_min: Literal[5, 10, 15, 30, 60] = Field(
+        15, description="Bucket length (minutes) after `minute_days`."
+    )
+    retention_days: int = Field(400, ge=7, le=3660, description="Everything kept (days).")
+    night_starts_at: str = Field(
+        "12:00",
+        description="Local time a night begins: a session belongs to the night its plug-in "
+        "falls in (named by the local date of its start).",
+    )
+    daily_message: bool = Field(
+        True, description="Publish the previous day's utilization over MQTT after midnight."
+    )
+    daily_delay_s: float = Field(
+        120.0, ge=0, le=3600, description="How long after local midnight it is published."
+    )
+
+    @field_validator("night_starts_at")
+    @classmethod
+    def _night(cls, value: str) -> str:
+        hour, minute = _parse_time_of_day(value)
+        return f"{hour:02d}:{minute:02d}"
+
+    @model_validator(mode="after")
+    def _tiers(self) -> UtilizationConfig:
+        if self.minute_days > self.retention_days:
+            raise ValueError("minute_days must not exceed retention_days")
+        return self
+
+
 class StorageConfig(_Model):
     """Where sitectl keeps what must survive a restart."""
 
@@ -191,5 +236,6 @@ class StorageConfig(_Model):
     synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="FULL: every commit survives power loss (journal guarantee)."
     )
+    utilization: UtilizationConfig = Field(default_factory=UtilizationConfig)
 
     _paths = field_validator("path")(classmethod(lambda cls, v: _resolve_path(v)))

@@ -38,6 +38,9 @@ from sitectl.uplink.commands import (
     OverrideCommand,
     SessionNeedsCommand,
 )
+from sitectl.utilization.api import MAX_WINDOW_DAYS
+from sitectl.utilization.models import UtilizationReport
+from sitectl.utilization.times import MOMENT_PATTERN
 
 __all__ = ["openapi_document"]
 
@@ -159,6 +162,52 @@ def _login_paths() -> dict[str, Any]:
     }
 
 
+def _utilization_path() -> dict[str, Any]:
+    moment = (
+        "An ISO date (local midnight in site.timezone), an ISO date and time (local unless it "
+        "has an offset or Z), now, today, yesterday, or relative to now: -7d, -12h, -30m, -2w."
+    )
+    return {
+        "get": {
+            "summary": "How the chargers and circuits were used over a window, from the store",
+            "description": "Per connector and charger the share of time offline, available, "
+            "charging, plugged in but idle (not drawing), faulted or unknown (sitectl not "
+            "recording); sessions, energy, mean and peak power. Per node the share of the "
+            "recorded time at its limit and the energy its limit deferred (an estimate). Per "
+            "night (by the local date it starts on) the energy delivered against the stated "
+            "needs and the departures met. The method: DESIGN.md, Utilization. Computed in a "
+            "worker thread, one request at a time.",
+            "parameters": [
+                {
+                    "name": "from",
+                    "in": "query",
+                    "required": False,
+                    "description": f"Start (default: 7 days before `to`). {moment}",
+                    "schema": {"type": "string", "pattern": MOMENT_PATTERN, "maxLength": 64},
+                },
+                {
+                    "name": "to",
+                    "in": "query",
+                    "required": False,
+                    "description": f"End (default: now). {moment}",
+                    "schema": {"type": "string", "pattern": MOMENT_PATTERN, "maxLength": 64},
+                },
+            ],
+            "responses": {
+                "200": _ok(_ref("UtilizationReport"), "The report."),
+                "400": _ok(_ref("ErrorView"), "A time that cannot be read; `field` names it."),
+                "422": _ok(
+                    _ref("ErrorView"),
+                    f"`from` not before `to`, or a window longer than {MAX_WINDOW_DAYS} days.",
+                ),
+                "401": _ERRORS["401"],
+                "403": _ERRORS["403"],
+                "503": _ok(_ref("ErrorView"), "The store holds no utilization data (yet)."),
+            },
+        }
+    }
+
+
 def _command_schema(model: type[BaseModel], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """A command's request body, from the pydantic model that validates it (no drift)."""
     schema = model.model_json_schema(ref_template=_REF)
@@ -233,6 +282,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                 ModelTarget,
                 TimetableEntry,
                 LoginView,
+                UtilizationReport,
                 ErrorView,
             ),
             "securitySchemes": _SECURITY_SCHEMES,
@@ -374,6 +424,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/reports/utilization": _utilization_path(),
             "/api/alarms": {
                 "get": {
                     "summary": "Alarms currently raised",

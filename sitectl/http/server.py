@@ -61,6 +61,7 @@ from sitectl.ocpp.budget import LogBudget, quiet_accept_errors
 from sitectl.sessions import SessionLog
 from sitectl.state import SiteState
 from sitectl.store import Store
+from sitectl.utilization.api import UtilizationApi
 
 __all__ = ["CommandHandler", "HttpServer", "PowerHistory"]
 
@@ -292,6 +293,7 @@ class HttpServer:
         self._port = config.http.listen_port if port is None else port
         self.auth = HttpAuth(config, state, secure=self._ssl is not None, clock=session_clock)
         self.logins = self.auth.logins  # wrong tokens and sign-ins, per client address
+        self.utilization = UtilizationApi(config, state.clock)  # from the store (issue #21)
         self.app = self.make_app(routes or [])
         self.ready = asyncio.Event()
         self.port: int | None = None
@@ -324,6 +326,7 @@ class HttpServer:
         app.router.add_get("/api/sessions/{session_id:.+}/plan", self._session_plan)
         app.router.add_get("/api/plans", self._plans)
         app.router.add_post("/api/fleet/timetable", self._timetable)
+        app.router.add_get("/api/reports/utilization", self.utilization.handle)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_static(
             "/static", str(resources.files("sitectl.http") / "static"), append_version=False

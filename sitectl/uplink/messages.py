@@ -58,6 +58,7 @@ class Kind(enum.StrEnum):
     CHARGER = "charger"
     SESSION = "session"
     ALARM = "alarm"
+    UTILIZATION = "utilization"  # the previous day's, once after local midnight (issue #21)
 
 
 def topic_segment(text: str) -> str:
@@ -96,6 +97,10 @@ class Topics:
     @property
     def alarms(self) -> str:
         return f"{self.prefix}/alarms"
+
+    @property
+    def utilization(self) -> str:
+        return f"{self.prefix}/utilization"
 
     def charger(self, charger_id: str) -> str:
         return f"{self.prefix}/chargers/{topic_segment(charger_id)}"
