@@ -22,11 +22,13 @@ re-send what the last one sent, so a cycle runs here only when it can change som
 - ``building``: the building load rose since the last cycle and a circuit reads within 1 A
   of its limit (the running loop would lower the limits within a period);
 - follow-ups the loop's own timers ask for: ``deferred`` (a large decrease held the cycle's
-  increases back, `DEFERRED_A` or more: one control period later, inside the step),
-  ``learn`` (a vehicle drawing well below its limit has its cap learnt after
-  ``ev_learn_s``), ``hold`` (the non-EV peak hold lets a fallen building load go after
-  ``non_ev_hold_s``); ``pause`` (a minimum pause ends) only when asked for. A follow-up but
-  a deferral's waits for an arrival or departure due within `SOON_S`.
+  increases back: one control period later, inside the step), ``pause`` (sessions paused
+  for their minimum dwell are planned again when it ends), ``learn`` (a vehicle drawing well
+  below its limit has its cap learnt after ``ev_learn_s``), ``hold`` (the non-EV peak hold
+  lets a fallen building load go after ``non_ev_hold_s``). Increases held back and pauses
+  count from `DEFERRED_A` (or `DEFERRED_SHARE` of the connection): a few 6 A shares the plan
+  shuffles go out with the next cycle. A follow-up but a deferral's waits for an arrival or
+  departure due within `SOON_S`.
 
 ``every_step`` runs a cycle every step instead (slower; for cross-checks).
 """
@@ -98,7 +100,7 @@ class SimOptions:
     days: float = 1.0
     step_s: float = 30.0
     every_step: bool = False
-    follow_ups: frozenset[str] = frozenset({"deferred", "learn", "hold"})
+    follow_ups: frozenset[str] = frozenset({"deferred", "pause", "learn", "hold"})
 
     @property
     def steps(self) -> int:
@@ -287,6 +289,16 @@ class Simulation:
         """Run one control cycle now; returns whether it held increases back."""
         self.field.report(self.now, self.mono)
         self.learning.clear()
+        # Each connector's share before the cycle (A per phase): what a pause takes away.
+        self._before = {
+            (charger_id, connector): amps
+            for charger_id, mem in self.loop.memory.items()
+            for connector, amps in (
+                mem.commanded_connectors.items()
+                if mem.commanded_connectors
+                else [(1, mem.commanded_a or 0.0)]
+            )
+        }
         completed = await self.loop.turn()
         self.rec.reasons[reason] += 1
         last = self.loop.last
@@ -318,7 +330,11 @@ class Simulation:
         self.building_at_cycle = building
         # Resumes at the minimum current held back while the plan shuffles a few 6 A shares
         # are not worth a cycle each (they go out with the next one); real increases are.
-        return deferred >= max(DEFERRED_A, DEFERRED_SHARE * float(self.rec.limits_a[0].min()))
+        return deferred >= self._worth_a()
+
+    def _worth_a(self) -> float:
+        """Held-back current that is worth a cycle of its own (A per phase, summed)."""
+        return max(DEFERRED_A, DEFERRED_SHARE * float(self.rec.limits_a[0].min()))
 
     def _commanded_over(self, building: np.ndarray) -> float:
         """How far any node's commanded limits (on the phases a vehicle there can draw) plus
@@ -355,13 +371,11 @@ class Simulation:
         """The cycles the loop's own timers will want (see the module docstring)."""
         control = self.config.control
         step = timedelta(seconds=self.dt)
+        paused_a = 0.0
         for charger_id, mem in self.loop.memory.items():
-            for since in mem.paused_since.values():
-                if since == self.mono and control.min_pause_s > 0:
-                    heapq.heappush(
-                        self.follow_ups,
-                        (self.now + timedelta(seconds=control.min_pause_s), "pause"),
-                    )
+            for connector, since in mem.paused_since.items():
+                if since == self.mono:  # paused by this cycle
+                    paused_a += self._before.get((charger_id, connector), 0.0)
             if control.ev_learn_s <= 0 or mem.ev_cap_a is not None or mem.commanded_a is None:
                 continue
             bays = self.field.by_charger[charger_id]
@@ -383,6 +397,11 @@ class Simulation:
             if charger_id not in self.learning:
                 self.learning.add(charger_id)
                 heapq.heappush(self.follow_ups, (at, "learn"))
+        if control.min_pause_s > 0 and paused_a >= self._worth_a():
+            # Sessions paused for their minimum dwell are planned again when it ends (the
+            # live loop's next cycle after it); a few 6 A shares shuffled are not worth it.
+            pause = timedelta(seconds=control.min_pause_s)
+            heapq.heappush(self.follow_ups, (self.now + pause, "pause"))
         fell = self.building_at_cycle - building
         limits = self.rec.limits_a
         if bool((fell >= np.maximum(BUILDING_FALL_A, BUILDING_FALL_SHARE * limits)).any()):

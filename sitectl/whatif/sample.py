@@ -6,8 +6,8 @@
   chargers (100 or 150 kW, one connector) and three twin AC chargers (2 × 22 kW); feeders of
   about 25 connectors, half under each of two transformers, under the grid connection, with
   a metered connection and transformers. The limits are sized from the timetable: the grid
-  contract at the fleet's mean overnight power, so the transformers and the contract bind
-  in the evening peak and the night is tight.
+  contract a little above the fleet's mean overnight power, so the transformers bind in the
+  evening peak and the night is tight but mostly enough.
 - ``timetable.csv``: one vehicle per connector; buses (300–450 kWh, SoC targets) on the DC
   chargers, vans (energy needs, some single-phase) on the AC ones; most on their own bay, the
   rest on ``any``.
@@ -78,8 +78,8 @@ def write_sample(directory: Path, connectors: int = 200, seed: int = 1) -> Sampl
                 feeder_max[feeder] += amps
                 placed += 1
                 battery = rng.choice([300, 350, 400, 450])
-                arrival = rng.uniform(17 * 60, 23.5 * 60)
-                departure = rng.uniform(4 * 60, 7.5 * 60)
+                arrival = rng.uniform(17 * 60, 22.5 * 60)
+                departure = rng.uniform(4.5 * 60, 7.5 * 60)
                 soc = rng.randint(15, 40)
                 rows.append(
                     {
@@ -87,7 +87,7 @@ def write_sample(directory: Path, connectors: int = 200, seed: int = 1) -> Sampl
                         "arrival": _hhmm(arrival),
                         "departure": _hhmm(departure),
                         "arrival_soc": soc,
-                        "target_soc": rng.choice([90, 95, 100]),
+                        "target_soc": rng.choice([90, 90, 95]),
                         "battery_kwh": battery,
                         "charger": cid if rng.random() < 0.7 else "dc",
                         "max_kw": rng.choice([150, 200, ""]),
@@ -129,11 +129,11 @@ def write_sample(directory: Path, connectors: int = 200, seed: int = 1) -> Sampl
         else r["energy_kwh"]
         for r in rows
     )
-    overnight_kw = need / 9.0  # 21:00 to 06:00
+    overnight_kw = need / 8.0  # about 21:30 to 05:30
     building_peak_kw = 60.0 + 2.0 * connectors
-    grid_kw = round(overnight_kw + 0.4 * building_peak_kw, -1)
+    grid_kw = round(overnight_kw + 0.5 * building_peak_kw, -1)
     grid_a = round(grid_kw * 1000 / (3 * VOLTS) * 1.05)
-    transformer_a = round(0.58 * grid_a)
+    transformer_a = round(0.6 * grid_a)
     circuits = [
         {
             "id": f"transformer-{t}",

@@ -102,13 +102,18 @@ function renderCircuits() {
     const row = document.createElement("div");
     row.className = "runs";
     box.appendChild(row);
-    DATA.runs.forEach((run) => {
-      const p = run.plot;
-      const found = p.nodes[node];
-      if (!found) return;
+    // Every run's cell first, so each chart is sized to its column, not to the whole row.
+    const cells = DATA.runs.map(() => {
       const cell = document.createElement("div");
       cell.className = "chart";
       row.appendChild(cell);
+      return cell;
+    });
+    DATA.runs.forEach((run, k) => {
+      const p = run.plot;
+      const found = p.nodes[node];
+      if (!found) return;
+      const cell = cells[k];
       const c = run.circuits[node];
       const limit = Math.min(...c.limit_a);
       const series = [0, 1, 2].map((k) => ({
