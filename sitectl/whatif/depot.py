@@ -60,6 +60,7 @@ class Bay:
     register_wh: float = 0.0
     #: The limit it applies (A per phase for AC, kW of output for DC); None: no profile.
     limit: float | None = None
+    own_limit: float | None = None  # its connector's own profile (without the charger's)
     amps: float = 0.0  # the mean AC current per phase over the last step
     plugged_at: datetime | None = None
     reported_mono: float | None = None  # its last MeterValues (monotonic)
@@ -109,6 +110,15 @@ class SimField:
             self.bays += bays
             self.by_charger[charger.id] = bays
             self.profiles[charger.id] = {}
+        #: Multi-connector chargers: (id, index of their first bay, their bays).
+        self.multi: list[tuple[str, int, list[Bay]]] = []
+        first = 0
+        for charger in self.config.chargers:
+            bays = self.by_charger[charger.id]
+            if len(bays) > 1:
+                self.multi.append((charger.id, first, bays))
+            first += len(bays)
+        self.caps: dict[str, float | None] = {}
         self.links = {c.id: _Link(c.id, c.ocpp_version) for c in self.config.chargers}
         # Nodes (grid, then circuits) and which bays draw through each, per site phase.
         self.nodes = [GRID, *(c.id for c in self.config.circuits)]
@@ -336,25 +346,30 @@ class SimField:
         limit = float(schedule["chargingSchedulePeriod"][0]["limit"])
         held = self.profiles[charger_id]
         held[(connector, int(profile["stackLevel"]))] = (limit, schedule["chargingRateUnit"])
-        for bay in self.by_charger[charger_id]:
-            bay.limit = self._limit(held, bay)
+        bays = self.by_charger[charger_id]
+        cap = self._highest(held, 0, bays[0])
+        self.caps[charger_id] = cap
+        for bay in bays:
+            bay.own_limit = self._highest(held, bay.connector_id, bay)
+            found = [v for v in (bay.own_limit, cap) if v is not None]
+            bay.limit = min(found) if found else None
         return {"status": "Accepted"}
 
-    def _limit(self, held: dict[tuple[int, int], tuple[float, str]], bay: Bay) -> float | None:
-        """The connector's limit in its own unit: the least of its own and the charger's."""
-        found: list[float] = []
-        for connector in (0, bay.connector_id):
-            levels = [level for (c, level) in held if c == connector]
-            if not levels:
-                continue
-            limit, unit = held[(connector, max(levels))]
-            if bay.point.dc:
-                found.append(limit / 1000 if unit == "W" else limit * 3 * bay.point.voltage_v)
-            else:
-                found.append(
-                    limit if unit == "A" else limit / (bay.point.phases * bay.point.voltage_v)
-                )
-        return min(found) if found else None
+    def _highest(
+        self, held: dict[tuple[int, int], tuple[float, str]], connector: int, bay: Bay
+    ) -> float | None:
+        """The limit at a connector's highest stack level, in the bay's unit (``None``: no
+        profile there)."""
+        levels = [level for (c, level) in held if c == connector]
+        if not levels:
+            return None
+        limit, unit = held[(connector, max(levels))]
+        point = bay.point
+        if point.dc:  # kW of output
+            if unit == "W":
+                return limit / 1000
+            return limit * 3 * point.voltage_v * point.efficiency / 1000
+        return limit if unit == "A" else limit / (point.phases * point.voltage_v)
 
     # Physics and meters.
 
@@ -385,24 +400,17 @@ class SimField:
         shared: connectors in order take what their vehicle would, until it is used up (a
         charger never gives its connectors more than its ChargePointMaxProfile together)."""
         out: dict[int, float | None] = {}
-        start = 0
-        for charger in self.config.chargers:
-            bays = self.by_charger[charger.id]
-            if len(bays) > 1:
-                held = self.profiles[charger.id]
-                levels = [level for (c, level) in held if c == 0]
-                cap = held[(0, max(levels))][0] if levels else None
-                left = cap
-                for k, bay in enumerate(bays):
-                    own = self._limit({key: v for key, v in held.items() if key[0] != 0}, bay)
-                    if left is None:
-                        out[start + k] = own
-                        continue
-                    limit = left if own is None else min(own, left)
-                    out[start + k] = limit
-                    if bay.charge is not None:
-                        left = max(0.0, left - bay.charge.target(limit))
-            start += len(bays)
+        for charger_id, first, bays in self.multi:
+            cap = self.caps.get(charger_id)
+            if cap is None or all(bay.charge is None for bay in bays):
+                continue
+            left = cap
+            for k, bay in enumerate(bays):
+                own = bay.own_limit
+                limit = left if own is None else min(own, left)
+                out[first + k] = limit
+                if bay.charge is not None:
+                    left = max(0.0, left - bay.charge.target(limit))
         return out
 
     def levels(self) -> np.ndarray:

@@ -115,7 +115,13 @@ def _binding(rec: Recording, end: datetime) -> dict[str, list[tuple[datetime, da
             continue
         for node in {b[0] for b in cycle.binding}:
             spans.setdefault(node, []).append((cycle.at, until))
-    return {node: _intervals(found) for node, found in spans.items()}
+    # A limit tight for less than a minute (one cycle a control period before the next) is
+    # not a limit that binds the depot's night.
+    return {
+        node: kept
+        for node, found in spans.items()
+        if (kept := [(a, b) for a, b in _intervals(found) if (b - a).total_seconds() >= 60])
+    }
 
 
 def summarize(
