@@ -357,7 +357,10 @@ class PlanWatch:
         else:
             return  # between the two thresholds: the alarm stays as it is
         if track.short_cycles >= self.after_cycles:
-            self.state.raise_alarm(ALARM_CODE, key, Severity.WARNING, self._text(found, departure))
+            if (ALARM_CODE, key) not in self.state.alarms:  # a raised one keeps its text
+                self.state.raise_alarm(
+                    ALARM_CODE, key, Severity.WARNING, self._text(found, departure)
+                )
         elif track.ok_cycles >= self.after_cycles:
             self.state.clear_alarm(ALARM_CODE, key)
 
