@@ -106,8 +106,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for found in prepared:
-        for warning in found.warnings:
+        # A site's configuration warnings matter where it runs; here two and a count.
+        for warning in found.warnings[:2]:
             print(f"warning: {found.label}: {warning}", file=sys.stderr)
+        if len(found.warnings) > 2:
+            print(
+                f"warning: {found.label}: {len(found.warnings) - 2} more configuration "
+                "warnings (sitectl check-config lists them)",
+                file=sys.stderr,
+            )
     runs = []
     for found in prepared:
         hours = found.options.days * 24

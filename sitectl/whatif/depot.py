@@ -29,7 +29,7 @@ from sitectl.control.snapshot import efficiency
 from sitectl.ocpp.observe import StateObserver
 from sitectl.ocpp.router import Origin, RequestSeen, ResponseSeen
 from sitectl.whatif.inputs import sim_tag
-from sitectl.whatif.physics import Charge, ChargePoint, SimVehicle
+from sitectl.whatif.physics import RAMPS, Charge, ChargePoint, Ramps, SimVehicle
 from sitectl.whatif.timetable import Visit
 
 __all__ = ["Bay", "SimField"]
@@ -87,6 +87,7 @@ class SimField:
     bays: list[Bay] = field(default_factory=list)
     #: Chargers and connectors ("ID", "ID/2") that timetable rows name.
     reserved: set[str] = field(default_factory=set)
+    ramps: Ramps = RAMPS
     #: Per charger: (connector, stack level) -> (limit, unit) of the profiles it holds.
     profiles: dict[str, dict[tuple[int, int], tuple[float, str]]] = field(default_factory=dict)
     _ids: Iterable[int] = field(default_factory=lambda: itertools.count(1))
@@ -217,7 +218,7 @@ class SimField:
         if trip.max_kw is not None and not bay.point.dc:
             ac_a = trip.max_kw * 1000 / (trip.phases * bay.point.voltage_v)
             vehicle.max_a = min(vehicle.max_a, ac_a)
-        bay.charge = Charge(vehicle, bay.point)
+        bay.charge = Charge(vehicle, bay.point, self.ramps)
         bay.visit = visit
         bay.plugged_at = now
         request = VehicleRequest(

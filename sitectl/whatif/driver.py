@@ -22,7 +22,8 @@ re-send what the last one sent, so a cycle runs here only when it can change som
 - ``building``: the building load rose since the last cycle and a circuit reads within 1 A
   of its limit (the running loop would lower the limits within a period);
 - follow-ups the loop's own timers ask for: ``deferred`` (a large decrease held the cycle's
-  increases back: one control period later, inside the step), ``pause`` (sessions paused
+  increases back: one control period later, inside the step; after ``ramp_down_s`` when the
+  lowered chargers' vehicles left, as their old limits stay budgeted), ``pause`` (sessions paused
   for their minimum dwell are planned again when it ends), ``learn`` (a vehicle drawing well
   below its limit has its cap learnt after ``ev_learn_s``), ``hold`` (the non-EV peak hold
   lets a fallen building load go after ``non_ev_hold_s``). Increases held back and pauses
@@ -56,6 +57,7 @@ from sitectl.ocpp.observe import StateObserver
 from sitectl.state import Change, SiteState
 from sitectl.whatif.depot import SimField
 from sitectl.whatif.inputs import BuildingLoad
+from sitectl.whatif.physics import RAMPS, Ramps
 from sitectl.whatif.record import CycleNote, Recording, VisitRecord
 from sitectl.whatif.timetable import Visit
 
@@ -73,9 +75,10 @@ BUILDING_MARGIN_A = 1.0
 #: planned with again once the non-EV hold lets it go.
 BUILDING_FALL_A = 2.0
 BUILDING_FALL_SHARE = 0.02
-#: Increases a large decrease held back get a cycle at the next step from this size (A per
-#: phase, summed; or this share of the grid connection's limit).
-DEFERRED_A = 16.0
+#: Increases a large decrease held back (and pauses) get a cycle of their own from this size
+#: (A per phase, summed: more than one vehicle's minimum; or this share of the grid
+#: connection's limit, so a big depot's plan shuffling a few 6 A shares does not).
+DEFERRED_A = 6.5
 DEFERRED_SHARE = 0.01
 #: Cycles a control period apart inside one step while increases stay held back.
 MAX_CHAINED = 3
@@ -94,12 +97,15 @@ class SimOptions:
         days: how long it runs.
         step_s: the simulation step (the vehicles, meters and events move on by it).
         every_step: a control cycle every step instead of when one can change something.
+        ramps: how fast the vehicles start and follow their limits.
+        follow_ups: which follow-up cycles run (see the module docstring).
     """
 
     start: datetime
     days: float = 1.0
     step_s: float = 30.0
     every_step: bool = False
+    ramps: Ramps = RAMPS
     follow_ups: frozenset[str] = frozenset({"deferred", "pause", "learn", "hold"})
 
     @property
@@ -133,7 +139,7 @@ class Simulation:
         # The fleet subscribes before the loop, as in `sitectl.app`: a need it works out on a
         # session's start is in place when the loop is triggered.
         self.fleet = Fleet(config, self.state)
-        self.field = SimField(config, self.observer, self.fleet)
+        self.field = SimField(config, self.observer, self.fleet, ramps=options.ramps)
         self.field.reserved = {
             v.trip.charger for v in visits if v.trip.charger not in (None, "ac", "dc")
         }  # type: ignore[misc]
@@ -188,7 +194,6 @@ class Simulation:
         wall = time.perf_counter()
         await self._commission()
         steps = self.options.steps
-        period = self.config.control.period_s
         for k in range(steps):
             at = self.start + timedelta(seconds=k * self.dt)
             self._set_time(at)
@@ -201,16 +206,17 @@ class Simulation:
             self._begin_step()
             offset, chained = 0.0, 0
             while True:
-                deferred = False
+                delay = None
                 if reason is not None:
-                    deferred = await self._cycle(reason, building)
-                # Increases a decrease held back go out a control period later, as live:
-                # inside the step while it lasts (the live loop's next cycle), else next step.
+                    delay = await self._cycle(reason, building)
+                # Increases a decrease held back go out when the live loop's next cycles can
+                # send them: inside the step while it lasts, else at a later step's start.
                 end = self.dt
-                if deferred and chained < MAX_CHAINED and offset + period < self.dt:
-                    end, chained = offset + period, chained + 1
-                elif deferred:
-                    heapq.heappush(self.follow_ups, (at + timedelta(seconds=self.dt), "deferred"))
+                if delay is not None and chained < MAX_CHAINED and offset + delay < self.dt:
+                    end, chained = offset + delay, chained + 1
+                elif delay is not None:
+                    later = self.now + timedelta(seconds=delay)
+                    heapq.heappush(self.follow_ups, (later, "deferred"))
                 self._advance(at, offset, end, building)
                 if end >= self.dt:
                     break
@@ -285,8 +291,9 @@ class Simulation:
             return True
         return any(r.visit.departure <= until for r in self.on_bay.values())
 
-    async def _cycle(self, reason: str, building: np.ndarray) -> bool:
-        """Run one control cycle now; returns whether it held increases back."""
+    async def _cycle(self, reason: str, building: np.ndarray) -> float | None:
+        """Run one control cycle now; returns, when it held increases back, how long until
+        the live loop would send them (s)."""
         self.field.report(self.now, self.mono)
         self.learning.clear()
         # Each connector's share before the cycle (A per phase): what a pause takes away.
@@ -304,7 +311,7 @@ class Simulation:
         last = self.loop.last
         if not completed or last is None:
             self.rec.reasons["failed"] += 1
-            return False
+            return None
         built, allocation, report = last
         found = allocation.binding or step0_binding(built.problem, allocation)
         binding: set[tuple[str, str, int | None]] = set()
@@ -330,7 +337,23 @@ class Simulation:
         self.building_at_cycle = building
         # Resumes at the minimum current held back while the plan shuffles a few 6 A shares
         # are not worth a cycle each (they go out with the next one); real increases are.
-        return deferred >= self._worth_a()
+        if deferred < self._worth_a():
+            return None
+        period = self.config.control.period_s
+        # A charger lowered because its vehicle left sends no more measurements: its old limit
+        # stays budgeted for ramp_down_s (`ProblemBuilder._ramping`), and only after it can
+        # the loop raise the others. One lowered under a vehicle is seen lower a period later.
+        freed = vacated = 0.0
+        for command in report.sent:
+            if command.kind != "decrease" or command.previous_a is None:
+                continue
+            amps = command.previous_a - command.limit_a
+            freed += amps
+            if all(bay.charge is None for bay in self.field.by_charger[command.charger_id]):
+                vacated += amps
+        if freed > 0 and vacated >= freed / 2:
+            return self.config.control.ramp_down_s + period
+        return period
 
     def _worth_a(self) -> float:
         """Held-back current that is worth a cycle of its own (A per phase, summed)."""

@@ -32,8 +32,10 @@ __all__ = [
     "DC_TAPER_SOC",
     "DC_UP_KW_PER_S",
     "IEC_MIN_A",
+    "RAMPS",
     "Charge",
     "ChargePoint",
+    "Ramps",
     "SimVehicle",
 ]
 
@@ -49,6 +51,23 @@ DC_UP_KW_PER_S = 10.0  # 0 -> 150 kW in 15 s
 DC_DOWN_KW_PER_S = 50.0
 AC_START_S = 5.0
 DC_START_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ramps:
+    """How fast vehicles start and follow a limit (the defaults above; a cross-check against
+    another simulator sets its own)."""
+
+    ac_start_s: float = AC_START_S
+    dc_start_s: float = DC_START_S
+    ac_up_a_per_s: float = AC_UP_A_PER_S
+    ac_down_a_per_s: float = AC_DOWN_A_PER_S
+    dc_up_kw_per_s: float = DC_UP_KW_PER_S
+    dc_down_kw_per_s: float = DC_DOWN_KW_PER_S
+
+
+#: The defaults, shared.
+RAMPS = Ramps()
 
 
 @dataclass(slots=True)
@@ -104,12 +123,13 @@ class Charge:
 
     vehicle: SimVehicle
     point: ChargePoint
+    ramps: Ramps = RAMPS
     level: float = 0.0
     start_left_s: float = 0.0
     energy_kwh: float = 0.0  # into the vehicle (the charger's register)
 
     def __post_init__(self) -> None:
-        self.start_left_s = DC_START_S if self.point.dc else AC_START_S
+        self.start_left_s = self.ramps.dc_start_s if self.point.dc else self.ramps.ac_start_s
 
     @property
     def phases(self) -> int:
@@ -150,10 +170,11 @@ class Charge:
         if wait > 0 and start > 0:  # cannot be (it starts at 0), but keep it exact
             area += start * wait
         if free > 0:
+            ramps = self.ramps
             up, down = (
-                (DC_UP_KW_PER_S, DC_DOWN_KW_PER_S)
+                (ramps.dc_up_kw_per_s, ramps.dc_down_kw_per_s)
                 if self.point.dc
-                else (AC_UP_A_PER_S, AC_DOWN_A_PER_S)
+                else (ramps.ac_up_a_per_s, ramps.ac_down_a_per_s)
             )
             rate = up if goal > start else down
             ramp_s = abs(goal - start) / rate
