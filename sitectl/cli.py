@@ -10,6 +10,7 @@
     sitectl backup FILE -c FILE    copy the store (while running); restore: put a copy back
     sitectl quirks [NAME]          list the charger quirk files (or show one)
     sitectl report -c FILE         utilization from the store (--from -7d --to now, --csv)
+    sitectl simulate -c FILE ...   what-if: the site's day on sitectl's own controller, simulated
 
 Exit codes: 0 success, 1 invalid configuration or a component failure, 2 usage errors
 (detect-phases also: 3 wired otherwise than configured, 4 no answer; see sitectl.phase_cli).
@@ -35,6 +36,7 @@ from sitectl.phase_cli import add_parser as add_phase_parser
 from sitectl.store import StoreError
 from sitectl.summary import render_summary
 from sitectl.utilization.cli import add_parser as add_report_parser
+from sitectl.whatif_cli import add_parser as add_simulate_parser
 
 __all__ = ["main"]
 
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fleet_parser(commands, common)
     add_backup_parsers(commands, common)
     add_report_parser(commands, common)
+    add_simulate_parser(commands, common)
 
     demo = commands.add_parser("demo", parents=[common], help="run a simulated depot")
     demo.add_argument("--chargers", type=int, default=None, help="number of simulated chargers")
@@ -298,6 +301,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from sitectl.whatif_cli import run
+
+    return run(args)
+
+
 COMMANDS = {
     "run": _cmd_run,
     "check-config": _cmd_check,
@@ -312,6 +321,7 @@ COMMANDS = {
     "backup": _cmd_backup,
     "restore": _cmd_backup,
     "report": _cmd_report,
+    "simulate": _cmd_simulate,
 }
 
 
@@ -322,7 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         args.file = _check_config_file(parser, args)
     # The demo's live line is the point; its logs stay quiet unless asked for.
-    default_level = "WARNING" if args.command == "demo" else "INFO"
+    # A simulation's controller raises alarms by the hundred (that is its point): the report
+    # counts them; its log says only what went wrong.
+    default_level = {"demo": "WARNING", "simulate": "ERROR"}.get(args.command, "INFO")
     setup_logging(getattr(args, "log_level", default_level), getattr(args, "log_format", "human"))
     try:
         return COMMANDS[args.command](args)

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sitectl.config import Config
 from sitectl.limits import LimitBoard, LimitOverride, OperatorOverrides
@@ -214,9 +214,12 @@ class CircuitStatus:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PlanStep:
-    """One step of a session's plan: when it starts, how long, what the LP planned."""
+class PlanStep(NamedTuple):
+    """One step of a session's plan: when it starts, how long, what the LP planned.
+
+    A named tuple, not a dataclass: every cycle makes one per step of every session's plan
+    (30 000 at 1,000 chargers), and a tuple is made four times as fast.
+    """
 
     start: datetime
     duration_s: float

@@ -7,6 +7,7 @@ directory of that file (`_BASE_DIR`), set by `load_config` for the duration of t
 from __future__ import annotations
 
 import contextvars
+import functools
 import ipaddress
 import math
 import os
@@ -83,6 +84,7 @@ PhaseValues = Annotated[
 ]
 
 
+@functools.lru_cache(maxsize=256)  # pure; `ChargerConfig.site_phases` asks it every cycle
 def parse_phase_rotation(text: str, phases: int = 3) -> tuple[int, ...]:
     """Parse how a charger's phases are wired to the site's.
 

@@ -363,22 +363,40 @@ class ControlLoop:
             if self.applied is not None:
                 self.applied.cancel()
 
+    @property
+    def triggered(self) -> bool:
+        """Whether something asked for a cycle since the last one began (an event, an
+        overload): `run` starts one at once; a driver in simulated time polls this."""
+        return self._wake.is_set()
+
+    async def turn(self) -> bool:
+        """One turn of `run`, without its wait: clear the triggers, run a cycle (a failing
+        one is logged, not raised), feed the watchdog, tell the waiters.
+
+        `run` calls it every period and on triggers; ``sitectl simulate`` calls it in
+        simulated time (`sitectl.whatif`). Returns whether the cycle completed.
+        """
+        self._wake.clear()
+        try:
+            await self.cycle()
+        except Exception:
+            # One bad cycle must not end control: the chargers keep their last limits
+            # (until validity lapses to the fail-safe) and the next cycle tries again.
+            log.exception("control cycle failed")
+            completed = False
+        else:
+            if self.on_cycle is not None:
+                # The service watchdog is fed from here, after a completed cycle, so a
+                # stuck or failing control loop gets the process restarted.
+                self.on_cycle()
+            completed = True
+        self.cycle_done.set()
+        return completed
+
     async def _run(self) -> None:
         while True:
             started = self.monotonic()
-            self._wake.clear()
-            try:
-                await self.cycle()
-            except Exception:
-                # One bad cycle must not end control: the chargers keep their last limits
-                # (until validity lapses to the fail-safe) and the next cycle tries again.
-                log.exception("control cycle failed")
-            else:
-                if self.on_cycle is not None:
-                    # The service watchdog is fed from here, after a completed cycle, so a
-                    # stuck or failing control loop gets the process restarted.
-                    self.on_cycle()
-            self.cycle_done.set()
+            await self.turn()
             remaining = self.control.period_s - (self.monotonic() - started)
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):

@@ -134,10 +134,14 @@ class ChargerMemory:
 
     def highest_limit_since(self, start: float) -> float:
         """The highest limit in force at any time since `start` (monotonic)."""
-        in_force = [amps for at, amps in self.limit_history if at >= start]
-        before = [amps for at, amps in self.limit_history if at < start]
-        if before:
-            in_force.append(before[-1])  # the one in force when the window began
-        if not in_force and self.commanded_a is not None:
-            in_force.append(self.commanded_a)
-        return max(in_force, default=0.0)
+        # The history is in time order (`record_limit` appends): walk back from the newest
+        # to the one in force when the window began, not over all 512 (asked per charger
+        # several times a cycle).
+        highest: float | None = None
+        for at, amps in reversed(self.limit_history):
+            highest = amps if highest is None else max(highest, amps)
+            if at < start:
+                break
+        if highest is None and self.commanded_a is not None:
+            highest = self.commanded_a
+        return 0.0 if highest is None else highest

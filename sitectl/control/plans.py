@@ -106,31 +106,37 @@ def forecast(
     volt = problem.voltage_ln_v
     plan = np.asarray(allocation.plan_a, dtype=float).reshape(len(problem.sessions), problem.steps)
     step_starts = [now + timedelta(seconds=float(x)) for x in starts_s]
+    durations_list = durations.tolist()
     out: dict[str, PlanForecast] = {}
-    for k, session in enumerate(problem.sessions):
-        need = needs.get(session.id)
-        if need is None:
-            continue
+    rows = [k for k, session in enumerate(problem.sessions) if session.id in needs]
+    if not rows:
+        return out
+    # Every session at once (the same arithmetic, element by element, as one at a time):
+    # per session, the current and energy per step and the seconds it is there to take it.
+    chosen = [needs[problem.sessions[k].id] for k in rows]
+    nph_all = np.array([len(problem.sessions[k].phases) for k in rows], dtype=float)
+    kw_per_a_all = nph_all * volt / 1000.0
+    amps_all = plan[rows] + np.array([n.floor_a for n in chosen])[:, None]
+    left_all = np.array([(n.departure - now).total_seconds() for n in chosen])
+    present_all = np.clip(left_all[:, None] - starts_s[None, :], 0.0, durations[None, :])
+    energy_all = amps_all * kw_per_a_all[:, None] * durations[None, :] / 3600.0
+    if problem.steps:
+        first = (left_all > 0) & (left_all < durations[0])
+        energy_all[first, 0] = amps_all[first, 0] * kw_per_a_all[first] * left_all[first] / 3600.0
+    energy_all = np.where(present_all > 0, energy_all, 0.0)
+    planned_all = energy_all.sum(axis=1).tolist()
+    amps_rows = amps_all.tolist()
+    kw_rows = (amps_all * kw_per_a_all[:, None]).tolist()
+    for j, k in enumerate(rows):
+        session = problem.sessions[k]
+        need = chosen[j]
         nph = len(session.phases)
-        kw_per_a = nph * volt / 1000.0
-        amps = plan[k] + need.floor_a
-        steps = tuple(
-            map(
-                PlanStep,
-                step_starts,
-                durations.tolist(),
-                amps.tolist(),
-                (amps * kw_per_a).tolist(),
-            )
-        )
-        left_s = (need.departure - now).total_seconds()
-        # Per step: the energy planned, and the seconds of the step the car is there to take it.
-        present_s = np.clip(left_s - starts_s, 0.0, durations)
-        energy = amps * kw_per_a * durations / 3600.0
-        if problem.steps and 0 < left_s < durations[0]:
-            energy[0] = amps[0] * kw_per_a * left_s / 3600.0  # step 0 is dispatched as is
-        energy = np.where(present_s > 0, energy, 0.0)
-        planned = float(energy.sum())
+        kw_per_a = float(kw_per_a_all[j])
+        amps = amps_all[j]
+        steps = tuple(map(PlanStep, step_starts, durations_list, amps_rows[j], kw_rows[j]))
+        present_s = present_all[j]
+        energy = energy_all[j]
+        planned = planned_all[j]
         common = dict(phases=nph, steps=steps, planned_kwh=planned)
         if allocation.method == "fallback":
             out[session.id] = PlanForecast(
@@ -351,7 +357,10 @@ class PlanWatch:
         else:
             return  # between the two thresholds: the alarm stays as it is
         if track.short_cycles >= self.after_cycles:
-            self.state.raise_alarm(ALARM_CODE, key, Severity.WARNING, self._text(found, departure))
+            if (ALARM_CODE, key) not in self.state.alarms:  # a raised one keeps its text
+                self.state.raise_alarm(
+                    ALARM_CODE, key, Severity.WARNING, self._text(found, departure)
+                )
         elif track.ok_cycles >= self.after_cycles:
             self.state.clear_alarm(ALARM_CODE, key)
 

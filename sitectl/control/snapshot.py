@@ -213,9 +213,12 @@ class ProblemBuilder:
         self.horizon = Horizon(config)
         self._implausible_since: dict[str, float] = {}
         self.failsafe_under: dict[str, Phases] = {node: ZERO for node in self.parents}
+        #: Each charger's path up to the grid (the tree does not change while it runs; asked
+        #: for every charger twice a cycle).
+        self._paths = {c.id: config.circuit_path(c.circuit) for c in config.chargers}
         for charger in config.chargers:
             share = _on_phases(charger.failsafe_current_a, charger.site_phases)
-            for node in config.circuit_path(charger.circuit):
+            for node in self._paths[charger.id]:
                 self.failsafe_under[node] = _add(self.failsafe_under[node], share)
 
     # Public.
@@ -706,7 +709,7 @@ class ProblemBuilder:
         """Distrust meters that read less than the EV draw they must contain (removed here)."""
         under: dict[str, Phases] = dict.fromkeys(self.parents, ZERO)
         for charger in self.config.chargers:
-            for node in self.config.circuit_path(charger.circuit):
+            for node in self._paths[charger.id]:
                 under[node] = _add(under[node], ev_lo.get(charger.id, ZERO))
         found: dict[str, str] = {}
         for node in list(measured):
@@ -748,7 +751,7 @@ class ProblemBuilder:
         """Non-EV load to place at each circuit (step 0), bottom-up."""
         ev_under: dict[str, Phases] = dict.fromkeys(self.parents, ZERO)
         for charger in self.config.chargers:
-            for node in self.config.circuit_path(charger.circuit):
+            for node in self._paths[charger.id]:
                 ev_under[node] = _add(ev_under[node], ev_fresh.get(charger.id, ZERO))
         placed: dict[str, Phases] = {}
 
