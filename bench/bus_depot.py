@@ -253,7 +253,7 @@ def judge(case: str, rec: Recording, seen: Judge, wall_s: float) -> Result:
             before = [s for s in samples if s[0] <= at]
             if not before:
                 continue  # plugged in less than that before it was ready
-            _, status, predicted = before[-1]
+            _, _status, predicted = before[-1]
             if predicted is None:
                 missing += 1
                 continue
