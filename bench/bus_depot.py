@@ -32,7 +32,17 @@ taper costs the prediction, and ``flat`` is the plan's own accuracy.
     python bench/bus_depot.py [--buses 40] [--seed 19] [--limit-kw 1500]
         [--case dc|flat|both] [--quick]
 
-Figures of the current code are in docs/DESIGN.md ("The plan, per vehicle").
+Only the ``dc`` case decides the exit code. ``--quick``: 12 buses on 450 kW, ``dc`` only
+(for iterating; a few buses make a noisy median). The whole run takes ~15 s.
+
+Figures (seed 19, 40 buses, 1.5 MW; 11.6 MWh needed, 10.9 delivered), median |error| of the
+ready time 1 / 2 / 3 h ahead; short buses named ≥ 1 h ahead; false alarms; explained:
+
+    dc    6.0 / 7.2 / 5.7 min   6 of 21   0 of 19   100 % of 7,666   (misses: LP has no taper)
+    flat  2.0 / 2.2 / 1.5 min   6 of 11   5 of 29   100 % of 7,344
+
+Before the alarm's shared reading (`sitectl.control.plans.shared_shortfalls`) the false
+alarms were 11 of 19 and 20 of 29. See docs/DESIGN.md ("The plan, per vehicle").
 """
 
 from __future__ import annotations
