@@ -44,6 +44,7 @@ from typing import Any
 from sitectl import __version__
 from sitectl.config import Config
 from sitectl.control.phase_test import PhaseTests
+from sitectl.security_events import OwnSecurityEvent
 from sitectl.state import Severity, SiteState
 from sitectl.store import Store
 from sitectl.store_health import STORE_FAILED_ALARM, store_failed
@@ -54,6 +55,7 @@ from sitectl.uplink.messages import Message, Topics, encode, iso, status_body, w
 from sitectl.uplink.outbox import Outbox
 from sitectl.uplink.publisher import StatePublisher
 from sitectl.uplink.replies import CommandDesk
+from sitectl.uplink.security import SECURITY_WINDOW_S, SecurityFeed
 
 __all__ = ["STORE_FAILED_ALARM", "WINDOW", "Uplink"]
 
@@ -86,6 +88,9 @@ class Uplink:
             took over our session (see client.py).
         window: messages in flight at most (see `WINDOW`).
         rollouts: the firmware rollouts, for the ``firmware`` command (``None``: refused).
+        phase_tests: what ``detect_phases`` starts (``None``: refused).
+        security_window_s: sitectl's own security events of one kind within this long after
+            one was sent go out as one message (security.py).
     """
 
     name = "uplink"
@@ -101,6 +106,7 @@ class Uplink:
         window: int = WINDOW,
         rollouts: Rollouts | None = None,
         phase_tests: PhaseTests | None = None,
+        security_window_s: float = SECURITY_WINDOW_S,
     ) -> None:
         self.config = config
         self.mqtt = config.mqtt
@@ -130,6 +136,13 @@ class Uplink:
         )
         self.desk = CommandDesk(
             config, state, self.topics, self.reply_topics, self.republish, rollouts, phase_tests
+        )
+        self.security = SecurityFeed(
+            self.topics,
+            self.publish,
+            state.clock,
+            lambda delay, callback: self._later(delay, callback),
+            security_window_s,
         )
         self.connection: MqttConnection | None = None
         self.connected = False
@@ -176,6 +189,7 @@ class Uplink:
         """Publish until cancelled; then say ``offline`` (if connected) and disconnect."""
         self._loop = asyncio.get_running_loop()
         unsubscribe = self.state.subscribe(self.publisher.on_change)
+        self.state.security_events.listeners.append(self._security_event)
         if not self.mqtt.commands_enabled:
             log.info(
                 "MQTT commands are disabled (mqtt.commands_enabled: false): not subscribing to %s",
@@ -195,6 +209,25 @@ class Uplink:
             raise
         finally:
             unsubscribe()
+            with contextlib.suppress(ValueError):
+                self.state.security_events.listeners.remove(self._security_event)
+
+    def _security_event(self, event: OwnSecurityEvent) -> None:
+        """The security event log's listener (on the loop; from a thread, handed over)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self.security.on_event(event)
+        else:
+            loop.call_soon_threadsafe(self.security.on_event, event)
+
+    def _later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle | None:
+        return self._loop.call_later(delay, callback) if self._loop is not None else None
 
     def _connect(self, loop: asyncio.AbstractEventLoop) -> MqttConnection | None:
         try:
@@ -222,6 +255,7 @@ class Uplink:
         return connection
 
     async def _shutdown(self) -> None:
+        self.security.flush()  # the events counted in open windows, kept for the next start
         self._flush()  # what this tick produced is kept for the next start
         connection = self.connection
         if connection is None:
