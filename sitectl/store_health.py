@@ -43,6 +43,6 @@ def store_failed(
         STORE_FAILED_ALARM,
         "store",
         Severity.CRITICAL,
-        f"the store {path} cannot write ({exc}): {consequence}; check the disk (full, "
+        f"the store {path} cannot write ({what}: {exc}): {consequence}; check the disk (full, "
         "read-only, failing) and restart sitectl",
     )
