@@ -72,6 +72,7 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
     from sitectl.ocpp.recovery import SessionRecovery
     from sitectl.ocpp.server import OcppServer
     from sitectl.sessions import ActiveSessions, SessionLog
+    from sitectl.store_health import store_failed
     from sitectl.uplink.commands import handle_command
 
     observer = StateObserver(state, config.ocpp.profile_stack_levels, config.ocpp.profile_id_base)
@@ -90,6 +91,13 @@ def build_components(config: Config, state: SiteState, store: Store) -> list[Com
 
     ocpp_server = OcppServer(config, FanoutListener(observer, tracker), store=store, alarm=alarm)
     ocpp_server.security_event = lambda type_, text: state.security_events.record(type_, text)
+    ocpp_server.store_failed = lambda exc: store_failed(
+        state,
+        store.path,
+        exc,
+        "the OCPP journal",
+        "chargers' transaction messages are refused with a CALLERROR (they keep and resend them)",
+    )
     # The CSMS's charger-wide profiles go below sitectl's stack levels (issue #17.1).
     guard = CsmsProfileGuard(config.ocpp.profile_stack_levels)
     ocpp_server.csms_rewriters.append(guard.rewrite)

@@ -10,7 +10,8 @@ part 2; ``type`` is a string of up to 50 characters), a technical text and a tim
   a critical one out (as for chargers' events).
 - Told to the CSMS as SecurityEventNotification over sitectl's own local-controller identity
   when one is configured (`sitectl.firmware.lc`; queued, bounded, while it is not connected).
-- Published on MQTT with the alarms (the uplink subscribes to ``security_event`` changes).
+- Published on MQTT on ``<prefix>/security`` by the uplink, one of the listeners
+  (`sitectl.uplink.security`: folded per kind and window, so a flood cannot amplify).
 """
 
 from __future__ import annotations

@@ -257,7 +257,7 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
         "schema": {"type": "string"},
     }
     secured = [{"bearer": []}]
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "sitectl local API",
@@ -592,3 +592,29 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
             },
         },
     }
+    return _with_lockouts(document)
+
+
+#: The 429 of the per-address lockout (auth.py: 10 wrong tokens in 60 s, locked for 60 s).
+_LOCKED = {
+    "description": "Too many wrong tokens from this address (10 in 60 s): locked out for a "
+    "while, even with the right token; try again after Retry-After.",
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds until this address may try again.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    "content": {"application/json": {"schema": _ref("ErrorView")}},
+}
+
+
+def _with_lockouts(document: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that checks a token (it can answer 401) can answer 429 too: the
+    lockout is checked before the token (`auth.HttpAuth.middleware`)."""
+    for item in document["paths"].values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            if "401" in responses:
+                responses.setdefault("429", _LOCKED)
+    return document

@@ -159,7 +159,10 @@ class ConnectionGuard:
             count = self.per_client.get(address, 0)
             if len(self.open) >= self.max_total or count >= self.max_per_client:
                 self.refused += 1
-                note = self._log.allow(address)
+                # Over the global cap the log budget is one for all addresses (a prober with
+                # many addresses must not buy itself log lines); over the per-client cap, its own.
+                full = len(self.open) >= self.max_total
+                note = self._log.allow("*" if full else address)
                 if note is not None:
                     log.warning(
                         "HTTP connection from %s refused: %d open (%d from there; at most %d, "
@@ -171,7 +174,13 @@ class ConnectionGuard:
                         self.max_per_client,
                         note,
                     )
-                transport.abort()
+                # Not at once: aiohttp starts the handler's task right after this hook, and a
+                # connection lost before it runs makes the task fail on an assertion (a
+                # traceback per refused connection: a log flood at 400 slow clients). Read
+                # nothing meanwhile; abort on the next turn of the loop, as a client reset.
+                with contextlib.suppress(Exception):
+                    transport.pause_reading()
+                asyncio.get_running_loop().call_soon(transport.abort)
                 return
             self.open[handler] = address
             self.per_client[address] = count + 1
@@ -653,8 +662,11 @@ class HttpServer:
         await runner.setup()
         assert runner.server is not None
         self.connections.install(runner.server)
+        # asyncio accepts up to `backlog` connections per wake-up, each a descriptor before
+        # the cap can refuse it: a burst of 1,024 at a 256-fd limit starves the OCPP port.
+        backlog = max(8, min(128, self.connections.max_total // 2))
         site = web.TCPSite(
-            runner, self.config.http.listen_host, self._port, ssl_context=self._ssl, backlog=1024
+            runner, self.config.http.listen_host, self._port, ssl_context=self._ssl, backlog=backlog
         )
         await site.start()
         server = site._server

@@ -18,6 +18,11 @@ The agent is the router's `Divert` policy plus the code that answers held calls.
   ``message_attempts``; then the message goes to the dead letters with an alarm and the queue goes
   on. A timeout is retried without counting (reference O7).
 - Standalone (no CSMS configured): everything is answered here and nothing is journaled.
+- A transaction message the journal cannot store (disk full, read-only, I/O error) is answered
+  with a CALLERROR InternalError saying so, never with a CallResult: the charger keeps a
+  transaction message it got no result for in its own queue and sends it again (OCPP 1.6
+  §3.7.1, 2.0.1 E13; reference O7/O8: store before acknowledging). The first such failure
+  raises ``store_failed`` (`store_failed` callback); the log says it within a budget.
 
 The agent touches the store (a local SQLite file) but no socket and no clock of its own: the
 link calls it with ``now`` after every router input.
@@ -26,6 +31,7 @@ link calls it with ``now`` after every router input.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +39,7 @@ from typing import Any
 
 from sitectl.config import OfflineConfig
 from sitectl.ocpp.auth import AuthCache, normalise_info, to_version
+from sitectl.ocpp.budget import LogBudget
 from sitectl.ocpp.frames import Call, error_code
 from sitectl.ocpp.journal import BootState, Entry, Journal
 from sitectl.ocpp.router import (
@@ -124,6 +131,7 @@ class OfflineAgent:
         config: the ``ocpp.offline`` settings.
         alarm: raises an alarm: ``alarm(code, text)``.
         wall_clock: UTC now, for answers such as Heartbeat.
+        store_failed: told of a journal write that failed (raises ``store_failed``).
     """
 
     def __init__(
@@ -138,8 +146,13 @@ class OfflineAgent:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rewriters: list[CsmsRewriter] | None = None,
         charger_rewriters: list[CsmsRewriter] | None = None,
+        store_failed: Callable[[sqlite3.Error], None] = lambda exc: None,
     ) -> None:
         self.identity = identity
+        self._store_failed = store_failed
+        self._unstored_log = LogBudget(lines=3, window_s=60.0)
+        #: Transaction messages refused because the journal could not store them.
+        self.unstored = 0
         self.version = version
         self.router = router
         self.journal = journal
@@ -315,6 +328,9 @@ class OfflineAgent:
         action, payload = event.action, event.payload
         try:
             answer = self._local_answer(action, payload)
+        except sqlite3.Error as exc:
+            self._unstorable(event, exc)
+            return
         except (KeyError, TypeError, ValueError) as exc:
             log.warning(
                 "%s: cannot answer %s locally (%s); answering with a CALLERROR",
@@ -338,6 +354,28 @@ class OfflineAgent:
             )
             return
         self.router.answer_held(Side.CHARGER, event.message_id, answer)
+
+    def _unstorable(self, event: CallHeld, exc: sqlite3.Error) -> None:
+        """A transaction message the journal cannot keep: not accepted, the charger retries."""
+        self.unstored += 1
+        self._store_failed(exc)
+        note = self._unstored_log.allow("store")
+        if note is not None:
+            log.error(
+                "%s: %s cannot be stored (%s): answered with a CALLERROR, the charger keeps "
+                "it and sends it again%s",
+                self.identity,
+                event.action,
+                exc,
+                note,
+            )
+        self.router.error_held(
+            Side.CHARGER,
+            event.message_id,
+            error_code(self.version, "internal"),
+            f"sitectl cannot store this {event.action} (its store fails): not accepted, "
+            "send it again later",
+        )
 
     def _local_answer(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         kind = None if self.standalone else self._journal_kind(action, payload)

@@ -163,6 +163,10 @@ class OcppServer:
         self.security_event: Callable[[str, str], None] = lambda type_, text: log.warning(
             "security event %s: %s", type_, text
         )
+        #: Told of a journal write that failed (app wires it to the ``store_failed`` alarm).
+        self.store_failed: Callable[[Exception], None] = lambda exc: log.critical(
+            "the OCPP journal cannot write: %s", exc
+        )
         offline = self.ocpp.offline
         self.journal: Journal | None = None
         self.auth: AuthCache | None = None
@@ -500,6 +504,7 @@ class OcppServer:
                 alarm=lambda code, text: self._alarm(code, identity, text),
                 rewriters=self.csms_rewriters,
                 charger_rewriters=self.charger_rewriters,
+                store_failed=lambda exc: self.store_failed(exc),
             )
         link = ChargerLink(
             pending.identity,

@@ -41,6 +41,7 @@ __all__ = [
     "encode",
     "iso",
     "limit_event_body",
+    "security_body",
     "session_body",
     "status_body",
     "summary_body",
@@ -59,6 +60,7 @@ class Kind(enum.StrEnum):
     SESSION = "session"
     ALARM = "alarm"
     UTILIZATION = "utilization"  # the previous day's, once after local midnight (issue #21)
+    SECURITY = "security"  # sitectl's own security events, folded per window (issue #22.10)
 
 
 def topic_segment(text: str) -> str:
@@ -101,6 +103,10 @@ class Topics:
     @property
     def utilization(self) -> str:
         return f"{self.prefix}/utilization"
+
+    @property
+    def security(self) -> str:
+        return f"{self.prefix}/security"
 
     def charger(self, charger_id: str) -> str:
         return f"{self.prefix}/chargers/{topic_segment(charger_id)}"
@@ -374,6 +380,29 @@ def alarm_body(alarm: Alarm, raised: bool, now: datetime) -> dict[str, Any]:
     if not raised:
         body["cleared_at"] = iso(now)
     return body
+
+
+def security_body(
+    type_: str,
+    tech_info: str,
+    critical: bool,
+    count: int,
+    first_at: datetime,
+    last_at: datetime,
+    now: datetime,
+) -> dict[str, Any]:
+    """A ``…/security`` event: `count` events of one type folded into one message (the
+    first of a window alone, the rest of the window together); `tech_info` is the newest's."""
+    return {
+        "ts": iso(now),
+        "event": "security_event",
+        "type": type_,
+        "tech_info": tech_info,
+        "critical": critical,
+        "count": count,
+        "first_at": iso(first_at),
+        "last_at": iso(last_at),
+    }
 
 
 #: The ``…/alarms`` events of limit interventions (issue #20.4), by `LimitEvent.action`.

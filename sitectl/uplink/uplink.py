@@ -1,8 +1,10 @@
 """The MQTT uplink component: the depot as the cloud sees it, kept through outages.
 
-It subscribes to SiteState, turns changes into messages (messages.py), commits them to the
-outbox (outbox.py) and feeds the broker connection (client.py) from there; it takes commands
-(commands.py) and answers them. Rules:
+It subscribes to SiteState and has the changes turned into messages (publisher.py, with the
+payloads of messages.py), commits them to the outbox (outbox.py) and feeds the broker
+connection (client.py) from there; commands are answered by replies.py. What stays here is the
+connection: outbox feeding, the birth and will, the takeover watch. The modules depend one way:
+uplink → publisher, replies → messages, outbox, commands, guard. Rules:
 
 - Nothing here blocks on the network: paho runs in its own thread and connects in the
   background, so a broker that is down at start delays no other component.
@@ -16,11 +18,8 @@ outbox (outbox.py) and feeds the broker connection (client.py) from there; it ta
   The status carries the next ``seq`` like any message, so ``seq`` on the wire only grows.
 - At most `window` messages are handed to paho at a time (and no more than the broker's
   Receive Maximum); the rest waits on disk.
-- Summaries every ``summary_period_s``; while disconnected, at most one per
-  ``outage_summary_period_s`` is queued (the others are counted as thinned). Session events and
-  alarms are never thinned. Charger states are published when they change: at once on
-  connection, status, session, firmware and alarm changes, and at the summary period for
-  measurements alone (a charging bus changes its draw every few seconds).
+- Summaries every ``summary_period_s`` (the tick, publisher.py), thinned while disconnected;
+  charger states when they change.
 - Command replies and the status do not go through the outbox: a reply matters only while its
   requester waits, and a stale ``online`` must never be replayed.
 - Two controllers with one site id (client.py): a "session taken over" disconnect, or a status
@@ -40,40 +39,25 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
-
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from sitectl import __version__
 from sitectl.config import Config
 from sitectl.control.phase_test import PhaseTests
-from sitectl.state import Alarm, Change, SessionState, Severity, SiteState
+from sitectl.security_events import OwnSecurityEvent
+from sitectl.state import Severity, SiteState
 from sitectl.store import Store
+from sitectl.store_health import STORE_FAILED_ALARM, store_failed
 from sitectl.uplink.client import Acked, Connected, Disconnected, Event, MqttConnection, Received
-from sitectl.uplink.commands import Rollouts, handle_command
+from sitectl.uplink.commands import Rollouts
 from sitectl.uplink.guard import ReplyTopics, RepublishGate
-from sitectl.uplink.messages import (
-    EnergyToday,
-    Kind,
-    Message,
-    Topics,
-    alarm_body,
-    charger_body,
-    comparable,
-    encode,
-    iso,
-    limit_event_body,
-    session_body,
-    status_body,
-    summary_body,
-    with_seq,
-)
+from sitectl.uplink.messages import Message, Topics, encode, iso, status_body, with_seq
 from sitectl.uplink.outbox import Outbox
+from sitectl.uplink.publisher import StatePublisher
+from sitectl.uplink.replies import CommandDesk
+from sitectl.uplink.security import SECURITY_WINDOW_S, SecurityFeed
 
-__all__ = ["WINDOW", "Uplink"]
+__all__ = ["STORE_FAILED_ALARM", "WINDOW", "Uplink"]
 
 log = logging.getLogger(__name__)
 
@@ -86,29 +70,10 @@ RECONNECT_DELAY_S = (1.0, 60.0)
 TAKEOVER_BACKOFF_S = (10.0, 600.0)
 #: The alarm raised when another client takes over our session.
 TAKEOVER_ALARM = "mqtt_session_taken_over"
-#: The alarm raised on the first failed store write (issue #22.12).
-STORE_FAILED_ALARM = "store_failed"
 #: How long an orderly stop waits for the broker to acknowledge the ``offline`` status.
 OFFLINE_ACK_TIMEOUT_S = 2.0
 #: How long an orderly stop waits for paho's network thread to end.
 STOP_TIMEOUT_S = 5.0
-
-#: Changes that republish a charger's state at once ("measurement" waits for the period).
-_CHARGER_KINDS = frozenset(
-    {
-        "charger_connected",
-        "charger_disconnected",
-        "charger_booted",
-        "upstream",
-        "connector",
-        "firmware_status",
-        "session_needs",
-        "csms_profiles",
-        "profiles_cleared",
-        "plan",  # a session's predicted ready time or shortfall changed (control.plans)
-    }
-)
-_ENERGY_META_KEY = "uplink.energy_today"
 
 
 class Uplink:
@@ -123,6 +88,9 @@ class Uplink:
             took over our session (see client.py).
         window: messages in flight at most (see `WINDOW`).
         rollouts: the firmware rollouts, for the ``firmware`` command (``None``: refused).
+        phase_tests: what ``detect_phases`` starts (``None``: refused).
+        security_window_s: sitectl's own security events of one kind within this long after
+            one was sent go out as one message (security.py).
     """
 
     name = "uplink"
@@ -138,10 +106,9 @@ class Uplink:
         window: int = WINDOW,
         rollouts: Rollouts | None = None,
         phase_tests: PhaseTests | None = None,
+        security_window_s: float = SECURITY_WINDOW_S,
     ) -> None:
         self.config = config
-        self.rollouts = rollouts
-        self.phase_tests = phase_tests
         self.mqtt = config.mqtt
         self.state = state
         self.store = store
@@ -157,7 +124,26 @@ class Uplink:
         self.reconnect_delay_s = reconnect_delay_s
         self.takeover_backoff_s = takeover_backoff_s
         self.window = window
-        self.energy = self._restore_energy()
+        self.publisher = StatePublisher(
+            config,
+            state,
+            store,
+            self.outbox,
+            self.topics,
+            self.publish,
+            lambda: self.connected,
+            lambda: self._loop.time() if self._loop is not None else 0.0,
+        )
+        self.desk = CommandDesk(
+            config, state, self.topics, self.reply_topics, self.republish, rollouts, phase_tests
+        )
+        self.security = SecurityFeed(
+            self.topics,
+            self.publish,
+            state.clock,
+            lambda delay, callback: self._later(delay, callback),
+            security_window_s,
+        )
         self.connection: MqttConnection | None = None
         self.connected = False
         # Outbox feeding.
@@ -177,11 +163,24 @@ class Uplink:
         # ours, and another one found on a reconnect was published by someone else.
         self._own_status_seen = False
         self._connects = 0  # CONNACKs in this process
-        # What was published.
-        self._chargers: dict[str, dict[str, Any]] = {}  # comparable() of the last state sent
-        self._alarms: dict[tuple[str, str], Alarm] = dict(state.alarms)
-        self._last_summary_mono: float | None = None
-        self._energy_saved: tuple[date | None, float] | None = None
+
+    @property
+    def rollouts(self) -> Rollouts | None:
+        """The firmware rollouts the ``firmware`` command reaches (``None``: refused)."""
+        return self.desk.rollouts
+
+    @rollouts.setter
+    def rollouts(self, rollouts: Rollouts | None) -> None:
+        self.desk.rollouts = rollouts
+
+    @property
+    def phase_tests(self) -> PhaseTests | None:
+        """What ``detect_phases`` starts (``None``: refused)."""
+        return self.desk.phase_tests
+
+    @phase_tests.setter
+    def phase_tests(self, phase_tests: PhaseTests | None) -> None:
+        self.desk.phase_tests = phase_tests
 
     # ---------------------------------------------------------------------------------------
     # The component
@@ -189,7 +188,8 @@ class Uplink:
     async def run(self) -> None:
         """Publish until cancelled; then say ``offline`` (if connected) and disconnect."""
         self._loop = asyncio.get_running_loop()
-        unsubscribe = self.state.subscribe(self._on_change)
+        unsubscribe = self.state.subscribe(self.publisher.on_change)
+        self.state.security_events.listeners.append(self._security_event)
         if not self.mqtt.commands_enabled:
             log.info(
                 "MQTT commands are disabled (mqtt.commands_enabled: false): not subscribing to %s",
@@ -209,6 +209,25 @@ class Uplink:
             raise
         finally:
             unsubscribe()
+            with contextlib.suppress(ValueError):
+                self.state.security_events.listeners.remove(self._security_event)
+
+    def _security_event(self, event: OwnSecurityEvent) -> None:
+        """The security event log's listener (on the loop; from a thread, handed over)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self.security.on_event(event)
+        else:
+            loop.call_soon_threadsafe(self.security.on_event, event)
+
+    def _later(self, delay: float, callback: Callable[[], None]) -> asyncio.TimerHandle | None:
+        return self._loop.call_later(delay, callback) if self._loop is not None else None
 
     def _connect(self, loop: asyncio.AbstractEventLoop) -> MqttConnection | None:
         try:
@@ -236,6 +255,7 @@ class Uplink:
         return connection
 
     async def _shutdown(self) -> None:
+        self.security.flush()  # the events counted in open windows, kept for the next start
         self._flush()  # what this tick produced is kept for the next start
         connection = self.connection
         if connection is None:
@@ -284,43 +304,15 @@ class Uplink:
 
     def tick(self) -> None:
         """The periodic work: energy, charger states that changed, a summary."""
-        now = self.state.clock()
-        for charger in self.state.chargers.values():
-            for connector in charger.connectors.values():
-                if connector.session is not None:
-                    self.energy.observe(connector.session, now)
-        self._save_energy()
-        self.publish_chargers()
-        self.publish_summary()
+        self.publisher.tick()
 
     def publish_summary(self, force: bool = False) -> bool:
-        """Queue a summary; while disconnected, only one per ``outage_summary_period_s``.
-
-        Returns:
-            Whether it was queued (``False``: thinned).
-        """
-        mono = self._loop.time() if self._loop is not None else 0.0
-        if (
-            not force
-            and not self.connected
-            and self._last_summary_mono is not None
-            and mono - self._last_summary_mono < self.mqtt.outage_summary_period_s
-        ):
-            self.outbox.bump("thinned_summaries")
-            return False
-        self._last_summary_mono = mono
-        now = self.state.clock()
-        body = summary_body(self.state, self.config, now, self.energy.kwh(now), self.outbox.stats())
-        self.publish(Message(Kind.SUMMARY, self.topics.summary, body))
-        return True
+        """Queue a summary (see `StatePublisher.publish_summary`)."""
+        return self.publisher.publish_summary(force)
 
     def publish_chargers(self, force: bool = False) -> int:
-        """Queue the state of every charger that changed (every charger if `force`).
-
-        Returns:
-            How many were queued.
-        """
-        return sum(self._charger(charger_id, force) for charger_id in self.state.chargers)
+        """Queue the state of every charger that changed (every charger if `force`)."""
+        return self.publisher.publish_chargers(force)
 
     def republish(self) -> dict[str, Any]:
         """The ``republish`` command: the status, every charger state, a summary.
@@ -347,92 +339,6 @@ class Uplink:
         return {"status": status, "chargers": chargers, "summary": True}
 
     # ---------------------------------------------------------------------------------------
-    # SiteState changes (event loop thread, synchronous and quick)
-
-    def _on_change(self, change: Change) -> None:
-        kind = change.kind
-        if kind in _CHARGER_KINDS:
-            self._charger(change.subject.split("/", 1)[0])
-        elif kind == "session_started":
-            self._session_started(change.subject)
-        elif kind == "session_ended":
-            self._session_ended(change.subject)
-        elif kind == "alarm":
-            self._alarm(change.subject)
-        elif kind == "limit_event" and self.state.limit_events:
-            # Announced right after it is appended: the newest is this one.
-            event = self.state.limit_events[-1]
-            body = limit_event_body(event, self.state.clock())
-            self.publish(Message(Kind.ALARM, self.topics.alarms, body))
-
-    def _charger(self, charger_id: str, force: bool = False) -> bool:
-        charger = self.state.chargers.get(charger_id)
-        if charger is None:
-            return False
-        body = charger_body(charger, self.state.clock(), self.state.control.sessions)
-        key = comparable(body)
-        if not force and self._chargers.get(charger_id) == key:
-            return False
-        self._chargers[charger_id] = key
-        self.publish(
-            Message(
-                Kind.CHARGER, self.topics.charger(charger_id), body, retain=True, key=charger_id
-            )
-        )
-        return True
-
-    def _session_started(self, session_id: str) -> None:
-        charger_id = session_id.split("/", 1)[0]
-        charger = self.state.chargers.get(charger_id)
-        session: SessionState | None = None
-        if charger is not None:
-            for connector in charger.connectors.values():
-                if connector.session is not None and connector.session.session_id == session_id:
-                    session = connector.session
-                    break
-        if session is None:
-            log.debug("session %s started but is gone already", session_id)
-            return
-        now = self.state.clock()
-        self.energy.observe(session, now)
-        self.publish(
-            Message(Kind.SESSION, self.topics.sessions, session_body(session, "started", now))
-        )
-        self._charger(charger_id)
-
-    def _session_ended(self, session_id: str) -> None:
-        session = next(
-            (s for s in reversed(self.state.ended_sessions) if s.session_id == session_id), None
-        )
-        if session is None:
-            log.warning("session %s ended but is not in the ended sessions", session_id)
-            return
-        now = self.state.clock()
-        self.energy.finish(session, now)
-        self.publish(
-            Message(Kind.SESSION, self.topics.sessions, session_body(session, "stopped", now))
-        )
-        self._charger(session.charger_id or session_id.split("/", 1)[0])
-
-    def _alarm(self, subject: str) -> None:
-        code, _, about = subject.partition(":")
-        key = (code, about)
-        now = self.state.clock()
-        alarm = self.state.alarms.get(key)
-        if alarm is not None:
-            self._alarms[key] = alarm
-            body = alarm_body(alarm, raised=True, now=now)
-        else:
-            known = self._alarms.pop(key, None)
-            if known is None:
-                log.debug("alarm %s cleared but never seen raised", subject)
-                return
-            body = alarm_body(known, raised=False, now=now)
-        self.publish(Message(Kind.ALARM, self.topics.alarms, body))
-        if about in self.state.chargers:  # e.g. charger_noncompliant: compliance changed
-            self._charger(about)
-
-    # ---------------------------------------------------------------------------------------
     # Outbox → connection
 
     def _flush(self) -> None:
@@ -456,16 +362,12 @@ class Uplink:
 
     def _store_failed(self, exc: sqlite3.Error, what: str) -> None:
         """Raise the ``store_failed`` alarm once (the state keeps it until a restart)."""
-        if (STORE_FAILED_ALARM, "store") in self.state.alarms:
-            return
-        log.critical("the store %s cannot write (%s: %s)", self.store.path, what, exc)
-        self.state.raise_alarm(
-            STORE_FAILED_ALARM,
-            "store",
-            Severity.CRITICAL,
-            f"the store {self.store.path} cannot write ({exc}): MQTT messages are lost "
-            "(counted as outbox.lost in the summary); check the disk (full, read-only, "
-            "failing) and restart sitectl",
+        store_failed(
+            self.state,
+            self.store.path,
+            exc,
+            what,
+            "MQTT messages are lost (counted as outbox.lost in the summary)",
         )
 
     def _pump(self) -> None:
@@ -669,106 +571,26 @@ class Uplink:
     # Commands
 
     def _command(self, message: Received) -> None:
-        if not self.mqtt.commands_enabled:  # not subscribed; a broker should not deliver any
-            log.warning("MQTT commands are disabled: ignoring a message on %s", message.topic)
-            return
-        name = self.topics.command_name(message.topic)
-        if name is None:
-            reply = _refusal("", f"topic '{message.topic}' is outside {self.topics.prefix}/cmd/")
-        elif message.retain:
-            reply = _refusal(name, "retained commands are refused (publish with retain=false)")
-        else:
-            reply = None
-        if not message.response_topic:
-            log.warning(
-                "MQTT command on %s without a ResponseTopic: ignored (MQTT 5 request/response "
-                "needs one)",
-                message.topic,
-            )
-            return
-        refused = self.reply_topics.why_refused(message.response_topic)
-        if refused is not None:
-            self.reply_topics.refuse(message.topic, message.response_topic, refused)
-            return
-        if reply is None:
-            assert name is not None
-            reply = handle_command(
-                self.state,
-                self.config,
-                name,
-                message.payload,
-                republish=self.republish,
-                rollouts=self.rollouts,
-                phase_tests=self.phase_tests,
-            )
-        reply["ts"] = iso(self.state.clock())
-        if reply["ok"]:
-            log.info("MQTT command %s: ok", name)
-        else:
-            log.warning(
-                "MQTT command on %s refused: %s%s",
-                message.topic,
-                reply["error"],
-                f" (field {reply['field']})" if reply.get("field") else "",
-            )
-        self._reply(message, reply)
-
-    def _reply(self, message: Received, reply: dict[str, Any]) -> None:
+        reply = self.desk.answer(message)
         connection = self.connection
-        if connection is None or message.response_topic is None:
+        if reply is None or connection is None:
             return
-        properties = Properties(PacketTypes.PUBLISH)
-        if message.correlation_data is not None:
-            properties.CorrelationData = message.correlation_data
-        properties.PayloadFormatIndicator = 1
-        properties.ContentType = "application/json"
         try:
             mid = connection.publish(
                 self._generation,
-                message.response_topic,
-                json.dumps(reply, separators=(",", ":")).encode(),
+                reply.topic,
+                reply.payload,
                 self.mqtt.qos,
                 retain=False,
-                properties=properties,
+                properties=reply.properties,
             )
         except ValueError as exc:  # a ResponseTopic with wildcards
-            log.warning("MQTT: cannot reply on '%s': %s", message.response_topic, exc)
+            log.warning("MQTT: cannot reply on '%s': %s", reply.topic, exc)
             return
         if mid is None:
-            log.warning("MQTT: reply on '%s' not sent (connection lost)", message.response_topic)
+            log.warning("MQTT: reply on '%s' not sent (connection lost)", reply.topic)
         else:
             self._others.add(mid)
-
-    # ---------------------------------------------------------------------------------------
-    # Energy delivered today (persisted so that a restart does not reset it)
-
-    def _restore_energy(self) -> EnergyToday:
-        zone = ZoneInfo(self.config.site.timezone)
-        day: date | None = None
-        wh = 0.0
-        saved = self.store.get_meta(_ENERGY_META_KEY)
-        if saved:
-            try:
-                data = json.loads(saved)
-                day, wh = date.fromisoformat(data["day"]), float(data["wh"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring unreadable %s in the store: %r", _ENERGY_META_KEY, saved)
-        energy = EnergyToday(zone, self.state.started_at, day, wh)
-        energy.kwh(self.state.clock())  # a total from another day restarts from zero
-        return energy
-
-    def _save_energy(self) -> None:
-        snapshot = (self.energy.day, round(self.energy.wh, 1))
-        if snapshot == self._energy_saved or snapshot[0] is None:
-            return
-        self.store.set_meta(
-            _ENERGY_META_KEY, json.dumps({"day": snapshot[0].isoformat(), "wh": snapshot[1]})
-        )
-        self._energy_saved = snapshot
-
-
-def _refusal(name: str, error: str) -> dict[str, Any]:
-    return {"ok": False, "command": name, "error": error, "field": None}
 
 
 async def _in_thread(func: Callable[[], object], timeout: float) -> None:
