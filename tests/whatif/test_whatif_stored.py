@@ -68,7 +68,7 @@ def recorded(depot, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_the_stored_history_gives_back_the_building_load(recorded) -> None:  # type: ignore[no-untyped-def]
-    files, path, prepared, recording = recorded
+    _, path, prepared, recording = recorded
     assert recording.ev_kw.max() > 20  # the chargers drew through the meter meanwhile
     stored = read_stored_building(path, prepared.config)
     assert stored.circuits == [GRID]
