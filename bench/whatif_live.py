@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table
 
+from sitectl.config import GRID
 from sitectl.control.fleet import Fleet, VehicleRequest
 from sitectl.sim.charger import SimEv
 from sitectl.sim.site import scenario_config, start_site
@@ -53,6 +54,8 @@ RUN_S = 310
 #: The live simulator's vehicles follow a limit with a 0.2 s lag and start at once.
 LIVE_LIKE = Ramps(0.0, 0.0, 1000.0, 1000.0, 1e5, 1e5)
 TOLERANCE = 0.05
+#: The live loop's non-EV estimate (A) below which it is taken as settled (no building here).
+SETTLED_A = 0.5
 TOLERANCE_KWH = 0.05
 
 
@@ -69,10 +72,28 @@ def depot(tmp: Path):
     return with_vehicles(config, trips), trips
 
 
-async def live(config) -> dict[str, float]:
-    """Run the timetable on the live depot; returns each vehicle's energy (kWh)."""
+async def settled(site, timeout_s: float = 30.0) -> None:
+    """Wait until the live loop plans as a running depot's does (what the what-if's
+    commissioning reaches): the grid meter trusted and its non-EV estimate the measured one
+    (none here), the worst case it held while the meter was not yet trusted let go."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        last = site.loop.last
+        built = last[0] if last is not None else None
+        if built is not None and GRID in built.measured and max(built.non_ev[GRID]) < SETTLED_A:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"the live depot did not settle within {timeout_s:g} s")
+        site.loop.cycle_done.clear()
+        await asyncio.wait_for(site.loop.cycle_done.wait(), timeout_s)
+
+
+async def live(config) -> tuple[datetime, dict[str, float]]:
+    """Run the timetable on the live depot; returns its start and each vehicle's energy (kWh)."""
     site = await start_site(config)
     try:
+        await settled(site)
         fleet = Fleet(config, site.state)
         t0 = datetime.now(UTC)
         loop = asyncio.get_running_loop()
@@ -95,14 +116,14 @@ async def live(config) -> dict[str, float]:
             await asyncio.sleep(max(0.0, start + leaves - loop.time()))
             energy[vehicle] = site.energy_kwh(charger)
             await site.depot.unplug(charger)
-        return energy
+        return t0, energy
     finally:
         await site.stop()
 
 
-def whatif(config, trips, every_step: bool) -> dict[str, float]:
-    """The same timetable in simulated time; returns each vehicle's energy (kWh)."""
-    start = datetime.now(UTC).replace(microsecond=0)
+def whatif(config, trips, start: datetime, every_step: bool) -> dict[str, float]:
+    """The same timetable in simulated time from the live run's start (the same plan steps
+    on the wall-clock grid); returns each vehicle's energy (kWh)."""
     visits = [
         Visit(f"{t.vehicle}#1", t, start, start + timedelta(seconds=leaves))
         for t, (_, _, _, leaves) in zip(trips, TIMETABLE, strict=True)
@@ -121,9 +142,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-whatif-live-") as tmp:
         config, trips = depot(Path(tmp))
         print(f"live run: {RUN_S} s of wall time …", flush=True)
-        got_live = asyncio.run(live(config))
-        got_sim = whatif(config, trips, every_step=False)
-        got_every = whatif(config, trips, every_step=True)
+        t0, got_live = asyncio.run(live(config))
+        got_sim = whatif(config, trips, t0, every_step=False)
+        got_every = whatif(config, trips, t0, every_step=True)
     print(f"\n{'vehicle':8} {'need':>6} {'live':>7} {'what-if':>8} {'every':>7}  kWh")
     for vehicle, _, need, _ in TIMETABLE:
         print(

@@ -35,7 +35,13 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     sim.add_argument("-c", "--config", required=True, type=Path, help="the site's YAML file")
     sim.add_argument("--timetable", type=Path, help="fleet timetable CSV (default: fleet.vehicles)")
-    sim.add_argument("--building", type=Path, help="building load CSV: time, kw[, circuit]")
+    sim.add_argument(
+        "--building",
+        "--building-load",
+        type=Path,
+        help="building load: a CSV (time, kw[, circuit]) or store:PATH, the recorded history "
+        "of a running site's store (its meters less its chargers)",
+    )
     sim.add_argument("--tariff", type=Path, help="a YAML tariff (default: the config's)")
     sim.add_argument(
         "--set",

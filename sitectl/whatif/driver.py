@@ -85,6 +85,8 @@ DEFERRED_SHARE = 0.01
 MAX_CHAINED = 3
 #: A follow-up (but a deferral's) waits for an arrival or departure due within this (s).
 SOON_S = 120.0
+#: A node the loop's next cycle would find this far over its limit (A) gets that cycle.
+HELD_OVER_A = 0.5
 #: What learn_ev (`ChargerMemory.learn_ev`) needs to see to learn a vehicle's cap (A).
 LEARN_GAP_A = 4.0
 
@@ -201,11 +203,14 @@ class Simulation:
         for k in range(steps):
             at = self.start + timedelta(seconds=k * self.dt)
             self._set_time(at)
-            self._departures(at)
-            self._arrivals(at)
             building = self._building_a(at)
+            # The meters' last poll before this moment's departures and arrivals: the live
+            # loop wakes on the charger's message, between two polls, and its cycle sees the
+            # meter as it read before (a vehicle leaving while it draws is in it).
             currents = self.field.node_currents(self.field.levels(), building)
             self.field.read_meters(self.state, currents, at, self.mono)
+            self._departures(at)
+            self._arrivals(at)
             reason = self._due(at, building, currents)
             self._begin_step()
             offset, chained = 0.0, 0
@@ -215,17 +220,23 @@ class Simulation:
                     delay = await self._cycle(reason, building)
                 # Increases a decrease held back go out when the live loop's next cycles can
                 # send them: inside the step while it lasts, else at a later step's start.
-                end = self.dt
+                end, then = self.dt, "deferred"
                 if delay is not None and chained < MAX_CHAINED and offset + delay < self.dt:
                     end, chained = offset + delay, chained + 1
                 elif delay is not None:
                     later = self.now + timedelta(seconds=delay)
                     heapq.heappush(self.follow_ups, (later, "deferred"))
+                # A follow-up due inside the step runs at its moment, as the live loop's
+                # cycle would (a hold or a ramp ending a few seconds after an event).
+                if self.follow_ups and not self.options.every_step:
+                    due = (self.follow_ups[0][0] - at).total_seconds()
+                    if offset < due < end:
+                        end, then = due, ""
                 self._advance(at, offset, end, building)
                 if end >= self.dt:
                     break
-                offset, reason = end, "deferred"
-                self._set_time(at + timedelta(seconds=offset))
+                self._set_time(at + timedelta(seconds=end))
+                offset, reason = end, then or self._follow_up(self.now)
                 currents = self.field.node_currents(self.field.levels(), building)
                 self.field.read_meters(self.state, currents, self.now, self.mono)
             self._end_step(k, at, building)
@@ -272,20 +283,28 @@ class Simulation:
         stamp = at.timestamp()
         if math.floor(stamp / plan) != math.floor((stamp - self.dt) / plan):
             return "plan"
+        reason = self._follow_up(at)
+        if reason is not None:
+            return reason
+        risen = (self.field.building_under @ (building - self.building_at_cycle)) > 0.05
+        close = currents > self.rec.limits_a - BUILDING_MARGIN_A
+        if bool((risen & close).any()):
+            return "building"
+        return None
+
+    def _follow_up(self, at: datetime) -> str | None:
+        """The follow-up due at `at` that runs a cycle (the others due then are dropped:
+        one cycle serves them all), or ``None``."""
         while self.follow_ups and self.follow_ups[0][0] <= at:
             _, reason = heapq.heappop(self.follow_ups)
             self.follow_ups = [f for f in self.follow_ups if f[0] > at]
             heapq.heapify(self.follow_ups)
             if reason not in self.options.follow_ups:
                 continue
-            if reason != "deferred" and self._event_within(at, SOON_S):
+            if reason not in ("deferred", "hold") and self._event_within(at, SOON_S):
                 # An arrival or departure is due in a moment: its cycle serves as well.
                 continue
             return reason
-        risen = (self.field.building_under @ (building - self.building_at_cycle)) > 0.05
-        close = currents > self.rec.limits_a - BUILDING_MARGIN_A
-        if bool((risen & close).any()):
-            return "building"
         return None
 
     def _event_within(self, at: datetime, seconds: float) -> bool:
@@ -339,26 +358,36 @@ class Simulation:
         for observe in self.observers:
             observe(self)
         deferred = self._deferred_a(built, allocation) if report.deferred_increases else 0.0
-        self._plan_follow_ups(building)
+        self._plan_follow_ups(built, building)
         self.building_at_cycle = building
-        # Resumes at the minimum current held back while the plan shuffles a few 6 A shares
-        # are not worth a cycle each (they go out with the next one); real increases are.
-        if deferred < self._worth_a():
-            return None
-        period = self.config.control.period_s
+        control = self.config.control
+        period, worth = control.period_s, self._worth_a()
         # A charger lowered because its vehicle left sends no more measurements: its old limit
         # stays budgeted for ramp_down_s (`ProblemBuilder._ramping`), and only after it can
-        # the loop raise the others. One lowered under a vehicle is seen lower a period later.
+        # the loop give it to the others. One lowered under a vehicle is seen lower a period
+        # later.
         freed = vacated = 0.0
+        lowered: dict[str, float] = {}
         for command in report.sent:
             if command.kind != "decrease" or command.previous_a is None:
                 continue
             amps = command.previous_a - command.limit_a
             freed += amps
+            lowered[command.charger_id] = amps
             if all(bay.charge is None for bay in self.field.by_charger[command.charger_id]):
                 vacated += amps
-        if freed > 0 and vacated >= freed / 2:
-            return self.config.control.ramp_down_s + period
+        if vacated >= worth:
+            later = self.now + timedelta(seconds=control.ramp_down_s + period)
+            heapq.heappush(self.follow_ups, (later, "deferred"))
+        if lowered and self._held_over(built, lowered) > HELD_OVER_A:
+            # The live loop's next cycle, a period on, budgets the lowered chargers at their
+            # old limits: on top of a non-EV peak still held (a vehicle that left while the
+            # meter counted it) that is more than the connection, and it lowers the others.
+            return period
+        # Resumes at the minimum current held back while the plan shuffles a few 6 A shares
+        # are not worth a cycle each (they go out with the next one); real increases are.
+        if deferred < worth or (freed > 0 and vacated >= freed / 2):
+            return None  # (behind a vacated charger: its follow-up above)
         return period
 
     def _worth_a(self) -> float:
@@ -385,6 +414,28 @@ class Simulation:
         total = self.field.node_currents(amps, building)
         return float((total - self.rec.limits_a).max())
 
+    def _held_over(self, built: Built, lowered: dict[str, float]) -> float:
+        """How far a node would be over its limit (A) in the loop's next cycle, before it
+        acts: the commanded limits, the lowered chargers still budgeted at their old ones
+        (`lowered`: charger -> A per phase taken off) and the non-EV load it holds."""
+        amps = np.zeros((len(self.field.bays), 3))
+        shared = self.field.shared_limits()
+        for b, bay in enumerate(self.field.bays):
+            charge = bay.charge
+            if charge is not None:
+                point = bay.point
+                limit = shared.get(b, bay.limit)
+                limit = point.max_a if limit is None else limit
+                limit_a = charge.ac_amps(limit) if point.dc else min(limit, point.max_a)
+                amps[b, : 1 if charge.phases == 1 else 3] = limit_a
+        for charger_id, extra in lowered.items():
+            first = self.field.by_charger[charger_id][0]
+            amps[self.field.bays.index(first), : first.point.phases] += extra
+        zero = (0.0, 0.0, 0.0)
+        held = np.array([built.non_ev.get(node, zero) for node in self.field.nodes])
+        total = self.field.node_currents(amps, held)
+        return float((total - self.rec.limits_a).max())
+
     def _deferred_a(self, built: Built, allocation: Allocation) -> float:
         """How much the cycle wanted to raise limits by and held back (A per phase, summed)."""
         wanted: dict[str, float] = {}
@@ -396,7 +447,7 @@ class Simulation:
         memory = self.loop.memory
         return sum(max(0.0, a - (memory[c].commanded_a or 0.0)) for c, a in wanted.items())
 
-    def _plan_follow_ups(self, building: np.ndarray) -> None:
+    def _plan_follow_ups(self, built: Built, building: np.ndarray) -> None:
         """The cycles the loop's own timers will want (see the module docstring)."""
         control = self.config.control
         step = timedelta(seconds=self.dt)
@@ -431,11 +482,27 @@ class Simulation:
             # live loop's next cycle after it); a few 6 A shares shuffled are not worth it.
             pause = timedelta(seconds=control.min_pause_s)
             heapq.heappush(self.follow_ups, (self.now + pause, "pause"))
-        fell = self.building_at_cycle - building
+        # The non-EV load this cycle planned with is the peak of the last hold: a building
+        # load that fell, or a vehicle that left while the meter still counted it (its last
+        # poll came before the StopTransaction), is held above what is there now until the
+        # hold ends; the live loop's first cycle after it plans with what is there.
+        # Held: the peak the builder's hold keeps (`ProblemBuilder.hold`); now: its latest
+        # estimate, this cycle's. Metered nodes only (an unmetered one is planned with its
+        # worst case throughout).
+        zero = (0.0, 0.0, 0.0)
+        history = self.loop.builder.hold._history  # read only: what the hold keeps
+        above = np.zeros((len(self.field.nodes), 3))
+        for k, node in enumerate(self.field.nodes):
+            kept = history.get(node)
+            if node in built.measured and kept:
+                above[k] = np.subtract(built.non_ev.get(node, zero), kept[-1][1])
         limits = self.rec.limits_a
-        if bool((fell >= np.maximum(BUILDING_FALL_A, BUILDING_FALL_SHARE * limits)).any()):
-            hold = timedelta(seconds=control.effective_non_ev_hold_s) + step
-            heapq.heappush(self.follow_ups, (self.now + hold, "hold"))
+        pending = any(reason == "hold" for _, reason in self.follow_ups)
+        if not pending and bool(
+            (above >= np.maximum(BUILDING_FALL_A, BUILDING_FALL_SHARE * limits)).any()
+        ):
+            hold = control.effective_non_ev_hold_s + control.period_s
+            heapq.heappush(self.follow_ups, (self.now + timedelta(seconds=hold), "hold"))
 
     # The field.
 

@@ -47,6 +47,7 @@ from sitectl.yamlfile import YamlError, load_yaml
 __all__ = [
     "BuildingLoad",
     "InputError",
+    "Series",
     "load_site",
     "load_tariff",
     "read_building",
@@ -159,16 +160,27 @@ def with_vehicles(config: Config, trips: list[Trip]) -> Config:
 
 
 @dataclass
-class _Series:
+class Series:
+    """One circuit's load: points (time, kW), linear between them.
+
+    ``daily``: times are minutes of the local day (repeated every day). Else POSIX seconds:
+    with ``period_s`` the points lie in ``[origin_s, origin_s + period_s)`` and repeat with
+    that period (a recorded history, `sitectl.whatif.stored`); without it, one series.
+    """
+
     daily: bool
     times: list[float] = field(default_factory=list)  # minute of day, or POSIX seconds
     kw: list[float] = field(default_factory=list)
+    period_s: float | None = None
+    origin_s: float = 0.0
 
 
 class BuildingLoad:
     """Non-EV load per circuit over time (kW), from a CSV; none when built empty."""
 
-    def __init__(self, series: dict[str, _Series] | None = None, zone: ZoneInfo | None = None):
+    def __init__(
+        self, series: dict[str, Series] | None = None, zone: ZoneInfo | None = None
+    ) -> None:
         self.series = series or {}
         self.zone = zone or ZoneInfo("UTC")
 
@@ -190,6 +202,17 @@ class BuildingLoad:
             if k == 0 or k == len(times):  # across midnight: last point to first
                 t0, v0 = times[-1] - (1440 if k == 0 else 0), values[-1]
                 t1, v1 = times[0] + (1440 if k == len(times) else 0), values[0]
+            else:
+                t0, v0, t1, v1 = times[k - 1], values[k - 1], times[k], values[k]
+        elif series.period_s is not None:
+            # Moved by whole periods into the recorded window, linear across its ends.
+            period = series.period_s
+            x = series.origin_s + (at.timestamp() - series.origin_s) % period
+            times, values = series.times, series.kw
+            k = bisect.bisect_right(times, x)
+            if k == 0 or k == len(times):
+                t0, v0 = times[-1] - (period if k == 0 else 0), values[-1]
+                t1, v1 = times[0] + (period if k == len(times) else 0), values[0]
             else:
                 t0, v0, t1, v1 = times[k - 1], values[k - 1], times[k], values[k]
         else:
@@ -227,7 +250,7 @@ def read_building(path: Path, config: Config) -> BuildingLoad:
     if "time" not in header or "kw" not in header:
         raise InputError(f"{path} line 1: the header needs the columns time and kw")
     circuits = {GRID: None, **{c.id: c for c in config.circuits}}
-    series: dict[str, _Series] = {}
+    series: dict[str, Series] = {}
     for number, cells in enumerate(reader, start=2):
         if not any(c.strip() for c in cells):
             continue
@@ -263,7 +286,7 @@ def read_building(path: Path, config: Config) -> BuildingLoad:
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=zone)
             daily, x = False, moment.timestamp()
-        found = series.setdefault(circuit, _Series(daily))
+        found = series.setdefault(circuit, Series(daily))
         if found.daily != daily:
             raise InputError(f"{where}: mixes times of day and date-times")
         if found.times and x <= found.times[-1]:

@@ -27,6 +27,7 @@ from sitectl.whatif.inputs import (
     with_vehicles,
 )
 from sitectl.whatif.report import compare_sentences, summarize, write_csv, write_json
+from sitectl.whatif.stored import STORE_PREFIX, read_stored_building
 from sitectl.whatif.timetable import (
     TimetableError,
     Trip,
@@ -102,6 +103,16 @@ def _check(scenario: Scenario) -> None:
         raise InputError("--add-vehicles must be 0 or more")
 
 
+def _building(source: Path | None, config: Config) -> BuildingLoad:
+    """The building load: none, a CSV, or ``store:PATH`` (a running site's recorded history)."""
+    if source is None:
+        return BuildingLoad()
+    text = str(source)
+    if text.startswith(STORE_PREFIX):
+        return read_stored_building(Path(text.removeprefix(STORE_PREFIX)), config)
+    return read_building(source, config)
+
+
 def prepare(scenario: Scenario, site: Path | None = None, label: str | None = None) -> Prepared:
     """Load and check everything for one configuration (the scenario's, or `site` with the
     scenario's timetable and building load, as for ``--compare``).
@@ -133,7 +144,7 @@ def prepare(scenario: Scenario, site: Path | None = None, label: str | None = No
     if scenario.add_vehicles:
         trips = add_like(trips, scenario.add_vehicles, scenario.like or "")
     config = with_vehicles(config, trips)
-    building = read_building(scenario.building, config) if scenario.building else BuildingLoad()
+    building = _building(scenario.building, config)
     zone = ZoneInfo(config.site.timezone)
     start = _start(scenario.start, zone)
     end = start + timedelta(days=scenario.days)
