@@ -47,8 +47,12 @@ class _Layout:
         return self.a0 + self.S * self.K
 
     @property
-    def ncol(self) -> int:
+    def u0(self) -> int:  # per slot, its minimum target's shortfall (A·h)
         return self.x0 + self.Q * 4 * self.T
+
+    @property
+    def ncol(self) -> int:
+        return self.u0 + self.S
 
     @property
     def r_kw(self) -> int:
@@ -71,8 +75,12 @@ class _Layout:
         return self.r_fair + self.S
 
     @property
-    def nrow(self) -> int:
+    def r_min(self) -> int:  # per slot: −Σ_t Δt_h · i − u ≤ −minimum (A·h)
         return self.r_soft + self.Q * 4 * self.T
+
+    @property
+    def nrow(self) -> int:
+        return self.r_min + self.S
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -116,6 +124,9 @@ def _build_matrix(
             parts.extend((base + p * T + t, cols, ones) for p in phases[s])
         parts.append((np.full(T, lay.r_energy + s), cols, arrays.dt_h))
         parts.append((np.array([lay.r_fair + s]), cols[:1], np.array([-1.0])))
+        parts.append((np.full(T, lay.r_min + s), cols, -arrays.dt_h))
+    # Minimum shortfall columns: -1 in their slot's minimum row.
+    parts.append((lay.r_min + np.arange(lay.S), lay.u0 + np.arange(lay.S), -np.ones(lay.S)))
     # f columns: -1 in their own flow row, +1 in the rows above, the kW row and the peak row.
     pt = np.arange(3 * T)
     step = pt % T
@@ -175,6 +186,8 @@ def _transfer_basis(
         col[a : a + K] = ocol[ao : ao + K]
         row[nlay.r_energy + k] = orow[olay.r_energy + ko]
         row[nlay.r_fair + k] = orow[olay.r_fair + ko]
+        col[nlay.u0 + k] = ocol[olay.u0 + ko]
+        row[nlay.r_min + k] = orow[olay.r_min + ko]
     col[nlay.peak] = ocol[olay.peak]
     row[nlay.r_peak : nlay.r_energy] = orow[olay.r_peak : olay.r_energy]
     soft_transfer((olay, ost, ocol, orow), (nlay, nst, col, row))

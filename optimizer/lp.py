@@ -13,7 +13,9 @@ circuit limits become rows is decided by :mod:`optimizer._structure`, issue #18)
   below, each once; one row per kW-limited aggregated group and step (``Σ_p f ≤ headroom``),
   one peak row per step, one energy row per slot (``Σ_t Δt_h · i ≤ E · 1000 / (U ·
   n_phases)``, in A·h so the phase count never enters the matrix), one fairness row per slot
-  (``Σ_k a[s,k] ≤ i[s,0]``). A circuit with one slot below it (a one-connector charger node)
+  (``Σ_k a[s,k] ≤ i[s,0]``), after the soft blocks one minimum row per slot (``−Σ_t Δt_h · i
+  − u[s] ≤ −minimum`` in A·h, ``u[s]`` its priced shortfall column, held at 0 without a
+  minimum: `min_weights`). A circuit with one slot below it (a one-connector charger node)
   is only a bound on that slot's ``i``; chains merge; limits that can never bind have no rows;
 * time-windowed limits (`optimizer.problem.NodeCap`): a hard cap lowers its node's headroom
   on the steps it covers (the row bound is the least of the node's own limit and every cap,
@@ -71,6 +73,7 @@ __all__ = [
     "PRIORITY_BASE",
     "SHORTFALL_MARGIN",
     "Allocator",
+    "min_weights",
     "session_weights",
     "shortfall_weight",
     "solve",
@@ -130,6 +133,28 @@ def session_weights(problem: Problem) -> np.ndarray:
     prio = np.array([s.priority for s in problem.sessions], dtype=float)
     beyond = np.array([s.departure_step > problem.steps for s in problem.sessions], dtype=bool)
     return PRIORITY_BASE**prio * np.where(beyond, BEYOND_HORIZON_FACTOR, 1.0)
+
+
+def min_weights(problem: Problem) -> np.ndarray:
+    """Weight of one kWh of each session's minimum target missed, problem order (currency/kWh;
+    0 for sessions without one; issue #19.1).
+
+    On top of the kWh's own weight (`session_weights` × `shortfall_weight`): ``4^priority``
+    (×0.5 beyond the horizon) times a factor that makes the least of these worth
+    `PRIORITY_BASE` times the most any session's kWh toward its full target earns. So no
+    full target is served at the cost of another vehicle's minimum (4 > 3: the three-phase
+    argument of the priorities), and among minimums priority still orders by 4×. The factor
+    is as small as the problem's priorities allow (1 when all are equal), keeping the costs
+    HiGHS sees within its tolerances.
+    """
+    weights = session_weights(problem)
+    out = np.zeros(len(problem.sessions))
+    has_min = np.array([s.min_energy_kwh > 0 for s in problem.sessions], dtype=bool)
+    if not has_min.any():
+        return out
+    factor = PRIORITY_BASE * float(weights.max()) / float(weights[has_min].min())
+    out[has_min] = shortfall_weight(problem) * factor * weights[has_min]
+    return out
 
 
 class _Model:
@@ -580,6 +605,17 @@ class Allocator:
         energy_ah = np.zeros(S)
         energy_ah[slot_of] = arrays.energy_kwh * 1000.0 / (volt * arrays.nph)
         row_hi[lay.r_energy : lay.r_fair] = energy_ah
+        # Minimum targets: the shortfall u (A·h) below each slot's minimum is priced per kWh
+        # (`min_weights`); free only where a minimum is asked.
+        min_ah = np.zeros(S)
+        min_ah[slot_of] = arrays.min_energy_kwh * 1000.0 / (volt * arrays.nph)
+        row_hi[lay.r_min : lay.r_min + S] = -min_ah
+        u_hi = np.zeros(S)
+        u_hi[slot_of] = np.where(arrays.min_energy_kwh > 0, highspy.kHighsInf, 0.0)
+        col_hi[lay.u0 : lay.u0 + S] = u_hi
+        u_cost = np.zeros(S)
+        u_cost[slot_of] = min_weights(problem) * volt * arrays.nph / 1000.0
+        cost[lay.u0 : lay.u0 + S] = u_cost
         penalty = problem.soft_penalty * shortfall_weight(problem)
         soft_vectors(lay, st, arrays, penalty, col_hi, cost, row_hi)
         return _Vectors(col_lo, col_hi, cost * _OBJ_SCALE, row_hi)

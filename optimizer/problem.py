@@ -233,6 +233,10 @@ class Session:
             of a coarse far horizon gets 20 minutes of charge in the plan, not 0 and not 60.
             Never applied on step 0, which is dispatched as is (a caller scales the energy
             wanted instead).
+        min_energy_kwh: The part of ``energy_kwh`` that is its minimum target (kWh, 0 to
+            ``energy_kwh``; issue #19.1: fleet ``min_target_soc``, VDV 463 ``minTargetSoc``).
+            Met first: a kWh of it outweighs any session's kWh toward its full target
+            (`optimizer.lp.min_weights`).
 
     Raises:
         ValueError: A field is out of range; the message names it.
@@ -249,6 +253,7 @@ class Session:
     arrival_step: int = 0
     priority: int = 0
     last_step_share: float = 1.0
+    min_energy_kwh: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -259,11 +264,16 @@ class Session:
         if not phases or len(set(phases)) != len(phases) or not set(phases) <= set(PHASES):
             raise ValueError(f"phases: need distinct phases from 0, 1, 2, got {self.phases!r}")
         object.__setattr__(self, "phases", phases)
-        for name in ("min_a", "max_a", "energy_kwh"):
+        for name in ("min_a", "max_a", "energy_kwh", "min_energy_kwh"):
             v = _finite(f"{name} (session {self.id!r})", getattr(self, name))
             if v < 0:
                 raise ValueError(f"{name}: must be >= 0, got {v} (session {self.id!r})")
             object.__setattr__(self, name, v)
+        if self.min_energy_kwh > self.energy_kwh + 1e-9:
+            raise ValueError(
+                f"min_energy_kwh: {self.min_energy_kwh} is above energy_kwh {self.energy_kwh} "
+                f"(session {self.id!r})"
+            )
         if self.max_a < self.min_a:
             raise ValueError(
                 f"max_a: {self.max_a} is below min_a {self.min_a} (session {self.id!r}); "

@@ -13,8 +13,9 @@ Rules of this module:
   is that need itself, from the start of the session. Without a SoC or a battery, the
   vehicle's usual ``energy_kwh`` stays a planning assumption, as before.
 - **Targets**: the final target is the request's ``maxTargetSoc``, else the vehicle's
-  ``max_target_soc``; the minimum likewise. The plan is asked for the final target (the LP
-  has no separate minimum yet); the minimum's time is read off the same plan (`predicted`).
+  ``max_target_soc``; the minimum likewise. The final target is the session's need
+  (``energy_wanted_kwh``), the minimum its ``energy_min_kwh``, which the LP meets first
+  (`Session.min_energy_kwh`); the minimum's time is read off the same plan (`predicted`).
 - **Who wins**: an operator's ``session_needs`` command (``need_source == "command"``) is
   never overwritten; a need worked out here replaces the vehicle's own (2.0.1) estimate,
   because the depot system and the fleet configuration know the target, the EV only its
@@ -193,6 +194,7 @@ class Fleet:
         if request.instruction == "Terminate":
             # The request is withdrawn: nothing more is to be charged for it.
             session.energy_wanted_kwh = session.energy_wh / 1000
+            session.energy_min_kwh = None
             session.need_source = "fleet"
             session.vehicle_priority = None
             log.info("vehicle %s: charging request terminated", vehicle.id)
@@ -257,7 +259,16 @@ class Fleet:
                 session.departure = departure
                 session.departure_source = "fleet"
                 changed = True
-        need = self.targets(session, connector.soc_percent).max_kwh
+        targets = self.targets(session, connector.soc_percent)
+        need = targets.max_kwh
+        # The minimum is kept beside an operator's need too (the builder bounds it by the need).
+        old_min, session.energy_min_kwh = session.energy_min_kwh, targets.min_kwh
+        if (old_min is None) != (targets.min_kwh is None) or (
+            old_min is not None
+            and targets.min_kwh is not None
+            and abs(old_min - targets.min_kwh) >= RENOTIFY_KWH
+        ):
+            changed = True
         if need is not None and session.need_source != "command":
             last = self._announced.get(session.session_id)
             session.energy_wanted_kwh = need

@@ -165,3 +165,29 @@ def test_a_terminated_request_is_not_revived_by_a_soc_report(config: Config) -> 
     connector.soc_percent = 33.0
     state.notify("measurement", "CP1/1")
     assert session.energy_wanted_kwh == pytest.approx(12.0)
+
+
+def test_a_min_target_soc_becomes_the_sessions_minimum_need(config: Config) -> None:
+    # bus-17: 400 kWh, minimum 50 %, target 90 %, at 30 %: 80 kWh first, 240 kWh in all.
+    from sitectl.control.meters import MeterSupervisor
+    from sitectl.control.snapshot import ChargerMemory, ProblemBuilder
+
+    state = SiteState(config, clock=lambda: NOW)
+    Fleet(config, state)
+    state.chargers["CP1"].connected = True
+    session = start(state, 1, "TAG17")
+    state.chargers["CP1"].connectors[1].soc_percent = 30.0
+    state.notify("measurement", "CP1/1")
+    assert session.energy_min_kwh == pytest.approx(80.0)
+    assert session.energy_wanted_kwh == pytest.approx(240.0)
+    session.energy_wh = 20_000.0  # 20 kWh delivered since: 60 kWh of the minimum are left
+    memory = {"CP1": ChargerMemory(failsafe_installed=True)}
+    built = ProblemBuilder(config).build(state, MeterSupervisor(5, 0, 1), memory, NOW, 100.0)
+    (planned,) = built.problem.sessions
+    assert planned.energy_kwh == pytest.approx(220.0)
+    assert planned.min_energy_kwh == pytest.approx(60.0)
+    # A vehicle without a minimum target plans none.
+    state.chargers["CP1"].connectors[1].session = None
+    start(state, 2, None)
+    fleet_less = ProblemBuilder(config).build(state, MeterSupervisor(5, 0, 1), memory, NOW, 100.0)
+    assert [s.min_energy_kwh for s in fleet_less.problem.sessions] == [0.0]
