@@ -29,6 +29,8 @@ class _Layout:
     J: int  # aggregated groups with a kW row
     K: int  # fairness pieces
     Q: int = 0  # aggregated groups with soft rows (4·T rows and excess columns each)
+    #: Slots with a minimum-target row and shortfall column, in slot order (`optimizer.lp`).
+    min_slots: tuple[int, ...] = ()
 
     @property
     def f0(self) -> int:
@@ -52,7 +54,7 @@ class _Layout:
 
     @property
     def ncol(self) -> int:
-        return self.u0 + self.S
+        return self.u0 + len(self.min_slots)
 
     @property
     def r_kw(self) -> int:
@@ -80,7 +82,7 @@ class _Layout:
 
     @property
     def nrow(self) -> int:
-        return self.r_min + self.S
+        return self.r_min + len(self.min_slots)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -124,9 +126,10 @@ def _build_matrix(
             parts.extend((base + p * T + t, cols, ones) for p in phases[s])
         parts.append((np.full(T, lay.r_energy + s), cols, arrays.dt_h))
         parts.append((np.array([lay.r_fair + s]), cols[:1], np.array([-1.0])))
-        parts.append((np.full(T, lay.r_min + s), cols, -arrays.dt_h))
-    # Minimum shortfall columns: -1 in their slot's minimum row.
-    parts.append((lay.r_min + np.arange(lay.S), lay.u0 + np.arange(lay.S), -np.ones(lay.S)))
+    for m, s in enumerate(lay.min_slots):  # minimum rows: -Δt_h · i, -1 · u
+        parts.append((np.full(T, lay.r_min + m), s * T + t, -arrays.dt_h))
+    n_min = len(lay.min_slots)
+    parts.append((lay.r_min + np.arange(n_min), lay.u0 + np.arange(n_min), -np.ones(n_min)))
     # f columns: -1 in their own flow row, +1 in the rows above, the kW row and the peak row.
     pt = np.arange(3 * T)
     step = pt % T
@@ -186,8 +189,12 @@ def _transfer_basis(
         col[a : a + K] = ocol[ao : ao + K]
         row[nlay.r_energy + k] = orow[olay.r_energy + ko]
         row[nlay.r_fair + k] = orow[olay.r_fair + ko]
-        col[nlay.u0 + k] = ocol[olay.u0 + ko]
-        row[nlay.r_min + k] = orow[olay.r_min + ko]
+    old_min = {onames[s]: m for m, s in enumerate(olay.min_slots)}
+    for m, s in enumerate(nlay.min_slots):
+        mo = old_min.get(nnames[s])
+        if mo is not None:
+            col[nlay.u0 + m] = ocol[olay.u0 + mo]
+            row[nlay.r_min + m] = orow[olay.r_min + mo]
     col[nlay.peak] = ocol[olay.peak]
     row[nlay.r_peak : nlay.r_energy] = orow[olay.r_peak : olay.r_energy]
     soft_transfer((olay, ost, ocol, orow), (nlay, nst, col, row))

@@ -13,10 +13,11 @@ circuit limits become rows is decided by :mod:`optimizer._structure`, issue #18)
   below, each once; one row per kW-limited aggregated group and step (``Σ_p f ≤ headroom``),
   one peak row per step, one energy row per slot (``Σ_t Δt_h · i ≤ E · 1000 / (U ·
   n_phases)``, in A·h so the phase count never enters the matrix), one fairness row per slot
-  (``Σ_k a[s,k] ≤ i[s,0]``), after the soft blocks one minimum row per slot (``−Σ_t Δt_h · i
-  − u[s] ≤ −minimum`` in A·h, ``u[s]`` its priced shortfall column, held at 0 without a
-  minimum: `min_weights`). A circuit with one slot below it (a one-connector charger node)
-  is only a bound on that slot's ``i``; chains merge; limits that can never bind have no rows;
+  (``Σ_k a[s,k] ≤ i[s,0]``), after the soft blocks one minimum row (``−Σ_t Δt_h · i − u ≤
+  −minimum`` in A·h, ``u`` its priced shortfall column, held at 0 without a minimum:
+  `min_weights`) per slot that has had a minimum target. A circuit with one slot below it (a
+  one-connector charger node) is only a bound on that slot's ``i``; chains merge; limits that
+  can never bind have no rows;
 * time-windowed limits (`optimizer.problem.NodeCap`): a hard cap lowers its node's headroom
   on the steps it covers (the row bound is the least of the node's own limit and every cap,
   less the non-EV load); a soft cap adds a block of rows with priced excess columns
@@ -314,6 +315,8 @@ class Allocator:
         #: Nodes once kW-limited or soft-capped: their rows stay (`_prepare`).
         self._kw_seen: set[str] = set()
         self._soft_seen: set[str] = set()
+        #: Slots once given a minimum target: their minimum rows stay (`_prepare`).
+        self._min_seen: set[str] = set()
         self._hr = np.zeros((0, 3, 0))  # this cycle's headroom per group (G, 3, T)
         self._kw_hr = np.zeros((0, 0))  # and kW headroom per group (G, T), inf if none
         #: How many times the model was built from scratch (tests and the benchmark read it).
@@ -435,6 +438,10 @@ class Allocator:
             if slots.get(s.slot) != s.node:
                 slots[s.slot] = s.node
                 rebuild = True
+            if s.min_energy_kwh > 0 and s.slot not in self._min_seen:
+                # A slot's first minimum adds its row; kept after, so no rebuild each time.
+                self._min_seen.add(s.slot)
+                rebuild = True
         if not rebuild:
             assert self._matrix is not None
             st = self._matrix.structure
@@ -489,6 +496,7 @@ class Allocator:
             J=len(st.kw_groups),
             K=FAIRNESS_PIECES,
             Q=len(st.soft_groups),
+            min_slots=tuple(k for k, name in enumerate(names) if name in self._min_seen),
         )
         self._layout = lay
         self._matrix = _build_matrix(lay, st, arrays, phases)
@@ -607,15 +615,21 @@ class Allocator:
         row_hi[lay.r_energy : lay.r_fair] = energy_ah
         # Minimum targets: the shortfall u (A·h) below each slot's minimum is priced per kWh
         # (`min_weights`); free only where a minimum is asked.
-        min_ah = np.zeros(S)
-        min_ah[slot_of] = arrays.min_energy_kwh * 1000.0 / (volt * arrays.nph)
-        row_hi[lay.r_min : lay.r_min + S] = -min_ah
-        u_hi = np.zeros(S)
-        u_hi[slot_of] = np.where(arrays.min_energy_kwh > 0, highspy.kHighsInf, 0.0)
-        col_hi[lay.u0 : lay.u0 + S] = u_hi
-        u_cost = np.zeros(S)
-        u_cost[slot_of] = min_weights(problem) * volt * arrays.nph / 1000.0
-        cost[lay.u0 : lay.u0 + S] = u_cost
+        if lay.min_slots:
+            rows_of = np.full(S, -1, dtype=np.intp)
+            rows_of[list(lay.min_slots)] = np.arange(len(lay.min_slots))
+            m = rows_of[slot_of]
+            has = m >= 0
+            n_min = len(lay.min_slots)
+            min_ah = np.zeros(n_min)
+            min_ah[m[has]] = arrays.min_energy_kwh[has] * 1000.0 / (volt * arrays.nph[has])
+            row_hi[lay.r_min : lay.r_min + n_min] = -min_ah
+            u_hi = np.zeros(n_min)
+            u_hi[m[has]] = np.where(arrays.min_energy_kwh[has] > 0, highspy.kHighsInf, 0.0)
+            col_hi[lay.u0 : lay.u0 + n_min] = u_hi
+            u_cost = np.zeros(n_min)
+            u_cost[m[has]] = (min_weights(problem) * volt * arrays.nph / 1000.0)[has]
+            cost[lay.u0 : lay.u0 + n_min] = u_cost
         penalty = problem.soft_penalty * shortfall_weight(problem)
         soft_vectors(lay, st, arrays, penalty, col_hi, cost, row_hi)
         return _Vectors(col_lo, col_hi, cost * _OBJ_SCALE, row_hi)

@@ -77,7 +77,12 @@ def test_warm_allocator_follows_a_minimum_that_appears():
     assert first.energy_kwh["low"] < 7.0
     second = alloc.solve(_two_cars(8.0))
     assert second.energy_kwh["low"] == pytest.approx(8.0, abs=1e-3)
-    assert alloc.builds == 1  # bounds and costs only
+    assert alloc.builds == 2  # a slot's first minimum adds its row
+    third = alloc.solve(_two_cars(10.0))
+    assert third.energy_kwh["low"] == pytest.approx(10.0, abs=1e-3)
+    fourth = alloc.solve(_two_cars(0.0))
+    assert fourth.energy_kwh["low"] == pytest.approx(first.energy_kwh["low"], abs=1e-3)
+    assert alloc.builds == 2  # kept after: bounds and costs only
 
 
 def test_fallback_serves_minimums_first():
