@@ -36,6 +36,7 @@ class Arrays:
     max_a: np.ndarray  # (S,)
     energy_kwh: np.ndarray  # (S,)
     min_energy_kwh: np.ndarray  # (S,) the minimum target's part of energy_kwh
+    taper_cap0_a: np.ndarray  # (S,) most step-0 current its taper allows (inf: no taper)
     arrival: np.ndarray  # (S,) int
     departure: np.ndarray  # (S,) int
     priority: np.ndarray  # (S,) int
@@ -144,6 +145,13 @@ def compile_problem(problem: Problem) -> Arrays:
         max_a=max_a,
         energy_kwh=energy_kwh,
         min_energy_kwh=fields[:, 6].copy(),
+        taper_cap0_a=np.array(
+            [
+                min((a / (1.0 + 0.5 * per_ah * dt_h[0]) for a, per_ah in s.taper), default=np.inf)
+                for s in sessions
+            ],
+            dtype=float,
+        ).reshape(S),
         arrival=arrival,
         departure=departure,
         priority=priority,

@@ -31,6 +31,8 @@ class _Layout:
     Q: int = 0  # aggregated groups with soft rows (4·T rows and excess columns each)
     #: Slots with a minimum-target row and shortfall column, in slot order (`optimizer.lp`).
     min_slots: tuple[int, ...] = ()
+    #: Taper lines (slot, A per A·h), T rows each (`optimizer.problem.Session.taper`).
+    taper_lines: tuple[tuple[int, float], ...] = ()
 
     @property
     def f0(self) -> int:
@@ -81,8 +83,12 @@ class _Layout:
         return self.r_soft + self.Q * 4 * self.T
 
     @property
-    def nrow(self) -> int:
+    def r_taper(self) -> int:  # per line and step: i_t + per_ah · Q_mid(t) ≤ a
         return self.r_min + len(self.min_slots)
+
+    @property
+    def nrow(self) -> int:
+        return self.r_taper + len(self.taper_lines) * self.T
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -130,6 +136,15 @@ def _build_matrix(
         parts.append((np.full(T, lay.r_min + m), s * T + t, -arrays.dt_h))
     n_min = len(lay.min_slots)
     parts.append((lay.r_min + np.arange(n_min), lay.u0 + np.arange(n_min), -np.ones(n_min)))
+    if lay.taper_lines:
+        # Row t of a line: i_t · (1 + per_ah · Δt_h[t] / 2) + per_ah · Σ_{τ<t} Δt_h[τ] · i_τ:
+        # the charge to the middle of step t (lower triangle, T(T+1)/2 entries per line).
+        rr, cc = np.tril_indices(T)
+        dt = arrays.dt_h
+        for j, (s, per_ah) in enumerate(lay.taper_lines):
+            vals = per_ah * dt[cc]
+            vals[rr == cc] = 1.0 + 0.5 * per_ah * dt[rr[rr == cc]]
+            parts.append((lay.r_taper + j * T + rr, s * T + cc, vals))
     # f columns: -1 in their own flow row, +1 in the rows above, the kW row and the peak row.
     pt = np.arange(3 * T)
     step = pt % T

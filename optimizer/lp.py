@@ -15,7 +15,9 @@ circuit limits become rows is decided by :mod:`optimizer._structure`, issue #18)
   n_phases)``, in A·h so the phase count never enters the matrix), one fairness row per slot
   (``Σ_k a[s,k] ≤ i[s,0]``), after the soft blocks one minimum row (``−Σ_t Δt_h · i − u ≤
   −minimum`` in A·h, ``u`` its priced shortfall column, held at 0 without a minimum:
-  `min_weights`) per slot that has had a minimum target. A circuit with one slot below it (a
+  `min_weights`) per slot that has had a minimum target, then ``T`` rows per taper line of a
+  DC vehicle (``i_t + per_ah · Q_mid(t) ≤ a``, `optimizer.problem.Session.taper`; a line the
+  model lacks rebuilds it, a SoC rising moves only ``a``). A circuit with one slot below it (a
   one-connector charger node) is only a bound on that slot's ``i``; chains merge; limits that
   can never bind have no rows;
 * time-windowed limits (`optimizer.problem.NodeCap`): a hard cap lowers its node's headroom
@@ -317,6 +319,8 @@ class Allocator:
         self._soft_seen: set[str] = set()
         #: Slots once given a minimum target: their minimum rows stay (`_prepare`).
         self._min_seen: set[str] = set()
+        #: Taper lines in the model, (slot, A per A·h) -> line position (`_build`).
+        self._taper_index: dict[tuple[str, float], int] = {}
         self._hr = np.zeros((0, 3, 0))  # this cycle's headroom per group (G, 3, T)
         self._kw_hr = np.zeros((0, 0))  # and kW headroom per group (G, T), inf if none
         #: How many times the model was built from scratch (tests and the benchmark read it).
@@ -442,6 +446,10 @@ class Allocator:
                 # A slot's first minimum adds its row; kept after, so no rebuild each time.
                 self._min_seen.add(s.slot)
                 rebuild = True
+            # A taper line the model lacks (a DC car with its SoC known, its taper within the
+            # horizon) adds its block; one no longer needed stays, unbounded, until a rebuild.
+            if any((s.slot, per_ah) not in self._taper_index for _, per_ah in s.taper):
+                rebuild = True
         if not rebuild:
             assert self._matrix is not None
             st = self._matrix.structure
@@ -497,7 +505,19 @@ class Allocator:
             K=FAIRNESS_PIECES,
             Q=len(st.soft_groups),
             min_slots=tuple(k for k, name in enumerate(names) if name in self._min_seen),
+            taper_lines=tuple(
+                sorted(
+                    {
+                        (self._slots[s.slot], per_ah)
+                        for s in problem.sessions
+                        for _, per_ah in s.taper
+                    }
+                )
+            ),
         )
+        self._taper_index = {
+            (names[slot], per_ah): j for j, (slot, per_ah) in enumerate(lay.taper_lines)
+        }
         self._layout = lay
         self._matrix = _build_matrix(lay, st, arrays, phases)
         self._hr = st.headroom(arrays.headroom_a)
@@ -630,6 +650,12 @@ class Allocator:
             u_cost = np.zeros(n_min)
             u_cost[m[has]] = (min_weights(problem) * volt * arrays.nph / 1000.0)[has]
             cost[lay.u0 : lay.u0 + n_min] = u_cost
+        if lay.taper_lines:
+            row_hi[lay.r_taper : lay.nrow] = highspy.kHighsInf
+            for s in problem.sessions:
+                for a, per_ah in s.taper:
+                    j = lay.r_taper + self._taper_index[(s.slot, per_ah)] * T
+                    row_hi[j : j + T] = a
         penalty = problem.soft_penalty * shortfall_weight(problem)
         soft_vectors(lay, st, arrays, penalty, col_hi, cost, row_hi)
         return _Vectors(col_lo, col_hi, cost * _OBJ_SCALE, row_hi)
@@ -678,8 +704,10 @@ class Allocator:
             path = arrays.ancestors[arrays.node_of[k]]
             mask = arrays.phase_mask[k]
             kw_path = [kw_pos[n] for n in path if n in kw_pos]
-            fits = all((room[n][mask] >= need - _ZERO_A).all() for n in path) and all(
-                kw_room[j] >= need * arrays.nph[k] - _ZERO_A for j in kw_path
+            fits = (
+                all((room[n][mask] >= need - _ZERO_A).all() for n in path)
+                and all(kw_room[j] >= need * arrays.nph[k] - _ZERO_A for j in kw_path)
+                and arrays.taper_cap0_a[k] >= need - _ZERO_A  # the vehicle takes it
             )
             col = slot_col[k]
             if not fits:
