@@ -30,6 +30,9 @@ Rules of this module (DESIGN.md safety model; issue #7):
   assumption: the vehicle always wants at least one more step at its maximum, so it charges
   until it stops drawing. A minimum target (``SessionState.energy_min_kwh``) becomes the
   session's ``min_energy_kwh``, bounded by its need, in the same terms (DC: at the AC input).
+  A DC fleet vehicle whose SoC the charger reports gets its charging curve
+  (``taper_from_soc``, ``taper_share_at_full``) as `Session.taper`, if it can reach it;
+  power its depot system reserves for preconditioning is a load on its charger's node.
 - **A connector in use without a known transaction** (sitectl restarted mid-session, or a 2.0.1
   charger whose transaction starts only when energy flows) is never held at 0 A: it gets at
   least its charger's minimum (and fail-safe) current as a reserved floor, plus a share as a
@@ -48,7 +51,7 @@ from datetime import datetime, timedelta
 from optimizer.problem import Load, Node, Problem, Session
 from sitectl.config import GRID, ChargerConfig, Config
 from sitectl.control.draw import Draw, connector_draw, phases_in_use
-from sitectl.control.fleet import FleetIndex
+from sitectl.control.fleet import FleetIndex, dc_taper, precondition_load
 from sitectl.control.horizon import Horizon
 from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
@@ -327,6 +330,17 @@ class ProblemBuilder:
                 if made is None:
                     continue
                 session, floor, session_info = made
+                reserved = precondition_load(  # VDV 463 preconditioning before departure
+                    session.id,
+                    connector.session,
+                    charger_node(charger_id),
+                    (now, self.horizon.ends_s),
+                    # kW at the vehicle to A per phase at the charger's input (DC: over η).
+                    1000 / (efficiency(charger) * volts_low * len(charger.site_phases)),
+                    charger.site_phases,
+                )
+                if reserved is not None:
+                    loads.append(reserved)
                 sessions.append(session)
                 index[session.id] = (charger_id, connector.connector_id)
                 info[session.id] = session_info
@@ -620,6 +634,17 @@ class ProblemBuilder:
             min_a = max_a = 0.0  # cannot charge within its bounds: blocked
         priority = min(4, vehicle.priority) if vehicle else 0
         slot = f"{charger.id}/{connector.connector_id}"
+        taper: tuple[tuple[float, float], ...] = ()
+        if charger.kind == "dc" and floor == 0:  # its curve, as battery energy per input A·h
+            kwh_per_ah = 3 * self.config.site.nominal_voltage_v * efficiency(charger) / 1000
+            within_s = min(max(seconds_left, 0.0), self.horizon.ends_s[-1])
+            taper = dc_taper(
+                self.fleet.config_of(session),
+                connector.soc_percent,
+                self._connector_max(charger),
+                kwh_per_ah,
+                within_s,
+            )
         problem_session = Session(
             id=slot,
             node=charger_node(charger.id),
@@ -632,6 +657,7 @@ class ProblemBuilder:
             priority=priority,
             last_step_share=share,
             min_energy_kwh=min(remaining_min, remaining),
+            taper=taper,
         )
         info = SessionInfo(
             departure, departure_source, need, need_source or "unknown", capped, tuple(max_by)
