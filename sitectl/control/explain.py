@@ -7,8 +7,10 @@ overrides, the chargers' memory), as a list of plain dicts, ``limited_by``, per 
 
 - **Who is "limited".** A session whose dispatched current (its floor included) is below the
   least of its connector's maximum and the vehicle's stated maximum gets at least one reason;
-  one at that current gets none. What lowered its maximum below the connector's (a learnt
-  vehicle cap, the CSMS's profile, the closed loop's "applies less") is a reason of its own.
+  one at that current gets none, but one at the vehicle's stated maximum below the
+  connector's gets ``vehicle_max`` (the answer to "why 16 A on a 32 A charger?"). What
+  lowered its maximum below the connector's (a learnt vehicle cap, the CSMS's profile, the
+  closed loop's "applies less") is a reason of its own.
 - **A tight node** becomes ``circuit`` (a circuit or the grid connection, per phase: its limit,
   measured current where trusted, planned current — non-EV, fixed loads and EV — and
   headroom), ``charger`` (a charger's own maximum shared by its connectors), ``site_kw`` /
@@ -428,13 +430,18 @@ def _session_items(
         elif hold.kind == b.DEFERRED:
             items.append(_deferred_item(ctx, hold))
         elif hold.kind == b.PEAK:
+            tariff = ctx.built.problem.tariff
             items.append(
-                _simple(
-                    "peak",
-                    f"held at the peak so far ({hold.limit:g} kW): more would raise the "
-                    "demand charge",
-                    "held at the peak so far (demand charge)",
-                )
+                {
+                    "kind": "peak",
+                    "node": hold.node or GRID,
+                    "unit": "kW",
+                    "limit": _r(hold.limit),
+                    "demand_charge": _r(tariff.demand_charge_per_kw, 4),
+                    "text": f"held at the peak so far ({hold.limit:g} kW): more would raise the "
+                    f"demand charge ({tariff.demand_charge_per_kw:g} per kW)",
+                    "short": "held at the peak so far (demand charge)",
+                }
             )
         elif hold.kind == b.NEED:
             charger_id, connector = ctx.built.sessions[session_id]
@@ -498,6 +505,30 @@ def _max_items(ctx: _Context, session_id: str) -> list[dict[str, Any]]:
     return items
 
 
+def _vehicle_max_item(ctx: _Context, session_id: str, info: Any) -> dict[str, Any] | None:
+    """``vehicle_max`` for a session held at its vehicle's stated maximum (2.0.1 charging
+    needs), when that is below the connector's maximum and the lowest of its maxima."""
+    if not info.max_by:
+        return None
+    connector = info.max_by[0][1]
+    stated = [amps for source, amps in info.max_by if source == "vehicle"]
+    lowest = min(amps for _, amps in info.max_by)
+    if not stated or stated[0] >= connector - LIMITED_TOL_A or stated[0] > lowest + 1e-6:
+        return None
+    if ctx.current(session_id) < LIMITED_TOL_A:
+        return None  # paused or done: not at its maximum
+    amps = stated[0]
+    kind, words = _MAX_WORDS["vehicle"]
+    return {
+        "kind": kind,
+        "node": ctx.charger_of(session_id),
+        "limit": _r(amps),
+        "connector_max": _r(connector),
+        "text": f"{words}: {amps:g} A (the connector takes {connector:g} A)",
+        "short": f"{words}: {amps:g} A",
+    }
+
+
 def explain(
     built: Built,
     allocation: Allocation,
@@ -532,6 +563,11 @@ def explain(
             vehicle = [a for s, a in info.max_by if s == "vehicle"]
             could = min([connector, *vehicle])
         if ctx.current(sid) >= could - LIMITED_TOL_A:
+            # At the vehicle's stated maximum, below the connector's: not limited by sitectl,
+            # but "why 16 A on a 32 A charger?" has an answer, the vehicle's own.
+            vehicle_max = _vehicle_max_item(ctx, sid, info) if info is not None else None
+            if vehicle_max is not None:
+                out[sid] = (vehicle_max,)
             continue
         holds = found.holds.get(sid, ())
         items = _session_items(ctx, sid, holds) if holds else []

@@ -41,6 +41,7 @@ import heapq
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -177,6 +178,9 @@ class Simulation:
         self.building_at_cycle = np.zeros((len(nodes), 3))
         self.alarms: dict[str, int] = {}
         self.state.subscribe(self._count_alarm)
+        #: Called after every completed cycle with the simulation (its state, loop and field
+        #: as the cycle left them): for judges that sample plans and reasons (bench/bus_depot.py).
+        self.observers: list[Callable[[Simulation], None]] = []
 
     def _count_alarm(self, change: Change) -> None:
         if change.kind == "alarm":
@@ -332,6 +336,8 @@ class Simulation:
                 self._commanded_over(building),
             )
         )
+        for observe in self.observers:
+            observe(self)
         deferred = self._deferred_a(built, allocation) if report.deferred_increases else 0.0
         self._plan_follow_ups(building)
         self.building_at_cycle = building

@@ -273,3 +273,63 @@ def test_the_alarm_clears_when_the_session_ends() -> None:
         {},
     )
     assert (ALARM_CODE, "c/1") not in state.alarms
+
+
+# Later steps shared among equals (the alarm's second reading of the plan).
+
+A_STEP_KWH = 3 * VOLT / 1000 * FINE / 3600  # kWh of 1 A on three phases over a fine step
+
+
+def two_cars() -> tuple[Problem, Allocation, dict[str, Need]]:
+    # Two equal cars on 40 A for 2 h; a hand-made split that serves b on every later step and
+    # a on step 0 only: read as is, a is short; shared as step 0 is, both get their need.
+    a = car(id="a", slot="a", departure_step=8, max_a=32.0, energy_kwh=10.0)
+    b = car(id="b", slot="b", departure_step=8, max_a=32.0, energy_kwh=20.0)
+    p = problem(a, b, limit_a=40.0)
+    plan = [[20.0] + [0.0] * 11, [20.0] + [32.0] * 7 + [0.0] * 4]
+    answer = Allocation({"a": 20.0, "b": 20.0}, np.asarray(plan), {}, Status.OPTIMAL, "lp")
+    return p, answer, {"a": Need(hours(2), 10.0), "b": Need(hours(2), 20.0)}
+
+
+def test_shared_among_equals_later_steps_split_evenly_up_to_each_need() -> None:
+    p, answer, needs = two_cars()
+    as_is = forecast(p, answer, NOW, needs)
+    assert as_is["a"].status == "short" and as_is["b"].status == "on_time"
+    shared = forecast(p, answer, NOW, needs, share_equals=True)
+    assert shared["a"].status == "on_time" and shared["b"].status == "on_time"
+    # Step 0 as dispatched; step 1 halved between the two; a full, b takes the rest.
+    assert [shared[k].steps[0].current_a for k in "ab"] == [20.0, 20.0]
+    assert shared["a"].steps[1].current_a == pytest.approx(16.0)
+    assert shared["b"].steps[1].current_a == pytest.approx(16.0)
+    need_a = (10.0 - 20.0 * A_STEP_KWH) / A_STEP_KWH  # A-steps a still needs after step 0
+    assert sum(s.current_a for s in shared["a"].steps[1:]) == pytest.approx(need_a)
+    # Neither is planned more than it needs (the hand-made b was), and b gets the rest.
+    assert shared["a"].planned_kwh == pytest.approx(10.0)
+    assert shared["b"].planned_kwh == pytest.approx(20.0)
+
+
+def test_the_alarm_names_only_a_car_short_in_both_readings_of_the_plan() -> None:
+    config = Config.model_validate(
+        {
+            "site": {"id": "p", "limit_kw": 100, "phase_limit_a": 100},
+            "chargers": [
+                {"id": c, "circuit": "grid", "max_current_a": 32, "password": "x" * 16}
+                for c in ("a", "b")
+            ],
+            "mqtt": {"enabled": False},
+        }
+    )
+    state = SiteState(config, clock=lambda: NOW)
+    for c in ("a", "b"):
+        state.chargers[c].connectors[1].session = SessionState(f"{c}/7", 1, NOW)
+    watch = PlanWatch(state, ZoneInfo("UTC"), after_cycles=1)
+    p, answer, needs = two_cars()
+    for _ in range(3):
+        state.control.sessions = {
+            k: SessionPlan(hours(2), "command", needs[k].remaining_kwh, "command", True, 20.0)
+            for k in "ab"
+        }
+        watch.update(p, answer, NOW, {"a": ("a", 1), "b": ("b", 1)}, {})
+    # The forecast shown is the plan's own (a short), the alarm is not raised for it.
+    assert state.control.sessions["a"].forecast.status == "short"
+    assert (ALARM_CODE, "a") not in state.alarms and (ALARM_CODE, "b") not in state.alarms

@@ -6,11 +6,17 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
+from ocpp.v201 import call as call201
+
+from sitectl.config.fleet import FleetConfig
+from sitectl.limits import GridLimit
 from sitectl.sim.charger import SimEv
+from sitectl.sim.csms import StubCsms
 from sitectl.sim.quirks import Quirks
 from sitectl.state import LimitOverride
 from tests.helpers import wait_for
 from tests.scenarios.conftest import RAMP_S, scenario_config
+from tests.scenarios.test_csms_profiles import station_max_16
 
 
 def reasons(site, key: str) -> list[dict]:
@@ -212,3 +218,149 @@ async def test_a_frozen_meter_puts_the_connection_on_its_fail_safe_budget_and_sa
     circuit = first(site, "A/1", "circuit")
     assert circuit is not None and circuit["node"] == "grid" and circuit["limit"] == 100.0
     assert {s["session"] for s in circuit["shared_with"]} == {"B/1", "C/1"}
+
+
+def with_fleet(config, vehicles: list[dict]):
+    """The scenario's config with `fleet.vehicles` (bound to sessions by their id tags, which
+    sitectl, standing in for the absent CSMS, accepts)."""
+    tags = [tag for vehicle in vehicles for tag in vehicle.get("id_tags", [])]
+    offline = config.ocpp.offline.model_copy(
+        update={"local_id_tags": [*config.ocpp.offline.local_id_tags, *tags]}
+    )
+    return config.model_copy(
+        update={
+            "fleet": FleetConfig.model_validate({"vehicles": vehicles}),
+            "ocpp": config.ocpp.model_copy(update={"offline": offline}),
+        }
+    )
+
+
+async def test_a_higher_priority_vehicle_is_named_as_what_takes_the_feeder(tmp_path, make_site):
+    # 40 A for two vehicles of 32 A; A's tag binds it to a bus of priority 3, B is nobody's.
+    config = scenario_config(
+        tmp_path, [{"id": "A"}, {"id": "B"}], feeders=[{"id": "feeder", "limit_a": 40}]
+    )
+    config = with_fleet(config, [{"id": "bus-7", "id_tags": ["BUS-7"], "priority": 3}])
+    site = await make_site(config)
+    await site.depot.plug_in("A", SimEv(max_a=32, tag="BUS-7"))
+    await site.depot.plug_in("B", SimEv(max_a=32))
+    await wait_for(
+        lambda: site.draw("A") > 30 and first(site, "B/1", "priority") is not None,
+        timeout=15,
+        message=lambda: f"A {site.draw('A'):.1f} A; B: {reasons(site, 'B/1')}",
+    )
+    item = first(site, "B/1", "priority")
+    assert item["sessions"] == ["A/1"] and item["node"] == "feeder"
+    assert "A/1" in item["text"] and "higher priority" in item["text"]
+    circuit = first(site, "B/1", "circuit")
+    assert circuit["node"] == "feeder" and circuit["limit"] == 40.0
+    assert "A/1" in [s["session"] for s in circuit["shared_with"]]
+    assert first(site, "A/1", "priority") is None  # nobody above A
+    await wait_for(lambda: site.draw("B") < 10.5, timeout=10, message="B on what is left")
+    assert site.draw("A") + site.draw("B") <= 40 + 0.5
+
+
+async def test_a_demand_charge_holds_the_vehicle_at_the_peak_and_says_so(tmp_path, make_site):
+    # One price all day and a demand charge: a small need far from its departure is spread
+    # out rather than taken at 32 A (a higher peak would cost more than nothing gained).
+    tariff = {"periods": [{"start": "00:00", "eur_per_kwh": 0.2}], "demand_charge_eur_per_kw": 20}
+    config = scenario_config(
+        tmp_path, [{"id": "A"}], tariff=tariff, control={"default_energy_kwh": 12}
+    )
+    site = await make_site(config)
+    await site.depot.plug_in("A", SimEv(max_a=32))
+    await wait_for(
+        lambda: first(site, "A/1", "peak") is not None,
+        timeout=10,
+        message=lambda: f"reasons {reasons(site, 'A/1')}",
+    )
+    item = first(site, "A/1", "peak")
+    assert item["node"] == "grid" and item["unit"] == "kW" and item["demand_charge"] == 20.0
+    assert item["limit"] is not None and "demand charge" in item["text"]
+    await site.cycles(2)
+    assert site.draw("A") < 30  # it really takes less than it could
+
+
+async def test_a_soft_limit_window_is_kept_to_and_named_with_its_source(tmp_path, make_site):
+    # A demand threshold as a soft window on the feeder: exceeded only to save a departure,
+    # and the vehicle's small need does not need it.
+    config = scenario_config(tmp_path, [{"id": "A"}], control={"default_energy_kwh": 3})
+    site = await make_site(config)
+    await site.depot.plug_in("A", SimEv(max_a=32))
+    await wait_for(lambda: site.draw("A") > 30, timeout=10, message="A charging at 32 A")
+    now = datetime.now(UTC)
+    window = GridLimit(
+        node="feeder",
+        source="tariff:threshold",
+        start=now - timedelta(minutes=1),
+        end=now + timedelta(minutes=30),
+        limit_a=(16.0, 16.0, 16.0),
+        hard=False,
+        reason="demand threshold",
+    )
+    site.state.limits.publish("tariff:threshold", [window], now)
+    site.loop.trigger()
+    await wait_for(
+        lambda: site.draw("A") < 16.5 and first(site, "A/1", "soft_limit") is not None,
+        timeout=10,
+        message=lambda: f"draws {site.draw('A'):.1f} A; reasons {reasons(site, 'A/1')}",
+    )
+    item = first(site, "A/1", "soft_limit")
+    assert item["node"] == "feeder" and item["limit"] == 16.0 and item["unit"] == "A"
+    assert item["source"] == "tariff:threshold" and item["hard"] is False
+    assert item["reason"] == "demand threshold" and item["until"] == window.end.isoformat()
+
+
+async def test_a_csms_profile_capping_the_charger_is_named_with_its_limit(tmp_path, make_site):
+    csms = StubCsms()
+    await csms.start()
+    try:
+        config = scenario_config(tmp_path, [{"id": "A"}], csms_url=csms.url)
+        site = await make_site(config)
+        await wait_for(lambda: "A" in csms.sessions, timeout=10, message="A at the CSMS")
+        await site.depot.plug_in("A", SimEv(max_a=32))
+        await wait_for(lambda: site.draw("A") > 30, timeout=10, message="A charging at 32 A")
+        await site.cycles(1)
+        assert reasons(site, "A/1") == []
+        answer = await csms.call("A", station_max_16(10, 9, 11))
+        assert answer.status == "Accepted"
+        await wait_for(
+            lambda: site.draw("A") <= 10.5 and first(site, "A/1", "csms") is not None,
+            timeout=10,
+            message=lambda: f"draws {site.draw('A'):.1f} A; reasons {reasons(site, 'A/1')}",
+        )
+        item = first(site, "A/1", "csms")
+        assert item["node"] == "A" and item["limit"] == 10.0 and item["connector_max"] == 32.0
+        assert "CSMS" in item["text"]
+    finally:
+        await csms.stop()
+
+
+async def test_the_vehicles_stated_maximum_is_named_when_it_is_below_the_chargers(
+    tmp_path, make_site
+):
+    config = scenario_config(tmp_path, [{"id": "A", "ocpp_version": "2.0.1"}])
+    site = await make_site(config)
+    await site.depot.plug_in("A", SimEv(max_a=16))
+    await wait_for(lambda: site.draw("A") > 15, timeout=10, message="A charging")
+    needs = {
+        "requested_energy_transfer": "AC_three_phase",
+        "ac_charging_parameters": {
+            "energy_amount": 20000,
+            "ev_min_current": 6,
+            "ev_max_current": 16,
+            "ev_max_voltage": 400,
+        },
+    }
+    await site.depot.chargers["A"].call(
+        call201.NotifyEVChargingNeeds(charging_needs=needs, evse_id=1)
+    )
+    await wait_for(
+        lambda: first(site, "A/1", "vehicle_max") is not None,
+        timeout=10,
+        message=lambda: f"reasons {reasons(site, 'A/1')}",
+    )
+    item = first(site, "A/1", "vehicle_max")
+    assert item["node"] == "A" and item["limit"] == 16.0 and item["connector_max"] == 32.0
+    assert "vehicle" in item["text"]
+    assert site.state.chargers["A"].limit_a >= 15.9  # sitectl gives it all it takes
