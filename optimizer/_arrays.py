@@ -146,10 +146,7 @@ def compile_problem(problem: Problem) -> Arrays:
         energy_kwh=energy_kwh,
         min_energy_kwh=fields[:, 6].copy(),
         taper_cap0_a=np.array(
-            [
-                min((a / (1.0 + 0.5 * per_ah * dt_h[0]) for a, per_ah in s.taper), default=np.inf)
-                for s in sessions
-            ],
+            [min((a for a, _ in s.taper), default=np.inf) for s in sessions],
             dtype=float,
         ).reshape(S),
         arrival=arrival,

@@ -241,7 +241,8 @@ class Session:
         taper: What the vehicle can take as its battery fills (a DC charging curve, issue
             #21): lines ``(a_a, per_ah)``, each bounding the current on every step by
             ``a_a − per_ah · Q`` where ``Q`` is the charge (A·h per phase) planned from now to
-            the middle of that step; the least line holds, so any concave piecewise-linear
+            the middle of that step (on step 0, now: it is dispatched and solved again
+            within it); the least line holds, so any concave piecewise-linear
             curve of the SoC fits (the SoC is linear in ``Q``). Empty: no taper (AC, or SoC
             or battery unknown). A planning model of the vehicle, not a limit: the LP plans
             it, the verifier does not judge it.
