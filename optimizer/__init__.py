@@ -45,6 +45,10 @@ itself when full (``verify`` allows that one step of overshoot and nothing more)
 Rule 6: the objective, per kWh (currency/kWh; costs go to HiGHS × 1e4 for its tolerances), in
 this order of importance (:mod:`optimizer.lp` holds the constants):
 
+0. Minimum targets first (``Session.min_energy_kwh``, issue #19.1): each kWh of a minimum
+   missed costs ``W · 4^priority · F`` (`optimizer.lp.min_weights`), ``F`` chosen so the least
+   of these is 4× the most a kWh toward any full target earns: no full target is served at
+   the cost of another vehicle's minimum, and among minimums priority orders as below.
 1. Deliver what each car wants by its departure: every kWh delivered earns
    ``W · 4^priority`` (× 0.5 if the car leaves after the horizon and can still charge later),
    ``W = 10 · (max |price| + demand charge / shortest step in h + 1e-4) + 1``.

@@ -35,6 +35,8 @@ class Arrays:
     min_a: np.ndarray  # (S,)
     max_a: np.ndarray  # (S,)
     energy_kwh: np.ndarray  # (S,)
+    min_energy_kwh: np.ndarray  # (S,) the minimum target's part of energy_kwh
+    taper_cap0_a: np.ndarray  # (S,) most step-0 current its taper allows (inf: no taper)
     arrival: np.ndarray  # (S,) int
     departure: np.ndarray  # (S,) int
     priority: np.ndarray  # (S,) int
@@ -87,11 +89,19 @@ def compile_problem(problem: Problem) -> Arrays:
     nph = phase_mask.sum(axis=1)
     fields = np.array(
         [
-            (s.min_a, s.max_a, s.energy_kwh, s.arrival_step, s.departure_step, s.priority)
+            (
+                s.min_a,
+                s.max_a,
+                s.energy_kwh,
+                s.arrival_step,
+                s.departure_step,
+                s.priority,
+                s.min_energy_kwh,
+            )
             for s in sessions
         ],
         dtype=float,
-    ).reshape(S, 6)
+    ).reshape(S, 7)
     min_a, max_a, energy_kwh = fields[:, 0], fields[:, 1], fields[:, 2]
     arrival = fields[:, 3].astype(np.int64)
     departure = fields[:, 4].astype(np.int64)
@@ -134,6 +144,11 @@ def compile_problem(problem: Problem) -> Arrays:
         min_a=min_a,
         max_a=max_a,
         energy_kwh=energy_kwh,
+        min_energy_kwh=fields[:, 6].copy(),
+        taper_cap0_a=np.array(
+            [min((a for a, _ in s.taper), default=np.inf) for s in sessions],
+            dtype=float,
+        ).reshape(S),
         arrival=arrival,
         departure=departure,
         priority=priority,

@@ -29,6 +29,10 @@ class _Layout:
     J: int  # aggregated groups with a kW row
     K: int  # fairness pieces
     Q: int = 0  # aggregated groups with soft rows (4·T rows and excess columns each)
+    #: Slots with a minimum-target row and shortfall column, in slot order (`optimizer.lp`).
+    min_slots: tuple[int, ...] = ()
+    #: Taper lines (slot, A per A·h), T rows each (`optimizer.problem.Session.taper`).
+    taper_lines: tuple[tuple[int, float], ...] = ()
 
     @property
     def f0(self) -> int:
@@ -47,8 +51,12 @@ class _Layout:
         return self.a0 + self.S * self.K
 
     @property
-    def ncol(self) -> int:
+    def u0(self) -> int:  # per slot, its minimum target's shortfall (A·h)
         return self.x0 + self.Q * 4 * self.T
+
+    @property
+    def ncol(self) -> int:
+        return self.u0 + len(self.min_slots)
 
     @property
     def r_kw(self) -> int:
@@ -71,8 +79,16 @@ class _Layout:
         return self.r_fair + self.S
 
     @property
-    def nrow(self) -> int:
+    def r_min(self) -> int:  # per slot: −Σ_t Δt_h · i − u ≤ −minimum (A·h)
         return self.r_soft + self.Q * 4 * self.T
+
+    @property
+    def r_taper(self) -> int:  # per line and step: i_t + per_ah · Q_mid(t) ≤ a
+        return self.r_min + len(self.min_slots)
+
+    @property
+    def nrow(self) -> int:
+        return self.r_taper + len(self.taper_lines) * self.T
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -116,6 +132,24 @@ def _build_matrix(
             parts.extend((base + p * T + t, cols, ones) for p in phases[s])
         parts.append((np.full(T, lay.r_energy + s), cols, arrays.dt_h))
         parts.append((np.array([lay.r_fair + s]), cols[:1], np.array([-1.0])))
+    for m, s in enumerate(lay.min_slots):  # minimum rows: -Δt_h · i, -1 · u
+        parts.append((np.full(T, lay.r_min + m), s * T + t, -arrays.dt_h))
+    n_min = len(lay.min_slots)
+    parts.append((lay.r_min + np.arange(n_min), lay.u0 + np.arange(n_min), -np.ones(n_min)))
+    if lay.taper_lines:
+        # Row t of a line: i_t · (1 + per_ah · Δt_h[t] / 2) + per_ah · Σ_{τ<t} Δt_h[τ] · i_τ:
+        # the charge to the middle of step t (lower triangle, T(T+1)/2 entries per line);
+        # row 0 is entry (0, 0), first of the lower triangle's row-major order.
+        rr, cc = np.tril_indices(T)
+        dt = arrays.dt_h
+        for j, (s, per_ah) in enumerate(lay.taper_lines):
+            vals = per_ah * dt[cc]
+            vals[rr == cc] = 1.0 + 0.5 * per_ah * dt[rr[rr == cc]]
+            # Step 0 is dispatched and solved again within it: there the vehicle takes what
+            # its SoC now allows, not the step's mean (a bus tapering 4 % a quarter hour was
+            # held 14 % below what it took, and left short).
+            vals[0] = 1.0
+            parts.append((lay.r_taper + j * T + rr, s * T + cc, vals))
     # f columns: -1 in their own flow row, +1 in the rows above, the kW row and the peak row.
     pt = np.arange(3 * T)
     step = pt % T
@@ -175,6 +209,12 @@ def _transfer_basis(
         col[a : a + K] = ocol[ao : ao + K]
         row[nlay.r_energy + k] = orow[olay.r_energy + ko]
         row[nlay.r_fair + k] = orow[olay.r_fair + ko]
+    old_min = {onames[s]: m for m, s in enumerate(olay.min_slots)}
+    for m, s in enumerate(nlay.min_slots):
+        mo = old_min.get(nnames[s])
+        if mo is not None:
+            col[nlay.u0 + m] = ocol[olay.u0 + mo]
+            row[nlay.r_min + m] = orow[olay.r_min + mo]
     col[nlay.peak] = ocol[olay.peak]
     row[nlay.r_peak : nlay.r_energy] = orow[olay.r_peak : olay.r_energy]
     soft_transfer((olay, ost, ocol, orow), (nlay, nst, col, row))

@@ -13,8 +13,13 @@ circuit limits become rows is decided by :mod:`optimizer._structure`, issue #18)
   below, each once; one row per kW-limited aggregated group and step (``Σ_p f ≤ headroom``),
   one peak row per step, one energy row per slot (``Σ_t Δt_h · i ≤ E · 1000 / (U ·
   n_phases)``, in A·h so the phase count never enters the matrix), one fairness row per slot
-  (``Σ_k a[s,k] ≤ i[s,0]``). A circuit with one slot below it (a one-connector charger node)
-  is only a bound on that slot's ``i``; chains merge; limits that can never bind have no rows;
+  (``Σ_k a[s,k] ≤ i[s,0]``), after the soft blocks one minimum row (``−Σ_t Δt_h · i − u ≤
+  −minimum`` in A·h, ``u`` its priced shortfall column, held at 0 without a minimum:
+  `min_weights`) per slot that has had a minimum target, then ``T`` rows per taper line of a
+  DC vehicle (``i_t + per_ah · Q_mid(t) ≤ a``, `optimizer.problem.Session.taper`; a line the
+  model lacks rebuilds it, a SoC rising moves only ``a``). A circuit with one slot below it (a
+  one-connector charger node) is only a bound on that slot's ``i``; chains merge; limits that
+  can never bind have no rows;
 * time-windowed limits (`optimizer.problem.NodeCap`): a hard cap lowers its node's headroom
   on the steps it covers (the row bound is the least of the node's own limit and every cap,
   less the non-EV load); a soft cap adds a block of rows with priced excess columns
@@ -71,6 +76,7 @@ __all__ = [
     "PRIORITY_BASE",
     "SHORTFALL_MARGIN",
     "Allocator",
+    "min_weights",
     "session_weights",
     "shortfall_weight",
     "solve",
@@ -130,6 +136,28 @@ def session_weights(problem: Problem) -> np.ndarray:
     prio = np.array([s.priority for s in problem.sessions], dtype=float)
     beyond = np.array([s.departure_step > problem.steps for s in problem.sessions], dtype=bool)
     return PRIORITY_BASE**prio * np.where(beyond, BEYOND_HORIZON_FACTOR, 1.0)
+
+
+def min_weights(problem: Problem) -> np.ndarray:
+    """Weight of one kWh of each session's minimum target missed, problem order (currency/kWh;
+    0 for sessions without one; issue #19.1).
+
+    On top of the kWh's own weight (`session_weights` × `shortfall_weight`): ``4^priority``
+    (×0.5 beyond the horizon) times a factor that makes the least of these worth
+    `PRIORITY_BASE` times the most any session's kWh toward its full target earns. So no
+    full target is served at the cost of another vehicle's minimum (4 > 3: the three-phase
+    argument of the priorities), and among minimums priority still orders by 4×. The factor
+    is as small as the problem's priorities allow (1 when all are equal), keeping the costs
+    HiGHS sees within its tolerances.
+    """
+    weights = session_weights(problem)
+    out = np.zeros(len(problem.sessions))
+    has_min = np.array([s.min_energy_kwh > 0 for s in problem.sessions], dtype=bool)
+    if not has_min.any():
+        return out
+    factor = PRIORITY_BASE * float(weights.max()) / float(weights[has_min].min())
+    out[has_min] = shortfall_weight(problem) * factor * weights[has_min]
+    return out
 
 
 class _Model:
@@ -289,6 +317,10 @@ class Allocator:
         #: Nodes once kW-limited or soft-capped: their rows stay (`_prepare`).
         self._kw_seen: set[str] = set()
         self._soft_seen: set[str] = set()
+        #: Slots once given a minimum target: their minimum rows stay (`_prepare`).
+        self._min_seen: set[str] = set()
+        #: Taper lines in the model, (slot, A per A·h) -> line position (`_build`).
+        self._taper_index: dict[tuple[str, float], int] = {}
         self._hr = np.zeros((0, 3, 0))  # this cycle's headroom per group (G, 3, T)
         self._kw_hr = np.zeros((0, 0))  # and kW headroom per group (G, T), inf if none
         #: How many times the model was built from scratch (tests and the benchmark read it).
@@ -410,6 +442,14 @@ class Allocator:
             if slots.get(s.slot) != s.node:
                 slots[s.slot] = s.node
                 rebuild = True
+            if s.min_energy_kwh > 0 and s.slot not in self._min_seen:
+                # A slot's first minimum adds its row; kept after, so no rebuild each time.
+                self._min_seen.add(s.slot)
+                rebuild = True
+            # A taper line the model lacks (a DC car with its SoC known, its taper within the
+            # horizon) adds its block; one no longer needed stays, unbounded, until a rebuild.
+            if any((s.slot, per_ah) not in self._taper_index for _, per_ah in s.taper):
+                rebuild = True
         if not rebuild:
             assert self._matrix is not None
             st = self._matrix.structure
@@ -464,7 +504,20 @@ class Allocator:
             J=len(st.kw_groups),
             K=FAIRNESS_PIECES,
             Q=len(st.soft_groups),
+            min_slots=tuple(k for k, name in enumerate(names) if name in self._min_seen),
+            taper_lines=tuple(
+                sorted(
+                    {
+                        (self._slots[s.slot], per_ah)
+                        for s in problem.sessions
+                        for _, per_ah in s.taper
+                    }
+                )
+            ),
         )
+        self._taper_index = {
+            (names[slot], per_ah): j for j, (slot, per_ah) in enumerate(lay.taper_lines)
+        }
         self._layout = lay
         self._matrix = _build_matrix(lay, st, arrays, phases)
         self._hr = st.headroom(arrays.headroom_a)
@@ -580,6 +633,29 @@ class Allocator:
         energy_ah = np.zeros(S)
         energy_ah[slot_of] = arrays.energy_kwh * 1000.0 / (volt * arrays.nph)
         row_hi[lay.r_energy : lay.r_fair] = energy_ah
+        # Minimum targets: the shortfall u (A·h) below each slot's minimum is priced per kWh
+        # (`min_weights`); free only where a minimum is asked.
+        if lay.min_slots:
+            rows_of = np.full(S, -1, dtype=np.intp)
+            rows_of[list(lay.min_slots)] = np.arange(len(lay.min_slots))
+            m = rows_of[slot_of]
+            has = m >= 0
+            n_min = len(lay.min_slots)
+            min_ah = np.zeros(n_min)
+            min_ah[m[has]] = arrays.min_energy_kwh[has] * 1000.0 / (volt * arrays.nph[has])
+            row_hi[lay.r_min : lay.r_min + n_min] = -min_ah
+            u_hi = np.zeros(n_min)
+            u_hi[m[has]] = np.where(arrays.min_energy_kwh[has] > 0, highspy.kHighsInf, 0.0)
+            col_hi[lay.u0 : lay.u0 + n_min] = u_hi
+            u_cost = np.zeros(n_min)
+            u_cost[m[has]] = (min_weights(problem) * volt * arrays.nph / 1000.0)[has]
+            cost[lay.u0 : lay.u0 + n_min] = u_cost
+        if lay.taper_lines:
+            row_hi[lay.r_taper : lay.nrow] = highspy.kHighsInf
+            for s in problem.sessions:
+                for a, per_ah in s.taper:
+                    j = lay.r_taper + self._taper_index[(s.slot, per_ah)] * T
+                    row_hi[j : j + T] = a
         penalty = problem.soft_penalty * shortfall_weight(problem)
         soft_vectors(lay, st, arrays, penalty, col_hi, cost, row_hi)
         return _Vectors(col_lo, col_hi, cost * _OBJ_SCALE, row_hi)
@@ -628,8 +704,10 @@ class Allocator:
             path = arrays.ancestors[arrays.node_of[k]]
             mask = arrays.phase_mask[k]
             kw_path = [kw_pos[n] for n in path if n in kw_pos]
-            fits = all((room[n][mask] >= need - _ZERO_A).all() for n in path) and all(
-                kw_room[j] >= need * arrays.nph[k] - _ZERO_A for j in kw_path
+            fits = (
+                all((room[n][mask] >= need - _ZERO_A).all() for n in path)
+                and all(kw_room[j] >= need * arrays.nph[k] - _ZERO_A for j in kw_path)
+                and arrays.taper_cap0_a[k] >= need - _ZERO_A  # the vehicle takes it
             )
             col = slot_col[k]
             if not fits:

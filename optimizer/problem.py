@@ -27,6 +27,7 @@ __all__ = [
     "Problem",
     "Session",
     "Tariff",
+    "soc_taper",
 ]
 
 #: The site's phases L1, L2, L3.
@@ -233,6 +234,18 @@ class Session:
             of a coarse far horizon gets 20 minutes of charge in the plan, not 0 and not 60.
             Never applied on step 0, which is dispatched as is (a caller scales the energy
             wanted instead).
+        min_energy_kwh: The part of ``energy_kwh`` that is its minimum target (kWh, 0 to
+            ``energy_kwh``; issue #19.1: fleet ``min_target_soc``, VDV 463 ``minTargetSoc``).
+            Met first: a kWh of it outweighs any session's kWh toward its full target
+            (`optimizer.lp.min_weights`).
+        taper: What the vehicle can take as its battery fills (a DC charging curve, issue
+            #21): lines ``(a_a, per_ah)``, each bounding the current on every step by
+            ``a_a − per_ah · Q`` where ``Q`` is the charge (A·h per phase) planned from now to
+            the middle of that step (on step 0, now: it is dispatched and solved again
+            within it); the least line holds, so any concave piecewise-linear
+            curve of the SoC fits (the SoC is linear in ``Q``). Empty: no taper (AC, or SoC
+            or battery unknown). A planning model of the vehicle, not a limit: the LP plans
+            it, the verifier does not judge it.
 
     Raises:
         ValueError: A field is out of range; the message names it.
@@ -249,6 +262,8 @@ class Session:
     arrival_step: int = 0
     priority: int = 0
     last_step_share: float = 1.0
+    min_energy_kwh: float = 0.0
+    taper: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -259,11 +274,16 @@ class Session:
         if not phases or len(set(phases)) != len(phases) or not set(phases) <= set(PHASES):
             raise ValueError(f"phases: need distinct phases from 0, 1, 2, got {self.phases!r}")
         object.__setattr__(self, "phases", phases)
-        for name in ("min_a", "max_a", "energy_kwh"):
+        for name in ("min_a", "max_a", "energy_kwh", "min_energy_kwh"):
             v = _finite(f"{name} (session {self.id!r})", getattr(self, name))
             if v < 0:
                 raise ValueError(f"{name}: must be >= 0, got {v} (session {self.id!r})")
             object.__setattr__(self, name, v)
+        if self.min_energy_kwh > self.energy_kwh + 1e-9:
+            raise ValueError(
+                f"min_energy_kwh: {self.min_energy_kwh} is above energy_kwh {self.energy_kwh} "
+                f"(session {self.id!r})"
+            )
         if self.max_a < self.min_a:
             raise ValueError(
                 f"max_a: {self.max_a} is below min_a {self.min_a} (session {self.id!r}); "
@@ -282,6 +302,44 @@ class Session:
                 f"last_step_share: must be in (0, 1], got {share} (session {self.id!r})"
             )
         object.__setattr__(self, "last_step_share", share)
+        lines = []
+        for k, line in enumerate(self.taper):
+            a, per_ah = (_finite(f"taper[{k}] (session {self.id!r})", x) for x in line)
+            if a < 0 or per_ah <= 0:
+                raise ValueError(
+                    f"taper[{k}]: need a_a >= 0 and per_ah > 0, got {line!r} (session {self.id!r})"
+                )
+            lines.append((a, per_ah))
+        object.__setattr__(self, "taper", tuple(lines))
+
+
+def soc_taper(
+    full_a: float,
+    soc_pct: float,
+    battery_kwh: float,
+    kwh_per_ah: float,
+    from_soc: float = 80.0,
+    share_at_full: float = 0.1,
+) -> tuple[tuple[float, float], ...]:
+    """`Session.taper` for a curve flat at ``full_a`` up to ``from_soc`` and linear from there
+    to ``share_at_full · full_a`` at 100 % (the simulator's DC curve, `sitectl.whatif.physics`).
+
+    Args:
+        full_a: Current per phase the vehicle takes below the taper (A).
+        soc_pct: Its SoC now (%).
+        battery_kwh: Usable capacity (kWh).
+        kwh_per_ah: Energy into the battery per A·h per phase planned (kWh: ``U · phases ·
+            efficiency / 1000``).
+        from_soc: Where the taper starts (%), below 100.
+        share_at_full: Share of ``full_a`` it still takes at 100 %, in [0, 1).
+
+    Returns:
+        The one line of the taper, ``a − per_ah · Q``; the flat part is ``max_a``.
+    """
+    slope_per_soc = full_a * (1.0 - share_at_full) / (100.0 - from_soc)  # A per % SoC
+    per_ah = slope_per_soc * 100.0 * kwh_per_ah / battery_kwh  # % SoC per A·h, times that
+    a = full_a + slope_per_soc * (from_soc - soc_pct)
+    return ((max(a, 0.0), per_ah),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 Tests and ``bench/optimizer.py`` compare the allocator's energy with this. It shares no model
 code with :mod:`optimizer.lp`: each session's column appears directly in the row of every node
 above it (no flow variables), there is no price, peak, earliness, fairness or 6 A rule — only
-``maximise Σ weight · energy`` under the limits, windows and energy wanted.
+``maximise Σ weight · energy`` under the limits, windows and energy wanted — plus, when asked,
+``Σ min_weight · (energy toward the minimum target)`` (one column per session, at most its
+``min_energy_kwh`` and at most its energy: issue #19.1).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from optimizer.problem import Problem
 __all__ = ["max_energy"]
 
 
-def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def max_energy(
+    problem: Problem, weights: np.ndarray | None = None, min_weights: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """Solve ``max Σ_s weight_s · energy_s`` subject to every limit of ``problem``.
 
     Args:
         problem: The problem.
         weights: Value of a kWh per session (problem order); 1 for all when omitted.
+        min_weights: Value of a kWh of each session's minimum target on top of ``weights``
+            (problem order); minimums are not weighed when omitted.
 
     Returns:
         The optimal weighted energy (kWh) and the plan, shape ``(sessions, steps)`` (A).
@@ -79,12 +85,27 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
         row_upper.append(np.array([s.energy_kwh]))
         n_rows += 1
 
+    n_cols = S * T
+    objective = (w[:, None] * kwh_per_a).ravel()
+    upper = upper.ravel()
+    if min_weights is not None:
+        # m_s: energy toward the minimum, m_s <= min_energy_kwh, m_s - Σ_t kWh-per-A · i <= 0.
+        mins = np.array([s.min_energy_kwh for s in sessions], dtype=float)
+        for k in range(S):
+            rows.append(np.full(T + 1, n_rows))
+            cols.append(np.append(k * T + t, n_cols + k))
+            vals.append(np.append(-kwh_per_a[k], 1.0))
+            row_upper.append(np.array([0.0]))
+            n_rows += 1
+        objective = np.concatenate([objective, np.asarray(min_weights, dtype=float)])
+        upper = np.concatenate([upper, mins])
+        n_cols += S
+
     r = np.concatenate(rows)
     c = np.concatenate(cols)
     v = np.concatenate(vals)
     order = np.lexsort((r, c))
     r, c, v = r[order], c[order], v[order]
-    n_cols = S * T
     start = np.zeros(n_cols + 1, dtype=np.int32)
     np.cumsum(np.bincount(c, minlength=n_cols), out=start[1:])
     highs = new_highs()
@@ -95,9 +116,9 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
         int(highspy.MatrixFormat.kColwise),
         int(highspy.ObjSense.kMaximize),
         0.0,
-        (w[:, None] * kwh_per_a).ravel(),
+        objective,
         np.zeros(n_cols),
-        upper.ravel(),
+        upper,
         np.full(n_rows, -highspy.kHighsInf),
         np.concatenate(row_upper),
         start[:-1],
@@ -109,5 +130,5 @@ def max_energy(problem: Problem, weights: np.ndarray | None = None) -> tuple[flo
     status = highs.getModelStatus()
     if status != highspy.HighsModelStatus.kOptimal:
         raise RuntimeError(f"reference LP: {highs.modelStatusToString(status)}")
-    plan = np.asarray(highs.getSolution().col_value, dtype=float).reshape(S, T)
+    plan = np.asarray(highs.getSolution().col_value, dtype=float)[: S * T].reshape(S, T)
     return float(highs.getInfo().objective_function_value), plan

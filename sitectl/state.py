@@ -83,6 +83,12 @@ class SessionState:
     meter_start_wh: float | None = None
     energy_wh: float = 0.0
     energy_wanted_kwh: float | None = None
+    #: Session energy (kWh, like ``energy_wanted_kwh``) at which its minimum target is reached
+    #: (`control/fleet.py`); the LP meets it first (issue #19.1). ``None``: no minimum.
+    energy_min_kwh: float | None = None
+    #: Power (start, end, kW) its depot system asked to reserve for preconditioning before
+    #: departure (VDV 463; `control/fleet.py`): a load on its charger in the plan.
+    preconditioning: tuple[tuple[datetime, datetime, float], ...] = ()
     departure: datetime | None = None
     priority: int = 1
     ev_min_current_a: float | None = None  # from 2.0.1 charging needs

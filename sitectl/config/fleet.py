@@ -41,6 +41,25 @@ class VehicleConfig(_Model):
         None, ge=0, le=100, description="SoC (%) it is charged to; the need's target."
     )
     priority: int = Field(1, ge=0, le=10)
+    # The DC charging curve the plan assumes (issue #21): flat to taper_from_soc, then linear
+    # to taper_share_at_full of its peak at 100 %; the defaults are a generic Li-ion pack's
+    # constant-voltage phase, as the simulator's (`sitectl/whatif/physics.py`).
+    taper_from_soc: float = Field(
+        80.0, ge=0, lt=100, description="SoC (%) from which DC charging power falls (DC only)."
+    )
+    taper_share_at_full: float = Field(
+        0.1, ge=0, lt=1, description="Share of its peak DC power it still takes at 100 % SoC."
+    )
+
+    preconditioning_kw: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="Power its automatic preconditioning draws (VDV 463 gives none for it).",
+    )
+    preconditioning_s: float = Field(
+        1800, gt=0, le=86400, description="How long automatic preconditioning runs (s)."
+    )
 
     @field_validator("departure")
     @classmethod

@@ -13,8 +13,9 @@ Rules of this module:
   is that need itself, from the start of the session. Without a SoC or a battery, the
   vehicle's usual ``energy_kwh`` stays a planning assumption, as before.
 - **Targets**: the final target is the request's ``maxTargetSoc``, else the vehicle's
-  ``max_target_soc``; the minimum likewise. The plan is asked for the final target (the LP
-  has no separate minimum yet); the minimum's time is read off the same plan (`predicted`).
+  ``max_target_soc``; the minimum likewise. The final target is the session's need
+  (``energy_wanted_kwh``), the minimum its ``energy_min_kwh``, which the LP meets first
+  (`Session.min_energy_kwh`); the minimum's time is read off the same plan (`predicted`).
 - **Who wins**: an operator's ``session_needs`` command (``need_source == "command"``) is
   never overwritten; a need worked out here replaces the vehicle's own (2.0.1) estimate,
   because the depot system and the fleet configuration know the target, the EV only its
@@ -28,6 +29,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from optimizer.problem import Load, soc_taper
 from sitectl.config import Config, VehicleConfig
 from sitectl.ocpp.observe import hash_id_tag
 from sitectl.state import Change, PlanForecast, SessionState, SiteState
@@ -38,6 +40,8 @@ __all__ = [
     "FleetIndex",
     "VehicleRequest",
     "VehicleTerms",
+    "dc_taper",
+    "precondition_load",
     "predicted",
 ]
 
@@ -107,6 +111,8 @@ class VehicleRequest:
     received_at: datetime | None = None
     #: An energy target instead of a SoC one (the CSV timetable's "250 kWh"): the session's need.
     energy_kwh: float | None = None
+    #: (start, end, kW) to reserve on its connector for preconditioning (`vdv.protocol`).
+    preconditioning: tuple[tuple[datetime, datetime, float], ...] = ()
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -193,6 +199,8 @@ class Fleet:
         if request.instruction == "Terminate":
             # The request is withdrawn: nothing more is to be charged for it.
             session.energy_wanted_kwh = session.energy_wh / 1000
+            session.energy_min_kwh = None
+            session.preconditioning = ()
             session.need_source = "fleet"
             session.vehicle_priority = None
             log.info("vehicle %s: charging request terminated", vehicle.id)
@@ -257,7 +265,19 @@ class Fleet:
                 session.departure = departure
                 session.departure_source = "fleet"
                 changed = True
-        need = self.targets(session, connector.soc_percent).max_kwh
+        if request is not None and session.preconditioning != request.preconditioning:
+            session.preconditioning = request.preconditioning
+            changed = True
+        targets = self.targets(session, connector.soc_percent)
+        need = targets.max_kwh
+        # The minimum is kept beside an operator's need too (the builder bounds it by the need).
+        old_min, session.energy_min_kwh = session.energy_min_kwh, targets.min_kwh
+        if (old_min is None) != (targets.min_kwh is None) or (
+            old_min is not None
+            and targets.min_kwh is not None
+            and abs(old_min - targets.min_kwh) >= RENOTIFY_KWH
+        ):
+            changed = True
         if need is not None and session.need_source != "command":
             last = self._announced.get(session.session_id)
             session.energy_wanted_kwh = need
@@ -327,3 +347,82 @@ def predicted(
             return step.start + timedelta(seconds=step.duration_s * (left - done) / energy)
         done += energy
     return forecast.ready_at
+
+
+def dc_taper(
+    vehicle: VehicleConfig | None,
+    soc: float | None,
+    full_a: float,
+    kwh_per_ah: float,
+    within_s: float,
+) -> tuple[tuple[float, float], ...]:
+    """A DC vehicle's charging curve as LP rows (`optimizer.problem.Session.taper`, issue #21).
+
+    Only where its battery and SoC are known, and only if at ``full_a`` it can reach
+    ``taper_from_soc`` within ``within_s`` (the horizon, or its departure if sooner): rows
+    that cannot bind are left out, so the loop at hundreds of chargers stays small.
+
+    Args:
+        vehicle: its configuration (``battery_kwh``, ``taper_from_soc``, ``taper_share_at_full``).
+        soc: its SoC now (%), from the charger.
+        full_a: the AC input current per phase at the charger's full output (A).
+        kwh_per_ah: battery energy per A·h per phase of that input (kWh, losses taken off).
+        within_s: how long the plan can charge it (s).
+    """
+    if vehicle is None or vehicle.battery_kwh is None or soc is None or full_a <= 0:
+        return ()
+    to_taper_kwh = max(0.0, vehicle.taper_from_soc - soc) / 100 * vehicle.battery_kwh
+    if full_a * kwh_per_ah * within_s / 3600 <= to_taper_kwh:
+        return ()
+    return soc_taper(
+        full_a,
+        soc,
+        vehicle.battery_kwh,
+        kwh_per_ah,
+        vehicle.taper_from_soc,
+        vehicle.taper_share_at_full,
+    )
+
+
+def precondition_load(
+    load_id: str,
+    session: SessionState | None,
+    node: str,
+    grid: tuple[datetime, list[float]],
+    amps_per_kw: float,
+    site_phases: tuple[int, ...],
+) -> Load | None:
+    """The power a vehicle's depot system reserves for preconditioning, as a load on its
+    charger's node (A per phase on the charger's phases, per plan step), or ``None``.
+
+    A step that overlaps a window at all gets its whole power (as limit windows do,
+    `control/windows.py`: the reservation errs on the breaker's side); windows add up.
+
+    Args:
+        load_id: the session's id (the load is ``precondition:<id>``).
+        session: its state (``preconditioning``: (start, end, kW) windows).
+        node: its charger's node.
+        grid: the plan's start and the end of every step (s from it).
+        amps_per_kw: A per phase per kW at the vehicle (the charger's input, its phases).
+        site_phases: the charger's site phases.
+    """
+    windows = session.preconditioning if session is not None else ()
+    if not windows:
+        return None
+    now, ends_s = grid
+    amps = [0.0] * len(ends_s)
+    start_s = 0.0
+    for k, end_s in enumerate(ends_s):
+        step_start, step_end = now + timedelta(seconds=start_s), now + timedelta(seconds=end_s)
+        for begin, end, kw in windows:
+            if begin < step_end and end > step_start and kw > 0:
+                amps[k] += kw * amps_per_kw
+        start_s = end_s
+    if not any(amps):
+        return None
+    row, zero = tuple(amps), (0.0,) * len(amps)
+    return Load(
+        f"precondition:{load_id}",
+        node,
+        tuple(row if p in site_phases else zero for p in range(3)),  # type: ignore[arg-type]
+    )

@@ -28,7 +28,11 @@ Rules of this module (DESIGN.md safety model; issue #7):
   schedule, else the default. A stated need (the vehicle's or an operator's) bounds the energy;
   an unknown one (the fleet's usual need, or ``default_energy_kwh``) is only a planning
   assumption: the vehicle always wants at least one more step at its maximum, so it charges
-  until it stops drawing.
+  until it stops drawing. A minimum target (``SessionState.energy_min_kwh``) becomes the
+  session's ``min_energy_kwh``, bounded by its need, in the same terms (DC: at the AC input).
+  A DC fleet vehicle whose SoC the charger reports gets its charging curve
+  (``taper_from_soc``, ``taper_share_at_full``) as `Session.taper`, if it can reach it;
+  power its depot system reserves for preconditioning is a load on its charger's node.
 - **A connector in use without a known transaction** (sitectl restarted mid-session, or a 2.0.1
   charger whose transaction starts only when energy flows) is never held at 0 A: it gets at
   least its charger's minimum (and fail-safe) current as a reserved floor, plus a share as a
@@ -47,7 +51,7 @@ from datetime import datetime, timedelta
 from optimizer.problem import Load, Node, Problem, Session
 from sitectl.config import GRID, ChargerConfig, Config
 from sitectl.control.draw import Draw, connector_draw, phases_in_use
-from sitectl.control.fleet import FleetIndex
+from sitectl.control.fleet import FleetIndex, dc_taper, precondition_load
 from sitectl.control.horizon import Horizon
 from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
@@ -326,6 +330,17 @@ class ProblemBuilder:
                 if made is None:
                     continue
                 session, floor, session_info = made
+                reserved = precondition_load(  # VDV 463 preconditioning before departure
+                    session.id,
+                    connector.session,
+                    charger_node(charger_id),
+                    (now, self.horizon.ends_s),
+                    # kW at the vehicle to A per phase at the charger's input (DC: over η).
+                    1000 / (efficiency(charger) * volts_low * len(charger.site_phases)),
+                    charger.site_phases,
+                )
+                if reserved is not None:
+                    loads.append(reserved)
                 sessions.append(session)
                 index[session.id] = (charger_id, connector.connector_id)
                 info[session.id] = session_info
@@ -591,11 +606,15 @@ class ProblemBuilder:
             # Not a cap: whatever it is assumed to need, it wants at least one more step at its
             # maximum, so it charges until the vehicle itself stops drawing.
             remaining = max(need - delivered, step_kwh)
+        # The minimum target (fleet, VDV 463), met first by the LP; never above the need.
+        minimum = getattr(session, "energy_min_kwh", None)
+        remaining_min = 0.0 if minimum is None else min(remaining, max(0.0, minimum - delivered))
         if charger.kind == "dc":
             # A DC vehicle's need (and its charger's energy register) is what reaches the
             # vehicle; the LP plans the AC input, more by 1/η (issue #19: ready times were 7 %
             # optimistic and the vehicle left 7 % short).
             remaining /= efficiency(charger)
+            remaining_min /= efficiency(charger)
         seconds_left = (departure - now).total_seconds()
         departure_step, share = self.horizon.departure_step(seconds_left)
         if 0 < seconds_left < self.control.step_s:
@@ -603,9 +622,10 @@ class ProblemBuilder:
             # more as the step is longer than the time left (the current then delivers the
             # need by the departure, not by the end of the step).
             remaining *= self.control.step_s / max(seconds_left, 1.0)
+            remaining_min *= self.control.step_s / max(seconds_left, 1.0)
         paused_at = mem.paused_since.get(connector.connector_id)
         if paused_at is not None and now_mono - paused_at < self.control.min_pause_s:
-            remaining = 0.0  # minimum pause dwell: it stays paused this cycle
+            remaining = remaining_min = 0.0  # minimum pause dwell: it stays paused this cycle
         if floor > 0:
             # The floor is reserved as a load; the LP shares out only what is above it, and
             # the minimum-current rule is already met by the floor.
@@ -614,6 +634,17 @@ class ProblemBuilder:
             min_a = max_a = 0.0  # cannot charge within its bounds: blocked
         priority = min(4, vehicle.priority) if vehicle else 0
         slot = f"{charger.id}/{connector.connector_id}"
+        taper: tuple[tuple[float, float], ...] = ()
+        if charger.kind == "dc" and floor == 0:  # its curve, as battery energy per input A·h
+            kwh_per_ah = 3 * self.config.site.nominal_voltage_v * efficiency(charger) / 1000
+            within_s = min(max(seconds_left, 0.0), self.horizon.ends_s[-1])
+            taper = dc_taper(
+                self.fleet.config_of(session),
+                connector.soc_percent,
+                self._connector_max(charger),
+                kwh_per_ah,
+                within_s,
+            )
         problem_session = Session(
             id=slot,
             node=charger_node(charger.id),
@@ -625,6 +656,8 @@ class ProblemBuilder:
             departure_step=departure_step,
             priority=priority,
             last_step_share=share,
+            min_energy_kwh=min(remaining_min, remaining),
+            taper=taper,
         )
         info = SessionInfo(
             departure, departure_source, need, need_source or "unknown", capped, tuple(max_by)

@@ -14,7 +14,9 @@ open):
   `VdvProtocol.receive`. A ProvideChargingRequests is all or nothing: one bad request in the
   list refuses the list, so the depot system can correct and resend it.
 - **A ChargingRequest** goes to `Fleet.request`, which binds and plans it the way the
-  ``session_needs`` command does (priority, departure, SoC targets as energy).
+  ``session_needs`` command does (priority, departure, SoC targets as energy). Its
+  preconditioning becomes power reserved on the vehicle's charger before departure
+  (`VdvProtocol._preconditioning`; a load in the plan, so the site limit still holds).
 - **ProvideChargingInformation** is built from the state and the last plan
   (``state.control.sessions``): station, point and vehicle status, and per bound session
   ``chargingPredictionData`` — the plan's time to the minimum and to the final target SoC.
@@ -30,7 +32,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 from urllib.parse import quote, unquote
@@ -261,6 +263,7 @@ class VdvProtocol:
             if where is None:
                 raise _Refused(f"{item['vehicleId']}: unknown chargingPointId '{point}'")
         return VehicleRequest(
+            preconditioning=self._preconditioning(item, vehicle, departure),
             vehicle_id=vehicle.id,
             charging_request_id=item["chargingRequestId"],
             instruction=item.get("chargingInstruction", "Normal"),
@@ -280,6 +283,40 @@ class VdvProtocol:
                 if k in item
             },
         )
+
+    @staticmethod
+    def _preconditioning(
+        item: dict[str, Any], vehicle: Any, departure: datetime | None
+    ) -> tuple[tuple[datetime, datetime, float], ...]:
+        """The (start, end, kW) a request's preconditioning draws, to reserve in the plan.
+
+        Manual: from each start time (HVAC, system) to the departure at its auxiliary
+        consumer power — W, as 1.0.0 gives no unit and its integers (e.g. 8000) read as W;
+        without a departure, for the vehicle's ``preconditioning_s``. Automatic: no power is
+        given, so the vehicle's ``preconditioning_kw`` for ``preconditioning_s`` before the
+        requested finish (else the departure); nothing when that is not configured.
+        """
+        out: list[tuple[datetime, datetime, float]] = []
+        span = timedelta(seconds=vehicle.preconditioning_s)
+        manual = item.get("manualPreconditioning")
+        if manual is not None:
+            for kind in ("hvac", "system"):
+                start = _time(manual.get(f"{kind}PreconditioningStartTime"))
+                watts = manual.get(f"{kind}AuxiliaryConsumerPower")
+                if start is None or not watts:
+                    continue
+                if watts < 0:
+                    raise _Refused(
+                        f"{item['vehicleId']}: {kind}AuxiliaryConsumerPower {watts} is negative"
+                    )
+                end = departure if departure is not None and departure > start else start + span
+                out.append((start, end, watts / 1000))
+        automatic = item.get("automaticPreconditioning")
+        if automatic is not None and vehicle.preconditioning_kw:
+            end = _time(automatic.get("requestedFinishTime")) or departure
+            if end is not None:
+                out.append((end - span, end, float(vehicle.preconditioning_kw)))
+        return tuple(out)
 
     def _point(self, point: str) -> str | None:
         prefix = f"urn:sitectl:{quote(self.config.site.id, safe='')}:"

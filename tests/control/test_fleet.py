@@ -165,3 +165,81 @@ def test_a_terminated_request_is_not_revived_by_a_soc_report(config: Config) -> 
     connector.soc_percent = 33.0
     state.notify("measurement", "CP1/1")
     assert session.energy_wanted_kwh == pytest.approx(12.0)
+
+
+def test_a_min_target_soc_becomes_the_sessions_minimum_need(config: Config) -> None:
+    # bus-17: 400 kWh, minimum 50 %, target 90 %, at 30 %: 80 kWh first, 240 kWh in all.
+    from sitectl.control.meters import MeterSupervisor
+    from sitectl.control.snapshot import ChargerMemory, ProblemBuilder
+
+    state = SiteState(config, clock=lambda: NOW)
+    Fleet(config, state)
+    state.chargers["CP1"].connected = True
+    session = start(state, 1, "TAG17")
+    state.chargers["CP1"].connectors[1].soc_percent = 30.0
+    state.notify("measurement", "CP1/1")
+    assert session.energy_min_kwh == pytest.approx(80.0)
+    assert session.energy_wanted_kwh == pytest.approx(240.0)
+    session.energy_wh = 20_000.0  # 20 kWh delivered since: 60 kWh of the minimum are left
+    memory = {"CP1": ChargerMemory(failsafe_installed=True)}
+    built = ProblemBuilder(config).build(state, MeterSupervisor(5, 0, 1), memory, NOW, 100.0)
+    (planned,) = built.problem.sessions
+    assert planned.energy_kwh == pytest.approx(220.0)
+    assert planned.min_energy_kwh == pytest.approx(60.0)
+    # A vehicle without a minimum target plans none.
+    state.chargers["CP1"].connectors[1].session = None
+    start(state, 2, None)
+    fleet_less = ProblemBuilder(config).build(state, MeterSupervisor(5, 0, 1), memory, NOW, 100.0)
+    assert [s.min_energy_kwh for s in fleet_less.problem.sessions] == [0.0]
+
+
+DC_CONFIG = """\
+site: {id: depot, limit_kw: 500, phase_limit_a: 400}
+circuits:
+  - {id: feeder, limit_a: 400, non_ev_max_a: 10}
+chargers:
+  - {id: CP1, circuit: feeder, kind: dc, max_power_kw: 150, max_current_a: 250, efficiency: 0.95,
+     password: password-cp1-0000, connectors: 2}
+storage: {path: s.sqlite}
+fleet:
+  vehicles:
+    - {id: bus-17, id_tags: [TAG17], battery_kwh: 400, max_target_soc: 100,
+       taper_from_soc: 85, taper_share_at_full: 0.2}
+    - {id: bus-18, id_tags: [TAG18], battery_kwh: 300}
+"""
+
+
+def test_a_dc_vehicle_with_a_soc_gets_its_taper_when_it_can_reach_it(tmp_path: Path) -> None:
+    from optimizer.problem import soc_taper
+    from sitectl.control.meters import MeterSupervisor
+    from sitectl.control.snapshot import ChargerMemory, ProblemBuilder, efficiency
+
+    path = tmp_path / "site.yaml"
+    path.write_text(DC_CONFIG)
+    config = load_config(path, environ={})[0]
+    state = SiteState(config, clock=lambda: NOW)
+    Fleet(config, state)
+    state.chargers["CP1"].connected = True
+    start(state, 1, "TAG17")
+    start(state, 2, "TAG18")
+    state.chargers["CP1"].connectors[1].soc_percent = 70.0
+    memory = {"CP1": ChargerMemory(failsafe_installed=True)}
+    builder = ProblemBuilder(config)
+
+    def planned() -> dict:
+        built = builder.build(state, MeterSupervisor(5, 0, 1), memory, NOW, 100.0)
+        return {s.id: s for s in built.problem.sessions}
+
+    sessions = planned()
+    charger = config.chargers[0]
+    full_a = 150_000 / (0.95 * 3 * 230)  # the AC input at full output
+    kwh_per_ah = 3 * 230 * efficiency(charger) / 1000
+    expected = soc_taper(full_a, 70.0, 400, kwh_per_ah, 85, 0.2)
+    ((line_a, per_ah),) = sessions["CP1/1"].taper
+    assert (line_a, per_ah) == pytest.approx(expected[0])
+    assert sessions["CP1/2"].taper == ()  # no SoC known: no curve
+    # Leaving in 20 minutes at 10 %: the taper (300 kWh away) cannot matter, no rows.
+    state.chargers["CP1"].connectors[1].soc_percent = 10.0
+    session = state.chargers["CP1"].connectors[1].session
+    session.departure, session.departure_source = NOW + timedelta(minutes=20), "command"
+    assert planned()["CP1/1"].taper == ()

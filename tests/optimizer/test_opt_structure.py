@@ -53,7 +53,7 @@ def test_one_connector_chargers_add_no_rows_and_the_chain_above_is_one_group() -
         assert st.G - n == 1  # the root group, then n bound groups
         assert (st.kind == _structure.BOUND).sum() == n
         shapes.append(allocator.shape)
-    rows_per_session = 2  # energy and fairness
+    rows_per_session = 2  # energy and fairness (no minimum targets here)
     group_rows = 3 * T + T + T  # the merged root's phase rows, its kW row, the peak rows
     for (_, rows), n in zip(shapes, (4, 40), strict=True):
         assert rows == group_rows + rows_per_session * n

@@ -19,12 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from optimizer.lp import solve
+from optimizer.verify import verify
 from sitectl.config import Config, load_config
 from sitectl.control.fleet import Fleet
+from sitectl.control.meters import MeterSupervisor
+from sitectl.control.snapshot import ChargerMemory, ProblemBuilder, charger_node
 from sitectl.ocpp.observe import hash_id_tag
 from sitectl.state import PlanForecast, PlanStep, SessionPlan, SessionState, SiteState
 from sitectl.vdv.server import VdvServer
@@ -518,3 +523,72 @@ async def test_with_tls_the_depot_system_connects_over_wss_only(tmp_path: Path) 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# Preconditioning (issue #19.3): its power is reserved on the vehicle's charger in the plan.
+
+PRECONDITION_DEPARTURE = NOW + timedelta(hours=8)
+
+
+def _z(moment) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _built(server: VdvServer):
+    memory = {"CP1": ChargerMemory(failsafe_installed=True)}
+    builder = ProblemBuilder(server.config)
+    return builder, builder.build(server.state, MeterSupervisor(5, 0, 1), memory, NOW, 100.0)
+
+
+async def test_manual_preconditioning_is_reserved_before_departure(server: VdvServer) -> None:
+    session = plug_in(server, 1, "TAG17")
+    request: dict[str, Any] = charging_request("V17")
+    request["chargingRequestList"][0]["manualPreconditioning"] = {
+        "hvacPreconditioningStartTime": _z(PRECONDITION_DEPARTURE - timedelta(minutes=30)),
+        "hvacAuxiliaryConsumerPower": 8000,  # W
+        "systemPreconditioningStartTime": _z(PRECONDITION_DEPARTURE - timedelta(minutes=45)),
+        "systemAuxiliaryConsumerPower": 4000,
+    }
+    async with client(server) as bms:
+        reply = await bms.call("ProvideChargingRequests", request)
+    assert reply[0] == 2 and reply[6] == {}
+    assert session.preconditioning == (
+        (PRECONDITION_DEPARTURE - timedelta(minutes=30), PRECONDITION_DEPARTURE, 8.0),
+        (PRECONDITION_DEPARTURE - timedelta(minutes=45), PRECONDITION_DEPARTURE, 4.0),
+    )
+    builder, built = _built(server)
+    problem = built.problem
+    (load,) = [x for x in problem.loads if x.id == "precondition:CP1/1"]
+    assert load.node == charger_node("CP1")
+    ends = builder.horizon.ends_s
+    starts = [0.0, *ends[:-1]]
+    window = [
+        k
+        for k, (a, b) in enumerate(zip(starts, ends, strict=True))
+        if a < 8 * 3600 and b > 8 * 3600 - 45 * 60
+    ]
+    amps = 12_000 / (230 * 3)  # both windows overlap the step(s) before the departure
+    for k, value in enumerate(load.current_a[0]):
+        assert value == pytest.approx(amps if k in window else 0.0)
+    # The plan leaves the reserved current free under the charger's 200 A on those steps.
+    answer = solve(problem)
+    assert answer.method == "lp" and verify(problem, answer) == []
+    row = answer.plan_a[[s.id for s in problem.sessions].index("CP1/1")]
+    assert np.all(row[window] <= 200 - amps + 1e-6)
+    assert row[0] == pytest.approx(200.0)  # before the window: the charger's whole maximum
+
+
+async def test_automatic_preconditioning_uses_the_vehicles_configured_power(
+    server: VdvServer,
+) -> None:
+    session = plug_in(server, 1, "TAG17")
+    request: dict[str, Any] = charging_request("V17")
+    request["chargingRequestList"][0]["automaticPreconditioning"] = {
+        "preconditioningRequest": "HotWaterAndHeating",
+        "requestedFinishTime": _z(PRECONDITION_DEPARTURE),
+    }
+    async with client(server) as bms:
+        assert (await bms.call("ProvideChargingRequests", request))[0] == 2
+    # bus-17 configures no preconditioning power: nothing can be reserved.
+    assert session.preconditioning == ()
+    assert not [x for x in _built(server)[1].problem.loads if x.id.startswith("precondition")]
