@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,28 @@ from sitectl.sim.broker import BrokerError, LocalMosquitto, find_mosquitto
 from tests.helpers import MINIMAL_CONFIG
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI configures the root logger for the process
+    (`sitectl.logs.setup_logging`: its level, handlers, the libraries' levels); put it back
+    so a later test's caplog still sees what it logs, whatever ran before it."""
+    from sitectl.logs import THIRD_PARTY_LOGGERS
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    libraries = {name: logging.getLogger(name).level for name in THIRD_PARTY_LOGGERS}
+    yield
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    for name, was in libraries.items():
+        logging.getLogger(name).setLevel(was)
 
 
 @dataclass(frozen=True)

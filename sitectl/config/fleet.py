@@ -44,8 +44,12 @@ class VehicleConfig(_Model):
     # The DC charging curve the plan assumes (issue #21): flat to taper_from_soc, then linear
     # to taper_share_at_full of its peak at 100 %; the defaults are a generic Li-ion pack's
     # constant-voltage phase, as the simulator's (`sitectl/whatif/physics.py`).
-    taper_from_soc: float = Field(
-        80.0, ge=0, lt=100, description="SoC (%) from which DC charging power falls (DC only)."
+    taper_from_soc: float | None = Field(
+        80.0,
+        ge=0,
+        lt=100,
+        description="SoC (%) from which DC charging power falls (DC only); null: the plan "
+        "assumes none (a vehicle known to take its peak to full).",
     )
     taper_share_at_full: float = Field(
         0.1, ge=0, lt=1, description="Share of its peak DC power it still takes at 100 % SoC."

@@ -369,7 +369,13 @@ def dc_taper(
         kwh_per_ah: battery energy per A·h per phase of that input (kWh, losses taken off).
         within_s: how long the plan can charge it (s).
     """
-    if vehicle is None or vehicle.battery_kwh is None or soc is None or full_a <= 0:
+    if (
+        vehicle is None
+        or vehicle.battery_kwh is None
+        or vehicle.taper_from_soc is None
+        or soc is None
+        or full_a <= 0
+    ):
         return ()
     to_taper_kwh = max(0.0, vehicle.taper_from_soc - soc) / 100 * vehicle.battery_kwh
     if full_a * kwh_per_ah * within_s / 3600 <= to_taper_kwh:

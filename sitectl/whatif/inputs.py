@@ -41,6 +41,7 @@ from sitectl.config import (
     VehicleConfig,
     load_config,
 )
+from sitectl.whatif import physics
 from sitectl.whatif.timetable import Trip
 from sitectl.yamlfile import YamlError, load_yaml
 
@@ -147,8 +148,15 @@ def with_vehicles(config: Config, trips: list[Trip]) -> Config:
         tag = sim_tag(trip.vehicle)
         found = vehicles.get(trip.vehicle)
         if found is None:
+            # The plan assumes the simulated batteries' own DC curve (`physics`), none when
+            # they take their peak to full.
+            taper = physics.DC_TAPER_SOC if physics.DC_TAPER_SOC < 100 else None
             vehicles[trip.vehicle] = VehicleConfig(
-                id=trip.vehicle, id_tags=[tag], battery_kwh=trip.battery
+                id=trip.vehicle,
+                id_tags=[tag],
+                battery_kwh=trip.battery,
+                taper_from_soc=taper,
+                taper_share_at_full=physics.DC_TAPER_FLOOR,
             )
         elif tag not in found.id_tags:
             update: dict[str, object] = {"id_tags": [*found.id_tags, tag]}
