@@ -592,3 +592,23 @@ async def test_automatic_preconditioning_uses_the_vehicles_configured_power(
     # bus-17 configures no preconditioning power: nothing can be reserved.
     assert session.preconditioning == ()
     assert not [x for x in _built(server)[1].problem.loads if x.id.startswith("precondition")]
+
+
+async def test_a_negative_preconditioning_power_is_refused_and_nothing_reserved(
+    server: VdvServer,
+) -> None:
+    session = plug_in(server, 1, "TAG17")
+    request: dict[str, Any] = charging_request("V17")
+    request["chargingRequestList"][0]["manualPreconditioning"] = {
+        "hvacPreconditioningStartTime": _z(PRECONDITION_DEPARTURE - timedelta(minutes=30)),
+        "hvacAuxiliaryConsumerPower": -8000,
+        "systemPreconditioningStartTime": _z(PRECONDITION_DEPARTURE - timedelta(minutes=45)),
+        "systemAuxiliaryConsumerPower": 4000,
+    }
+    async with client(server) as bms:
+        error = await bms.call("ProvideChargingRequests", request)
+        # The connection lives on: a good request afterwards is applied.
+        good = await bms.call("ProvideChargingRequests", charging_request("V17"))
+    assert error[0] == 3 and "AuxiliaryConsumerPower" in str(error[6]), error
+    assert good[0] == 2
+    assert session.preconditioning == ()
