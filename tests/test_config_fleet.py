@@ -102,6 +102,18 @@ def test_a_fleet_with_soc_targets_and_a_vdv_id_loads(tmp_path: Path) -> None:
             "fleet.vehicles[0].capacity",
             "",
         ),
+        (
+            "      priority: 3\n",
+            "      priority: 3\n      taper_from_soc: 100\n",
+            "fleet.vehicles[0].taper_from_soc",
+            "100",
+        ),
+        (
+            "      priority: 3\n",
+            "      priority: 3\n      taper_share_at_full: 1.5\n",
+            "fleet.vehicles[0].taper_share_at_full",
+            "1",
+        ),
     ],
     ids=[
         "min-above-max",
@@ -112,6 +124,8 @@ def test_a_fleet_with_soc_targets_and_a_vdv_id_loads(tmp_path: Path) -> None:
         "dup-vdv-id",
         "bad-departure",
         "unknown-field",
+        "taper-at-full",
+        "taper-share-over-1",
     ],
 )
 def test_a_broken_vehicle_names_its_field(
