@@ -40,6 +40,8 @@ def relieve_ramps(
     parent: Mapping[str, str | None],
     transient: set[str],
     floored: set[str] = frozenset(),  # type: ignore[assignment]
+    kw_limits: Mapping[str, float] | None = None,
+    voltage_v: float = 230.0,
 ) -> list[Load]:
     """`loads` with the ramp excess (loads named in `transient`) lifted where it alone
     would pause vehicles.
@@ -51,6 +53,14 @@ def relieve_ramps(
         parent: each node's parent (charger nodes included; the grid's is None).
         transient: ids of the loads that are ramp excess.
         floored: session ids already held at a minimum by a load of their own.
+        kw_limits: the nodes' kW limits on step 0 (``U · Σ I`` over their phases, like the
+            optimizer's kW rows), where they have one.
+        voltage_v: the voltage the optimizer turns currents into power with.
+
+    `limits` and `kw_limits` are what holds on step 0: the ratings lowered by the hard limit
+    windows in force (a grid operator's limit, a connection's fail-safe, §14a dimming). A
+    window is exactly when every charger is lowered at once: left out, the excess of all of
+    them would pause every vehicle (each then stops and starts again).
     """
     if not transient or not loads:
         return loads
@@ -92,31 +102,43 @@ def relieve_ramps(
             for k in session.phases:
                 add(session.node, k, session.min_a)
     lifted = False
-    for node in sorted(limits, key=lambda n: -len(path(n))):  # deepest first
+
+    def lift(node: str, k: int, deficit: float) -> float:
+        """Lift up to `deficit` A of ramp excess on phase k off `node`; return what is left."""
+        nonlocal lifted
         up = parent.get(node)
+        for by_node in sorted(placed.values(), key=lambda b: -sum(a[k] for a in b.values())):
+            for at, amps in list(by_node.items()):
+                if deficit <= EPSILON_A:
+                    return deficit
+                if amps[k] <= EPSILON_A or node not in path(at):
+                    continue
+                take = min(amps[k], deficit)
+                amps[k] -= take
+                deficit -= take
+                lifted = True
+                for below in path(at):  # from where it was up to this node
+                    if below in demand:
+                        demand[below][k] -= take
+                    if below == node:
+                        break
+                if up is not None:
+                    by_node.setdefault(up, [0.0, 0.0, 0.0])[k] += take
+        return deficit
+
+    kw_limits = kw_limits or {}
+    for node in sorted(limits, key=lambda n: -len(path(n))):  # deepest first
         for k in range(3):
             deficit = demand[node][k] - limits[node][k]
-            if deficit <= EPSILON_A:
-                continue
-            for by_node in sorted(placed.values(), key=lambda b: -sum(a[k] for a in b.values())):
-                for at, amps in list(by_node.items()):
-                    if deficit <= EPSILON_A:
-                        break
-                    if amps[k] <= EPSILON_A or node not in path(at):
-                        continue
-                    take = min(amps[k], deficit)
-                    amps[k] -= take
-                    deficit -= take
-                    lifted = True
-                    for below in path(at):  # from where it was up to this node
-                        if below in demand:
-                            demand[below][k] -= take
-                        if below == node:
-                            break
-                    if up is not None:
-                        by_node.setdefault(up, [0.0, 0.0, 0.0])[k] += take
+            if deficit > EPSILON_A:
+                lift(node, k, deficit)
+        if kw_limits.get(node) is not None:
+            # Its kW row: Σ over phases, so any phase's excess counts; the largest first.
+            deficit = sum(demand[node]) - kw_limits[node] * 1000.0 / voltage_v
+            for k in sorted(range(3), key=lambda k: -demand[node][k]):
                 if deficit <= EPSILON_A:
                     break
+                deficit = lift(node, k, deficit)
     if not lifted:
         return loads
     steps = len(loads[0].current_a[0])

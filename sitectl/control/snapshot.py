@@ -57,7 +57,7 @@ from sitectl.control.memory import ChargerMemory
 from sitectl.control.meters import MeterSupervisor
 from sitectl.control.power import MeasuredPower, lowered, trusted_power_kw
 from sitectl.control.ramp import relieve_ramps
-from sitectl.control.windows import horizon_caps, limits_in_force
+from sitectl.control.windows import horizon_caps, limits_in_force, step0_limits
 from sitectl.limits import GridLimit
 from sitectl.ocpp.composite import InstalledProfile, composite_limit_a
 from sitectl.ocpp.observe import IN_SESSION_STATUSES
@@ -358,13 +358,16 @@ class ProblemBuilder:
                     )
         if ramping:
             # Ramp excess alone must not pause vehicles (sitectl.control.ramp).
+            amps_now, kw_now = step0_limits(caps, limits, kw)
             loads = relieve_ramps(
                 loads,
                 sessions,
-                limits,
+                amps_now,
                 self._node_parents,
                 {f"overdraw:{charger_id}" for charger_id in ramping},
                 set(floors),
+                kw_now,
+                volts_high,
             )
         problem = Problem(
             nodes=tuple(nodes),

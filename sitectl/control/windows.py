@@ -32,7 +32,7 @@ from datetime import datetime
 from optimizer.problem import NodeCap
 from sitectl.limits import GridLimit, tightest
 
-__all__ = ["horizon_caps", "limits_in_force"]
+__all__ = ["horizon_caps", "limits_in_force", "step0_limits"]
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +117,24 @@ def limits_in_force(
             else (min(rating[0], amps[0]), min(rating[1], amps[1]), min(rating[2], amps[2]))
         )
     return out
+
+
+def step0_limits(
+    caps: Iterable[NodeCap],
+    ratings: Mapping[str, Phases],
+    kw_limits: Mapping[str, float | None],
+) -> tuple[dict[str, Phases], dict[str, float]]:
+    """What holds on step 0 per node: the ratings and kW limits lowered by the hard caps
+    covering it (soft ones may be exceeded at a price, so they cannot make it infeasible)."""
+    amps = {node: tuple(rating) for node, rating in ratings.items()}
+    kw = {node: value for node, value in kw_limits.items() if value is not None}
+    for cap in caps:
+        if not cap.hard or cap.first_step > 0 or cap.node not in amps:
+            continue
+        if cap.limit_a is not None:
+            amps[cap.node] = tuple(
+                min(a, c) for a, c in zip(amps[cap.node], cap.limit_a, strict=True)
+            )
+        if cap.limit_kw is not None:
+            kw[cap.node] = min(kw.get(cap.node, math.inf), cap.limit_kw)
+    return amps, kw  # type: ignore[return-value]

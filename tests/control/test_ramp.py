@@ -75,3 +75,29 @@ def test_sessions_that_will_not_charge_now_do_not_count():
     ]
     limits = {"grid": (100.0,) * 3, "feeder": (40.0,) * 3, "other": (50.0,) * 3}
     assert relieve_ramps(loads, sessions, limits, PARENT, {"overdraw:A"}) is loads
+
+
+def test_a_limit_window_on_step_0_counts_or_every_ramping_vehicle_would_pause():
+    # The grid's rating (100 A) leaves room, but a fail-safe window holds it at 16 A now: two
+    # chargers lowered from 32 A to their minimums still draw 26 A above them each.
+    loads = [load("overdraw:A", "charger:A", 26.0), load("overdraw:B", "charger:B", 26.0)]
+    sessions = [session("a", "charger:A"), session("b", "charger:B")]
+    ratings = {"grid": (100.0,) * 3, "feeder": (100.0,) * 3, "other": (100.0,) * 3}
+    transient = {"overdraw:A", "overdraw:B"}
+    assert relieve_ramps(loads, sessions, ratings, PARENT, transient) is loads
+    now = {**ratings, "grid": (16.0,) * 3}
+    out = relieve_ramps(loads, sessions, now, PARENT, transient)
+    assert abs(sum(x.current_a[0][0] for x in out) - (16.0 - 12.0)) < 1e-9
+
+
+def test_a_kw_limit_counts_over_the_phases_like_the_kw_row():
+    # 9.45 kW at 230 V is 41.1 A summed over three phases: two minimums take 36 A of it.
+    loads = [load("overdraw:A", "charger:A", 10.0), load("overdraw:B", "charger:B", 10.0)]
+    sessions = [session("a", "charger:A"), session("b", "charger:B")]
+    ratings = {"grid": (100.0,) * 3, "feeder": (100.0,) * 3, "other": (100.0,) * 3}
+    transient = {"overdraw:A", "overdraw:B"}
+    out = relieve_ramps(loads, sessions, ratings, PARENT, transient, kw_limits={"grid": 9.45})
+    left = sum(sum(x.current_a[k][0] for k in range(3)) for x in out)
+    assert abs(left - (9450 / 230 - 36.0)) < 1e-6
+    # Without the kW limit nothing is lifted.
+    assert relieve_ramps(loads, sessions, ratings, PARENT, transient) is loads
