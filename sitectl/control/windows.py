@@ -126,15 +126,14 @@ def step0_limits(
 ) -> tuple[dict[str, Phases], dict[str, float]]:
     """What holds on step 0 per node: the ratings and kW limits lowered by the hard caps
     covering it (soft ones may be exceeded at a price, so they cannot make it infeasible)."""
-    amps = {node: tuple(rating) for node, rating in ratings.items()}
+    amps = dict(ratings)
     kw = {node: value for node, value in kw_limits.items() if value is not None}
     for cap in caps:
         if not cap.hard or cap.first_step > 0 or cap.node not in amps:
             continue
         if cap.limit_a is not None:
-            amps[cap.node] = tuple(
-                min(a, c) for a, c in zip(amps[cap.node], cap.limit_a, strict=True)
-            )
+            a, c = amps[cap.node], cap.limit_a
+            amps[cap.node] = (min(a[0], c[0]), min(a[1], c[1]), min(a[2], c[2]))
         if cap.limit_kw is not None:
             kw[cap.node] = min(kw.get(cap.node, math.inf), cap.limit_kw)
-    return amps, kw  # type: ignore[return-value]
+    return amps, kw

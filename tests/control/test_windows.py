@@ -12,12 +12,13 @@ import pytest
 
 from optimizer import binding as b
 from optimizer.lp import solve
+from optimizer.problem import NodeCap
 from optimizer.verify import verify
 from sitectl.config import Config
 from sitectl.control.explain import explain
 from sitectl.control.meters import MeterSupervisor
 from sitectl.control.snapshot import ChargerMemory, ProblemBuilder
-from sitectl.control.windows import horizon_caps
+from sitectl.control.windows import horizon_caps, step0_limits
 from sitectl.limits import GridLimit, LimitOverride
 from sitectl.state import SessionState, SiteState
 
@@ -278,3 +279,15 @@ def test_bad_windows_are_refused_at_publish_naming_the_problem(caplog) -> None:
         state.limits.publish("x", [], NOW, fail_safe_s=float("nan"))
     # The cycle runs on without them.
     cycle(cfg, state)
+
+
+def test_step0_limits_take_only_the_hard_caps_that_cover_step_0():
+    caps = [
+        NodeCap("grid", 0, 2, limit_a=(16.0, 20.0, 300.0)),  # now: lowers, never raises
+        NodeCap("grid", 0, 4, limit_kw=9.45),
+        NodeCap("feeder", 0, 8, limit_a=(5.0, 5.0, 5.0), hard=False),  # soft: a price only
+        NodeCap("feeder", 1, 8, limit_a=(10.0, 10.0, 10.0)),  # from step 1: not now
+    ]
+    amps, kw = step0_limits(caps, RATINGS, {"grid": 50.0, "feeder": None})
+    assert amps == {"grid": (16.0, 20.0, 200.0), "feeder": (100.0, 100.0, 100.0)}
+    assert kw == {"grid": 9.45}
